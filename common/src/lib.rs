@@ -1,0 +1,8 @@
+//! Shared building blocks of nomad-driver-elide: the generated protocol code (Nomad's plugin
+//! wire contract, go-plugin's services and the shim's own API) and the types that the plugin
+//! and the `elide-executor` shim both read and write.
+
+pub mod paths;
+pub mod proto;
+pub mod spec;
+pub mod state;
