@@ -2,11 +2,13 @@
 //! wire contract, go-plugin's services and the shim's own API) and the types that the plugin
 //! and the `elide-executor` shim both read and write.
 
+pub mod client;
 pub mod config;
 pub mod cty;
 pub mod duration;
 pub mod hclspec;
 pub mod paths;
+pub mod proc;
 pub mod proto;
 pub mod spec;
 pub mod state;
