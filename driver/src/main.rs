@@ -1,1 +1,21 @@
-fn main() {}
+//! nomad-driver-elide: the Nomad task driver plugin binary. Nomad launches it; by hand it only
+//! explains how to install it.
+
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nomad-driver-elide: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(driver::plugin::run()) {
+        tracing::error!(error = %format!("{e:#}"), "plugin failed");
+        eprintln!("nomad-driver-elide: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,73 @@
+//! `BasePlugin`: identity, config schema and SetConfig.
+
+use crate::plugin::Plugin;
+use common::config::PluginConfig;
+use common::proto::base::{
+    base_plugin_server::BasePlugin, ConfigSchemaRequest, ConfigSchemaResponse, PluginInfoRequest,
+    PluginInfoResponse, PluginType, SetConfigRequest, SetConfigResponse,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The driver name jobs use (`driver = "elide"`).
+pub const DRIVER_NAME: &str = "elide";
+/// Nomad's driver plugin API version.
+pub const PLUGIN_API_VERSION: &str = "0.1.0";
+
+pub struct Base {
+    pub plugin: Arc<Plugin>,
+}
+
+#[tonic::async_trait]
+impl BasePlugin for Base {
+    async fn plugin_info(
+        &self,
+        _req: Request<PluginInfoRequest>,
+    ) -> Result<Response<PluginInfoResponse>, Status> {
+        Ok(Response::new(PluginInfoResponse {
+            r#type: PluginType::Driver as i32,
+            plugin_api_versions: vec![PLUGIN_API_VERSION.to_owned()],
+            plugin_version: env!("CARGO_PKG_VERSION").to_owned(),
+            name: DRIVER_NAME.to_owned(),
+        }))
+    }
+
+    async fn config_schema(
+        &self,
+        _req: Request<ConfigSchemaRequest>,
+    ) -> Result<Response<ConfigSchemaResponse>, Status> {
+        Ok(Response::new(ConfigSchemaResponse {
+            spec: Some(PluginConfig::schema()),
+        }))
+    }
+
+    async fn set_config(
+        &self,
+        req: Request<SetConfigRequest>,
+    ) -> Result<Response<SetConfigResponse>, Status> {
+        let req = req.into_inner();
+        let cfg = PluginConfig::from_msgpack(&req.msgpack_config).map_err(|e| {
+            tracing::error!(error = %e, "invalid plugin config");
+            Status::invalid_argument(format!(
+                "invalid plugin \"nomad-driver-elide\" config: {e}"
+            ))
+        })?;
+        let long_lived = req.nomad_config.is_some();
+        let topology_mhz = req
+            .nomad_config
+            .as_ref()
+            .and_then(|n| n.driver.as_ref())
+            .and_then(|d| d.topology.as_ref())
+            .map(crate::plugin::total_compute_from_topology);
+        tracing::info!(
+            enabled = cfg.enabled,
+            runtime_dir = %cfg.runtime_dir.display(),
+            guest_env = cfg.guest_env.as_str(),
+            validation_only = !long_lived,
+            api_version = %req.plugin_api_version,
+            "plugin configured"
+        );
+        self.plugin.set_config(cfg, topology_mhz.flatten());
+        Ok(Response::new(SetConfigResponse {}))
+    }
+}

@@ -1,0 +1,239 @@
+//! `Driver`: schemas, capabilities, the fingerprint and task-event streams, and the task RPCs
+//! (which live in `tasks`).
+
+use crate::fingerprint;
+use crate::plugin::Plugin;
+use common::config::TaskConfig;
+use common::proto::drivers::{
+    driver_capabilities::{FsIsolation, MountConfigs},
+    driver_server::Driver,
+    network_isolation_spec::NetworkIsolationMode,
+    *,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// How often the binaries are stat()ed to notice an install or upgrade between full checks.
+const STAMP_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct DriverService {
+    pub plugin: Arc<Plugin>,
+}
+
+pub fn capabilities() -> DriverCapabilities {
+    DriverCapabilities {
+        send_signals: true,
+        exec: false,
+        // No chroot: the task dir is a plain host dir (like raw_exec and Nomad's java driver
+        // without isolation); Elide needs its install dir next to the binary anyway.
+        fs_isolation: FsIsolation::None as i32,
+        // The shim enters the group network namespace when Nomad hands one over.
+        network_isolation_modes: vec![
+            NetworkIsolationMode::Host as i32,
+            NetworkIsolationMode::Group as i32,
+        ],
+        must_create_network: false,
+        mount_configs: MountConfigs::NoMounts as i32,
+        remote_tasks: false,
+        disable_log_collection: false,
+        dynamic_workload_users: false,
+    }
+}
+
+#[tonic::async_trait]
+impl Driver for DriverService {
+    async fn task_config_schema(
+        &self,
+        _req: Request<TaskConfigSchemaRequest>,
+    ) -> Result<Response<TaskConfigSchemaResponse>, Status> {
+        Ok(Response::new(TaskConfigSchemaResponse {
+            spec: Some(TaskConfig::schema()),
+        }))
+    }
+
+    async fn capabilities(
+        &self,
+        _req: Request<CapabilitiesRequest>,
+    ) -> Result<Response<CapabilitiesResponse>, Status> {
+        Ok(Response::new(CapabilitiesResponse {
+            capabilities: Some(capabilities()),
+        }))
+    }
+
+    type FingerprintStream = BoxStream<FingerprintResponse>;
+
+    async fn fingerprint(
+        &self,
+        _req: Request<FingerprintRequest>,
+    ) -> Result<Response<Self::FingerprintStream>, Status> {
+        let plugin = self.plugin.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let cfg = plugin.config();
+                let fp = fingerprint::detect(&cfg).await;
+                tracing::debug!(health = ?fp.health, description = %fp.description, "fingerprint");
+                plugin.set_elide_version(fp.attributes.get("driver.elide.version").cloned());
+                if tx.send(Ok(fp.to_proto())).await.is_err() {
+                    return;
+                }
+                // Re-check at the period, or as soon as a binary is installed/upgraded/removed.
+                let stamps = |cfg: &common::config::PluginConfig| {
+                    let bins = fingerprint::locate_binaries(cfg);
+                    [bins.elide, bins.executor].map(|l| match l {
+                        fingerprint::Located::Found(p) => Some((fingerprint::stamp(&p), p)),
+                        fingerprint::Located::Missing { .. } => None,
+                    })
+                };
+                let before = stamps(&cfg);
+                let deadline = Instant::now() + cfg.fingerprint_period;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(left.min(STAMP_CHECK_INTERVAL)) => {}
+                    }
+                    if stamps(&plugin.config()) != before {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type TaskEventsStream = BoxStream<DriverTaskEvent>;
+
+    async fn task_events(
+        &self,
+        _req: Request<TaskEventsRequest>,
+    ) -> Result<Response<Self::TaskEventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.plugin.events.subscribe())
+            .filter_map(|ev| match ev {
+                Ok(ev) => Some(Ok(ev)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "task event stream lagged; events dropped");
+                    None
+                }
+            });
+        let stream: Self::TaskEventsStream = Box::pin(stream);
+        Ok(Response::new(stream))
+    }
+
+    async fn recover_task(
+        &self,
+        req: Request<RecoverTaskRequest>,
+    ) -> Result<Response<RecoverTaskResponse>, Status> {
+        crate::tasks::recover(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(RecoverTaskResponse {}))
+    }
+
+    async fn start_task(
+        &self,
+        req: Request<StartTaskRequest>,
+    ) -> Result<Response<StartTaskResponse>, Status> {
+        let resp = crate::tasks::start(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn wait_task(
+        &self,
+        req: Request<WaitTaskRequest>,
+    ) -> Result<Response<WaitTaskResponse>, Status> {
+        Ok(Response::new(
+            crate::tasks::wait(&self.plugin, &req.into_inner().task_id).await,
+        ))
+    }
+
+    async fn stop_task(
+        &self,
+        req: Request<StopTaskRequest>,
+    ) -> Result<Response<StopTaskResponse>, Status> {
+        crate::tasks::stop(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(StopTaskResponse {}))
+    }
+
+    async fn destroy_task(
+        &self,
+        req: Request<DestroyTaskRequest>,
+    ) -> Result<Response<DestroyTaskResponse>, Status> {
+        crate::tasks::destroy(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(DestroyTaskResponse {}))
+    }
+
+    async fn inspect_task(
+        &self,
+        req: Request<InspectTaskRequest>,
+    ) -> Result<Response<InspectTaskResponse>, Status> {
+        Ok(Response::new(
+            crate::tasks::inspect(&self.plugin, &req.into_inner().task_id).await?,
+        ))
+    }
+
+    type TaskStatsStream = BoxStream<TaskStatsResponse>;
+
+    async fn task_stats(
+        &self,
+        req: Request<TaskStatsRequest>,
+    ) -> Result<Response<Self::TaskStatsStream>, Status> {
+        let stream = crate::tasks::stats(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn signal_task(
+        &self,
+        req: Request<SignalTaskRequest>,
+    ) -> Result<Response<SignalTaskResponse>, Status> {
+        crate::tasks::signal(&self.plugin, req.into_inner()).await?;
+        Ok(Response::new(SignalTaskResponse {}))
+    }
+
+    async fn exec_task(
+        &self,
+        _req: Request<ExecTaskRequest>,
+    ) -> Result<Response<ExecTaskResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not support exec yet (script checks, `nomad alloc exec`); use an http or tcp check",
+        ))
+    }
+
+    type ExecTaskStreamingStream = BoxStream<ExecTaskStreamingResponse>;
+
+    async fn exec_task_streaming(
+        &self,
+        _req: Request<Streaming<ExecTaskStreamingRequest>>,
+    ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not support `nomad alloc exec` yet",
+        ))
+    }
+
+    async fn create_network(
+        &self,
+        _req: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not create networks; Nomad creates the group network",
+        ))
+    }
+
+    async fn destroy_network(
+        &self,
+        _req: Request<DestroyNetworkRequest>,
+    ) -> Result<Response<DestroyNetworkResponse>, Status> {
+        Err(Status::unimplemented(
+            "the elide driver does not create networks; Nomad creates the group network",
+        ))
+    }
+}

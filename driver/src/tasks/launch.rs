@@ -1,0 +1,129 @@
+//! Starting a task's shim: write its spec, spawn `elide-executor serve` detached from the
+//! plugin (own session, no inherited fds), wait for its readiness line on a pipe.
+
+use common::spec::TaskSpec;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// The fd number the shim writes its readiness line to.
+pub const READY_FD: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot write the task spec {path}: {source}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the shim {path}: {source}; check executor_binary in the plugin config")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shim failed before it was ready: {0}")]
+    Refused(String),
+    #[error("the shim exited before it was ready; see {log}")]
+    DiedEarly { log: PathBuf },
+    #[error("the shim did not report ready within {0:?}; see {1}")]
+    Timeout(Duration, PathBuf),
+    #[error("cannot create a pipe for the shim: {0}")]
+    Pipe(nix::Error),
+}
+
+impl LaunchError {
+    /// Whether a retry could plausibly succeed.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, LaunchError::Timeout(..) | LaunchError::DiedEarly { .. } | LaunchError::Pipe(_))
+    }
+}
+
+pub struct Launched {
+    pub shim_pid: i32,
+}
+
+/// Writes the spec next to the state file and starts the shim. Returns once the shim is
+/// serving its socket (it said READY), or with the reason it gave up.
+pub async fn launch_shim(
+    executor: &Path,
+    spec: &TaskSpec,
+    timeout: Duration,
+) -> Result<Launched, LaunchError> {
+    let dir = spec
+        .state_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let spec_path = dir.join("spec.json");
+    let body = serde_json::to_vec_pretty(spec).unwrap_or_default();
+    std::fs::write(&spec_path, body).map_err(|source| LaunchError::Spec {
+        path: spec_path.clone(),
+        source,
+    })?;
+    let log = dir.join("executor.log");
+
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    let write_raw = write_end.as_raw_fd();
+
+    let mut cmd = tokio::process::Command::new(executor);
+    cmd.arg("serve")
+        .arg("--spec")
+        .arg(&spec_path)
+        .arg("--ready-fd")
+        .arg(READY_FD.to_string())
+        // Never the plugin's stdio: go-plugin waits for EOF on our stderr pipe to notice that
+        // the plugin died, and a shim holding it would hide that forever.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| super::command::DEFAULT_PATH.into()))
+        .current_dir("/")
+        .kill_on_drop(false);
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session and process group: agent/plugin signals and terminal job control
+            // never reach the shim, and it survives the plugin.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if write_raw == READY_FD {
+                let r = libc::fcntl(READY_FD, libc::F_SETFD, 0);
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(write_raw, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        path: executor.to_path_buf(),
+        source,
+    })?;
+    drop(write_end);
+    let shim_pid = child.id().map(|p| p as i32).unwrap_or(-1);
+    // Reap the shim whenever it exits, so it never lingers as our zombie.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+
+    let pipe = tokio::fs::File::from(std::fs::File::from(read_end));
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = String::new();
+    let read = tokio::time::timeout(timeout, reader.read_line(&mut line)).await;
+    let line = line.trim().to_owned();
+    match read {
+        Err(_) => Err(LaunchError::Timeout(timeout, log)),
+        Ok(_) if line == "READY" => Ok(Launched { shim_pid }),
+        Ok(_) if line.starts_with("ERROR") => Err(LaunchError::Refused(
+            line.trim_start_matches("ERROR").trim().to_owned(),
+        )),
+        Ok(_) => Err(LaunchError::DiedEarly { log }),
+    }
+}
