@@ -86,12 +86,21 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 impl TaskCgroup {
     /// Creates the task's cgroup named `name` (e.g. "elide/<task key>"), or adopts
     /// `nomad_cgroup` when Nomad made one for the task (v2, or >= 1.7).
-    pub fn create(root: &Path, version: Version, name: &str, nomad_cgroup: &str) -> io::Result<Self> {
+    pub fn create(
+        root: &Path,
+        version: Version,
+        name: &str,
+        nomad_cgroup: &str,
+    ) -> io::Result<Self> {
         match version {
             Version::V2 => {
                 let nomad = Path::new(nomad_cgroup);
                 if !nomad_cgroup.is_empty() && nomad.starts_with(root) && nomad.is_dir() {
-                    return Ok(TaskCgroup { version, dirs: vec![nomad.to_path_buf()], owned: vec![] });
+                    return Ok(TaskCgroup {
+                        version,
+                        dirs: vec![nomad.to_path_buf()],
+                        owned: vec![],
+                    });
                 }
                 let dir = root.join(name);
                 if let Some(parent) = dir.parent() {
@@ -106,7 +115,11 @@ impl TaskCgroup {
                     let _ = write(&root.join("cgroup.subtree_control"), "+memory +cpu +pids");
                 }
                 fs::create_dir_all(&dir)?;
-                Ok(TaskCgroup { version, dirs: vec![dir.clone()], owned: vec![dir] })
+                Ok(TaskCgroup {
+                    version,
+                    dirs: vec![dir.clone()],
+                    owned: vec![dir],
+                })
             }
             Version::V1 => {
                 let mut dirs = Vec::new();
@@ -125,7 +138,11 @@ impl TaskCgroup {
                 if !nomad_cgroup.is_empty() && nomad.starts_with(root) && nomad.is_dir() {
                     dirs.push(nomad.to_path_buf());
                 }
-                Ok(TaskCgroup { version, dirs, owned })
+                Ok(TaskCgroup {
+                    version,
+                    dirs,
+                    owned,
+                })
             }
         }
     }
@@ -187,7 +204,11 @@ impl TaskCgroup {
                     }
                 }
                 if r.cpu_shares > 0 {
-                    set(self.dir_of("cpu"), "cpu.shares", r.cpu_shares.max(2).to_string());
+                    set(
+                        self.dir_of("cpu"),
+                        "cpu.shares",
+                        r.cpu_shares.max(2).to_string(),
+                    );
                 }
                 if r.pids_limit > 0 {
                     set(self.dir_of("pids"), "pids.max", r.pids_limit.to_string());
@@ -216,7 +237,9 @@ impl TaskCgroup {
 
     /// Pids inside the task cgroup.
     pub fn procs(&self) -> Vec<i32> {
-        let Some(d) = self.dirs.first() else { return vec![] };
+        let Some(d) = self.dirs.first() else {
+            return vec![];
+        };
         fs::read_to_string(d.join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
@@ -227,7 +250,10 @@ impl TaskCgroup {
     pub fn kill_all(&self) {
         let sigkill = |pids: Vec<i32>| {
             for p in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         };
         match self.version {
@@ -258,7 +284,9 @@ impl TaskCgroup {
     /// Kernel OOM kills so far (v2 `memory.events` oom_kill; v1 `memory.oom_control`
     /// oom_kill on kernels >= 4.13, else whether the limit was ever hit hard).
     pub fn oom_kills(&self) -> u64 {
-        let Some(d) = self.dir_of("memory") else { return 0 };
+        let Some(d) = self.dir_of("memory") else {
+            return 0;
+        };
         match self.version {
             Version::V2 => keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
             Version::V1 => keyed(&d.join("memory.oom_control"), "oom_kill").unwrap_or(0),
@@ -288,7 +316,8 @@ impl TaskCgroup {
                     // cpu and cpuacct are co-mounted ("cpu,cpuacct") on every distro we target.
                     s.cpu_usage_ns = read_u64(&c.join("cpuacct.usage"));
                     s.cpu_user_ns = keyed(&c.join("cpuacct.stat"), "user").map(|t| t * ticks_ns);
-                    s.cpu_system_ns = keyed(&c.join("cpuacct.stat"), "system").map(|t| t * ticks_ns);
+                    s.cpu_system_ns =
+                        keyed(&c.join("cpuacct.stat"), "system").map(|t| t * ticks_ns);
                     s.throttled_periods = keyed(&c.join("cpu.stat"), "nr_throttled");
                     s.throttled_ns = keyed(&c.join("cpu.stat"), "throttled_time");
                 }
@@ -315,7 +344,11 @@ impl TaskCgroup {
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 #[cfg(test)]
@@ -360,7 +393,11 @@ mod tests {
         assert_eq!(rd("cpu.weight"), shares_to_weight(500).to_string());
         assert_eq!(rd("pids.max"), "50");
         assert_eq!(rd("cpuset.cpus"), "0");
-        fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 1);
         fs::write(d.join("cpu.stat"), "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 4\nnr_throttled 2\nthrottled_usec 30\n").unwrap();
         fs::write(d.join("memory.current"), "4096\n").unwrap();
@@ -384,7 +421,13 @@ mod tests {
         let root = fake_v2();
         let nomad = root.path().join("nomad.slice/share.slice/a1.t.scope");
         fs::create_dir_all(&nomad).unwrap();
-        let cg = TaskCgroup::create(root.path(), Version::V2, "elide.slice/x", nomad.to_str().unwrap()).unwrap();
+        let cg = TaskCgroup::create(
+            root.path(),
+            Version::V2,
+            "elide.slice/x",
+            nomad.to_str().unwrap(),
+        )
+        .unwrap();
         assert_eq!(cg.dirs, vec![nomad.clone()]);
         assert!(cg.owned.is_empty());
         cg.remove();

@@ -41,7 +41,12 @@ pub async fn connect(socket: &Path) -> Result<ExecutorClient<Channel>, ClientErr
         .await
         .map_err(|e| ClientError::Connect {
             path: path.clone(),
-            message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+            message: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
         })?;
     Ok(ExecutorClient::new(channel))
 }

@@ -152,7 +152,12 @@ fn with_default(name: &str, ty: &str, default: crate::proto::hclspec::Spec) -> S
     default_(attr(name, ty, false), default)
 }
 
-fn duration_field(field: &str, v: Option<String>, default: Duration, min: Duration) -> Result<Duration, ConfigError> {
+fn duration_field(
+    field: &str,
+    v: Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(s) = v else { return Ok(default) };
     let d = crate::duration::parse(&s).map_err(|e| invalid(field, e.to_string()))?;
     if d < min {
@@ -196,17 +201,50 @@ impl PluginConfig {
     pub fn schema() -> Spec {
         object(vec![
             ("enabled", with_default("enabled", "bool", literal("true"))),
-            ("elide_binary", with_default("elide_binary", "string", literal_string(""))),
-            ("executor_binary", with_default("executor_binary", "string", literal_string(""))),
-            ("runtime_dir", with_default("runtime_dir", "string", literal_string(DEFAULT_RUNTIME_DIR))),
-            ("guest_env", with_default("guest_env", "string", literal_string("host"))),
-            ("runtime_options", with_default("runtime_options", "list(string)", literal("[]"))),
-            ("run_flags", with_default("run_flags", "list(string)", literal("[]"))),
-            ("fingerprint_period", with_default("fingerprint_period", "string", literal_string("30s"))),
-            ("version_timeout", with_default("version_timeout", "string", literal_string("10s"))),
-            ("pids_limit", with_default("pids_limit", "number", literal("0"))),
-            ("heap_percent", with_default("heap_percent", "number", literal("75"))),
-            ("fifo_open_timeout", with_default("fifo_open_timeout", "string", literal_string("10s"))),
+            (
+                "elide_binary",
+                with_default("elide_binary", "string", literal_string("")),
+            ),
+            (
+                "executor_binary",
+                with_default("executor_binary", "string", literal_string("")),
+            ),
+            (
+                "runtime_dir",
+                with_default("runtime_dir", "string", literal_string(DEFAULT_RUNTIME_DIR)),
+            ),
+            (
+                "guest_env",
+                with_default("guest_env", "string", literal_string("host")),
+            ),
+            (
+                "runtime_options",
+                with_default("runtime_options", "list(string)", literal("[]")),
+            ),
+            (
+                "run_flags",
+                with_default("run_flags", "list(string)", literal("[]")),
+            ),
+            (
+                "fingerprint_period",
+                with_default("fingerprint_period", "string", literal_string("30s")),
+            ),
+            (
+                "version_timeout",
+                with_default("version_timeout", "string", literal_string("10s")),
+            ),
+            (
+                "pids_limit",
+                with_default("pids_limit", "number", literal("0")),
+            ),
+            (
+                "heap_percent",
+                with_default("heap_percent", "number", literal("75")),
+            ),
+            (
+                "fifo_open_timeout",
+                with_default("fifo_open_timeout", "string", literal_string("10s")),
+            ),
         ])
     }
 
@@ -261,7 +299,10 @@ impl PluginConfig {
                 d.version_timeout,
                 Duration::from_millis(100),
             )?,
-            pids_limit: o.integer("pids_limit", 0, i64::MAX)?.map(|n| n as u64).unwrap_or(0),
+            pids_limit: o
+                .integer("pids_limit", 0, i64::MAX)?
+                .map(|n| n as u64)
+                .unwrap_or(0),
             heap_percent: o
                 .integer("heap_percent", 10, 95)?
                 .map(|n| n as u64)
@@ -314,7 +355,16 @@ const ELIDE_OPTS_KEYS: &[&str] = &["languages", "memory_limit", "enable_ai", "el
 
 /// Guest languages Elide knows (aliases normalised).
 pub const LANGUAGES: &[&str] = &[
-    "python", "javascript", "typescript", "jvm", "java", "kotlin", "ruby", "wasm", "llvm", "pkl",
+    "python",
+    "javascript",
+    "typescript",
+    "jvm",
+    "java",
+    "kotlin",
+    "ruby",
+    "wasm",
+    "llvm",
+    "pkl",
 ];
 
 fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
@@ -331,7 +381,10 @@ fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
     } else {
         Err(invalid(
             field,
-            format!("{l:?} is not a language Elide runs; use one of {}", LANGUAGES.join(", ")),
+            format!(
+                "{l:?} is not a language Elide runs; use one of {}",
+                LANGUAGES.join(", ")
+            ),
         ))
     }
 }
@@ -344,7 +397,10 @@ impl TaskConfig {
             ("env", attr("env", "map(string)", false)),
             ("mode", attr("mode", "string", false)),
             ("guest_env", attr("guest_env", "string", false)),
-            ("runtime_options", attr("runtime_options", "list(string)", false)),
+            (
+                "runtime_options",
+                attr("runtime_options", "list(string)", false),
+            ),
             ("flags", attr("flags", "list(string)", false)),
             ("pids_limit", attr("pids_limit", "number", false)),
             (
@@ -371,7 +427,12 @@ impl TaskConfig {
         let script = o
             .string("script")?
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| invalid("config.script", "is required: the path of the app to run, e.g. \"local/app.py\""))?;
+            .ok_or_else(|| {
+                invalid(
+                    "config.script",
+                    "is required: the path of the app to run, e.g. \"local/app.py\"",
+                )
+            })?;
         if script.contains('\0') {
             return Err(invalid("config.script", "contains a NUL byte"));
         }
@@ -396,13 +457,13 @@ impl TaskConfig {
                     .string_list("languages")?
                     .iter()
                     .enumerate()
-                    .map(|(i, l)| normalise_language(&format!("config.elide_opts.languages[{i}]"), l))
+                    .map(|(i, l)| {
+                        normalise_language(&format!("config.elide_opts.languages[{i}]"), l)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 Some(ElideOpts {
                     languages,
-                    memory_limit: b
-                        .integer("memory_limit", 1, 1 << 30)?
-                        .map(|n| n as u64),
+                    memory_limit: b.integer("memory_limit", 1, 1 << 30)?.map(|n| n as u64),
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
                     elide_binary: optional_path(b.string("elide_binary")?),
                 })
@@ -477,8 +538,14 @@ mod tests {
 
     #[test]
     fn plugin_defaults_round_trip() {
-        assert_eq!(PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap(), PluginConfig::default());
-        assert_eq!(PluginConfig::from_msgpack(&[]).unwrap(), PluginConfig::default());
+        assert_eq!(
+            PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap(),
+            PluginConfig::default()
+        );
+        assert_eq!(
+            PluginConfig::from_msgpack(&[]).unwrap(),
+            PluginConfig::default()
+        );
     }
 
     #[test]
@@ -492,7 +559,10 @@ mod tests {
             ("run_flags", strs(&["--js:esm"])),
         ]))
         .unwrap();
-        assert_eq!(c.elide_binary.as_deref(), Some(std::path::Path::new("/opt/elide/elide")));
+        assert_eq!(
+            c.elide_binary.as_deref(),
+            Some(std::path::Path::new("/opt/elide/elide"))
+        );
         assert_eq!(c.guest_env, GuestEnv::Nomad);
         assert_eq!(c.pids_limit, 512);
         assert_eq!(c.heap_percent, 60);
@@ -504,18 +574,41 @@ mod tests {
     fn plugin_errors_name_the_field() {
         let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
             (vec![("enabled", s("maybe"))], "enabled: expected a bool"),
-            (vec![("guest_env", s("everything"))], "guest_env: \"everything\" is not one of"),
-            (vec![("pids_limit", s("lots"))], "pids_limit: expected a whole number"),
-            (vec![("heap_percent", Value::from(99u8))], "heap_percent: must be between 10 and 95"),
-            (vec![("runtime_dir", s("relative"))], "runtime_dir: relative must be an absolute path"),
-            (vec![("runtime_dir", s(&format!("/{}", "x".repeat(90))))], "runtime_dir:"),
-            (vec![("fingerprint_period", s("soon"))], "fingerprint_period: invalid duration"),
+            (
+                vec![("guest_env", s("everything"))],
+                "guest_env: \"everything\" is not one of",
+            ),
+            (
+                vec![("pids_limit", s("lots"))],
+                "pids_limit: expected a whole number",
+            ),
+            (
+                vec![("heap_percent", Value::from(99u8))],
+                "heap_percent: must be between 10 and 95",
+            ),
+            (
+                vec![("runtime_dir", s("relative"))],
+                "runtime_dir: relative must be an absolute path",
+            ),
+            (
+                vec![("runtime_dir", s(&format!("/{}", "x".repeat(90))))],
+                "runtime_dir:",
+            ),
+            (
+                vec![("fingerprint_period", s("soon"))],
+                "fingerprint_period: invalid duration",
+            ),
             (vec![("run_flags", strs(&["--"]))], "run_flags[0]"),
-            (vec![("runtime_options", strs(&["Xmx1g"]))], "runtime_options[0]"),
+            (
+                vec![("runtime_options", strs(&["Xmx1g"]))],
+                "runtime_options[0]",
+            ),
             (vec![("bogus", Value::Nil)], "bogus: unknown key"),
         ];
         for (over, want) in cases {
-            let e = PluginConfig::from_msgpack(&plugin_payload(over)).unwrap_err().to_string();
+            let e = PluginConfig::from_msgpack(&plugin_payload(over))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "want {want:?} in {e:?}");
         }
     }
@@ -567,10 +660,22 @@ mod tests {
     fn task_errors_name_the_field() {
         let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
             (vec![("script", Value::Nil)], "config.script: is required"),
-            (vec![("script", s("local/app"))], "config.script: \"local/app\" has no file extension"),
-            (vec![("script", Value::from(5u8))], "config.script: expected a string, got number 5"),
-            (vec![("args", s("x"))], "config.args: expected a list of strings"),
-            (vec![("mode", s("daemon"))], "config.mode: \"daemon\" is not one of"),
+            (
+                vec![("script", s("local/app"))],
+                "config.script: \"local/app\" has no file extension",
+            ),
+            (
+                vec![("script", Value::from(5u8))],
+                "config.script: expected a string, got number 5",
+            ),
+            (
+                vec![("args", s("x"))],
+                "config.args: expected a list of strings",
+            ),
+            (
+                vec![("mode", s("daemon"))],
+                "config.mode: \"daemon\" is not one of",
+            ),
             (
                 vec![("elide_opts", obj(vec![("languages", strs(&["cobol"]))]))],
                 "config.elide_opts.languages[0]: \"cobol\" is not a language",
@@ -583,7 +688,9 @@ mod tests {
             (vec![("colour", s("x"))], "config.colour: unknown key"),
         ];
         for (over, want) in cases {
-            let e = TaskConfig::from_msgpack(&task_payload(over)).unwrap_err().to_string();
+            let e = TaskConfig::from_msgpack(&task_payload(over))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "want {want:?} in {e:?}");
         }
     }
@@ -609,8 +716,12 @@ mod tests {
         let mut keys: Vec<String> = PLUGIN_KEYS.iter().map(|k| k.to_string()).collect();
         keys.sort();
         assert_eq!(names, keys);
-        let Some(B::Object(o)) = TaskConfig::schema().block else { unreachable!() };
-        let Some(B::Attr(script)) = o.attributes["script"].block.clone() else { unreachable!() };
+        let Some(B::Object(o)) = TaskConfig::schema().block else {
+            unreachable!()
+        };
+        let Some(B::Attr(script)) = o.attributes["script"].block.clone() else {
+            unreachable!()
+        };
         assert!(script.required);
     }
 }

@@ -124,12 +124,14 @@ impl<'a> Obj<'a> {
     pub fn string(&self, key: &str) -> Result<Option<String>, CtyError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => s.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| {
-                CtyError::Invalid {
-                    field: self.field(key),
-                    message: "is not valid UTF-8".into(),
-                }
-            }),
+            Some(Value::String(s)) => {
+                s.as_str()
+                    .map(|s| Some(s.to_owned()))
+                    .ok_or_else(|| CtyError::Invalid {
+                        field: self.field(key),
+                        message: "is not valid UTF-8".into(),
+                    })
+            }
             Some(other) => Err(self.type_err(key, "a string", other)),
         }
     }
@@ -159,7 +161,10 @@ impl<'a> Obj<'a> {
             return Ok(None);
         };
         let n = match v {
-            Value::Integer(i) => i.as_i64().map(|i| i as f64).or(i.as_u64().map(|u| u as f64)),
+            Value::Integer(i) => i
+                .as_i64()
+                .map(|i| i as f64)
+                .or(i.as_u64().map(|u| u as f64)),
             other => number_of(other),
         }
         .ok_or_else(|| self.type_err(key, "a whole number", v))?;
@@ -185,12 +190,14 @@ impl<'a> Obj<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| match unwrap_dynamic(v) {
-                    Value::String(s) => s.as_str().map(str::to_owned).ok_or_else(|| {
-                        CtyError::Invalid {
-                            field: format!("{}[{i}]", self.field(key)),
-                            message: "is not valid UTF-8".into(),
-                        }
-                    }),
+                    Value::String(s) => {
+                        s.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| CtyError::Invalid {
+                                field: format!("{}[{i}]", self.field(key)),
+                                message: "is not valid UTF-8".into(),
+                            })
+                    }
                     other => Err(CtyError::Type {
                         field: format!("{}[{i}]", self.field(key)),
                         expected: "a string",
@@ -259,7 +266,12 @@ fn number_of(v: &Value) -> Option<f64> {
         Value::Integer(i) => i.as_f64(),
         Value::F64(f) => Some(*f),
         Value::F32(f) => Some(f64::from(*f)),
-        Value::String(s) => s.as_str()?.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        Value::String(s) => s
+            .as_str()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite()),
         _ => None,
     }
 }
@@ -309,7 +321,11 @@ mod tests {
 
     #[test]
     fn nil_is_absent_and_wrong_types_name_the_field() {
-        let v = obj(vec![("x", Value::Nil), ("y", Value::from(3u8)), ("z", s("abc"))]);
+        let v = obj(vec![
+            ("x", Value::Nil),
+            ("y", Value::from(3u8)),
+            ("z", s("abc")),
+        ]);
         let root = decode(&enc(&v)).unwrap();
         let o = Obj::root(&root, "config").unwrap();
         assert_eq!(o.string("x").unwrap(), None);
@@ -317,7 +333,10 @@ mod tests {
         let e = o.string("y").unwrap_err().to_string();
         assert_eq!(e, "config.y: expected a string, got number 3");
         let e = o.number("z").unwrap_err().to_string();
-        assert!(e.contains("config.z: expected a number, got string \"abc\""), "{e}");
+        assert!(
+            e.contains("config.z: expected a number, got string \"abc\""),
+            "{e}"
+        );
         let e = o.string_list("y").unwrap_err().to_string();
         assert!(e.contains("config.y"), "{e}");
     }
@@ -341,7 +360,14 @@ mod tests {
         let dynv = Value::Array(vec![Value::Binary(b"\"string\"".to_vec()), s("hi")]);
         let v = obj(vec![("d", dynv)]);
         let root = decode(&enc(&v)).unwrap();
-        assert_eq!(Obj::root(&root, "").unwrap().string("d").unwrap().as_deref(), Some("hi"));
+        assert_eq!(
+            Obj::root(&root, "")
+                .unwrap()
+                .string("d")
+                .unwrap()
+                .as_deref(),
+            Some("hi")
+        );
     }
 
     #[test]

@@ -95,9 +95,19 @@ mod tests {
     #[test]
     fn builders_produce_the_wire_shapes() {
         let s = object(vec![
-            ("enabled", default_(attr("enabled", "bool", false), literal("true"))),
+            (
+                "enabled",
+                default_(attr("enabled", "bool", false), literal("true")),
+            ),
             ("script", attr("script", "string", true)),
-            ("opts", block("opts", false, object(vec![("n", attr("n", "number", false))]))),
+            (
+                "opts",
+                block(
+                    "opts",
+                    false,
+                    object(vec![("n", attr("n", "number", false))]),
+                ),
+            ),
         ]);
         // Round-trips through protobuf, i.e. it is a valid message.
         let bytes = s.encode_to_vec();
@@ -107,9 +117,6 @@ mod tests {
         attribute_names(&s, &mut names);
         names.sort();
         assert_eq!(names, ["enabled", "n", "script"]);
-        assert_eq!(
-            literal_string("/run/x"),
-            literal("\"/run/x\"")
-        );
+        assert_eq!(literal_string("/run/x"), literal("\"/run/x\""));
     }
 }

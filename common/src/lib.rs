@@ -11,5 +11,6 @@ pub mod hclspec;
 pub mod paths;
 pub mod proc;
 pub mod proto;
+pub mod signals;
 pub mod spec;
 pub mod state;

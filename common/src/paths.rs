@@ -63,7 +63,9 @@ mod tests {
         let p = socket_path(Path::new(DEFAULT_RUNTIME_DIR), "x/y/z").unwrap();
         assert!(p.as_os_str().len() < 60);
         let long = "/".to_string() + &"d".repeat(100);
-        let err = socket_path(Path::new(&long), "x/y/z").unwrap_err().to_string();
+        let err = socket_path(Path::new(&long), "x/y/z")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("runtime_dir"), "{err}");
     }
 }

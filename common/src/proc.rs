@@ -68,10 +68,17 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) {
+        if let Ok(stat) =
+            std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        {
             if let Some(i) = stat.rfind(')') {
                 // state ppid pgrp
-                if stat[i + 1..].split_whitespace().nth(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid) {
+                if stat[i + 1..]
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|p| p.parse::<i32>().ok())
+                    == Some(pgid)
+                {
                     out.push(pid);
                 }
             }
@@ -86,7 +93,8 @@ mod tests {
 
     #[test]
     fn parses_start_time_past_odd_comm() {
-        let stat = "123 (a) b (c)) S 1 123 123 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10";
+        let stat =
+            "123 (a) b (c)) S 1 123 123 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start_time(stat), Some(98765));
         assert_eq!(parse_start_time("garbage"), None);
     }

@@ -48,9 +48,7 @@ impl BasePlugin for Base {
         let req = req.into_inner();
         let cfg = PluginConfig::from_msgpack(&req.msgpack_config).map_err(|e| {
             tracing::error!(error = %e, "invalid plugin config");
-            Status::invalid_argument(format!(
-                "invalid plugin \"nomad-driver-elide\" config: {e}"
-            ))
+            Status::invalid_argument(format!("invalid plugin \"nomad-driver-elide\" config: {e}"))
         })?;
         let long_lived = req.nomad_config.is_some();
         let topology_mhz = req

@@ -33,8 +33,12 @@ pub fn default_executor_locations(plugin_exe: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = plugin_exe.and_then(Path::parent) {
         v.push(dir.join("elide/elide-executor"));
     }
-    v.push(PathBuf::from("/usr/local/libexec/nomad-driver-elide/elide-executor"));
-    v.push(PathBuf::from("/usr/libexec/nomad-driver-elide/elide-executor"));
+    v.push(PathBuf::from(
+        "/usr/local/libexec/nomad-driver-elide/elide-executor",
+    ));
+    v.push(PathBuf::from(
+        "/usr/libexec/nomad-driver-elide/elide-executor",
+    ));
     v
 }
 
@@ -135,7 +139,9 @@ pub fn parse_version(stdout: &str) -> Option<String> {
     let core = parts.next()?;
     let nums: Vec<&str> = core.split('.').collect();
     if !(2..=3).contains(&nums.len())
-        || nums.iter().any(|n| n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()))
+        || nums
+            .iter()
+            .any(|n| n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()))
     {
         return None;
     }
@@ -181,7 +187,10 @@ fn probe_command(bin: &Path, args: &[&str]) -> tokio::process::Command {
             "PATH",
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
         )
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        )
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -204,7 +213,14 @@ async fn run_probe(bin: &Path, args: &[&str], timeout: Duration) -> Result<Strin
         Ok(Ok(out)) if !out.status.success() => {
             let err = String::from_utf8_lossy(&out.stderr);
             let err = err.trim();
-            let tail: String = err.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = err
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             Err(format!("{shown} exited with {}: {tail}", out.status))
         }
         Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
@@ -326,9 +342,18 @@ mod tests {
 
     #[test]
     fn versions_parse_like_the_real_cli_prints_them() {
-        assert_eq!(parse_version("1.0.0-beta10\n").as_deref(), Some("1.0.0-beta10"));
-        assert_eq!(parse_version("1.0.0-beta11-rc3").as_deref(), Some("1.0.0-beta11-rc3"));
-        assert_eq!(parse_version("1.0-dev-20485").as_deref(), Some("1.0-dev-20485"));
+        assert_eq!(
+            parse_version("1.0.0-beta10\n").as_deref(),
+            Some("1.0.0-beta10")
+        );
+        assert_eq!(
+            parse_version("1.0.0-beta11-rc3").as_deref(),
+            Some("1.0.0-beta11-rc3")
+        );
+        assert_eq!(
+            parse_version("1.0-dev-20485").as_deref(),
+            Some("1.0-dev-20485")
+        );
         assert_eq!(parse_version("\n  1.2.3  \n").as_deref(), Some("1.2.3"));
         assert_eq!(parse_version("Welcome to the REPL"), None);
         assert_eq!(parse_version(""), None);
@@ -350,7 +375,10 @@ mod tests {
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().display().to_string();
-        assert_eq!(locate(None, "elide", Some(&path), &[]), Located::Found(bin.clone()));
+        assert_eq!(
+            locate(None, "elide", Some(&path), &[]),
+            Located::Found(bin.clone())
+        );
         assert_eq!(
             locate(Some(&bin), "elide", None, &[]),
             Located::Found(bin.clone())
@@ -372,7 +400,10 @@ mod tests {
 
     #[test]
     fn executor_is_never_looked_for_in_the_plugin_dir_top_level() {
-        let locs = default_executor_locations(Some(Path::new("/opt/nomad/plugins/nomad-driver-elide")));
-        assert!(locs.iter().all(|p| p.parent() != Some(Path::new("/opt/nomad/plugins"))));
+        let locs =
+            default_executor_locations(Some(Path::new("/opt/nomad/plugins/nomad-driver-elide")));
+        assert!(locs
+            .iter()
+            .all(|p| p.parent() != Some(Path::new("/opt/nomad/plugins"))));
     }
 }

@@ -48,10 +48,7 @@ pub enum HandshakeError {
 }
 
 /// Checks the cookie and negotiates the app protocol version, from the environment.
-pub fn negotiate(
-    cookie: Option<&str>,
-    versions: Option<&str>,
-) -> Result<u32, HandshakeError> {
+pub fn negotiate(cookie: Option<&str>, versions: Option<&str>) -> Result<u32, HandshakeError> {
     if cookie != Some(MAGIC_COOKIE_VALUE) {
         return Err(HandshakeError::NotLaunchedByNomad);
     }
@@ -77,7 +74,10 @@ pub fn handshake_line(app_version: u32, socket: &Path) -> String {
 }
 
 /// `plugin<random digits>` in `PLUGIN_UNIX_SOCKET_DIR`, else `TMPDIR`, else /tmp.
-pub fn socket_path(socket_dir: Option<&str>, tmpdir: Option<&str>) -> Result<PathBuf, HandshakeError> {
+pub fn socket_path(
+    socket_dir: Option<&str>,
+    tmpdir: Option<&str>,
+) -> Result<PathBuf, HandshakeError> {
     let dir = socket_dir
         .filter(|d| !d.is_empty())
         .or(tmpdir.filter(|d| !d.is_empty()))
@@ -183,7 +183,12 @@ mod tests {
     fn socket_dir_precedence_and_length_limit() {
         let p = socket_path(Some("/run/x"), Some("/var/tmp")).unwrap();
         assert!(p.starts_with("/run/x"));
-        assert!(p.file_name().unwrap().to_str().unwrap().starts_with("plugin"));
+        assert!(p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("plugin"));
         let p = socket_path(None, Some("/var/tmp")).unwrap();
         assert!(p.starts_with("/var/tmp"));
         let p = socket_path(Some(""), None).unwrap();

@@ -124,9 +124,11 @@ impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for HclogLayer<W> {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
         // Our own crates at the configured level; libraries (h2, hyper, tonic) only warnings,
         // their debug chatter would drown the agent log.
-        let ours = metadata
-            .module_path()
-            .is_some_and(|m| m.starts_with("driver") || m.starts_with("common") || m.starts_with("nomad_driver_elide"));
+        let ours = metadata.module_path().is_some_and(|m| {
+            m.starts_with("driver")
+                || m.starts_with("common")
+                || m.starts_with("nomad_driver_elide")
+        });
         let max = if ours { self.max_level } else { Level::WARN };
         *metadata.level() <= max
     }

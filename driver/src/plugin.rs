@@ -133,7 +133,10 @@ pub async fn run() -> anyhow::Result<()> {
     // ignore SIGINT so only the agent decides when plugins stop.
     // SAFETY: setting a signal disposition to SIG_IGN has no handler to be unsafe about.
     unsafe {
-        nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)?;
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigIgn,
+        )?;
     }
     crate::logging::init();
 

@@ -57,7 +57,8 @@ pub fn to_task_stats(task_id: &str, u: &ResourceUsage, mhz_per_core: f64) -> Tas
             mem_fields.push(f as i32);
         }
     }
-    let ts = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u.timestamp_unix_nanos.max(0) as u64);
+    let ts = std::time::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u.timestamp_unix_nanos.max(0) as u64);
     TaskStats {
         id: task_id.to_owned(),
         timestamp: Some(prost_types::Timestamp::from(ts)),
@@ -105,7 +106,10 @@ mod tests {
         assert_eq!(cpu.total_ticks, 1000.0);
         assert_eq!(
             cpu.measured_fields,
-            vec![cpu_usage::Fields::Percent as i32, cpu_usage::Fields::TotalTicks as i32]
+            vec![
+                cpu_usage::Fields::Percent as i32,
+                cpu_usage::Fields::TotalTicks as i32
+            ]
         );
         let mem = agg.memory.unwrap();
         assert_eq!(mem.rss, 1024);

@@ -16,7 +16,11 @@ const NEVER_IN_ARGV: &[&str] = &["NOMAD_TOKEN", "VAULT_TOKEN", "CONSUL_HTTP_TOKE
 /// Max heap for the runtime in MiB: `elide_opts.memory_limit` if set, else `heap_percent` of
 /// the task's hard memory limit (`memory_max`, else `memory`), at least 16 MiB; None when the
 /// task has no memory limit at all (GraalVM then defaults to 80 % of the host's RAM).
-pub fn heap_mb(memory_limit: Option<u64>, task_hard_limit_mb: u64, heap_percent: u64) -> Option<u64> {
+pub fn heap_mb(
+    memory_limit: Option<u64>,
+    task_hard_limit_mb: u64,
+    heap_percent: u64,
+) -> Option<u64> {
     if let Some(m) = memory_limit {
         return Some(m);
     }
@@ -127,7 +131,10 @@ pub fn environment(
         // Models survive task restarts in the alloc's shared data dir.
         env.insert(
             "HF_HOME".into(),
-            alloc_dir.join("alloc/data/huggingface").display().to_string(),
+            alloc_dir
+                .join("alloc/data/huggingface")
+                .display()
+                .to_string(),
         );
     }
     env

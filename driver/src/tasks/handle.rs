@@ -75,7 +75,10 @@ mod tests {
         };
         assert_eq!(DriverState::decode(&s.encode()).unwrap(), s);
         assert!(matches!(DriverState::decode(b""), Err(HandleError::Empty)));
-        assert!(matches!(DriverState::decode(b"{"), Err(HandleError::Decode(_))));
+        assert!(matches!(
+            DriverState::decode(b"{"),
+            Err(HandleError::Decode(_))
+        ));
         let mut future = s.clone();
         future.version = 9;
         assert!(matches!(

@@ -38,7 +38,10 @@ pub enum LaunchError {
 impl LaunchError {
     /// Whether a retry could plausibly succeed.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, LaunchError::Timeout(..) | LaunchError::DiedEarly { .. } | LaunchError::Pipe(_))
+        matches!(
+            self,
+            LaunchError::Timeout(..) | LaunchError::DiedEarly { .. } | LaunchError::Pipe(_)
+        )
     }
 }
 
@@ -82,7 +85,10 @@ pub async fn launch_shim(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| super::command::DEFAULT_PATH.into()))
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| super::command::DEFAULT_PATH.into()),
+        )
         .current_dir("/")
         .kill_on_drop(false);
     // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.

@@ -255,7 +255,11 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
     let nomad_env: BTreeMap<String, String> = task.env.clone().into_iter().collect();
     let (memory_mb, memory_max_mb, cpu_shares, cpuset_cpus, nomad_cgroup) =
         resources_of(task.resources.as_ref());
-    let hard_limit = if memory_max_mb > 0 { memory_max_mb } else { memory_mb };
+    let hard_limit = if memory_max_mb > 0 {
+        memory_max_mb
+    } else {
+        memory_mb
+    };
     let argv = command::argv(&command::CommandInput {
         elide: &elide,
         plugin: &cfg,
@@ -270,7 +274,10 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
     let socket_path = common::paths::socket_path(&cfg.runtime_dir, &task.id)
         .map_err(|e| status::permanent(e.to_string()))?;
     let state_dir = common::paths::state_dir(&alloc_dir, &task.id);
-    for (dir, what) in [(&cfg.runtime_dir, "runtime_dir"), (&state_dir, "task state dir")] {
+    for (dir, what) in [
+        (&cfg.runtime_dir, "runtime_dir"),
+        (&state_dir, "task state dir"),
+    ] {
         std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| {
@@ -481,8 +488,9 @@ pub async fn recover(plugin: &Plugin, req: RecoverTaskRequest) -> Result<(), Sta
     if plugin.tasks.get(&config.id).is_some() {
         return Ok(());
     }
-    let state = DriverState::decode(&handle.driver_state)
-        .map_err(|e| Status::failed_precondition(format!("cannot recover task {}: {e}", config.id)))?;
+    let state = DriverState::decode(&handle.driver_state).map_err(|e| {
+        Status::failed_precondition(format!("cannot recover task {}: {e}", config.id))
+    })?;
     if state.task_id != config.id {
         return Err(Status::failed_precondition(format!(
             "task handle for {} holds the state of task {}; refusing to adopt it",
@@ -627,29 +635,29 @@ pub async fn stop(plugin: &Plugin, req: StopTaskRequest) -> Result<(), Status> {
     };
     tracing::info!(task_id = %req.task_id, signal = %signal, timeout_ms = timeout.as_millis() as u64, "stopping task");
     match entry.client().await {
-        Ok(mut c) => match c
-            .stop(shim::StopRequest {
-                signal: signal.clone(),
-                timeout_ms: timeout.as_millis() as u64,
-            })
-            .await
-        {
-            Ok(r) => {
-                if let Some(e) = r.into_inner().exit {
-                    entry.set_exit(e);
+        Ok(mut c) => {
+            match c
+                .stop(shim::StopRequest {
+                    signal: signal.clone(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+                .await
+            {
+                Ok(r) => {
+                    if let Some(e) = r.into_inner().exit {
+                        entry.set_exit(e);
+                    }
+                    Ok(())
                 }
-                Ok(())
+                Err(s) if s.code() == Code::InvalidArgument => Err(Status::invalid_argument(
+                    format!("cannot stop task {}: {}", req.task_id, s.message()),
+                )),
+                Err(s) => {
+                    entry.forget_client().await;
+                    stop_without_shim(&entry, s.message())
+                }
             }
-            Err(s) if s.code() == Code::InvalidArgument => Err(Status::invalid_argument(format!(
-                "cannot stop task {}: {}",
-                req.task_id,
-                s.message()
-            ))),
-            Err(s) => {
-                entry.forget_client().await;
-                stop_without_shim(&entry, s.message())
-            }
-        },
+        }
         Err(e) => stop_without_shim(&entry, &e),
     }
 }
@@ -733,7 +741,10 @@ pub async fn inspect(plugin: &Plugin, task_id: &str) -> Result<InspectTaskRespon
     };
     let mut attributes = HashMap::new();
     attributes.insert("shim_pid".to_owned(), entry.state.shim_pid.to_string());
-    attributes.insert("runtime_pid".to_owned(), entry.state.runtime_pid.to_string());
+    attributes.insert(
+        "runtime_pid".to_owned(),
+        entry.state.runtime_pid.to_string(),
+    );
     attributes.insert(
         "socket".to_owned(),
         entry.state.socket_path.display().to_string(),

@@ -58,6 +58,10 @@ mod tests {
         assert!(re.recoverable);
         let p = permanent("bad");
         let rpc = RpcStatus::decode(p.details()).unwrap();
-        assert!(!RecoverableError::decode(rpc.details[0].value.as_slice()).unwrap().recoverable);
+        assert!(
+            !RecoverableError::decode(rpc.details[0].value.as_slice())
+                .unwrap()
+                .recoverable
+        );
     }
 }
