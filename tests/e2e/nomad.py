@@ -78,10 +78,7 @@ def build_workspace() -> dict[str, str]:
                 "cargo is not installed: install Rust with rustup (https://rustup.rs, "
                 "`curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y`) or run .ci/run, "
                 "which installs everything the tests need")
-        _run_logged(["cargo", "build", "--release", "--workspace", "--locked"]
-                    if os.path.exists(os.path.join(REPO, "Cargo.lock"))
-                    else ["cargo", "build", "--release", "--workspace"],
-                    "building the Rust workspace")
+        _run_logged(["cargo", "build", "--release", "--workspace"], "building the Rust workspace")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     bins = {name: os.path.join(target, "release", name) for name in (PLUGIN_NAME, EXECUTOR_NAME)}
     for name, path in bins.items():
@@ -201,10 +198,16 @@ OWN_CHILDREN: set[int] = set()
 
 def become_subreaper() -> None:
     """Make this process the reaper of orphaned descendants, so detached shims and tasks
-    stay in our process tree and can be accounted for."""
+    stay in our process tree and can be accounted for.
+
+    A subreaper must also reap them: an adopted process that exits stays a zombie until
+    we do, and a zombie still "exists" for kill(pid, 0) -- go-plugin would then wait
+    forever for a reattached plugin to exit. Adopted children announce their death with
+    SIGCHLD; the handler reaps exactly those (see reap_orphans)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: reap_orphans())
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ class Proc:
     start: int          # /proc/<pid>/stat field 22, guards against PID reuse
     ppid: int
     state: str
+    sid: int
     cmdline: str
     exe: str
 
@@ -239,7 +243,7 @@ def proc_info(pid: int) -> Optional[Proc]:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = ""
-    return Proc(pid=pid, state=rest[0], ppid=int(rest[1]), start=int(rest[19]),
+    return Proc(pid=pid, state=rest[0], ppid=int(rest[1]), sid=int(rest[3]), start=int(rest[19]),
                 cmdline=cmd.replace(b"\0", b" ").decode("utf-8", "replace").strip(), exe=exe)
 
 
@@ -272,11 +276,23 @@ def is_alive(p: Proc) -> bool:
 
 
 def reap_orphans(keep: Iterable[int] = ()) -> None:
-    """Reap zombie children adopted through the subreaper (never our own Popen children)."""
+    """Reap zombie children adopted through the subreaper, never our own children.
+
+    Our own children (agents, CLI runs, builds) must be left to their Popen, which needs
+    their exit status. Agents are in OWN_CHILDREN; every other child we spawn shares our
+    session, while adopted processes come from an agent's session (the agent runs in a
+    new one) or from their own (shims and tasks call setsid)."""
     keep = set(keep) | OWN_CHILDREN
-    me = os.getpid()
-    for p in all_procs().values():
-        if p.ppid == me and p.state == "Z" and p.pid not in keep:
+    me, my_sid = os.getpid(), os.getsid(0)
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        if pid in keep:
+            continue
+        p = proc_info(pid)
+        if p and p.ppid == me and p.state == "Z" and p.sid != my_sid:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
 
@@ -388,6 +404,8 @@ class Api:
                 last_err = e
                 time.sleep(0.2)
                 continue
+            # pred may return the part of the value the caller wants (any truthy object);
+            # True means "the whole value".
             result = pred(last)
             if result:
                 return last if result is True else result
@@ -672,7 +690,7 @@ class NomadAgent:
         for p in self.processes():
             self._seen[(p.pid, p.start)] = p
 
-    def leftovers(self, timeout: float = 30) -> list[Proc]:
+    def leftovers(self, timeout: float = 15) -> list[Proc]:
         """After stop(): wait for every process this agent ever had to exit; return the ones
         still alive after `timeout`."""
         self.snapshot()
@@ -725,7 +743,7 @@ class NomadAgent:
         node = self.api.blocking(
             f"/v1/node/{self.node_id}",
             lambda n: (n.get("Drivers") or {}).get(name) is not None
-            and pred(n["Drivers"][name]),
+            and bool(pred(n["Drivers"][name])),
             timeout=timeout, what=f"driver {name!r} on the node", check=self.check_alive)
         return node["Drivers"][name]
 
@@ -807,9 +825,9 @@ class NomadAgent:
             if ts["State"] in states and (pred is None or pred(ts)):
                 return ts
             return None
-        alloc = self.wait_alloc(alloc_id, check, timeout,
-                                f"task {task} of alloc {alloc_id[:8]} to be {'/'.join(states)}")
-        return alloc["TaskStates"][task]
+        # `blocking` returns what the predicate returned: the task state itself.
+        return self.wait_alloc(alloc_id, check, timeout,
+                               f"task {task} of alloc {alloc_id[:8]} to be {'/'.join(states)}")
 
     def task_events(self, alloc_id: str, task: str) -> list[dict]:
         return ((self.alloc(alloc_id).get("TaskStates") or {}).get(task) or {}).get("Events") or []
