@@ -394,7 +394,9 @@ impl TaskConfig {
         object(vec![
             ("script", attr("script", "string", true)),
             ("args", attr("args", "list(string)", false)),
-            ("env", attr("env", "map(string)", false)),
+            // `list(map(string))`, like the docker driver's `labels`: Nomad's job parser hands a
+            // map attribute of a driver config block over as a one-element list of maps.
+            ("env", attr("env", "list(map(string))", false)),
             ("mode", attr("mode", "string", false)),
             ("guest_env", attr("guest_env", "string", false)),
             (
@@ -637,7 +639,7 @@ mod tests {
         for elide_opts in [opts.clone(), Value::Array(vec![opts])] {
             let t = TaskConfig::from_msgpack(&task_payload(vec![
                 ("args", strs(&["--port", "8080"])),
-                ("env", obj(vec![("LOG_LEVEL", s("info"))])),
+                ("env", Value::Array(vec![obj(vec![("LOG_LEVEL", s("info"))]), obj(vec![("B", s("2"))])])),
                 ("mode", s("serve")),
                 ("guest_env", s("none")),
                 ("pids_limit", Value::from(100u8)),
@@ -646,6 +648,7 @@ mod tests {
             .unwrap();
             assert_eq!(t.args, ["--port", "8080"]);
             assert_eq!(t.env["LOG_LEVEL"], "info");
+            assert_eq!(t.env["B"], "2");
             assert_eq!(t.mode, Some(RunMode::Serve));
             assert_eq!(t.guest_env, Some(GuestEnv::None));
             assert_eq!(t.pids_limit, Some(100));

@@ -209,13 +209,22 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A map of strings, given as a map or as a list of maps (merged in order).
     pub fn string_map(&self, key: &str) -> Result<BTreeMap<String, String>, CtyError> {
-        let v = match self.get(key) {
-            None => return Ok(BTreeMap::new()),
-            // A map attribute can reach us wrapped in a one-element list.
-            Some(Value::Array(a)) if a.len() == 1 => unwrap_dynamic(&a[0]),
-            Some(v) => v,
-        };
+        match self.get(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Array(items)) => {
+                let mut out = BTreeMap::new();
+                for item in items {
+                    out.extend(self.one_string_map(key, unwrap_dynamic(item))?);
+                }
+                Ok(out)
+            }
+            Some(v) => self.one_string_map(key, v),
+        }
+    }
+
+    fn one_string_map(&self, key: &str, v: &Value) -> Result<BTreeMap<String, String>, CtyError> {
         match v {
             Value::Map(entries) => entries
                 .iter()
