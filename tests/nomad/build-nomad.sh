@@ -34,6 +34,15 @@ for v in "${CANDIDATES[@]}"; do
   fi
 done
 
+if ! command -v go >/dev/null 2>&1; then
+  log "Go is not installed: install Go >= 1.21 (or run .ci/run, which installs it), or set NOMAD_BIN"
+  exit 1
+fi
+gominor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+if [ "${gominor:-0}" -lt 21 ]; then
+  log "$(go env GOVERSION) is too old to build Nomad 1.6: install Go >= 1.21 (or run .ci/run)"
+  exit 1
+fi
 export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED="${CGO_ENABLED:-1}"
 for v in "${CANDIDATES[@]}"; do
@@ -79,8 +88,12 @@ GO
   (
     cd "$work"
     go mod tidy -e >/dev/null 2>&1 || true
-    # Nomad 1.6 predates Go 1.23's linkname restrictions: -checklinkname=0 is Go's escape hatch.
-    go build -tags "ui" -trimpath -ldflags "-checklinkname=0" -o "$CACHE_DIR/nomad-$v/nomad" github.com/hashicorp/nomad
+    # Nomad 1.6 predates Go 1.23's linkname restrictions: -checklinkname=0 is Go's escape
+    # hatch. Older linkers do not know the flag (and do not need it).
+    ldflags=""
+    gominor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+    if [ "${gominor:-0}" -ge 23 ]; then ldflags="-checklinkname=0"; fi
+    go build -tags "ui" -trimpath -ldflags "$ldflags" -o "$CACHE_DIR/nomad-$v/nomad" github.com/hashicorp/nomad
   ) >&2
   log "built Nomad v$v in $(( $(date +%s) - start ))s"
   "$CACHE_DIR/nomad-$v/nomad" version >&2

@@ -1,0 +1,37 @@
+# Shared helpers for scripts/test, scripts/demo and .ci/run (source it; bash only).
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+[ -t 2 ] || say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Put ~/.cargo/bin and /usr/local/go/bin on PATH when they exist (fresh rustup/Go installs).
+for d in "$HOME/.cargo/bin" /usr/local/go/bin; do
+  case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$d:$PATH" ;; esac
+done
+export PATH
+
+need_cargo() {
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo is not installed: install Rust with rustup (see https://rustup.rs), or run .ci/run, which installs everything"
+}
+
+need_pytest() {
+  python3 -c 'import pytest' 2>/dev/null ||
+    die "pytest is not installed for $(command -v python3 || echo python3): apt-get install python3-pytest, or python3 -m pip install pytest (.ci/run does this)"
+}
+
+# Prints the path of a real Nomad agent: $NOMAD_BIN, else one built (once, cached in
+# ~/.cache/nomad-driver-elide) by tests/nomad/build-nomad.sh.
+nomad_bin() {
+  if [ -n "${NOMAD_BIN:-}" ]; then
+    [ -x "$NOMAD_BIN" ] || die "NOMAD_BIN=$NOMAD_BIN is not an executable file"
+    echo "$NOMAD_BIN"; return
+  fi
+  bash "$REPO/tests/nomad/build-nomad.sh" | tail -n 1
+}
+
+# Elapsed seconds since a `date +%s` value.
+since() { echo $(( $(date +%s) - $1 )); }
