@@ -1,48 +1,113 @@
-//! `/proc` helpers: process identity (pid + start time, the PID-reuse guard), boot id, memory.
+//! `/proc` helpers: process identity (pid + start time, the PID-reuse guard), boot id,
+//! memory, and listing a task's processes (its process group and its process tree).
 
 use std::io;
-use std::path::Path;
+
+/// The fields of `/proc/<pid>/stat` this crate uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    /// Field 3: R, S, D, Z (zombie), X (dead), T, t, …
+    pub state: char,
+    /// Field 4.
+    pub ppid: i32,
+    /// Field 5: process group id.
+    pub pgrp: i32,
+    /// Field 6: session id.
+    pub session: i32,
+    /// Fields 14 and 15: user and system CPU time in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Zombie or dead: the process has exited (only its exit status is left to reap).
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line. `comm` (field 2) may itself contain spaces and parens,
+/// so the fixed fields are counted from the *last* `)`.
+pub fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let pid = stat[..open].trim().parse().ok()?;
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // f[0] is field 3.
+    let field = |n: usize| f.get(n - 3).copied();
+    Some(Stat {
+        pid,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        utime: field(14)?.parse().ok()?,
+        stime: field(15)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+fn invalid(pid: i32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unparsable /proc/{pid}/stat"),
+    )
+}
+
+/// The parsed `/proc/<pid>/stat` of one process.
+pub fn stat(pid: i32) -> io::Result<Stat> {
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid pid {pid}"),
+        ));
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| invalid(pid))
+}
 
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
 pub fn start_time(pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_time(&stat)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+    stat(pid).map(|s| s.start_time)
 }
 
-/// Parses past the `)` that ends `comm` (which may itself contain spaces and parens).
+/// Start time from a raw stat line (kept for callers that hold the text already).
 pub fn parse_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Fields after comm start at field 3 (state); start time is field 22.
-    after.split_whitespace().nth(22 - 3)?.parse().ok()
+    parse_stat(stat).map(|s| s.start_time)
 }
 
-/// True when `pid` exists, is not a zombie, and started at `start_time` (so it is not a
-/// different process that reused the pid).
+/// True when `pid` exists, has not exited (zombies count as gone), and started at
+/// `start_time` — so it is not a different process that reused the pid.
 pub fn is_same_process(pid: i32, start_time_ticks: u64) -> bool {
-    if pid <= 0 {
-        return false;
+    match stat(pid) {
+        Ok(s) => !s.is_exited() && s.start_time == start_time_ticks,
+        Err(_) => false,
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    if state == Some("Z") || state == Some("X") {
-        return false;
-    }
-    parse_start_time(&stat) == Some(start_time_ticks)
 }
 
-/// This boot's id; pids recorded under another boot id are meaningless.
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); pids recorded under another boot id
+/// are meaningless. Empty if unreadable.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
 
-/// VmRSS of a process in bytes.
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of `utime`, `stime` and `start_time`.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// VmRSS of a process in bytes (None for a gone process or a kernel thread).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
 }
@@ -58,45 +123,89 @@ fn status_kb(pid: i32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Pids whose process group is `pgid`.
-pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
+/// Every process on the node that has not exited (one scan of `/proc`).
+pub fn all_processes() -> Vec<Stat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
+        return Vec::new();
     };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(stat) =
-            std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
-        {
-            if let Some(i) = stat.rfind(')') {
-                // state ppid pgrp
-                if stat[i + 1..]
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|p| p.parse::<i32>().ok())
-                    == Some(pgid)
-                {
-                    out.push(pid);
-                }
-            }
-        }
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| stat(pid).ok())
+        .filter(|s| !s.is_exited())
+        .collect()
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_processes()
+        .into_iter()
+        .filter(|s| s.pgrp == pgid)
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// `root` and all its live descendants, from a list of processes.
+pub fn tree_of(procs: &[Stat], root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if procs.iter().any(|s| s.pid == root) {
+        out.push(root);
     }
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            procs
+                .iter()
+                .filter(|s| s.ppid == parent && s.pid != parent)
+                .map(|s| s.pid),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// The task's processes: `root`'s live descendants plus everything still in `root`'s process
+/// group (orphans that were re-parented away from the tree). Sorted, no duplicates.
+pub fn task_processes(root: i32) -> Vec<Stat> {
+    let procs = all_processes();
+    let tree = tree_of(&procs, root);
+    let mut out: Vec<Stat> = procs
+        .into_iter()
+        .filter(|s| s.pgrp == root || tree.contains(&s.pid))
+        .collect();
+    out.sort_by_key(|s| s.pid);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
 
     #[test]
-    fn parses_start_time_past_odd_comm() {
-        let stat =
-            "123 (a) b (c)) S 1 123 123 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time("garbage"), None);
+    fn parses_stat_past_odd_comm() {
+        let line =
+            "123 (a) b (c)) S 1 123 120 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                pid: 123,
+                state: 'S',
+                ppid: 1,
+                pgrp: 123,
+                session: 120,
+                utime: 5,
+                stime: 6,
+                start_time: 98765,
+            }
+        );
+        assert_eq!(parse_start_time(line), Some(98765));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+        assert!(parse_stat(&line.replace(" S ", " Z ")).unwrap().is_exited());
     }
 
     #[test]
@@ -106,9 +215,64 @@ mod tests {
         assert!(is_same_process(me, st));
         assert!(!is_same_process(me, st + 1));
         assert!(!is_same_process(-1, st));
+        assert!(!is_same_process(0, st));
         assert!(rss_bytes(me).unwrap() > 0);
         assert_eq!(boot_id().len(), 36);
+        assert!(clock_ticks_per_sec() > 0);
         let pgid = nix::unistd::getpgrp().as_raw();
         assert!(group_members(pgid).contains(&me));
+    }
+
+    #[test]
+    fn zombies_are_not_the_same_process() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "exit 0"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Until reaped it is a zombie (or still running briefly); wait for the zombie state
+        // by reaping with WNOWAIT, which leaves it in place.
+        nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
+            nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        let s = stat(pid).unwrap();
+        assert!(s.is_exited(), "{s:?}");
+        assert!(!is_same_process(pid, s.start_time));
+        child.wait().unwrap();
+        assert!(stat(pid).is_err());
+    }
+
+    #[test]
+    fn tree_and_group_of_a_real_process_tree() {
+        // sh (own group) → sleep; sh prints the sleep's pid once it exists.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 100 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let sh = child.id() as i32;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleep: i32 = line.trim().parse().unwrap();
+        let procs = all_processes();
+        assert_eq!(tree_of(&procs, sh), vec![sh, sleep]);
+        assert!(tree_of(&procs, -5).is_empty());
+        let mut group = group_members(sh);
+        group.sort();
+        assert_eq!(group, vec![sh, sleep]);
+        let task: Vec<i32> = task_processes(sh).iter().map(|s| s.pid).collect();
+        assert_eq!(task, vec![sh, sleep]);
+        assert_eq!(stat(sleep).unwrap().ppid, sh);
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(sh),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().unwrap();
     }
 }

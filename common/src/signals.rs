@@ -1,21 +1,38 @@
-//! Signal names as Nomad and consul-template spell them ("SIGTERM"), plus "TERM", "15".
+//! Signal names as Nomad and consul-template spell them ("SIGTERM"), plus the forms operators
+//! type: "TERM", "sigterm", "15". `SIGNULL` (or "0") is the existence check: no signal.
 
 use nix::sys::signal::Signal;
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown signal {0:?}; use a name like SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT or SIGKILL")]
-pub struct UnknownSignal(pub String);
+/// The names this module accepts (with or without `SIG`, any case), for error messages.
+pub fn valid_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Signal::iterator().map(Signal::as_str).collect();
+    names.push("SIGNULL");
+    names
+}
 
-/// Parses a signal name or number. `SIGNULL`/`0` (existence check) gives None.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "unknown signal {given:?}; use a signal name ({}; the SIG prefix and case are optional) or its number",
+    valid_names().join(", ")
+)]
+pub struct UnknownSignal {
+    pub given: String,
+}
+
+/// Parses a signal name or number. `SIGNULL`/`NULL`/`0` (existence check) gives `None`.
 pub fn parse(name: &str) -> Result<Option<Signal>, UnknownSignal> {
+    let unknown = || UnknownSignal {
+        given: name.to_owned(),
+    };
     let n = name.trim();
-    if n.eq_ignore_ascii_case("SIGNULL") || n == "0" {
-        return Ok(None);
+    if n.is_empty() {
+        return Err(unknown());
     }
     if let Ok(num) = n.parse::<i32>() {
-        return Signal::try_from(num)
-            .map(Some)
-            .map_err(|_| UnknownSignal(name.into()));
+        if num == 0 {
+            return Ok(None);
+        }
+        return Signal::try_from(num).map(Some).map_err(|_| unknown());
     }
     let upper = n.to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
@@ -23,9 +40,26 @@ pub fn parse(name: &str) -> Result<Option<Signal>, UnknownSignal> {
     } else {
         format!("SIG{upper}")
     };
-    full.parse::<Signal>()
-        .map(Some)
-        .map_err(|_| UnknownSignal(name.into()))
+    if full == "SIGNULL" {
+        return Ok(None);
+    }
+    full.parse::<Signal>().map(Some).map_err(|_| unknown())
+}
+
+/// The number of a signal name (`SIGNULL` → 0).
+pub fn number(name: &str) -> Result<i32, UnknownSignal> {
+    Ok(parse(name)?.map(|s| s as i32).unwrap_or(0))
+}
+
+/// The canonical name of a signal number ("SIGTERM"; "signal 40" for ones without a name,
+/// e.g. real-time signals).
+pub fn name(num: i32) -> String {
+    if num == 0 {
+        return "SIGNULL".into();
+    }
+    Signal::try_from(num)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {num}"))
 }
 
 #[cfg(test)]
@@ -33,14 +67,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_numbers_and_errors() {
-        assert_eq!(parse("SIGTERM").unwrap(), Some(Signal::SIGTERM));
-        assert_eq!(parse("term").unwrap(), Some(Signal::SIGTERM));
+    fn names_in_every_spelling() {
+        for s in ["SIGTERM", "TERM", "sigterm", "term", " SigTerm ", "15"] {
+            assert_eq!(parse(s).unwrap(), Some(Signal::SIGTERM), "{s}");
+        }
         assert_eq!(parse("SIGUSR1").unwrap(), Some(Signal::SIGUSR1));
+        assert_eq!(parse("hup").unwrap(), Some(Signal::SIGHUP));
         assert_eq!(parse("9").unwrap(), Some(Signal::SIGKILL));
         assert_eq!(parse("SIGNULL").unwrap(), None);
+        assert_eq!(parse("null").unwrap(), None);
+        assert_eq!(parse("0").unwrap(), None);
+    }
+
+    #[test]
+    fn numbers_and_names_round_trip() {
+        for sig in Signal::iterator() {
+            let n = sig as i32;
+            assert_eq!(number(&name(n)).unwrap(), n);
+            assert_eq!(parse(&n.to_string()).unwrap(), Some(sig));
+        }
+        assert_eq!(name(15), "SIGTERM");
+        assert_eq!(name(0), "SIGNULL");
+        assert_eq!(name(40), "signal 40");
+        assert_eq!(number("SIGKILL").unwrap(), 9);
+    }
+
+    #[test]
+    fn unknown_names_list_the_valid_ones() {
         let e = parse("SIGFOO").unwrap_err().to_string();
-        assert!(e.contains("SIGFOO") && e.contains("SIGTERM"), "{e}");
+        assert!(e.contains("\"SIGFOO\""), "{e}");
+        for valid in [
+            "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGKILL", "SIGNULL",
+        ] {
+            assert!(e.contains(valid), "{valid} missing from: {e}");
+        }
         assert!(parse("999").is_err());
+        assert!(parse("-1").is_err());
+        assert!(parse("").is_err());
     }
 }
