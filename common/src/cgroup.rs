@@ -33,7 +33,7 @@ pub fn detect(root: &Path) -> Option<Version> {
 }
 
 /// v1 controllers we manage (each its own hierarchy).
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "freezer"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskCgroup {
@@ -130,7 +130,14 @@ impl TaskCgroup {
                     }
                     let dir = base.join(name);
                     fs::create_dir_all(&dir)?;
-                    dirs.push(dir);
+                    // cpu and cpuacct are often one co-mounted hierarchy behind two names.
+                    let canonical = dir.canonicalize().unwrap_or(dir.clone());
+                    if !dirs
+                        .iter()
+                        .any(|d: &PathBuf| d.canonicalize().ok().as_ref() == Some(&canonical))
+                    {
+                        dirs.push(dir);
+                    }
                 }
                 let owned = dirs.clone();
                 // Nomad 1.6 on v1 hands over a cpuset cgroup (shared or reserved cores): join it.
@@ -153,7 +160,13 @@ impl TaskCgroup {
             Version::V1 => self
                 .dirs
                 .iter()
-                .find(|d| d.components().any(|c| c.as_os_str() == controller))
+                .find(|d| {
+                    d.components().any(|c| {
+                        c.as_os_str()
+                            .to_str()
+                            .is_some_and(|n| n.split(',').any(|x| x == controller))
+                    })
+                })
                 .map(PathBuf::as_path),
         }
     }
@@ -312,12 +325,14 @@ impl TaskCgroup {
             }
             Version::V1 => {
                 let ticks_ns = 1_000_000_000 / clock_ticks();
-                if let Some(c) = self.dir_of("cpu") {
-                    // cpu and cpuacct are co-mounted ("cpu,cpuacct") on every distro we target.
-                    s.cpu_usage_ns = read_u64(&c.join("cpuacct.usage"));
-                    s.cpu_user_ns = keyed(&c.join("cpuacct.stat"), "user").map(|t| t * ticks_ns);
+                // cpuacct is its own hierarchy on some hosts, co-mounted with cpu on others.
+                if let Some(a) = self.dir_of("cpuacct").or(self.dir_of("cpu")) {
+                    s.cpu_usage_ns = read_u64(&a.join("cpuacct.usage"));
+                    s.cpu_user_ns = keyed(&a.join("cpuacct.stat"), "user").map(|t| t * ticks_ns);
                     s.cpu_system_ns =
-                        keyed(&c.join("cpuacct.stat"), "system").map(|t| t * ticks_ns);
+                        keyed(&a.join("cpuacct.stat"), "system").map(|t| t * ticks_ns);
+                }
+                if let Some(c) = self.dir_of("cpu") {
                     s.throttled_periods = keyed(&c.join("cpu.stat"), "nr_throttled");
                     s.throttled_ns = keyed(&c.join("cpu.stat"), "throttled_time");
                 }
@@ -432,6 +447,56 @@ mod tests {
         assert!(cg.owned.is_empty());
         cg.remove();
         assert!(nomad.is_dir());
+    }
+
+    #[test]
+    fn v1_separate_cpuacct_hierarchy_limits_and_stats_on_a_fake_root() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            fs::create_dir(root.path().join(c)).unwrap();
+        }
+        assert_eq!(detect(root.path()), Some(Version::V1));
+        let cg = TaskCgroup::create(root.path(), Version::V1, "nomad-elide/k", "").unwrap();
+        assert_eq!(cg.dirs.len(), 5);
+        let dir = |c: &str| root.path().join(c).join("nomad-elide/k");
+        for (c, f) in [
+            ("cpu", "cpu.shares"),
+            ("memory", "memory.limit_in_bytes"),
+            ("pids", "pids.max"),
+        ] {
+            fs::write(dir(c).join(f), "").unwrap();
+        }
+        let notes = cg.apply(&ResourceSpec {
+            memory_mb: 64,
+            memory_max_mb: 64,
+            cpu_shares: 500,
+            pids_limit: 10,
+            ..Default::default()
+        });
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            fs::read_to_string(dir("cpu").join("cpu.shares")).unwrap(),
+            "500"
+        );
+        assert_eq!(
+            fs::read_to_string(dir("memory").join("memory.limit_in_bytes")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            fs::read_to_string(dir("pids").join("pids.max")).unwrap(),
+            "10"
+        );
+        fs::write(dir("cpuacct").join("cpuacct.usage"), "5000\n").unwrap();
+        fs::write(dir("cpuacct").join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        fs::write(
+            dir("memory").join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        let s = cg.stats();
+        assert_eq!(s.cpu_usage_ns, Some(5000));
+        assert!(s.cpu_user_ns.unwrap() > 0 && s.cpu_system_ns.unwrap() > 0);
+        assert_eq!(cg.oom_kills(), 2);
     }
 
     #[test]

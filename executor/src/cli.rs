@@ -26,6 +26,7 @@ pub struct Row {
     pub memory_bytes: u64,
     pub socket: String,
     pub state_file: String,
+    pub cgroup: String,
     pub reachable: bool,
     pub problem: String,
 }
@@ -75,6 +76,7 @@ async fn row(key: &str, link: &Path) -> Row {
         state_file: std::fs::read_link(link)
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        cgroup: String::new(),
         reachable: false,
         problem: String::new(),
     };
@@ -92,6 +94,7 @@ async fn row(key: &str, link: &Path) -> Row {
     r.shim_pid = st.shim_pid;
     r.runtime_pid = st.runtime_pid.unwrap_or(0);
     r.socket = st.spec.socket_path.display().to_string();
+    r.cgroup = st.cgroup.clone().unwrap_or_default();
     if let Some(e) = &st.exit {
         r.state = "exited".into();
         r.exit_code = Some(e.exit_code);

@@ -39,6 +39,8 @@ pub struct TaskEntry {
     client: tokio::sync::Mutex<Option<ExecutorClient<Channel>>>,
     /// Set once the exit is known (from the shim or its state file).
     exit: Mutex<Option<shim::ExitStatus>>,
+    /// Whether the exit's explanation was already published as a task event.
+    noted: std::sync::atomic::AtomicBool,
 }
 
 pub type TaskConfigProto = common::proto::drivers::TaskConfig;
@@ -99,7 +101,13 @@ impl TaskEntry {
             config,
             client: tokio::sync::Mutex::new(None),
             exit: Mutex::new(None),
+            noted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// True the first time only (concurrent WaitTask callers publish one event).
+    fn note_reported(&self) -> bool {
+        !self.noted.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     fn cached_exit(&self) -> Option<shim::ExitStatus> {
@@ -564,6 +572,15 @@ pub async fn wait(plugin: &Plugin, task_id: &str) -> WaitTaskResponse {
         };
     };
     let exit = wait_entry(&entry).await;
+    if !exit.message.is_empty() && entry.note_reported() {
+        // OOM kills, stop escalations and shim deaths, as a Driver event naming the cause.
+        plugin.emit(
+            &entry.state.task_id,
+            &entry.state.alloc_id,
+            &entry.state.task_name,
+            exit.message.clone(),
+        );
+    }
     let err = if exit.exit_code == -1 && !exit.message.is_empty() {
         exit.message.clone()
     } else {
