@@ -639,7 +639,13 @@ mod tests {
         for elide_opts in [opts.clone(), Value::Array(vec![opts])] {
             let t = TaskConfig::from_msgpack(&task_payload(vec![
                 ("args", strs(&["--port", "8080"])),
-                ("env", Value::Array(vec![obj(vec![("LOG_LEVEL", s("info"))]), obj(vec![("B", s("2"))])])),
+                (
+                    "env",
+                    Value::Array(vec![
+                        obj(vec![("LOG_LEVEL", s("info"))]),
+                        obj(vec![("B", s("2"))]),
+                    ]),
+                ),
                 ("mode", s("serve")),
                 ("guest_env", s("none")),
                 ("pids_limit", Value::from(100u8)),
