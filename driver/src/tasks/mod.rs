@@ -327,6 +327,7 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
         linger_after_exit_secs: 300,
     };
 
+    let launch_started = std::time::Instant::now();
     let launched = launch::launch_shim(&executor, &spec, SHIM_READY_TIMEOUT)
         .await
         .map_err(|e| {
@@ -338,6 +339,12 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
             }
         })?;
 
+    tracing::debug!(
+        task_id = %task.id,
+        shim_pid = launched.shim_pid,
+        shim_ready_us = launch_started.elapsed().as_micros() as u64,
+        "shim ready"
+    );
     // The shim is up; ask it to start the runtime.
     let mut client = match common::client::connect(&socket_path).await {
         Ok(c) => c,

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Benchmark: nomad-driver-elide against Nomad's own raw_exec (and exec) on the same agent in
+the same run. Prints absolute figures and ratios; asserts nothing (targets are read by people,
+not by timed tests).
+
+    python3 tests/bench/bench.py [--tasks 20] [--nomad PATH]
+
+For each driver it runs N copies of the same idle app through the same Elide stand-in and
+measures:
+  * per-task supervisor memory: elide-executor (ours) vs `nomad executor` (raw_exec/exec), as
+    VmRSS and Pss from /proc/<pid>/smaps_rollup (logmon is the same for every driver and is
+    left out);
+  * time from job registration to all N tasks running;
+  * for ours: shim spawn → socket ready (from the plugin's debug log), and the plugin's RSS;
+  * recovery: time from an agent restart to every task reattached (persistent agent).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "e2e"))
+import nomad as nm  # noqa: E402
+
+APP = "import time\\nwhile True:\\n    time.sleep(1)\\n"
+
+
+def job(name: str, driver: str, count: int) -> str:
+    if driver == "elide":
+        config = 'script = "local/app.py"'
+    else:
+        config = (f'command = "{nm.STANDIN}"\n        args = ["run", "--no-pretty", '
+                  '"--host:allow-env", "local/app.py", "--"]')
+    return f"""
+job "{name}" {{
+  datacenters = ["dc1"]
+  group "g" {{
+    count = {count}
+    task "t" {{
+      driver = "{driver}"
+      config {{
+        {config}
+      }}
+      template {{
+        destination = "local/app.py"
+        perms = "644"
+        data = "{APP}"
+      }}
+      resources {{
+        cpu    = 20
+        memory = 64
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def mem(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def supervisors(driver: str) -> list[int]:
+    procs = nm.all_procs().values()
+    if driver == "elide":
+        return [p.pid for p in procs if "elide-executor serve" in p.cmdline]
+    return [p.pid for p in procs if re.search(r"nomad executor ", p.cmdline)]
+
+
+def run_driver(agent, driver: str, n: int) -> dict:
+    t0 = time.monotonic()
+    j = agent.run_job(job(f"bench-{driver}", driver, n))
+    agent.wait_allocs(j["ID"], lambda a: len(a) >= n and all(
+        (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a),
+        timeout=300, what=f"{n} {driver} tasks running")
+    start_s = time.monotonic() - t0
+    time.sleep(3)  # let the runtimes settle before sampling memory
+    pids = supervisors(driver)
+    m = [mem(p) for p in pids]
+    res = {
+        "driver": driver,
+        "tasks": n,
+        "start_all_s": start_s,
+        "supervisors": len(pids),
+        "rss_kb": statistics.mean(x[0] for x in m) if m else 0,
+        "pss_kb": statistics.mean(x[1] for x in m) if m else 0,
+    }
+    agent.stop_job(j["ID"], purge=True)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--nomad", default=None)
+    ap.add_argument("--exec", action="store_true", help="also measure the exec driver (chroot: slow)")
+    ap.add_argument("--recovery", type=int, nargs="*", default=[10, 50])
+    a = ap.parse_args()
+    nomad_bin = a.nomad or nm.find_nomad()
+    bins = nm.build_workspace()
+    base = tempfile.mkdtemp(prefix="nde-bench-")
+    agent = nm.NomadAgent(nomad_bin, os.path.join(base, "dev"), plugin_bin=bins["nomad-driver-elide"],
+                          executor_bin=bins["elide-executor"], name="bench",
+                          extra_hcl='plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}')
+    results = []
+    try:
+        agent.start()
+        agent.wait_driver_healthy()
+        drivers = ["elide", "raw_exec"] + (["exec"] if a.exec else [])
+        for d in drivers:
+            results.append(run_driver(agent, d, a.tasks))
+        log = agent.log()
+        ready = [int(x) / 1000 for x in re.findall(r"shim ready: .*?shim_ready_us=(\d+)", log)]
+        plugin = [p.pid for p in agent.find_processes("plugins/nomad-driver-elide") if p.state != "Z"]
+        plugin_rss = mem(plugin[0])[0] if plugin else 0
+    finally:
+        agent.stop()
+    rec = []
+    for n in a.recovery:
+        p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["nomad-driver-elide"],
+                          executor_bin=bins["elide-executor"], name=f"rec{n}", mode="persistent")
+        try:
+            p.start()
+            p.wait_driver_healthy()
+            j = p.run_job(job(f"rec{n}", "elide", n))
+            p.wait_allocs(j["ID"], lambda al: len(al) >= n and all(
+                (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in al),
+                timeout=600, what=f"{n} tasks running")
+            p.stop()
+            before = p.log().count("reattached to running shim")
+            t0 = time.monotonic()
+            p.start()
+            deadline = time.monotonic() + 300
+            while p.log().count("reattached to running shim") < before + n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {p.log().count('reattached to running shim') - before} of {n} recovered")
+                time.sleep(0.05)
+            rec.append((n, time.monotonic() - t0))
+            p.stop_all_jobs()
+        finally:
+            p.stop()
+
+    print()
+    print(f"==== nomad-driver-elide benchmark ({a.tasks} idle tasks per driver, same agent, same run)")
+    print(f"{'driver':10} {'start all (s)':>14} {'supervisor RSS (KiB)':>22} {'PSS (KiB)':>10} {'count':>6}")
+    for r in results:
+        print(f"{r['driver']:10} {r['start_all_s']:14.2f} {r['rss_kb']:22.0f} {r['pss_kb']:10.0f} {r['supervisors']:6d}")
+    ours = results[0]
+    for r in results[1:]:
+        if r["rss_kb"] and ours["rss_kb"]:
+            print(f"ratio elide/{r['driver']}: supervisor RSS {ours['rss_kb'] / r['rss_kb']:.2f}x, "
+                  f"PSS {ours['pss_kb'] / max(r['pss_kb'], 1):.2f}x, start-all time "
+                  f"{ours['start_all_s'] / r['start_all_s']:.2f}x")
+    if ready:
+        ready.sort()
+        print(f"shim spawn -> socket ready: median {statistics.median(ready):.1f} ms, "
+              f"max {max(ready):.1f} ms over {len(ready)} starts")
+    print(f"plugin RSS: {plugin_rss} KiB")
+    for n, s in rec:
+        print(f"recovery after an agent restart: {n} tasks reattached in {s:.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
