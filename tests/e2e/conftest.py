@@ -139,6 +139,11 @@ def teardown_agent(agent: nm.NomadAgent) -> list[str]:
                 pass
         nm.wait_gone(left, 10)
     nm.free_runtime_dir(agent.runtime_dir)
+    if not agent.running:
+        # Task tmpfs mounts (secrets/, private/) outlive a persistent agent; pytest could
+        # not delete its temp dirs with them in place.
+        for err in nm.unmount_under(agent.base):
+            problems.append(f"agent {agent.name}: cannot unmount {err}")
     log_dir = os.environ.get("NDE_E2E_LOG_DIR")
     if log_dir and os.path.exists(agent.log_path):
         os.makedirs(log_dir, exist_ok=True)

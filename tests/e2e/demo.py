@@ -182,6 +182,7 @@ Press Ctrl-C to stop the agent (its jobs are stopped with it).""")
         else:
             print("stopped; no process left behind")
         nm.free_runtime_dir(agent.runtime_dir)
+        nm.unmount_under(base)
         if ok:
             shutil.rmtree(base, ignore_errors=True)
         else:

@@ -950,6 +950,31 @@ def exit_code_of(ts: dict) -> Optional[int]:
     return None
 
 
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below `path` (Nomad mounts a tmpfs on each task's secrets/ and
+    private/ dirs and leaves them when a persistent agent stops), deepest first."""
+    prefix = os.path.abspath(path).rstrip("/") + "/"
+    out = []
+    for line in (_read("/proc/self/mounts") or "").splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        if mnt.startswith(prefix):
+            out.append(mnt)
+    return sorted(set(out), key=lambda m: m.count("/"), reverse=True)
+
+
+def unmount_under(path: str) -> list[str]:
+    """Detach every mount below `path` (after its agent stopped); returns what failed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    failed = []
+    for mnt in mounts_under(path):
+        if libc.umount2(mnt.encode(), 2) != 0:  # MNT_DETACH
+            failed.append(f"{mnt}: {os.strerror(ctypes.get_errno())}")
+    return failed
+
+
 def free_runtime_dir(path: str) -> None:
     with contextlib.suppress(OSError):
         shutil.rmtree(path)
