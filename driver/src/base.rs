@@ -48,6 +48,14 @@ impl BasePlugin for Base {
         let req = req.into_inner();
         let cfg = PluginConfig::from_msgpack(&req.msgpack_config).map_err(|e| {
             tracing::error!(error = %e, "invalid plugin config");
+            // The agent refuses to start on this error and exits without stopping this
+            // process: leave by ourselves once the error has been delivered, so no plugin is
+            // orphaned. (A process with an invalid config is never used for tasks.)
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                tracing::debug!("exiting after a rejected config");
+                std::process::exit(1);
+            });
             Status::invalid_argument(format!("invalid plugin \"nomad-driver-elide\" config: {e}"))
         })?;
         let long_lived = req.nomad_config.is_some();
