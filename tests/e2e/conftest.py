@@ -13,6 +13,9 @@ Fixtures:
   shared_agent    the same, shared by all tests of a module (jobs are stopped between tests)
 
 Nothing is ever skipped: a missing tool is a failure that says how to install it.
+The session is a child subreaper (orphaned shims and tasks re-parent to it) and reaps
+adopted zombies on SIGCHLD; a process a test starts itself with start_new_session=True must
+be added to nm.OWN_CHILDREN, or its exit status could be reaped away from its Popen.
 Environment: NOMAD_BIN, NDE_E2E_NO_BUILD=1 (binaries already built), NDE_E2E_KEEP=1 (keep
 agent dirs and logs of passing tests too), NDE_E2E_LOG_DIR (copy every agent log there).
 """
