@@ -66,24 +66,25 @@ def task_procs(agent, alloc_id: str):
     return out
 
 
-@pytest.mark.parametrize("example,marker", [
-    ("hello-python.nomad", "Hello from Elide on Nomad!"),
-    ("hello-javascript.nomad", "Hello from Elide"),
+@pytest.mark.parametrize("example,task,marker", [
+    ("hello-python.nomad", "hello", "Hello from Elide on Nomad!"),
+    ("hello-javascript.nomad", "hello", "Hello from Elide"),
+    ("polyglot.nomad", "main", "Processed: [2, 4, 6, 8, 10]"),
 ])
-def test_example_batch_job_completes_with_logs_and_env(shared_agent, example, marker):
+def test_example_batch_job_completes_with_logs_and_env(shared_agent, example, task, marker):
     agent = shared_agent
     job = agent.run_job(os.path.join(EXAMPLES, example))
     alloc = agent.first_alloc(job["ID"])
-    ts = agent.wait_task(alloc["ID"], "hello", "dead")
+    ts = agent.wait_task(alloc["ID"], task, "dead")
     assert not ts["Failed"], nm.describe_task(ts)
     assert nm.exit_code_of(ts) == 0
-    out = agent.cli("alloc", "logs", alloc["ID"], "hello").stdout
+    out = agent.cli("alloc", "logs", alloc["ID"], task).stdout
     assert marker in out, out
     # Guest code sees Nomad's variables and the job's env (Elide hides host env by default).
     assert f"NOMAD_ALLOC_ID={alloc['ID']}" in out, out
     assert "GREETING=hello from the job env block" in out, out
     events = [e.get("DisplayMessage") or "" for e in ts["Events"]]
-    assert any(re.search(r"Starting Elide 1\.0\.0-beta10: local/hello\.(py|js)", m) for m in events), events
+    assert any(re.search(r"Starting Elide 1\.0\.0-beta10: local/\w+\.(py|js)", m) for m in events), events
 
 
 def test_exit_code_fails_task_and_restart_policy_counts(shared_agent):
