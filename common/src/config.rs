@@ -163,34 +163,52 @@ fn duration_field(
     if d < min {
         return Err(invalid(
             field,
-            format!("must be at least {}s, got {s:?}", min.as_secs_f64()),
+            format!(
+                "must be at least {}, got {s:?}",
+                crate::duration::format(min)
+            ),
         ));
     }
     Ok(d)
 }
 
-fn optional_path(v: Option<String>) -> Option<PathBuf> {
-    v.filter(|s| !s.trim().is_empty()).map(PathBuf::from)
+fn no_nul(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte; remove it"));
+    }
+    Ok(())
 }
 
-/// Extra Elide options must look like options, and never end option parsing early.
+/// A path setting where "" (or blanks) means "not set, search for it".
+fn optional_path(field: &str, v: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    match v.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(s) => {
+            no_nul(field, &s)?;
+            Ok(Some(PathBuf::from(s)))
+        }
+    }
+}
+
+/// Extra Elide options: every item is one option (values joined with "=", as in
+/// `--python:engine=native`), so nothing can be taken for the script, and none ends option
+/// parsing early.
 fn check_options(field: &str, opts: &[String]) -> Result<(), ConfigError> {
     for (i, o) in opts.iter().enumerate() {
+        let item = format!("{field}[{i}]");
+        no_nul(&item, o)?;
         if o == "--" {
             return Err(invalid(
-                &format!("{field}[{i}]"),
+                &item,
                 "\"--\" is added by the driver before the script's args; remove it",
             ));
         }
-        if o.contains('\0') {
-            return Err(invalid(&format!("{field}[{i}]"), "contains a NUL byte"));
-        }
-    }
-    if let Some(first) = opts.first() {
-        if !first.starts_with('-') {
+        if !o.starts_with('-') || o == "-" {
             return Err(invalid(
-                &format!("{field}[0]"),
-                format!("{first:?} is not an option (options start with \"-\")"),
+                &item,
+                format!(
+                    "{o:?} is not an option; every item must start with \"-\" (give an option's value in the same item, e.g. \"--timeout=5\")"
+                ),
             ));
         }
     }
@@ -254,11 +272,15 @@ impl PluginConfig {
         let o = Obj::root(&value, "")?;
         o.deny_unknown(PLUGIN_KEYS)?;
         let d = PluginConfig::default();
-        let runtime_dir = optional_path(o.string("runtime_dir")?).unwrap_or(d.runtime_dir);
+        let runtime_dir =
+            optional_path("runtime_dir", o.string("runtime_dir")?)?.unwrap_or(d.runtime_dir);
         if !runtime_dir.is_absolute() {
             return Err(invalid(
                 "runtime_dir",
-                format!("{} must be an absolute path", runtime_dir.display()),
+                format!(
+                    "{} must be an absolute path, e.g. {DEFAULT_RUNTIME_DIR}",
+                    runtime_dir.display()
+                ),
             ));
         }
         let len = runtime_dir.as_os_str().len();
@@ -278,8 +300,8 @@ impl PluginConfig {
         check_options("run_flags", &run_flags)?;
         Ok(PluginConfig {
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
-            elide_binary: optional_path(o.string("elide_binary")?),
-            executor_binary: optional_path(o.string("executor_binary")?),
+            elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
+            executor_binary: optional_path("executor_binary", o.string("executor_binary")?)?,
             runtime_dir,
             guest_env: match o.string("guest_env")? {
                 Some(s) => GuestEnv::parse("guest_env", &s)?,
@@ -367,13 +389,28 @@ pub const LANGUAGES: &[&str] = &[
     "pkl",
 ];
 
-fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
-    let l = l.trim().to_ascii_lowercase();
-    let n = match l.as_str() {
+/// What `elide_opts.languages` accepts: [`LANGUAGES`] plus the aliases `js` and `ts`.
+pub const LANGUAGE_NAMES: &[&str] = &[
+    "python",
+    "js",
+    "javascript",
+    "ts",
+    "typescript",
+    "jvm",
+    "java",
+    "kotlin",
+    "ruby",
+    "wasm",
+    "llvm",
+    "pkl",
+];
+
+/// Lower-cases and resolves the aliases `js` → `javascript`, `ts` → `typescript`.
+pub fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
+    let lower = l.trim().to_ascii_lowercase();
+    let n = match lower.as_str() {
         "js" => "javascript",
         "ts" => "typescript",
-        "py" => "python",
-        "kt" => "kotlin",
         other => other,
     };
     if LANGUAGES.contains(&n) {
@@ -383,7 +420,7 @@ fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
             field,
             format!(
                 "{l:?} is not a language Elide runs; use one of {}",
-                LANGUAGES.join(", ")
+                LANGUAGE_NAMES.join(", ")
             ),
         ))
     }
@@ -435,9 +472,7 @@ impl TaskConfig {
                     "is required: the path of the app to run, e.g. \"local/app.py\"",
                 )
             })?;
-        if script.contains('\0') {
-            return Err(invalid("config.script", "contains a NUL byte"));
-        }
+        no_nul("config.script", &script)?;
         let has_ext = std::path::Path::new(&script)
             .extension()
             .is_some_and(|e| !e.is_empty());
@@ -447,6 +482,20 @@ impl TaskConfig {
                 format!("{script:?} has no file extension; Elide picks the language from it (.py, .js, .ts, .jar, …)"),
             ));
         }
+        let args = o.string_list("args")?;
+        for (i, a) in args.iter().enumerate() {
+            no_nul(&format!("config.args[{i}]"), a)?;
+        }
+        let env = o.string_map("env")?;
+        for (k, v) in &env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(invalid(
+                    "config.env",
+                    format!("{k:?} is not a valid variable name (it must be non-empty and contain neither \"=\" nor NUL)"),
+                ));
+            }
+            no_nul(&format!("config.env.{k}"), v)?;
+        }
         let runtime_options = o.string_list("runtime_options")?;
         check_options("config.runtime_options", &runtime_options)?;
         let flags = o.string_list("flags")?;
@@ -455,26 +504,28 @@ impl TaskConfig {
             None => None,
             Some(b) => {
                 b.deny_unknown(ELIDE_OPTS_KEYS)?;
-                let languages = b
-                    .string_list("languages")?
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        normalise_language(&format!("config.elide_opts.languages[{i}]"), l)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut languages: Vec<String> = Vec::new();
+                for (i, l) in b.string_list("languages")?.iter().enumerate() {
+                    let n = normalise_language(&format!("config.elide_opts.languages[{i}]"), l)?;
+                    if !languages.contains(&n) {
+                        languages.push(n);
+                    }
+                }
                 Some(ElideOpts {
                     languages,
                     memory_limit: b.integer("memory_limit", 1, 1 << 30)?.map(|n| n as u64),
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
-                    elide_binary: optional_path(b.string("elide_binary")?),
+                    elide_binary: optional_path(
+                        "config.elide_opts.elide_binary",
+                        b.string("elide_binary")?,
+                    )?,
                 })
             }
         };
         Ok(TaskConfig {
             script,
-            args: o.string_list("args")?,
-            env: o.string_map("env")?,
+            args,
+            env,
             mode: o
                 .string("mode")?
                 .map(|m| RunMode::parse("config.mode", &m))
@@ -514,7 +565,24 @@ mod tests {
         Value::Array(xs.iter().map(|x| s(x)).collect())
     }
 
-    /// The payload Nomad sends for a plugin block with defaults applied.
+    /// The top-level keys of a schema (and of a nested block's object).
+    fn schema_keys(spec: &Spec) -> Vec<String> {
+        let Some(B::Object(o)) = spec.block.as_ref() else {
+            panic!("not an object: {}", crate::hclspec::render(spec))
+        };
+        let mut keys: Vec<String> = o.attributes.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn sorted(keys: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// The payload Nomad sends for a plugin block with defaults applied: every key present,
+    /// sorted, ints in their smallest form.
     fn plugin_payload(overrides: Vec<(&str, Value)>) -> Vec<u8> {
         let mut m: BTreeMap<&str, Value> = [
             ("enabled", Value::Boolean(true)),
@@ -532,6 +600,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
+        assert_eq!(
+            m.keys().copied().collect::<Vec<_>>(),
+            schema_keys(&PluginConfig::schema())
+        );
         for (k, v) in overrides {
             m.insert(k, v);
         }
@@ -548,71 +620,147 @@ mod tests {
             PluginConfig::from_msgpack(&[]).unwrap(),
             PluginConfig::default()
         );
+        // An empty object (no schema defaults applied) also gives the defaults.
+        assert_eq!(
+            PluginConfig::from_msgpack(&[0x80]).unwrap(),
+            PluginConfig::default()
+        );
     }
 
     #[test]
     fn plugin_values_decode_including_decimal_strings() {
         let c = PluginConfig::from_msgpack(&plugin_payload(vec![
+            ("enabled", Value::Boolean(false)),
             ("elide_binary", s("/opt/elide/elide")),
+            ("executor_binary", s("  ")),
+            ("runtime_dir", s("/run/x")),
             ("guest_env", s("nomad")),
             ("pids_limit", s("512")),
             ("heap_percent", Value::F64(60.0)),
             ("fingerprint_period", s("1m")),
-            ("run_flags", strs(&["--js:esm"])),
+            ("version_timeout", s("2.5s")),
+            ("fifo_open_timeout", s("500ms")),
+            ("runtime_options", strs(&["-XX:+PrintGC", "--vm.Xss=4m"])),
+            ("run_flags", strs(&["--js:esm", "--python:engine=native"])),
         ]))
         .unwrap();
+        assert!(!c.enabled);
         assert_eq!(
             c.elide_binary.as_deref(),
             Some(std::path::Path::new("/opt/elide/elide"))
         );
+        assert_eq!(c.executor_binary, None);
+        assert_eq!(c.runtime_dir, PathBuf::from("/run/x"));
         assert_eq!(c.guest_env, GuestEnv::Nomad);
         assert_eq!(c.pids_limit, 512);
         assert_eq!(c.heap_percent, 60);
         assert_eq!(c.fingerprint_period, Duration::from_secs(60));
-        assert_eq!(c.run_flags, ["--js:esm"]);
+        assert_eq!(c.version_timeout, Duration::from_millis(2500));
+        assert_eq!(c.fifo_open_timeout, Duration::from_millis(500));
+        assert_eq!(c.runtime_options, ["-XX:+PrintGC", "--vm.Xss=4m"]);
+        assert_eq!(c.run_flags, ["--js:esm", "--python:engine=native"]);
+    }
+
+    #[test]
+    fn runtime_dir_must_leave_room_for_sockets() {
+        // len + 22 > 107 is refused: 85 bytes is the longest allowed.
+        let ok = format!("/{}", "d".repeat(84));
+        assert_eq!(ok.len(), 85);
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![("runtime_dir", s(&ok))])).unwrap();
+        assert_eq!(c.runtime_dir, PathBuf::from(&ok));
+        let long = format!("/{}", "d".repeat(85));
+        let e = PluginConfig::from_msgpack(&plugin_payload(vec![("runtime_dir", s(&long))]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("runtime_dir: {long} is 86 bytes")),
+            "{e}"
+        );
+        assert!(e.contains("at most 85 bytes"), "{e}");
     }
 
     #[test]
     fn plugin_errors_name_the_field() {
         let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
-            (vec![("enabled", s("maybe"))], "enabled: expected a bool"),
+            (
+                vec![("enabled", s("maybe"))],
+                "enabled: expected a bool, got string \"maybe\"",
+            ),
             (
                 vec![("guest_env", s("everything"))],
-                "guest_env: \"everything\" is not one of",
+                "guest_env: \"everything\" is not one of \"host\", \"nomad\", \"none\"",
             ),
             (
                 vec![("pids_limit", s("lots"))],
-                "pids_limit: expected a whole number",
+                "pids_limit: expected a whole number, got string \"lots\"",
+            ),
+            (
+                vec![("pids_limit", Value::from(-1i8))],
+                "pids_limit: must be at least 0, got -1",
             ),
             (
                 vec![("heap_percent", Value::from(99u8))],
-                "heap_percent: must be between 10 and 95",
+                "heap_percent: must be between 10 and 95, got 99",
+            ),
+            (
+                vec![("heap_percent", s("50.5"))],
+                "heap_percent: must be a whole number, got 50.5",
             ),
             (
                 vec![("runtime_dir", s("relative"))],
                 "runtime_dir: relative must be an absolute path",
             ),
             (
-                vec![("runtime_dir", s(&format!("/{}", "x".repeat(90))))],
-                "runtime_dir:",
+                vec![("elide_binary", s("/x\0y"))],
+                "elide_binary: contains a NUL byte",
             ),
             (
                 vec![("fingerprint_period", s("soon"))],
-                "fingerprint_period: invalid duration",
+                "fingerprint_period: invalid duration \"soon\"",
             ),
-            (vec![("run_flags", strs(&["--"]))], "run_flags[0]"),
+            (
+                vec![("fingerprint_period", s("500ms"))],
+                "fingerprint_period: must be at least 1s, got \"500ms\"",
+            ),
+            (
+                vec![("version_timeout", s("0s"))],
+                "version_timeout: must be at least 100ms",
+            ),
+            (
+                vec![("fifo_open_timeout", Value::from(10u8))],
+                "fifo_open_timeout: expected a string, got number 10",
+            ),
+            (
+                vec![("run_flags", strs(&["--"]))],
+                "run_flags[0]: \"--\" is added by the driver",
+            ),
+            (
+                vec![("run_flags", strs(&["--timeout", "5"]))],
+                "run_flags[1]: \"5\" is not an option; every item must start with \"-\"",
+            ),
             (
                 vec![("runtime_options", strs(&["Xmx1g"]))],
-                "runtime_options[0]",
+                "runtime_options[0]: \"Xmx1g\" is not an option",
             ),
-            (vec![("bogus", Value::Nil)], "bogus: unknown key"),
+            (
+                vec![("runtime_options", s("-Xmx1g"))],
+                "runtime_options: expected a list of strings, got string \"-Xmx1g\"",
+            ),
+            (
+                vec![("bogus", Value::Nil)],
+                "bogus: unknown key; remove it (valid keys: enabled, ",
+            ),
         ];
         for (over, want) in cases {
             let e = PluginConfig::from_msgpack(&plugin_payload(over))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(want), "want {want:?} in {e:?}");
+            assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
         }
+        let e = PluginConfig::from_msgpack(&[0x81, 0xa1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid msgpack"), "{e}");
     }
 
     /// A task payload as cty encodes it: every schema key present, nil when absent.
@@ -625,53 +773,113 @@ mod tests {
         enc(&obj(m.into_iter().collect()))
     }
 
+    /// An elide_opts block as cty encodes it (every nested key present).
+    fn elide_opts(overrides: Vec<(&str, Value)>) -> Value {
+        let mut m: BTreeMap<&str, Value> =
+            ELIDE_OPTS_KEYS.iter().map(|k| (*k, Value::Nil)).collect();
+        for (k, v) in overrides {
+            m.insert(k, v);
+        }
+        obj(m.into_iter().collect())
+    }
+
+    #[test]
+    fn task_payload_keys_match_the_schema() {
+        let spec = TaskConfig::schema();
+        assert_eq!(schema_keys(&spec), sorted(TASK_KEYS));
+        let Some(B::Object(o)) = spec.block.as_ref() else {
+            unreachable!()
+        };
+        let Some(B::BlockValue(b)) = o.attributes["elide_opts"].block.as_ref() else {
+            panic!("elide_opts must be a single block")
+        };
+        assert_eq!(b.name, "elide_opts");
+        assert!(!b.required);
+        assert_eq!(
+            schema_keys(b.nested.as_deref().unwrap()),
+            sorted(ELIDE_OPTS_KEYS)
+        );
+    }
+
     #[test]
     fn task_minimal_and_full() {
         let t = TaskConfig::from_msgpack(&task_payload(vec![])).unwrap();
-        assert_eq!(t.script, "local/app.py");
-        assert!(t.args.is_empty() && t.env.is_empty() && t.elide_opts.is_none());
-        let opts = obj(vec![
-            ("languages", strs(&["python", "js"])),
+        assert_eq!(
+            t,
+            TaskConfig {
+                script: "local/app.py".into(),
+                ..TaskConfig::default()
+            }
+        );
+        let opts = elide_opts(vec![
+            ("languages", strs(&["python", "js", "TS", "javascript"])),
             ("memory_limit", s("512")),
             ("enable_ai", Value::Boolean(true)),
-            ("elide_binary", Value::Nil),
+            ("elide_binary", s("/opt/elide/1.0/elide")),
         ]);
-        for elide_opts in [opts.clone(), Value::Array(vec![opts])] {
+        let env_list = Value::Array(vec![
+            obj(vec![("LOG_LEVEL", s("info")), ("B", s("1"))]),
+            obj(vec![("B", s("2"))]),
+        ]);
+        let env_map = obj(vec![("LOG_LEVEL", s("info")), ("B", s("2"))]);
+        for (elide_opts, env) in [
+            (opts.clone(), env_list),
+            (Value::Array(vec![opts]), env_map),
+        ] {
             let t = TaskConfig::from_msgpack(&task_payload(vec![
-                ("args", strs(&["--port", "8080"])),
-                (
-                    "env",
-                    Value::Array(vec![
-                        obj(vec![("LOG_LEVEL", s("info"))]),
-                        obj(vec![("B", s("2"))]),
-                    ]),
-                ),
+                ("script", s("/abs/app.mjs")),
+                ("args", strs(&["--port", "8080", ""])),
+                ("env", env),
                 ("mode", s("serve")),
                 ("guest_env", s("none")),
+                ("runtime_options", strs(&["-Xss4m"])),
+                ("flags", strs(&["--js:esm"])),
                 ("pids_limit", Value::from(100u8)),
                 ("elide_opts", elide_opts),
             ]))
             .unwrap();
-            assert_eq!(t.args, ["--port", "8080"]);
+            assert_eq!(t.script, "/abs/app.mjs");
+            assert_eq!(t.args, ["--port", "8080", ""]);
+            assert_eq!(t.env.len(), 2);
             assert_eq!(t.env["LOG_LEVEL"], "info");
             assert_eq!(t.env["B"], "2");
             assert_eq!(t.mode, Some(RunMode::Serve));
             assert_eq!(t.guest_env, Some(GuestEnv::None));
+            assert_eq!(t.runtime_options, ["-Xss4m"]);
+            assert_eq!(t.flags, ["--js:esm"]);
             assert_eq!(t.pids_limit, Some(100));
             let o = t.elide_opts.unwrap();
-            assert_eq!(o.languages, ["python", "javascript"]);
+            assert_eq!(o.languages, ["python", "javascript", "typescript"]);
             assert_eq!(o.memory_limit, Some(512));
             assert!(o.enable_ai);
+            assert_eq!(o.elide_binary, Some(PathBuf::from("/opt/elide/1.0/elide")));
         }
+        // A present but empty block.
+        let t = TaskConfig::from_msgpack(&task_payload(vec![("elide_opts", elide_opts(vec![]))]))
+            .unwrap();
+        assert_eq!(t.elide_opts, Some(ElideOpts::default()));
+        // An absent block as cty sends a BlockList-shaped null: an empty list.
+        let t = TaskConfig::from_msgpack(&task_payload(vec![("elide_opts", Value::Array(vec![]))]))
+            .unwrap();
+        assert_eq!(t.elide_opts, None);
     }
 
     #[test]
     fn task_errors_name_the_field() {
         let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
             (vec![("script", Value::Nil)], "config.script: is required"),
+            (vec![("script", s("  "))], "config.script: is required"),
             (
                 vec![("script", s("local/app"))],
                 "config.script: \"local/app\" has no file extension",
+            ),
+            (
+                vec![("script", s("local/.env"))],
+                "config.script: \"local/.env\" has no file extension",
+            ),
+            (
+                vec![("script", s("local/a\0.py"))],
+                "config.script: contains a NUL byte",
             ),
             (
                 vec![("script", Value::from(5u8))],
@@ -679,58 +887,165 @@ mod tests {
             ),
             (
                 vec![("args", s("x"))],
-                "config.args: expected a list of strings",
+                "config.args: expected a list of strings, got string \"x\"",
+            ),
+            (
+                vec![("args", strs(&["ok", "a\0b"]))],
+                "config.args[1]: contains a NUL byte",
+            ),
+            (
+                vec![("env", Value::Array(vec![obj(vec![("A=B", s("1"))])]))],
+                "config.env: \"A=B\" is not a valid variable name",
+            ),
+            (
+                vec![("env", Value::Array(vec![obj(vec![("A", Value::Array(vec![]))])]))],
+                "config.env[0].A: expected a string",
             ),
             (
                 vec![("mode", s("daemon"))],
-                "config.mode: \"daemon\" is not one of",
+                "config.mode: \"daemon\" is not one of \"run\", \"serve\", \"test\"",
             ),
             (
-                vec![("elide_opts", obj(vec![("languages", strs(&["cobol"]))]))],
-                "config.elide_opts.languages[0]: \"cobol\" is not a language",
+                vec![("guest_env", s("all"))],
+                "config.guest_env: \"all\" is not one of",
             ),
             (
-                vec![("elide_opts", obj(vec![("memory_limit", s("lots"))]))],
-                "config.elide_opts.memory_limit: expected a whole number",
+                vec![("pids_limit", s("-5"))],
+                "config.pids_limit: must be at least 0, got -5",
             ),
-            (vec![("flags", strs(&["--"]))], "config.flags[0]"),
+            (
+                vec![(
+                    "elide_opts",
+                    elide_opts(vec![("languages", strs(&["python", "cobol"]))]),
+                )],
+                "config.elide_opts.languages[1]: \"cobol\" is not a language Elide runs; use one of python, js, javascript, ts, typescript, jvm, java, kotlin, ruby, wasm, llvm, pkl",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("memory_limit", s("lots"))]))],
+                "config.elide_opts.memory_limit: expected a whole number, got string \"lots\"",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("memory_limit", s("0.1"))]))],
+                "config.elide_opts.memory_limit: must be a whole number, got 0.1",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("memory_limit", Value::from(0u8))]))],
+                "config.elide_opts.memory_limit: must be between 1 and",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("enable_ai", s("yes"))]))],
+                "config.elide_opts.enable_ai: expected a bool",
+            ),
+            (
+                vec![(
+                    "elide_opts",
+                    Value::Array(vec![elide_opts(vec![]), elide_opts(vec![])]),
+                )],
+                "config.elide_opts: only one elide_opts block is allowed, got 2",
+            ),
+            (
+                vec![("elide_opts", s("x"))],
+                "config.elide_opts: expected a block/object, got string \"x\"",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("colour", s("x"))]))],
+                "config.elide_opts.colour: unknown key",
+            ),
+            (
+                vec![("flags", strs(&["--"]))],
+                "config.flags[0]: \"--\" is added by the driver",
+            ),
+            (
+                vec![("flags", strs(&["app2.js"]))],
+                "config.flags[0]: \"app2.js\" is not an option",
+            ),
+            (
+                vec![("runtime_options", strs(&["-"]))],
+                "config.runtime_options[0]: \"-\" is not an option",
+            ),
             (vec![("colour", s("x"))], "config.colour: unknown key"),
         ];
         for (over, want) in cases {
             let e = TaskConfig::from_msgpack(&task_payload(over))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(want), "want {want:?} in {e:?}");
+            assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
         }
+        let e = TaskConfig::from_msgpack(&[]).unwrap_err().to_string();
+        assert!(e.starts_with("config.script: is required"), "{e}");
     }
 
     #[test]
-    fn schemas_have_named_attrs_and_object_roots() {
+    fn schemas_pass_nomads_rules_and_defaults_are_named() {
         for spec in [PluginConfig::schema(), TaskConfig::schema()] {
-            let Some(B::Object(o)) = spec.block.as_ref() else {
-                panic!("root must be an object")
-            };
-            for (k, v) in &o.attributes {
-                if let Some(B::Default(d)) = v.block.as_ref() {
-                    let Some(B::Attr(a)) = d.primary.as_ref().and_then(|p| p.block.as_ref()) else {
-                        panic!("{k}: default must wrap an attr")
-                    };
-                    assert_eq!(&a.name, k, "an Attr inside a Default needs its name");
-                }
-            }
+            crate::hclspec::check(&spec).unwrap();
         }
+        let plugin = PluginConfig::schema();
+        let Some(B::Object(o)) = plugin.block.as_ref() else {
+            panic!("root must be an object")
+        };
+        // Every plugin key has a Default, so every key is present in the payload, and the
+        // Attr inside carries its name.
+        for (k, v) in &o.attributes {
+            let Some(B::Default(d)) = v.block.as_ref() else {
+                panic!("{k}: every plugin key needs a default")
+            };
+            let Some(B::Attr(a)) = d.primary.as_ref().and_then(|p| p.block.as_ref()) else {
+                panic!("{k}: default must wrap an attr")
+            };
+            assert_eq!(&a.name, k, "an Attr inside a Default needs its name");
+            assert!(!a.required, "{k}");
+        }
+        assert_eq!(schema_keys(&plugin), sorted(PLUGIN_KEYS));
+        let r = crate::hclspec::render(&plugin);
+        for want in [
+            r#"enabled = default(attr("enabled", bool), true)"#,
+            r#"elide_binary = default(attr("elide_binary", string), "")"#,
+            &format!(
+                r#"runtime_dir = default(attr("runtime_dir", string), "{DEFAULT_RUNTIME_DIR}")"#
+            ),
+            r#"guest_env = default(attr("guest_env", string), "host")"#,
+            r#"runtime_options = default(attr("runtime_options", list(string)), [])"#,
+            r#"fingerprint_period = default(attr("fingerprint_period", string), "30s")"#,
+            r#"pids_limit = default(attr("pids_limit", number), 0)"#,
+            r#"heap_percent = default(attr("heap_percent", number), 75)"#,
+        ] {
+            assert!(r.contains(want), "{want} not in {r}");
+        }
+
+        let task = TaskConfig::schema();
+        let r = crate::hclspec::render(&task);
+        assert!(
+            r.contains(r#"script = attr("script", string, required)"#),
+            "{r}"
+        );
+        assert!(r.contains(r#"elide_opts = block("elide_opts", {"#), "{r}");
         let mut names = Vec::new();
-        crate::hclspec::attribute_names(&PluginConfig::schema(), &mut names);
-        names.sort();
-        let mut keys: Vec<String> = PLUGIN_KEYS.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        assert_eq!(names, keys);
-        let Some(B::Object(o)) = TaskConfig::schema().block else {
-            unreachable!()
-        };
-        let Some(B::Attr(script)) = o.attributes["script"].block.clone() else {
-            unreachable!()
-        };
-        assert!(script.required);
+        crate::hclspec::attribute_names(&task, &mut names);
+        assert!(names.iter().all(|n| !n.is_empty()), "{names:?}");
+    }
+
+    #[test]
+    fn enums_serialise_lowercase() {
+        for (g, name) in [
+            (GuestEnv::Host, "host"),
+            (GuestEnv::Nomad, "nomad"),
+            (GuestEnv::None, "none"),
+        ] {
+            assert_eq!(g.as_str(), name);
+            assert_eq!(serde_json::to_string(&g).unwrap(), format!("\"{name}\""));
+            let back: GuestEnv = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, g);
+        }
+        for (m, name) in [
+            (RunMode::Run, "run"),
+            (RunMode::Serve, "serve"),
+            (RunMode::Test, "test"),
+        ] {
+            assert_eq!(m.as_str(), name);
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{name}\""));
+        }
+        assert_eq!(GuestEnv::default(), GuestEnv::Host);
+        assert_eq!(RunMode::default(), RunMode::Run);
     }
 }
