@@ -100,6 +100,11 @@ def test_agent_log_has_plugin_log_lines_at_their_level(agent):
     long_lived = agent.wait_log(
         r"^.*\[INFO\]\s+client\.driver_mgr\.nomad-driver-elide: plugin configured:.*$").group(0)
     assert "driver=elide" in long_lived, long_lived
+    # DEBUG lines keep their level too (e.g. "plugin serving").
+    agent.wait_log(r"^.*\[DEBUG\]\s+client\.driver_mgr\.nomad-driver-elide: \S")
+    wrong = [ln for ln in agent.plugin_log_lines()
+             if "plugin configured" in ln and "[INFO]" not in ln]
+    assert not wrong, "\n".join(wrong)
     # A line go-plugin could not parse is logged raw (with its JSON keys) at DEBUG.
     raw = [ln for ln in agent.plugin_log_lines() if '"@message"' in ln or '"@level"' in ln]
     assert not raw, "plugin log lines were not parsed by go-plugin:\n" + "\n".join(raw[:10])
