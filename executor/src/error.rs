@@ -1,29 +1,40 @@
-//! Typed errors of the shim library.
+//! Typed errors of the shim library. Each message says what was wrong and what to do; the
+//! ones raised before the shim is ready travel to the plugin as `ERROR <message>`.
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
-    #[error("cannot read the task spec {path}: {source}")]
+    #[error("cannot read the task spec {path}: {source}; the plugin writes it before starting the shim (for `run`, pass an existing file)")]
     SpecRead {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("task spec {path} is invalid: {message}")]
+    #[error("task spec {path} is invalid: {message} (the format is in docs/executor.md)")]
     SpecInvalid { path: PathBuf, message: String },
-    #[error("another elide-executor already serves {0}; stop it first (elide-executor stop)")]
+    #[error("another elide-executor already serves {0}; stop it first (elide-executor stop TASK) or use another socket_path")]
     SocketBusy(PathBuf),
-    #[error("cannot bind the control socket {path}: {source}")]
+    #[error("cannot bind the control socket {path}: {source}; check that its directory is writable by this user")]
     Bind {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create directory {path}: {source}; check the plugin's runtime_dir and the alloc dir permissions")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the task index link {path}: {source}; check that the socket directory is writable")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the shim's signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
     #[error(transparent)]
     State(#[from] common::state::StateError),
-    #[error(transparent)]
-    Path(#[from] common::paths::PathError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
 }

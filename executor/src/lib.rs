@@ -1,13 +1,24 @@
-//! elide-executor: the per-task shim of nomad-driver-elide (see docs/executor.md).
+//! elide-executor: the per-task shim of nomad-driver-elide (docs/executor.md).
 //!
-//! `server` runs one shim process, `shim` holds its state and control API, `runtime` spawns
-//! the Elide process, `fifo` opens Nomad's log FIFOs, `stats` samples usage, `cli` is the
-//! operator side (status/stop/signal).
+//! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
+//! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
+//! - [`server`]: the tonic control API on top of it;
+//! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG);
+//! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
+//! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
+//! - [`stats`]: usage samples (cgroup or `/proc`);
+//! - [`cli`]: the operator's `status`, `stop` and `signal`.
 
 pub mod cli;
 pub mod error;
 pub mod fifo;
+pub mod logging;
+pub mod reaper;
 pub mod runtime;
+pub mod serve;
 pub mod server;
 pub mod shim;
 pub mod stats;
+
+/// The shim's own log file, next to the state file.
+pub const LOG_FILE: &str = "executor.log";

@@ -1,8 +1,10 @@
-//! elide-executor: one shim per Elide task, and the operator's view of them.
+//! elide-executor: one shim per Elide task (`serve`, `run`), and the operator's view of them
+//! (`status`, `stop`, `signal`). See docs/executor.md.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use executor::serve::{self, Mode, Ready};
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -17,81 +19,69 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one shim for the plugin (internal: started by nomad-driver-elide).
+    /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use).
     Serve {
+        /// The task spec (JSON, docs/executor.md).
         #[arg(long)]
         spec: PathBuf,
-        /// Write READY or ERROR <message> to this fd once the socket is up.
+        /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.
         #[arg(long)]
         ready_fd: Option<i32>,
     },
-    /// Run one shim in the foreground, without Nomad, for debugging (spec: docs/executor.md).
+    /// Run one shim in the foreground without Nomad, for debugging: starts the runtime,
+    /// serves the socket (status/stop/signal work), exits with the runtime's exit code.
     Run {
+        /// The task spec (JSON, docs/executor.md).
         #[arg(long)]
         spec: PathBuf,
     },
     /// List every Elide task on this node.
     Status {
+        /// JSON (an array of objects) instead of a table.
         #[arg(long)]
         json: bool,
-        /// The plugin's runtime_dir.
+        /// The plugin's runtime_dir, holding the sockets and the task index.
         #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
         state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
+        /// Only this task: a task id, task key, alloc id prefix (>= 4 chars) or task name.
         task: Option<String>,
     },
-    /// Stop one task: signal, wait, then SIGKILL.
+    /// Stop one task: send the signal, wait, then SIGKILL its process group.
     Stop {
         #[arg(long, default_value = "SIGTERM")]
         signal: String,
+        /// How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s).
         #[arg(long, default_value = "5s")]
         timeout: String,
         #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
         state_dir: PathBuf,
+        /// A task id, task key, alloc id prefix or task name.
         task: String,
     },
     /// Send a signal to one task's runtime.
     Signal {
+        /// e.g. SIGUSR1, HUP, 10.
         signal: String,
         #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
         state_dir: PathBuf,
+        /// A task id, task key, alloc id prefix or task name.
         task: String,
     },
 }
 
-fn init_logging(to_file: Option<PathBuf>) {
-    use tracing_subscriber::fmt;
-    let builder = fmt().with_ansi(false).with_target(false);
-    match to_file.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    }) {
-        Some(f) => {
-            let _ = builder
-                .json()
-                .with_writer(std::sync::Mutex::new(f))
-                .try_init();
-        }
-        None => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
-        }
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
-    // Single-threaded on purpose: the runtime's parent-death signal is tied to the thread that
-    // forked it, and one thread keeps the shim's RSS small.
+    // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
+    // forked it, so the spawn must happen on this (main) thread; one thread also keeps the
+    // shim's RSS small.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("elide-executor: cannot start: {e}");
+            eprintln!("elide-executor: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     };
@@ -102,105 +92,80 @@ fn main() {
             1
         }
     };
+    // Blocking threads (FIFO openers) may still be parked; do not wait for them.
+    rt.shutdown_background();
     std::process::exit(code);
 }
 
+/// `serve`: everything before READY that can fail reports `ERROR <message>` on the ready fd.
+async fn serve_cmd(spec_path: &Path, ready_fd: Option<i32>) -> anyhow::Result<i32> {
+    // A Ctrl-C in the agent's terminal reaches its whole foreground process group; like
+    // go-plugin servers, ignore it (we are in our own session anyway). SIGPIPE: errors, not
+    // death, on a closed socket.
+    // SAFETY: setting dispositions to SIG_IGN installs no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let mut ready = Ready::from_fd(ready_fd);
+    serve::cloexec_inherited_fds();
+    let spec = match serve::read_spec(spec_path) {
+        Ok(s) => s,
+        Err(e) => {
+            ready.error(&e);
+            return Err(e.into());
+        }
+    };
+    let dir = spec
+        .state_path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let log = dir.join(executor::LOG_FILE);
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|_| executor::logging::to_file(&log))
+    {
+        let msg = format!(
+            "cannot open the shim log {}: {e}; check that the task's state dir is writable",
+            log.display()
+        );
+        ready.error(&msg);
+        anyhow::bail!(msg);
+    }
+    Ok(serve::run(spec, Mode::Serve { ready_fd }, ready).await?)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::Serve { spec, ready_fd } => {
-            // SAFETY: setting signal dispositions to ignore has no handler to be unsafe about.
-            unsafe {
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
-                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            }
-            let log = spec.parent().map(|d| d.join("executor.log"));
-            init_logging(log);
-            let code = executor::server::run(&spec, executor::server::Mode::Serve { ready_fd })
-                .await
-                .context("shim failed")?;
-            let _ = code;
-            Ok(0)
-        }
+        Cmd::Serve { spec, ready_fd } => serve_cmd(&spec, ready_fd).await,
         Cmd::Run { spec } => {
-            init_logging(None);
-            Ok(executor::server::run(&spec, executor::server::Mode::Run)
+            executor::logging::to_stderr();
+            let spec = serve::read_spec(&spec)?;
+            let code = serve::run(spec, Mode::Run, Ready::from_fd(None))
                 .await
-                .context("shim failed")?)
+                .context("the shim failed")?;
+            Ok(code)
         }
         Cmd::Status {
             json,
             state_dir,
             task,
-        } => {
-            let rows = executor::cli::collect(&state_dir)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let shown = executor::cli::filter(&rows, task.as_deref());
-            if let Some(t) = &task {
-                if shown.is_empty() {
-                    anyhow::bail!("no Elide task matches {t:?} in {}", state_dir.display());
-                }
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&shown)?);
-            } else {
-                print!("{}", executor::cli::table(&shown));
-            }
-            // Non-zero when a shim that should be running cannot be reached.
-            Ok(
-                if shown.iter().any(|r| !r.reachable && r.exit_code.is_none()) {
-                    1
-                } else {
-                    0
-                },
-            )
-        }
+        } => Ok(executor::cli::status::run(&state_dir, json, task.as_deref()).await?),
         Cmd::Stop {
             signal,
             timeout,
             state_dir,
             task,
-        } => {
-            let row = executor::cli::find_one(&state_dir, &task)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let timeout = common::duration::parse(&timeout)?;
-            let mut c = executor::cli::client_for(&row)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let r = c
-                .stop(common::proto::executor::StopRequest {
-                    signal,
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("stop failed: {}", s.message()))?
-                .into_inner();
-            let e = r.exit.unwrap_or_default();
-            println!(
-                "stopped {} ({}): exit code {}, signal {}",
-                row.task_name, row.task_id, e.exit_code, e.signal
-            );
-            Ok(0)
-        }
+        } => Ok(executor::cli::stop::run(&state_dir, &task, &signal, &timeout).await?),
         Cmd::Signal {
             signal,
             state_dir,
             task,
-        } => {
-            let row = executor::cli::find_one(&state_dir, &task)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let mut c = executor::cli::client_for(&row)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            c.signal(common::proto::executor::SignalRequest {
-                signal: signal.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("signal failed: {}", s.message()))?;
-            println!("sent {signal} to {} ({})", row.task_name, row.task_id);
-            Ok(0)
-        }
+        } => Ok(executor::cli::signal::run(&state_dir, &task, &signal).await?),
     }
 }

@@ -1,36 +1,83 @@
 //! Spawning the runtime: its own session and process group, the task's cgroup joined before
-//! exec, the task user, the group network namespace, and a parent-death signal so it never
-//! outlives a killed shim. Everything the child needs is prepared before fork: between fork and
-//! exec only async-signal-safe calls run.
+//! exec, the group network namespace, the task user, and a parent-death signal so it never
+//! outlives a killed shim.
+//!
+//! Everything the child needs is prepared before fork; between fork and exec only
+//! async-signal-safe calls run. This must be called on the shim's main thread (the runtime is
+//! a tokio current_thread one): `PR_SET_PDEATHSIG` fires when the *thread* that forked the
+//! child exits, not the process.
 
 use common::spec::TaskSpec;
 use std::ffi::CString;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The umask the runtime gets (the one the shim inherited; the shim itself runs with 077).
+static TASK_UMASK: AtomicU32 = AtomicU32::new(0o022);
+
+/// Sets the umask the runtime will get.
+pub fn set_task_umask(mask: libc::mode_t) {
+    TASK_UMASK.store(mask as u32, Ordering::Relaxed);
+}
+
+/// Which step of the child setup failed (sent back over a pipe; see `spawn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Session = 1,
+    Cgroup = 2,
+    Netns = 3,
+    User = 4,
+    ParentDeath = 5,
+}
+
+impl Step {
+    fn from_byte(b: u8) -> Option<Step> {
+        Some(match b {
+            1 => Step::Session,
+            2 => Step::Cgroup,
+            3 => Step::Netns,
+            4 => Step::User,
+            5 => Step::ParentDeath,
+            _ => return None,
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
+    #[error("the task spec has an empty argv; put the runtime's command line in `argv`")]
+    EmptyArgv,
     #[error(
         "task user {0:?} does not exist on this node; fix `user` in the job or create the user"
     )]
     NoSuchUser(String),
-    #[error("cannot open the network namespace {path}: {source}")]
-    Netns {
+    #[error("working directory {path} is not a directory ({why}); it should be the task dir Nomad created")]
+    Cwd { path: String, why: String },
+    #[error(
+        "cannot open the network namespace {path}: {source}; Nomad's group network may be gone"
+    )]
+    NetnsOpen {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "cannot start {program}: {source}; check elide_binary (and that it runs on this node)"
-    )]
+    #[error("cannot start {program}: {source}; check elide_binary (it must exist, be executable and run on this node)")]
     Exec {
         program: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the task spec has an empty command line")]
-    EmptyArgv,
+    #[error("cannot start {program}: {what} failed in the child: {source}")]
+    Setup {
+        program: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 struct Credentials {
@@ -39,18 +86,20 @@ struct Credentials {
     groups: Vec<libc::gid_t>,
 }
 
+/// Resolves a user name or numeric uid to uid, primary gid and supplementary groups (what
+/// initgroups would set, computed before fork because initgroups is not async-signal-safe).
 fn resolve_user(user: &str) -> Result<Option<Credentials>, SpawnError> {
     if user.is_empty() {
         return Ok(None);
     }
-    let found = if let Ok(uid) = user.parse::<u32>() {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-    } else {
-        nix::unistd::User::from_name(user).ok().flatten()
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
     };
-    let u = found.ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
+    let u = found
+        .ok()
+        .flatten()
+        .ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
     let name = CString::new(u.name.clone()).map_err(|_| SpawnError::NoSuchUser(user.to_owned()))?;
     let groups = nix::unistd::getgrouplist(&name, u.gid)
         .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
@@ -62,24 +111,37 @@ fn resolve_user(user: &str) -> Result<Option<Credentials>, SpawnError> {
     }))
 }
 
-pub struct Spawned {
-    pub pid: i32,
-}
-
-/// Starts `spec.argv` with stdout/stderr on the given fds.
+/// Starts `spec.argv` with stdin on /dev/null and stdout/stderr on the given fds; joins the
+/// `cgroup.procs` files in `cgroup_procs` before exec. Returns the runtime's pid; the caller
+/// reaps it (std's `Child` is dropped, which neither waits nor kills).
 pub fn spawn(
     spec: &TaskSpec,
     stdout: OwnedFd,
     stderr: OwnedFd,
     cgroup_procs: Vec<CString>,
-) -> Result<Spawned, SpawnError> {
+) -> Result<i32, SpawnError> {
     let (program, args) = spec.argv.split_first().ok_or(SpawnError::EmptyArgv)?;
+    match std::fs::metadata(&spec.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(SpawnError::Cwd {
+                path: spec.cwd.display().to_string(),
+                why: "it is a file".into(),
+            })
+        }
+        Err(e) => {
+            return Err(SpawnError::Cwd {
+                path: spec.cwd.display().to_string(),
+                why: e.to_string(),
+            })
+        }
+    }
     let creds = resolve_user(&spec.user)?;
     let netns: Option<OwnedFd> = match &spec.netns_path {
         Some(p) => Some(
             std::fs::File::open(p)
                 .map(OwnedFd::from)
-                .map_err(|source| SpawnError::Netns {
+                .map_err(|source| SpawnError::NetnsOpen {
                     path: p.display().to_string(),
                     source,
                 })?,
@@ -88,6 +150,16 @@ pub fn spawn(
     };
     let netns_raw = netns.as_ref().map(|f| f.as_raw_fd());
     let shim_pid = std::process::id() as libc::pid_t;
+    let umask = TASK_UMASK.load(Ordering::Relaxed) as libc::mode_t;
+    // The child reports which setup step failed on this pipe (CLOEXEC: a successful exec
+    // closes it, so an empty read means the exec itself failed).
+    let (step_r, step_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Setup {
+            program: program.clone(),
+            what: "pipe",
+            source: e.into(),
+        })?;
+    let step_fd = step_w.as_raw_fd();
 
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -98,31 +170,40 @@ pub fn spawn(
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
     // SAFETY: the closure only makes async-signal-safe libc calls on data prepared before
-    // fork (CStrings, integers); it allocates nothing.
+    // fork (CStrings, integers, a Vec it only reads); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            // Its own session and process group: stop/kill can address the whole group, and
-            // terminal or agent signals do not reach it.
+            let fail = |step: Step| {
+                let err = std::io::Error::last_os_error();
+                let b = step as u8;
+                libc::write(step_fd, (&b as *const u8).cast(), 1);
+                Err(err)
+            };
+            // Its own session and process group: stop/kill address the whole group, and
+            // terminal or agent signals never reach it.
             if libc::setsid() < 0 {
-                return fail();
+                return fail(Step::Session);
             }
             // Join the task cgroup before exec, so nothing the runtime forks escapes it. The
-            // shim itself stays outside (its memory is not charged to the task).
+            // shim itself stays outside (its memory is not charged to the task, and Nomad
+            // >= 1.7 kills everything in the task cgroup at teardown).
             for p in &cgroup_procs {
                 let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
-                    return fail();
+                    return fail(Step::Cgroup);
                 }
                 let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
                 if r < 0 {
-                    return fail();
+                    let e = fail(Step::Cgroup);
+                    libc::close(fd);
+                    return e;
                 }
+                libc::close(fd);
             }
+            // setns needs CAP_SYS_ADMIN: before dropping privileges.
             if let Some(fd) = netns_raw {
                 if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                    return fail();
+                    return fail(Step::Netns);
                 }
             }
             if let Some(c) = &creds {
@@ -130,31 +211,90 @@ pub fn spawn(
                     || libc::setgid(c.gid) < 0
                     || libc::setuid(c.uid) < 0
                 {
-                    return fail();
+                    return fail(Step::User);
                 }
             }
-            // After the credential change (which clears it): die with the shim, and close the
-            // race where the shim died before this line.
+            // After the credential change (which clears it): die with the shim. Then close
+            // the race where the shim died before this line.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return fail();
+                return fail(Step::ParentDeath);
             }
             if libc::getppid() != shim_pid {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                // The shim is already gone: nobody would reap or control this runtime.
+                libc::_exit(127);
             }
-            // The shim ignores SIGINT/SIGPIPE; ignored dispositions survive exec.
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // A clean signal state: the shim ignores SIGINT and SIGPIPE, and ignored
+            // dispositions survive exec (handlers and the mask are reset by std/exec, but
+            // do it explicitly for the mask too).
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            libc::umask(umask);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        program: program.clone(),
-        source,
-    })?;
+    let spawned = cmd.spawn();
+    drop(step_w);
     drop(netns);
-    // The reaper owns the exit status; std's Child is only dropped (dropping neither waits nor
-    // kills).
-    Ok(Spawned {
-        pid: child.id() as i32,
-    })
+    let child = match spawned {
+        Ok(c) => c,
+        Err(source) => {
+            let mut b = [0u8; 1];
+            let step = match std::fs::File::from(step_r).read(&mut b) {
+                Ok(1) => Step::from_byte(b[0]),
+                _ => None,
+            };
+            let program = program.clone();
+            let setup = |what| SpawnError::Setup {
+                program: program.clone(),
+                what,
+                source: std::io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(0)),
+            };
+            return Err(match step {
+                None => SpawnError::Exec { program, source },
+                Some(Step::Session) => setup("setsid"),
+                Some(Step::Cgroup) => setup("joining the task cgroup"),
+                Some(Step::Netns) => setup("entering the network namespace (setns)"),
+                Some(Step::User) => {
+                    setup("switching to the task user (the plugin must run as root to use `user`)")
+                }
+                Some(Step::ParentDeath) => setup("prctl(PR_SET_PDEATHSIG)"),
+            });
+        }
+    };
+    Ok(child.id() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_resolve_by_name_and_uid_and_unknown_ones_say_so() {
+        assert!(resolve_user("").unwrap().is_none());
+        let root = resolve_user("root").unwrap().unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(resolve_user("0").unwrap().unwrap().uid, 0);
+        let e = resolve_user("no-such-user-xyz").err().unwrap().to_string();
+        assert!(e.contains("no-such-user-xyz") && e.contains("user"), "{e}");
+    }
+
+    #[test]
+    fn step_bytes_round_trip() {
+        for s in [
+            Step::Session,
+            Step::Cgroup,
+            Step::Netns,
+            Step::User,
+            Step::ParentDeath,
+        ] {
+            assert_eq!(Step::from_byte(s as u8), Some(s));
+        }
+        assert_eq!(Step::from_byte(0), None);
+    }
 }

@@ -1,26 +1,30 @@
-//! One shim: the task's state, the runtime child, the reaper, and the control API.
+//! One task as the shim sees it: the spec, the persisted state, the runtime child, its exit
+//! (published to any number of waiters), and the operations of the control API.
 
-use crate::fifo;
-use crate::runtime;
-use crate::stats::Sampler;
+use crate::fifo::{self, FifoError};
+use crate::reaper::{self, Reaped};
+use crate::runtime::{self, SpawnError};
+use crate::stats::{self, Sampler};
 use common::cgroup::{self, TaskCgroup};
-use common::proto::executor::{self as api, executor_server::Executor};
+use common::proto::executor as api;
 use common::spec::TaskSpec;
-use common::state::{ExitRecord, TaskState, STATE_VERSION};
+use common::state::{ExitRecord, StateError, TaskState, STATE_VERSION};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// How long to wait for the runtime to die after SIGKILL before reporting.
-const KILL_WAIT: Duration = Duration::from_secs(15);
+/// How long to wait for the runtime to die after SIGKILL before giving up (Nomad's executor
+/// waits 15 s too).
+pub const KILL_WAIT: Duration = Duration::from_secs(15);
+/// How long Stop/Shutdown wait for the rest of the process group to disappear after the main
+/// process was reaped.
+const GROUP_WAIT: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -29,16 +33,71 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Why Start failed; [`StartError::code`] is the gRPC code the plugin sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the runtime was already started by this shim (pid {0})")]
+    AlreadyStarted(i32),
+    #[error("a Start call is already in progress")]
+    InProgress,
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Fifo(#[from] FifoError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("cannot record the started runtime (pid {pid}) in the state file: {source}; the runtime was killed")]
+    Record {
+        pid: i32,
+        #[source]
+        source: StateError,
+    },
+}
+
+impl StartError {
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            StartError::AlreadyStarted(_) | StartError::InProgress => tonic::Code::AlreadyExists,
+            StartError::ShuttingDown => tonic::Code::Unavailable,
+            StartError::Fifo(f) if f.is_transient() => tonic::Code::Unavailable,
+            StartError::Fifo(_) | StartError::Spawn(_) => tonic::Code::FailedPrecondition,
+            StartError::Record { .. } => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<StartError> for tonic::Status {
+    fn from(e: StartError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn exit_status(r: &ExitRecord) -> api::ExitStatus {
+    api::ExitStatus {
+        exit_code: r.exit_code,
+        signal: r.signal,
+        oom_killed: r.oom_killed,
+        message: r.message.clone(),
+        exited_at_unix_ms: r.exited_at_unix_ms,
+    }
+}
+
 pub struct Shim {
     pub spec: TaskSpec,
     state: Mutex<TaskState>,
     exit_tx: watch::Sender<Option<api::ExitStatus>>,
     cgroup: Mutex<Option<TaskCgroup>>,
-    /// Our never-read read ends of the log FIFOs (see fifo::Sink).
+    /// Our never-read read ends of the log FIFOs (see fifo.rs).
     keepalive: Mutex<Vec<OwnedFd>>,
     /// Set when Stop escalated to SIGKILL, to explain the exit.
     kill_note: Mutex<Option<String>>,
-    pub shutdown: Notify,
+    starting: AtomicBool,
+    closing: AtomicBool,
+    shutdown: Notify,
 }
 
 impl Shim {
@@ -64,32 +123,32 @@ impl Shim {
             cgroup: Mutex::new(None),
             keepalive: Mutex::new(Vec::new()),
             kill_note: Mutex::new(None),
+            starting: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             shutdown: Notify::new(),
         })
     }
 
     pub fn snapshot(&self) -> TaskState {
-        self.state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        lock(&self.state).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut TaskState)) -> Result<(), common::state::StateError> {
+    /// Changes the state and writes it to disk (atomically, fsynced).
+    fn update(&self, f: impl FnOnce(&mut TaskState)) -> Result<(), StateError> {
         let snapshot = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&self.state);
             f(&mut s);
             s.clone()
         };
         snapshot.write(&self.spec.state_path)
     }
 
-    pub fn persist(&self) -> Result<(), common::state::StateError> {
+    pub fn persist(&self) -> Result<(), StateError> {
         self.update(|_| {})
     }
 
     pub fn runtime_pid(&self) -> Option<i32> {
-        self.state.lock().ok()?.runtime_pid
+        lock(&self.state).runtime_pid
     }
 
     pub fn exit(&self) -> Option<api::ExitStatus> {
@@ -100,51 +159,68 @@ impl Shim {
         self.exit_tx.subscribe()
     }
 
-    /// Waits for the exit, at most `timeout`.
+    /// The exit, waiting at most `timeout` for it.
     pub async fn wait_exit(&self, timeout: Duration) -> Option<api::ExitStatus> {
         let mut rx = self.exit_tx.subscribe();
-        let r = tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some())).await;
-        match r {
-            Ok(Ok(e)) => e.clone(),
-            _ => self.exit(),
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some())).await;
+        self.exit()
+    }
+
+    /// Blocks until the runtime has exited (repeatable; any number of callers).
+    pub async fn wait(&self) -> Result<api::ExitStatus, tonic::Status> {
+        if self.runtime_pid().is_none() {
+            return Err(tonic::Status::failed_precondition(
+                "the runtime was never started; call Start first",
+            ));
         }
+        let mut rx = self.exit_tx.subscribe();
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| tonic::Status::unavailable("the shim is shutting down"))?
+            .clone();
+        exit.ok_or_else(|| tonic::Status::internal("exit missing"))
     }
 
     /// Opens the log sinks, sets up the cgroup and spawns the runtime.
-    pub async fn start(&self) -> Result<api::StartResponse, Status> {
-        if self.runtime_pid().is_some() {
-            return Err(Status::already_exists(
-                "the runtime was already started by this shim",
-            ));
+    pub async fn start(&self) -> Result<api::StartResponse, StartError> {
+        if let Some(pid) = self.runtime_pid() {
+            return Err(StartError::AlreadyStarted(pid));
         }
-        let timeout = Duration::from_millis(self.spec.fifo_open_timeout_ms.max(1));
-        let map = |e: fifo::FifoError| {
-            if e.is_recoverable() {
-                Status::unavailable(e.to_string())
-            } else {
-                Status::failed_precondition(e.to_string())
-            }
-        };
-        let out = fifo::open_sink(&self.spec.stdout_path, timeout)
-            .await
-            .map_err(map)?;
-        let err = fifo::open_sink(&self.spec.stderr_path, timeout)
-            .await
-            .map_err(map)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(StartError::ShuttingDown);
+        }
+        if self.starting.swap(true, Ordering::SeqCst) {
+            return Err(StartError::InProgress);
+        }
+        let r = self.start_inner().await;
+        self.starting.store(false, Ordering::SeqCst);
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "start failed");
+        }
+        r
+    }
 
+    async fn start_inner(&self) -> Result<api::StartResponse, StartError> {
+        let timeout = Duration::from_millis(self.spec.fifo_open_timeout_ms.max(1));
+        let (out, err) =
+            fifo::open_both(&self.spec.stdout_path, &self.spec.stderr_path, timeout).await?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(StartError::ShuttingDown);
+        }
         let cg = self.make_cgroup();
         let procs = cg.as_ref().map(|c| c.procs_files()).unwrap_or_default();
-        let spawned = runtime::spawn(&self.spec, out.write, err.write, procs).map_err(|e| {
-            if let Some(c) = &cg {
-                c.remove();
+        // On the main thread (current_thread runtime): see runtime.rs about PDEATHSIG.
+        let pid = match runtime::spawn(&self.spec, out.write, err.write, procs) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(c) = &cg {
+                    c.remove();
+                }
+                return Err(e.into());
             }
-            Status::failed_precondition(e.to_string())
-        })?;
-        if let Ok(mut k) = self.keepalive.lock() {
-            k.extend(out.keepalive);
-            k.extend(err.keepalive);
-        }
-        let pid = spawned.pid;
+        };
+        lock(&self.keepalive).extend(out.keepalive.into_iter().chain(err.keepalive));
         let start_time = common::proc::start_time(pid).unwrap_or(0);
         let started = now_ms();
         let cg_desc = cg.as_ref().map(|c| {
@@ -154,18 +230,19 @@ impl Shim {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        if let Ok(mut g) = self.cgroup.lock() {
-            *g = cg;
-        }
-        self.update(|s| {
+        *lock(&self.cgroup) = cg;
+        if let Err(source) = self.update(|s| {
             s.runtime_pid = Some(pid);
             s.runtime_start_time = Some(start_time);
             s.started_at_unix_ms = Some(started);
             s.cgroup = cg_desc;
-        })
-        .map_err(|e| Status::internal(e.to_string()))?;
+        }) {
+            // Nobody could recover an unrecorded runtime: do not leave it behind.
+            self.kill_everything(pid);
+            return Err(StartError::Record { pid, source });
+        }
         tracing::info!(pid, argv = ?self.spec.argv, "runtime started");
-        // The child may already have exited before its pid was recorded.
+        // The child may already have exited (its SIGCHLD is handled by the loop anyway).
         self.reap();
         Ok(api::StartResponse {
             pid,
@@ -175,7 +252,7 @@ impl Shim {
     }
 
     fn make_cgroup(&self) -> Option<TaskCgroup> {
-        let root = std::path::Path::new(cgroup::DEFAULT_ROOT);
+        let root = Path::new(cgroup::DEFAULT_ROOT);
         let version = cgroup::detect(root)?;
         let key = common::paths::task_key(&self.spec.task_id);
         let name = match version {
@@ -198,211 +275,160 @@ impl Shim {
 
     /// Reaps every exited child (we are a subreaper); records the runtime's exit.
     pub fn reap(&self) {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), code, 0),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.on_exit(pid.as_raw(), 128 + sig as i32, sig as i32)
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
-            }
+        for r in reaper::reap_exited() {
+            self.on_reaped(r);
         }
     }
 
-    fn on_exit(&self, pid: i32, exit_code: i32, signal: i32) {
-        if Some(pid) != self.runtime_pid() || self.exit().is_some() {
+    fn on_reaped(&self, r: Reaped) {
+        if Some(r.pid) != self.runtime_pid() {
+            tracing::debug!(
+                pid = r.pid,
+                code = r.exit_code,
+                "reaped an orphaned process"
+            );
             return;
         }
-        // Whatever the runtime left in its group or cgroup goes with it.
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        let cg = self.cgroup.lock().ok().and_then(|c| c.clone());
+        if self.exit().is_some() {
+            return;
+        }
+        // Whatever the runtime left in its group or cgroup goes with it (like Nomad's
+        // executor cleanup).
+        let _ = killpg(Pid::from_raw(r.pid), Signal::SIGKILL);
+        let cg = lock(&self.cgroup).clone();
         let mut oom = false;
         if let Some(c) = &cg {
             oom = c.oom_kills() > 0;
             c.kill_all();
         }
-        let mut message = self
-            .kill_note
-            .lock()
-            .ok()
-            .and_then(|n| n.clone())
-            .unwrap_or_default();
+        let mut message = lock(&self.kill_note).clone().unwrap_or_default();
         if oom {
             let limit = self.spec.resources.memory_max_mb;
             message = format!("OOM killed: the task exceeded its memory limit of {limit} MiB");
         }
-        let exit = api::ExitStatus {
-            exit_code,
-            signal,
-            oom_killed: oom,
-            message: message.clone(),
-            exited_at_unix_ms: now_ms(),
-        };
         let record = ExitRecord {
-            exit_code,
-            signal,
+            exit_code: r.exit_code,
+            signal: r.signal,
             oom_killed: oom,
             message,
-            exited_at_unix_ms: exit.exited_at_unix_ms,
+            exited_at_unix_ms: now_ms(),
         };
+        let exit = exit_status(&record);
         if let Err(e) = self.update(|s| s.exit = Some(record)) {
             tracing::error!(error = %e, "cannot persist the exit result");
         }
-        tracing::info!(pid, exit_code, signal, oom, "runtime exited");
-        if let Ok(mut k) = self.keepalive.lock() {
-            k.clear();
-        }
+        tracing::info!(
+            pid = r.pid,
+            exit_code = r.exit_code,
+            signal = r.signal,
+            oom,
+            "runtime exited"
+        );
+        lock(&self.keepalive).clear();
         self.exit_tx.send_replace(Some(exit));
         if let Some(c) = cg {
             c.remove();
         }
     }
 
-    /// Signal → grace → SIGKILL the group/cgroup. Returns the exit.
+    /// Signal → wait `timeout` → SIGKILL the group/cgroup → wait. Returns the exit.
     pub async fn stop(
         &self,
         signal: Option<Signal>,
         timeout: Duration,
-    ) -> Result<api::ExitStatus, Status> {
+    ) -> Result<api::ExitStatus, tonic::Status> {
         if let Some(e) = self.exit() {
             return Ok(e);
         }
         let Some(pid) = self.runtime_pid() else {
-            return Err(Status::failed_precondition("the runtime was never started"));
+            return Err(tonic::Status::failed_precondition(
+                "the runtime was never started; nothing to stop (Shutdown removes the shim)",
+            ));
         };
         if let Some(sig) = signal {
+            tracing::info!(pid, signal = sig.as_str(), ?timeout, "stopping the runtime");
             let _ = kill(Pid::from_raw(pid), sig);
         }
         if !timeout.is_zero() {
             if let Some(e) = self.wait_exit(timeout).await {
+                self.wait_group_gone(pid).await;
                 return Ok(e);
             }
         }
-        if let Ok(mut n) = self.kill_note.lock() {
-            *n = Some(format!(
-                "killed with SIGKILL after the {}s stop timeout",
-                timeout.as_secs_f64()
-            ));
-        }
+        *lock(&self.kill_note) = Some(format!(
+            "killed with SIGKILL after the {}s stop timeout",
+            timeout.as_secs_f64()
+        ));
+        tracing::info!(pid, "stop timeout passed: SIGKILL to the process group");
         self.kill_everything(pid);
-        self.wait_exit(KILL_WAIT).await.ok_or_else(|| {
-            Status::deadline_exceeded(format!(
-                "runtime pid {pid} survived SIGKILL for {KILL_WAIT:?}"
+        let e = self.wait_exit(KILL_WAIT).await.ok_or_else(|| {
+            tonic::Status::deadline_exceeded(format!(
+                "runtime pid {pid} survived SIGKILL for {KILL_WAIT:?}; it may be stuck in the kernel (D state), check /proc/{pid}/stack"
             ))
-        })
+        })?;
+        self.wait_group_gone(pid).await;
+        Ok(e)
+    }
+
+    /// Delivers `signal` to the runtime's main process (`None` = existence check).
+    pub fn signal(&self, signal: Option<Signal>) -> Result<(), tonic::Status> {
+        let not_running = |why: String| {
+            tonic::Status::failed_precondition(format!("the task is not running: {why}"))
+        };
+        let Some(pid) = self.runtime_pid() else {
+            return Err(not_running("it was never started".into()));
+        };
+        if let Some(e) = self.exit() {
+            return Err(not_running(format!(
+                "it exited with code {}{}",
+                e.exit_code,
+                if e.signal != 0 {
+                    format!(" (signal {})", common::signals::name(e.signal))
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        kill(Pid::from_raw(pid), signal).map_err(|e| {
+            tonic::Status::internal(format!("cannot signal runtime pid {pid}: {e}"))
+        })?;
+        tracing::info!(
+            pid,
+            signal = signal.map(Signal::as_str).unwrap_or("SIGNULL"),
+            "signal delivered"
+        );
+        Ok(())
     }
 
     fn kill_everything(&self, pid: i32) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        if let Some(c) = self.cgroup.lock().ok().and_then(|c| c.clone()) {
+        if let Some(c) = lock(&self.cgroup).clone() {
             c.kill_all();
         }
     }
 
-    /// Kills what is running and removes socket, index link and state.
-    pub async fn teardown(&self) {
-        if self.exit().is_none() {
-            if let Some(pid) = self.runtime_pid() {
-                self.kill_everything(pid);
-                let _ = self.wait_exit(Duration::from_secs(5)).await;
+    /// Waits (bounded) until no live process is left in the runtime's process group, so a
+    /// Stop that returns leaves nothing of the task behind.
+    async fn wait_group_gone(&self, pgid: i32) {
+        let deadline = tokio::time::Instant::now() + GROUP_WAIT;
+        loop {
+            let left = common::proc::group_members(pgid);
+            if left.is_empty() {
+                return;
             }
-        }
-        self.remove_socket();
-        if let Some(dir) = self.spec.state_path.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-
-    pub fn index_link(&self) -> Option<std::path::PathBuf> {
-        self.spec
-            .socket_path
-            .parent()
-            .map(|d| common::paths::index_link(d, &self.spec.task_id))
-    }
-
-    pub fn remove_socket(&self) {
-        let _ = std::fs::remove_file(&self.spec.socket_path);
-        if let Some(l) = self.index_link() {
-            let _ = std::fs::remove_file(l);
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(?left, "processes of the task survived SIGKILL");
+                return;
+            }
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
 
-/// The tonic service.
-pub struct Service {
-    pub shim: Arc<Shim>,
-}
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl Executor for Service {
-    async fn start(
-        &self,
-        _r: Request<api::StartRequest>,
-    ) -> Result<Response<api::StartResponse>, Status> {
-        self.shim.start().await.map(Response::new)
-    }
-
-    async fn wait(
-        &self,
-        _r: Request<api::WaitRequest>,
-    ) -> Result<Response<api::WaitResponse>, Status> {
-        if self.shim.runtime_pid().is_none() {
-            return Err(Status::failed_precondition("the runtime was never started"));
-        }
-        let mut rx = self.shim.subscribe_exit();
-        let exit = rx
-            .wait_for(|e| e.is_some())
-            .await
-            .map_err(|_| Status::unavailable("the shim is shutting down"))?
-            .clone();
-        Ok(Response::new(api::WaitResponse { exit }))
-    }
-
-    async fn stop(
-        &self,
-        r: Request<api::StopRequest>,
-    ) -> Result<Response<api::StopResponse>, Status> {
-        let r = r.into_inner();
-        let name = if r.signal.is_empty() {
-            "SIGTERM"
-        } else {
-            r.signal.as_str()
-        };
-        let sig =
-            common::signals::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let exit = self
-            .shim
-            .stop(sig, Duration::from_millis(r.timeout_ms))
-            .await?;
-        Ok(Response::new(api::StopResponse { exit: Some(exit) }))
-    }
-
-    async fn signal(
-        &self,
-        r: Request<api::SignalRequest>,
-    ) -> Result<Response<api::SignalResponse>, Status> {
-        let r = r.into_inner();
-        let sig = common::signals::parse(&r.signal)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let pid = self
-            .shim
-            .runtime_pid()
-            .filter(|_| self.shim.exit().is_none())
-            .ok_or_else(|| Status::failed_precondition("the task is not running"))?;
-        kill(Pid::from_raw(pid), sig).map_err(|e| Status::internal(format!("kill({pid}): {e}")))?;
-        tracing::info!(pid, signal = %r.signal, "signal delivered");
-        Ok(Response::new(api::SignalResponse {}))
-    }
-
-    async fn status(
-        &self,
-        _r: Request<api::StatusRequest>,
-    ) -> Result<Response<api::StatusResponse>, Status> {
-        let s = self.shim.snapshot();
-        let exit = self.shim.exit();
+    /// The Status RPC's answer.
+    pub fn status(&self) -> api::StatusResponse {
+        let s = self.snapshot();
+        let exit = self.exit();
         let state = match (s.runtime_pid, &exit) {
             (_, Some(_)) => api::TaskState::Exited,
             (Some(_), None) => api::TaskState::Running,
@@ -412,7 +438,7 @@ impl Executor for Service {
             (Some(p), None) => common::proc::rss_bytes(p).unwrap_or(0),
             _ => 0,
         };
-        Ok(Response::new(api::StatusResponse {
+        api::StatusResponse {
             task_id: s.spec.task_id.clone(),
             alloc_id: s.spec.alloc_id.clone(),
             job_id: s.spec.job_id.clone(),
@@ -428,44 +454,66 @@ impl Executor for Service {
             executor_version: VERSION.to_owned(),
             memory_bytes: memory,
             cgroup: s.cgroup.unwrap_or_default(),
-        }))
+        }
     }
 
-    type StatsStream = BoxStream<api::ResourceUsage>;
+    /// A usage sampler for the Stats stream (None before Start).
+    pub fn sampler(&self) -> Option<Sampler> {
+        let pid = self.runtime_pid()?;
+        let cg = lock(&self.cgroup).clone();
+        Some(Sampler::new(stats::source_for(cg, pid)))
+    }
 
-    async fn stats(
-        &self,
-        r: Request<api::StatsRequest>,
-    ) -> Result<Response<Self::StatsStream>, Status> {
-        let interval = Duration::from_millis(r.into_inner().interval_ms.max(100));
-        let shim = self.shim.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tokio::spawn(async move {
-            let cg = shim.cgroup.lock().ok().and_then(|c| c.clone());
-            let mut sampler = Sampler::new(cg, shim.runtime_pid());
-            let mut exited = shim.subscribe_exit();
-            loop {
-                if tx.send(Ok(sampler.sample())).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = tx.closed() => return,
-                    _ = exited.wait_for(|e| e.is_some()) => return,
-                }
+    /// Shutdown: kills what is running, removes socket, index link, state file and the
+    /// task's state dir, and tells the serve loop to exit.
+    pub async fn shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        if self.exit().is_none() {
+            if let Some(pid) = self.runtime_pid() {
+                tracing::info!(pid, "shutdown: killing the runtime");
+                self.kill_everything(pid);
+                let _ = self.wait_exit(KILL_WAIT).await;
+                self.wait_group_gone(pid).await;
             }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        }
+        self.remove_socket();
+        self.remove_state();
+        tracing::info!("shutdown: socket and state removed");
+        self.shutdown.notify_one();
     }
 
-    async fn shutdown(
-        &self,
-        _r: Request<api::ShutdownRequest>,
-    ) -> Result<Response<api::ShutdownResponse>, Status> {
-        self.shim.teardown().await;
-        self.shim.shutdown.notify_one();
-        Ok(Response::new(api::ShutdownResponse {}))
+    /// Resolves once Shutdown has finished its work.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await
+    }
+
+    pub fn index_link(&self) -> Option<PathBuf> {
+        self.spec
+            .socket_path
+            .parent()
+            .map(|d| common::paths::index_link(d, &self.spec.task_id))
+    }
+
+    /// Removes the socket and the index link (what makes the shim reachable).
+    pub fn remove_socket(&self) {
+        let _ = std::fs::remove_file(&self.spec.socket_path);
+        if let Some(l) = self.index_link() {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+
+    /// Removes the state file. When the state file lives in the plugin's per-task dir
+    /// (`.../<task key>/state.json`), the whole dir goes (spec, log); otherwise (an
+    /// operator's `run` spec) only the files the shim itself wrote.
+    fn remove_state(&self) {
+        let path = &self.spec.state_path;
+        let _ = TaskState::remove(path);
+        let Some(dir) = path.parent() else { return };
+        let key = common::paths::task_key(&self.spec.task_id);
+        if dir.file_name().and_then(|n| n.to_str()) == Some(key.as_str()) {
+            let _ = std::fs::remove_dir_all(dir);
+        } else {
+            let _ = std::fs::remove_file(dir.join(crate::LOG_FILE));
+        }
     }
 }

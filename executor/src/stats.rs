@@ -1,111 +1,155 @@
-//! Resource samples for the Stats stream: from the task cgroup when there is one, else from
-//! `/proc` of the runtime's process group.
+//! Resource samples for the Stats stream. A [`UsageSource`] reads cumulative counters (from
+//! the task cgroup when there is one, else from `/proc` of the runtime's process tree and
+//! group); the [`Sampler`] turns CPU time deltas into percent of one core, as Nomad expects.
 
 use common::cgroup::TaskCgroup;
 use common::proto::executor::ResourceUsage;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub struct Sampler {
-    cgroup: Option<TaskCgroup>,
-    pid: Option<i32>,
-    last: Option<(Instant, u64, u64, u64)>,
+/// Cumulative counters at one instant; `None` = not measured by this source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub cpu_total_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub throttled_periods: Option<u64>,
+    pub throttled_ns: Option<u64>,
+    pub memory_rss: Option<u64>,
+    pub memory_cache: Option<u64>,
+    pub memory_swap: Option<u64>,
+    pub memory_usage: Option<u64>,
+    pub memory_max_usage: Option<u64>,
 }
 
-fn ticks_ns() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1_000_000_000 / if t > 0 { t as u64 } else { 100 }
+/// Where usage numbers come from.
+pub trait UsageSource: Send {
+    fn read(&mut self) -> Counters;
 }
 
-/// (total, user, system) CPU ns and RSS bytes of a process group, from /proc.
-fn proc_usage(pgid: i32) -> (u64, u64, u64, u64) {
-    let (mut user, mut sys, mut rss) = (0u64, 0u64, 0u64);
-    let tick = ticks_ns();
-    for pid in common::proc::group_members(pgid) {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some(i) = stat.rfind(')') {
-                let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
-                // utime and stime are fields 14 and 15 (index 11, 12 after comm).
-                user += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * tick;
-                sys += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * tick;
-            }
+/// `/proc` of the runtime's process tree plus its process group: utime/stime and VmRSS per
+/// process, summed. Children that already exited are not counted (their time is gone with
+/// them), like Nomad's universal executor.
+pub struct ProcTree {
+    pub root: i32,
+}
+
+impl UsageSource for ProcTree {
+    fn read(&mut self) -> Counters {
+        let tick_ns = 1_000_000_000 / common::proc::clock_ticks_per_sec();
+        let (mut user, mut sys, mut rss) = (0u64, 0u64, 0u64);
+        for p in common::proc::task_processes(self.root) {
+            user += p.utime * tick_ns;
+            sys += p.stime * tick_ns;
+            rss += common::proc::rss_bytes(p.pid).unwrap_or(0);
         }
-        rss += common::proc::rss_bytes(pid).unwrap_or(0);
+        Counters {
+            cpu_total_ns: Some(user + sys),
+            cpu_user_ns: Some(user),
+            cpu_system_ns: Some(sys),
+            memory_rss: Some(rss),
+            ..Default::default()
+        }
     }
-    (user + sys, user, sys, rss)
+}
+
+/// The task's cgroup (v1 or v2).
+pub struct Cgroup(pub TaskCgroup);
+
+impl UsageSource for Cgroup {
+    fn read(&mut self) -> Counters {
+        let s = self.0.stats();
+        Counters {
+            cpu_total_ns: s.cpu_usage_ns,
+            cpu_user_ns: s.cpu_user_ns,
+            cpu_system_ns: s.cpu_system_ns,
+            throttled_periods: s.throttled_periods,
+            throttled_ns: s.throttled_ns,
+            memory_rss: s.memory_rss,
+            memory_cache: s.memory_cache,
+            memory_swap: s.memory_swap,
+            memory_usage: s.memory_usage,
+            memory_max_usage: s.memory_max_usage,
+        }
+    }
+}
+
+/// The best source for a task: its cgroup if it has one, else `/proc`.
+pub fn source_for(cgroup: Option<TaskCgroup>, runtime_pid: i32) -> Box<dyn UsageSource> {
+    match cgroup {
+        Some(cg) => Box::new(Cgroup(cg)),
+        None => Box::new(ProcTree { root: runtime_pid }),
+    }
+}
+
+pub struct Sampler {
+    source: Box<dyn UsageSource>,
+    last: Option<(Instant, Counters)>,
 }
 
 impl Sampler {
-    pub fn new(cgroup: Option<TaskCgroup>, pid: Option<i32>) -> Self {
-        Sampler {
-            cgroup,
-            pid,
-            last: None,
-        }
+    pub fn new(source: Box<dyn UsageSource>) -> Self {
+        Sampler { source, last: None }
     }
 
+    /// One sample. CPU percentages are measured from the second sample on (the first has no
+    /// delta and reports 0, as Nomad's executors do).
     pub fn sample(&mut self) -> ResourceUsage {
         let now = Instant::now();
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let c = self.source.read();
         let mut u = ResourceUsage {
-            timestamp_unix_nanos: ts,
+            timestamp_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
             ..Default::default()
         };
         let mut measured: Vec<&str> = Vec::new();
-        let (total, user, sys) = match &self.cgroup {
-            Some(cg) => {
-                let s = cg.stats();
-                for (v, dst, name) in [
-                    (s.memory_rss, &mut u.memory_rss, "memory_rss"),
-                    (s.memory_cache, &mut u.memory_cache, "memory_cache"),
-                    (s.memory_swap, &mut u.memory_swap, "memory_swap"),
-                    (s.memory_usage, &mut u.memory_usage, "memory_usage"),
-                    (
-                        s.memory_max_usage,
-                        &mut u.memory_max_usage,
-                        "memory_max_usage",
-                    ),
-                    (
-                        s.throttled_periods,
-                        &mut u.throttled_periods,
-                        "throttled_periods",
-                    ),
-                    (
-                        s.throttled_ns,
-                        &mut u.throttled_time_ns,
-                        "throttled_time_ns",
-                    ),
-                ] {
-                    if let Some(v) = v {
-                        *dst = v;
-                        measured.push(name);
-                    }
-                }
-                (s.cpu_usage_ns, s.cpu_user_ns, s.cpu_system_ns)
+        for (v, dst, name) in [
+            (c.memory_rss, &mut u.memory_rss, "memory_rss"),
+            (c.memory_cache, &mut u.memory_cache, "memory_cache"),
+            (c.memory_swap, &mut u.memory_swap, "memory_swap"),
+            (c.memory_usage, &mut u.memory_usage, "memory_usage"),
+            (
+                c.memory_max_usage,
+                &mut u.memory_max_usage,
+                "memory_max_usage",
+            ),
+            (
+                c.throttled_periods,
+                &mut u.throttled_periods,
+                "throttled_periods",
+            ),
+            (
+                c.throttled_ns,
+                &mut u.throttled_time_ns,
+                "throttled_time_ns",
+            ),
+        ] {
+            if let Some(v) = v {
+                *dst = v;
+                measured.push(name);
             }
-            None => match self.pid {
-                Some(p) => {
-                    let (t, us, sy, rss) = proc_usage(p);
-                    u.memory_rss = rss;
-                    measured.push("memory_rss");
-                    (Some(t), Some(us), Some(sy))
-                }
-                None => (None, None, None),
-            },
-        };
-        if let (Some(t), Some(us), Some(sy)) = (total, user, sys) {
-            if let Some((then, t0, u0, s0)) = self.last {
-                let wall = now.duration_since(then).as_nanos().max(1) as f64;
-                u.cpu_percent = t.saturating_sub(t0) as f64 / wall * 100.0;
-                u.cpu_user_percent = us.saturating_sub(u0) as f64 / wall * 100.0;
-                u.cpu_system_percent = sy.saturating_sub(s0) as f64 / wall * 100.0;
-            }
-            measured.extend(["cpu_percent", "cpu_user_percent", "cpu_system_percent"]);
-            self.last = Some((now, t, us, sy));
         }
+        if let Some((then, prev)) = &self.last {
+            let wall = now.duration_since(*then).as_nanos().max(1) as f64;
+            let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64 / wall * 100.0),
+                _ => None,
+            };
+            u.cpu_percent = pct(c.cpu_total_ns, prev.cpu_total_ns).unwrap_or(0.0);
+            u.cpu_user_percent = pct(c.cpu_user_ns, prev.cpu_user_ns).unwrap_or(0.0);
+            u.cpu_system_percent = pct(c.cpu_system_ns, prev.cpu_system_ns).unwrap_or(0.0);
+        }
+        for (v, name) in [
+            (c.cpu_total_ns, "cpu_percent"),
+            (c.cpu_user_ns, "cpu_user_percent"),
+            (c.cpu_system_ns, "cpu_system_percent"),
+        ] {
+            if v.is_some() {
+                measured.push(name);
+            }
+        }
+        self.last = Some((now, c));
         u.measured = measured.into_iter().map(str::to_owned).collect();
         u
     }
@@ -115,20 +159,72 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    #[test]
-    fn proc_fallback_measures_own_group() {
-        let pg = nix::unistd::getpgrp().as_raw();
-        let mut s = Sampler::new(None, Some(pg));
-        let first = s.sample();
-        assert!(first.memory_rss > 0);
-        assert!(first.measured.contains(&"cpu_percent".to_string()));
-        // Burn a little CPU so the second sample has a delta.
-        let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_add(i * i);
+    /// A source whose counters the test sets.
+    struct Fake(std::sync::Arc<std::sync::Mutex<Counters>>);
+
+    impl UsageSource for Fake {
+        fn read(&mut self) -> Counters {
+            self.0.lock().unwrap().clone()
         }
-        assert!(x > 0);
+    }
+
+    #[test]
+    fn percent_comes_from_deltas_and_only_measured_fields_are_listed() {
+        let counters = std::sync::Arc::new(std::sync::Mutex::new(Counters {
+            cpu_total_ns: Some(0),
+            cpu_user_ns: Some(0),
+            cpu_system_ns: Some(0),
+            memory_rss: Some(4096),
+            ..Default::default()
+        }));
+        let mut s = Sampler::new(Box::new(Fake(counters.clone())));
+        let first = s.sample();
+        assert_eq!(first.cpu_percent, 0.0);
+        assert_eq!(first.memory_rss, 4096);
+        assert!(first.timestamp_unix_nanos > 0);
+        let mut m = first.measured.clone();
+        m.sort();
+        assert_eq!(
+            m,
+            [
+                "cpu_percent",
+                "cpu_system_percent",
+                "cpu_user_percent",
+                "memory_rss"
+            ]
+        );
+        // 2 s of CPU (user) over a wall interval of well under 2 s: more than one core.
+        *counters.lock().unwrap() = Counters {
+            cpu_total_ns: Some(2_000_000_000),
+            cpu_user_ns: Some(2_000_000_000),
+            cpu_system_ns: Some(0),
+            memory_rss: Some(8192),
+            ..Default::default()
+        };
         let second = s.sample();
-        assert!(second.cpu_percent > 0.0, "{second:?}");
+        assert!(second.cpu_percent > 100.0, "{second:?}");
+        assert_eq!(second.cpu_percent, second.cpu_user_percent);
+        assert_eq!(second.cpu_system_percent, 0.0);
+        assert_eq!(second.memory_rss, 8192);
+    }
+
+    #[test]
+    fn proc_source_measures_a_real_process_group() {
+        let me = std::process::id() as i32;
+        let mut src = ProcTree { root: me };
+        let before = src.read();
+        assert!(before.memory_rss.unwrap() > 0);
+        // Burn a little CPU so the counters move.
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed().as_millis() < 50 {
+            x = x.wrapping_add(std::hint::black_box(x) ^ 7);
+        }
+        assert!(x != 1);
+        let after = src.read();
+        assert!(
+            after.cpu_total_ns.unwrap() > before.cpu_total_ns.unwrap(),
+            "{after:?}"
+        );
     }
 }

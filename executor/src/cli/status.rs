@@ -1,14 +1,15 @@
-//! Operator commands: `status`, `stop`, `signal` over the node-wide task index.
+//! `elide-executor status [--json] [--state-dir DIR] [TASK]`: every Elide task on this node,
+//! from the index links and each shim's answer to Status.
 
+use super::{CliError, DIAL_TIMEOUT};
 use common::proto::executor as api;
 use common::state::TaskState;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Serialize)]
+/// One task. Also the JSON object `status --json` prints (field names are a contract with
+/// scripts and the E2E suite).
+#[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub task_id: String,
     pub alloc_id: String,
@@ -17,6 +18,8 @@ pub struct Row {
     pub key: String,
     pub shim_pid: i32,
     pub runtime_pid: i32,
+    /// running, pending, exited, "exited (shim gone)", unreachable, "stale (other boot)",
+    /// "stale (no state file)".
     pub state: String,
     pub uptime_secs: Option<i64>,
     pub exit_code: Option<i32>,
@@ -31,7 +34,53 @@ pub struct Row {
     pub problem: String,
 }
 
-/// Every task in the index dir (symlinks `<key>.state` → state files).
+impl Row {
+    /// TASK matches a task id, a task key, an alloc id prefix (>= 4 chars) or a task name.
+    pub fn matches(&self, t: &str) -> bool {
+        self.task_id == t
+            || self.key == t
+            || (t.len() >= 4 && self.alloc_id.starts_with(t))
+            || self.task_name == t
+    }
+
+    /// A shim that should be serving its task but cannot be reached: the task is lost.
+    pub fn is_lost(&self) -> bool {
+        self.state == "unreachable"
+    }
+
+    pub fn exit_text(&self) -> String {
+        match self.exit_code {
+            None => "-".into(),
+            Some(c) => {
+                let mut s = c.to_string();
+                if let Some(sig) = self.exit_signal.filter(|s| *s != 0) {
+                    s.push_str(&format!(" ({})", common::signals::name(sig)));
+                }
+                if self.oom_killed {
+                    s.push_str(" OOM");
+                }
+                s
+            }
+        }
+    }
+
+    /// What the state file last recorded, for error messages.
+    pub fn last_state(&self) -> String {
+        match self.exit_code {
+            Some(_) => format!("the runtime exited with {}", self.exit_text()),
+            None if self.runtime_pid > 0 => format!(
+                "runtime pid {} running with no recorded exit (state file {})",
+                self.runtime_pid, self.state_file
+            ),
+            None => format!(
+                "the runtime was never started (state file {})",
+                self.state_file
+            ),
+        }
+    }
+}
+
+/// Every `<key>.state` entry of the index dir, sorted by key.
 pub fn index_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
@@ -45,18 +94,18 @@ pub fn index_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-pub async fn collect(dir: &Path) -> Result<Vec<Row>, String> {
-    let entries = index_entries(dir).map_err(|e| {
-        format!("cannot read the task index {}: {e}; is this a Nomad client running Elide tasks (see runtime_dir in the plugin config)?", dir.display())
+/// One row per index entry (shims are asked concurrently).
+pub async fn collect(dir: &Path) -> Result<Vec<Row>, CliError> {
+    let entries = index_entries(dir).map_err(|source| CliError::Index {
+        dir: dir.to_path_buf(),
+        source,
     })?;
-    let mut rows = Vec::new();
-    for (key, link) in entries {
-        rows.push(row(&key, &link).await);
-    }
-    Ok(rows)
+    let rows = entries.iter().map(|(key, link)| row(key, link));
+    Ok(futures::future::join_all(rows).await)
 }
 
 async fn row(key: &str, link: &Path) -> Row {
+    let target = std::fs::read_link(link).unwrap_or_else(|_| link.to_path_buf());
     let mut r = Row {
         task_id: String::new(),
         alloc_id: String::new(),
@@ -73,9 +122,7 @@ async fn row(key: &str, link: &Path) -> Row {
         exit_message: String::new(),
         memory_bytes: 0,
         socket: String::new(),
-        state_file: std::fs::read_link(link)
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        state_file: target.display().to_string(),
         cgroup: String::new(),
         reachable: false,
         problem: String::new(),
@@ -83,7 +130,11 @@ async fn row(key: &str, link: &Path) -> Row {
     let st = match TaskState::read(link) {
         Ok(s) => s,
         Err(e) => {
-            r.problem = format!("{e}");
+            r.state = "stale (no state file)".into();
+            r.problem = format!(
+                "{e}; if the task is gone, remove the index link: rm {}",
+                link.display()
+            );
             return r;
         }
     };
@@ -95,65 +146,72 @@ async fn row(key: &str, link: &Path) -> Row {
     r.runtime_pid = st.runtime_pid.unwrap_or(0);
     r.socket = st.spec.socket_path.display().to_string();
     r.cgroup = st.cgroup.clone().unwrap_or_default();
+    let set_exit = |r: &mut Row, code: i32, signal: i32, oom: bool, message: &str| {
+        r.exit_code = Some(code);
+        r.exit_signal = Some(signal);
+        r.oom_killed = oom;
+        r.exit_message = message.to_owned();
+    };
     if let Some(e) = &st.exit {
         r.state = "exited".into();
-        r.exit_code = Some(e.exit_code);
-        r.exit_signal = Some(e.signal);
-        r.oom_killed = e.oom_killed;
-        r.exit_message = e.message.clone();
+        set_exit(&mut r, e.exit_code, e.signal, e.oom_killed, &e.message);
     }
-    match tokio::time::timeout(DIAL_TIMEOUT, common::client::connect(&st.spec.socket_path)).await {
-        Ok(Ok(mut c)) => {
-            match tokio::time::timeout(DIAL_TIMEOUT, c.status(api::StatusRequest {})).await {
-                Ok(Ok(s)) => {
-                    let s = s.into_inner();
-                    r.reachable = true;
-                    r.runtime_pid = s.runtime_pid;
-                    r.memory_bytes = s.memory_bytes;
-                    r.state = match api::TaskState::try_from(s.state).unwrap_or_default() {
-                        api::TaskState::Running => "running",
-                        api::TaskState::Exited => "exited",
-                        api::TaskState::Pending => "pending",
-                        api::TaskState::Unspecified => "unknown",
-                    }
-                    .into();
-                    if s.started_at_unix_ms > 0 && r.state == "running" {
-                        r.uptime_secs = Some((crate::shim::now_ms() - s.started_at_unix_ms) / 1000);
-                    }
-                }
-                Ok(Err(e)) => r.problem = format!("shim answered with an error: {}", e.message()),
-                Err(_) => r.problem = "shim did not answer within 1s".into(),
+    match ask(&st.spec.socket_path).await {
+        Ok(s) => {
+            r.reachable = true;
+            r.runtime_pid = s.runtime_pid;
+            r.memory_bytes = s.memory_bytes;
+            if !s.cgroup.is_empty() {
+                r.cgroup = s.cgroup.clone();
+            }
+            r.state = match api::TaskState::try_from(s.state).unwrap_or_default() {
+                api::TaskState::Running => "running",
+                api::TaskState::Exited => "exited",
+                api::TaskState::Pending => "pending",
+                api::TaskState::Unspecified => "unknown",
+            }
+            .into();
+            if let Some(e) = &s.exit {
+                set_exit(&mut r, e.exit_code, e.signal, e.oom_killed, &e.message);
+            }
+            if s.started_at_unix_ms > 0 && r.state == "running" {
+                r.uptime_secs = Some((crate::shim::now_ms() - s.started_at_unix_ms) / 1000);
             }
         }
-        Ok(Err(e)) => r.problem = e.to_string(),
-        Err(_) => r.problem = "timed out connecting to the shim".into(),
-    }
-    if !r.reachable {
-        if st.exit.is_some() {
-            r.state = "exited (shim gone)".into();
-            r.problem.clear();
-        } else if st.boot_id != common::proc::boot_id() {
-            r.state = "stale (other boot)".into();
-        } else {
-            r.state = "unreachable".into();
+        Err(problem) => {
+            if st.exit.is_some() {
+                // The normal end of a lingering shim: the result is on disk.
+                r.state = "exited (shim gone)".into();
+            } else if st.boot_id != common::proc::boot_id() {
+                r.state = "stale (other boot)".into();
+                r.problem = format!(
+                    "recorded before the last reboot; remove it: rm {}",
+                    link.display()
+                );
+            } else {
+                r.state = "unreachable".into();
+                r.problem = format!(
+                    "{problem}; its last state says {} (the plugin kills what is left of it and Nomad restarts the task)",
+                    r.last_state()
+                );
+            }
         }
     }
     r
 }
 
-/// Rows that match TASK: a task id, a task key, an alloc id prefix or a task name.
-pub fn filter<'a>(rows: &'a [Row], task: Option<&str>) -> Vec<&'a Row> {
-    rows.iter()
-        .filter(|r| match task {
-            None => true,
-            Some(t) => {
-                r.task_id == t
-                    || r.key == t
-                    || (t.len() >= 4 && r.alloc_id.starts_with(t))
-                    || r.task_name == t
-            }
-        })
-        .collect()
+async fn ask(socket: &Path) -> Result<api::StatusResponse, String> {
+    let mut c = common::client::connect_timeout(socket, DIAL_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(DIAL_TIMEOUT, c.status(api::StatusRequest {})).await {
+        Ok(Ok(s)) => Ok(s.into_inner()),
+        Ok(Err(e)) => Err(format!("the shim answered with an error: {}", e.message())),
+        Err(_) => Err(format!(
+            "the shim at {} accepted but did not answer within {DIAL_TIMEOUT:?}: it is hung",
+            socket.display()
+        )),
+    }
 }
 
 fn human_bytes(b: u64) -> String {
@@ -163,39 +221,50 @@ fn human_bytes(b: u64) -> String {
     format!("{:.1}MiB", b as f64 / 1048576.0)
 }
 
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The aligned table, then one line per row with a problem.
 pub fn table(rows: &[&Row]) -> String {
     let header = [
         "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "SOCKET",
     ];
+    let dash = |v: i32| {
+        if v > 0 {
+            v.to_string()
+        } else {
+            "-".into()
+        }
+    };
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         lines.push(vec![
             r.alloc_id.chars().take(8).collect(),
             r.job_id.clone(),
             r.task_name.clone(),
-            r.shim_pid.to_string(),
-            if r.runtime_pid > 0 {
-                r.runtime_pid.to_string()
-            } else {
-                "-".into()
-            },
+            dash(r.shim_pid),
+            dash(r.runtime_pid),
             r.state.clone(),
-            r.uptime_secs
-                .map(|s| format!("{s}s"))
-                .unwrap_or_else(|| "-".into()),
-            match (r.exit_code, r.exit_signal) {
-                (Some(c), Some(s)) if s != 0 => {
-                    format!("{c} (sig {s}){}", if r.oom_killed { " OOM" } else { "" })
-                }
-                (Some(c), _) => format!("{c}{}", if r.oom_killed { " OOM" } else { "" }),
-                _ => "-".into(),
-            },
+            r.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
+            r.exit_text(),
             human_bytes(r.memory_bytes),
             r.socket.clone(),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in lines {
@@ -207,52 +276,125 @@ pub fn table(rows: &[&Row]) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
-    for r in rows {
-        if !r.problem.is_empty() {
-            out.push_str(&format!(
-                "{}/{}: {}\n",
-                r.alloc_id.chars().take(8).collect::<String>(),
-                r.task_name,
-                r.problem
-            ));
-        }
-    }
     out
 }
 
-/// The one task TASK names, or an error naming the fix.
-pub async fn find_one(dir: &Path, task: &str) -> Result<Row, String> {
+/// Runs `status`: prints the table or JSON on stdout and problems on stderr. Returns 1 when
+/// a listed shim whose task has no recorded exit cannot be reached, else 0.
+pub async fn run(dir: &Path, json: bool, task: Option<&str>) -> Result<i32, CliError> {
     let rows = collect(dir).await?;
-    let matches = filter(&rows, Some(task));
-    match matches.len() {
-        0 => Err(format!(
-            "no Elide task matches {task:?} in {}; list them with `elide-executor status`",
-            dir.display()
-        )),
-        1 => {
-            let key = matches[0].key.clone();
-            rows.into_iter()
-                .find(|r| r.key == key)
-                .ok_or_else(|| "task vanished".into())
+    let shown: Vec<&Row> = rows
+        .iter()
+        .filter(|r| task.map_or(true, |t| r.matches(t)))
+        .collect();
+    if let Some(t) = task {
+        if shown.is_empty() {
+            return Err(CliError::NoMatch {
+                task: t.to_owned(),
+                dir: dir.to_path_buf(),
+            });
         }
-        n => Err(format!(
-            "{task:?} matches {n} tasks; use the task id or key from `elide-executor status`"
-        )),
     }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).map_err(std::io::Error::other)?
+        );
+    } else {
+        print!("{}", table(&shown));
+    }
+    for r in &shown {
+        if !r.problem.is_empty() {
+            let who = if r.task_id.is_empty() {
+                r.key.clone()
+            } else {
+                r.task_id.clone()
+            };
+            eprintln!("{who}: {}", r.problem);
+        }
+    }
+    Ok(if shown.iter().any(|r| r.is_lost()) {
+        1
+    } else {
+        0
+    })
 }
 
-pub async fn client_for(
-    row: &Row,
-) -> Result<api::executor_client::ExecutorClient<tonic::transport::Channel>, String> {
-    common::client::connect(Path::new(&row.socket))
-        .await
-        .map_err(|e| {
-            format!(
-                "{e}; its last recorded state is {:?}{}",
-                row.state,
-                row.exit_code
-                    .map(|c| format!(" with exit code {c}"))
-                    .unwrap_or_default()
-            )
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task_id: &str, alloc: &str, name: &str) -> Row {
+        Row {
+            task_id: task_id.into(),
+            alloc_id: alloc.into(),
+            job_id: "job".into(),
+            task_name: name.into(),
+            key: common::paths::task_key(task_id),
+            shim_pid: 10,
+            runtime_pid: 11,
+            state: "running".into(),
+            uptime_secs: Some(3700),
+            exit_code: None,
+            exit_signal: None,
+            oom_killed: false,
+            exit_message: String::new(),
+            memory_bytes: 3 * 1048576,
+            socket: "/run/x.sock".into(),
+            state_file: "/a/state.json".into(),
+            cgroup: String::new(),
+            reachable: true,
+            problem: String::new(),
+        }
+    }
+
+    #[test]
+    fn task_filter_accepts_id_key_alloc_prefix_and_name() {
+        let r = row("0123abcd-ef/web/1", "0123abcd-ef", "web");
+        assert!(r.matches("0123abcd-ef/web/1"));
+        assert!(r.matches(&r.key.clone()));
+        assert!(r.matches("0123"));
+        assert!(!r.matches("012"), "prefixes shorter than 4 are too vague");
+        assert!(r.matches("web"));
+        assert!(!r.matches("api"));
+    }
+
+    #[test]
+    fn table_is_aligned_and_shows_signals_and_oom() {
+        let a = row("a/web/1", "aaaaaaaa-1111", "web");
+        let mut b = row("b/worker/1", "bbbbbbbb-2222", "worker");
+        b.state = "exited".into();
+        b.exit_code = Some(137);
+        b.exit_signal = Some(9);
+        b.oom_killed = true;
+        b.uptime_secs = None;
+        let t = table(&[&a, &b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("ALLOC"), "{t}");
+        let col = lines[0].find("STATE").unwrap();
+        assert_eq!(&lines[1][col..col + 7], "running", "{t}");
+        assert_eq!(&lines[2][col..col + 6], "exited", "{t}");
+        assert!(lines[2].contains("137 (SIGKILL) OOM"), "{t}");
+        assert!(
+            lines[1].contains("1h1m") && lines[1].contains("3.0MiB"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("aaaaaaaa "),
+            "alloc ids are shortened: {t}"
+        );
+    }
+
+    #[test]
+    fn last_state_explains_what_was_recorded() {
+        let mut r = row("a/web/1", "a", "web");
+        assert!(r.last_state().contains("running with no recorded exit"));
+        r.exit_code = Some(3);
+        r.exit_signal = Some(0);
+        assert_eq!(r.last_state(), "the runtime exited with 3");
+        r.runtime_pid = 0;
+        r.exit_code = None;
+        assert!(r.last_state().contains("never started"));
+    }
 }

@@ -1,0 +1,411 @@
+//! The shim process: read and check the spec, bind the control socket, persist the initial
+//! state, report ready, then serve, reap, linger after the exit, and go.
+
+use crate::error::ShimError;
+use crate::server::Service;
+use crate::shim::Shim;
+use common::proto::executor::executor_server::ExecutorServer;
+use common::spec::{TaskSpec, TASK_SPEC_VERSION};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+/// How long the shim waits for Start before it assumes the plugin gave up on it (at least;
+/// `linger_after_exit_secs` if that is longer).
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Stop timeout used when the shim itself gets SIGTERM (or SIGINT in `run` mode).
+pub const SELF_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight replies (e.g. Shutdown's) get to reach their callers at exit.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Reads and checks a task spec.
+pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
+    let body = std::fs::read(path).map_err(|source| ShimError::SpecRead {
+        path: path.into(),
+        source,
+    })?;
+    let spec: TaskSpec = serde_json::from_slice(&body).map_err(|e| ShimError::SpecInvalid {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    check_spec(&spec).map_err(|message| ShimError::SpecInvalid {
+        path: path.into(),
+        message,
+    })?;
+    Ok(spec)
+}
+
+/// The checks `read_spec` makes beyond the JSON shape.
+pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
+    if spec.version != TASK_SPEC_VERSION {
+        return Err(format!(
+            "version {} is not supported (this elide-executor reads version {TASK_SPEC_VERSION}); use the elide-executor that ships with the plugin",
+            spec.version
+        ));
+    }
+    if spec.task_id.is_empty() {
+        return Err("task_id is empty".into());
+    }
+    if spec.argv.first().map_or(true, |a| a.is_empty()) {
+        return Err("argv is empty; argv[0] must be the runtime binary".into());
+    }
+    let mut paths = vec![
+        ("socket_path", &spec.socket_path),
+        ("state_path", &spec.state_path),
+        ("cwd", &spec.cwd),
+        ("stdout_path", &spec.stdout_path),
+        ("stderr_path", &spec.stderr_path),
+    ];
+    if let Some(n) = &spec.netns_path {
+        paths.push(("netns_path", n));
+    }
+    for (name, p) in paths {
+        if !p.is_absolute() {
+            return Err(format!(
+                "{name} {:?} must be an absolute path",
+                p.display().to_string()
+            ));
+        }
+    }
+    if spec.state_path.file_name().is_none() {
+        return Err("state_path must name a file".into());
+    }
+    let len = spec.socket_path.as_os_str().len();
+    if len > common::paths::MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket_path is {len} bytes, over the {}-byte limit of Unix sockets; use a shorter directory (the plugin's runtime_dir)",
+            common::paths::MAX_SOCKET_PATH
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents) with mode 0700 for the ones it creates.
+fn make_dir(dir: &Path) -> Result<(), ShimError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ShimError::Dir {
+            path: dir.into(),
+            source,
+        })
+}
+
+/// Binds the control socket with mode 0600, replacing a stale socket file nobody answers on.
+fn bind(path: &Path) -> Result<tokio::net::UnixListener, ShimError> {
+    if let Some(dir) = path.parent() {
+        make_dir(dir)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ShimError::SocketBusy(path.into()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // Created 0600 from the start (no window with a wider mode); umask is per process and
+    // nothing else runs yet.
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|source| ShimError::Bind {
+        path: path.into(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ShimError::Bind {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(l)
+}
+
+/// Marks every inherited fd above 2 close-on-exec, so the runtime inherits nothing of the
+/// plugin by accident (the plugin should have done this; this is the belt to its braces).
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD on an fd number only change its flag; a number that was
+        // the read_dir's own (now closed) fd just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+pub enum Mode {
+    /// Launched by the plugin: report readiness on this fd.
+    Serve { ready_fd: Option<i32> },
+    /// Standalone debugging: start the runtime ourselves, exit with its exit code.
+    Run,
+}
+
+/// The readiness pipe: `READY` or `ERROR <message>`, one line, then closed.
+pub struct Ready(Option<std::fs::File>);
+
+impl Ready {
+    /// Takes ownership of `fd` (the plugin passed it for exactly this).
+    pub fn from_fd(fd: Option<i32>) -> Ready {
+        // SAFETY: the fd was handed to us on the command line for our exclusive use; nothing
+        // else in this process owns it.
+        Ready(
+            fd.filter(|fd| *fd > 2)
+                .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })),
+        )
+    }
+
+    pub fn raw_fd(&self) -> Option<i32> {
+        self.0.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Some(mut f) = self.0.take() {
+            let one_line = line.replace(['\n', '\r'], " ");
+            let _ = f.write_all(format!("{one_line}\n").as_bytes());
+        }
+    }
+
+    pub fn ready(&mut self) {
+        self.send("READY")
+    }
+
+    pub fn error(&mut self, e: &dyn std::fmt::Display) {
+        self.send(&format!("ERROR {e}"))
+    }
+}
+
+/// Everything up to (not including) READY: the socket is bound, the state file and the index
+/// link exist, signal handlers are in place.
+pub struct Prepared {
+    pub shim: Arc<Shim>,
+    listener: tokio::net::UnixListener,
+    signals: Signals,
+}
+
+struct Signals {
+    child: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
+    // Everything the shim creates (state, lock, log, socket, dirs) is private to its user:
+    // the state file holds the task's environment. The runtime gets the original umask back.
+    // SAFETY: umask has no preconditions.
+    let inherited = unsafe { libc::umask(0o077) };
+    crate::runtime::set_task_umask(inherited);
+    // Orphans of the runtime (double-forked daemons) are re-parented to us and reaped here.
+    if let Err(e) = crate::reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
+    }
+    // Before any child exists, so no exit is missed.
+    let signals = Signals {
+        child: signal(SignalKind::child()).map_err(ShimError::Signals)?,
+        term: signal(SignalKind::terminate()).map_err(ShimError::Signals)?,
+        int: match mode {
+            Mode::Run => Some(signal(SignalKind::interrupt()).map_err(ShimError::Signals)?),
+            Mode::Serve { .. } => None,
+        },
+    };
+    if let Some(dir) = spec.state_path.parent() {
+        make_dir(dir)?;
+    }
+    let listener = bind(&spec.socket_path)?;
+    let shim = Shim::new(spec);
+    let undo = |shim: &Shim| shim.remove_socket();
+    if let Err(e) = shim.persist() {
+        undo(&shim);
+        return Err(e.into());
+    }
+    if let Some(link) = shim.index_link() {
+        let _ = std::fs::remove_file(&link);
+        if let Err(source) = std::os::unix::fs::symlink(&shim.spec.state_path, &link) {
+            undo(&shim);
+            let _ = common::state::TaskState::remove(&shim.spec.state_path);
+            return Err(ShimError::Index { path: link, source });
+        }
+    }
+    Ok(Prepared {
+        shim,
+        listener,
+        signals,
+    })
+}
+
+/// How the serve loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown RPC: everything is removed.
+    Shutdown,
+    /// The runtime exited and nobody shut the shim down within the linger time (or the shim
+    /// got SIGTERM after the exit): socket and link removed, state file kept.
+    Lingered,
+    /// `run` mode: the runtime exited.
+    Exited,
+    /// Nobody called Start in time: everything is removed.
+    NeverStarted,
+}
+
+/// Serves until the shim should go; returns how it ended.
+pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
+    let Prepared {
+        shim,
+        listener,
+        mut signals,
+    } = p;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = Service { shim: shim.clone() };
+    let mut server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let r = tonic::transport::Server::builder()
+            .add_service(ExecutorServer::new(svc))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "control socket server failed");
+        }
+    });
+
+    let run_mode = matches!(mode, Mode::Run);
+    if run_mode {
+        match shim.start().await {
+            Ok(r) => eprintln!("elide-executor: started pid {}", r.pid),
+            Err(e) => eprintln!("elide-executor: cannot start the runtime: {e}"),
+        }
+    }
+
+    let linger = Duration::from_secs(shim.spec.linger_after_exit_secs);
+    let start_deadline = Instant::now() + linger.max(START_DEADLINE);
+    let mut exited = shim.subscribe_exit();
+    let mut exited_at: Option<Instant> = None;
+    let ended = loop {
+        if run_mode && shim.runtime_pid().is_none() {
+            // `run` could not start the runtime: nothing to serve.
+            break Ended::NeverStarted;
+        }
+        let deadline = match (exited_at, shim.runtime_pid()) {
+            (Some(t), _) => Some(t + linger),
+            (None, None) => Some(start_deadline),
+            (None, Some(_)) => None,
+        };
+        tokio::select! {
+            _ = signals.child.recv() => shim.reap(),
+            _ = signals.term.recv() => {
+                if exited_at.is_some() {
+                    tracing::info!("SIGTERM after the exit: leaving now");
+                    break Ended::Lingered;
+                }
+                if shim.runtime_pid().is_none() {
+                    tracing::info!("SIGTERM before Start: removing the shim");
+                    break Ended::NeverStarted;
+                }
+                tracing::info!("SIGTERM: stopping the runtime");
+                let s = shim.clone();
+                tokio::spawn(async move {
+                    let _ = s.stop(Some(nix::sys::signal::Signal::SIGTERM), SELF_STOP_TIMEOUT).await;
+                });
+            }
+            Some(_) = async { match signals.int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
+                let s = shim.clone();
+                tokio::spawn(async move {
+                    let _ = s.stop(Some(nix::sys::signal::Signal::SIGINT), SELF_STOP_TIMEOUT).await;
+                });
+            }
+            _ = shim.shutdown_requested() => break Ended::Shutdown,
+            r = exited.wait_for(|e| e.is_some()), if exited_at.is_none() => {
+                if r.is_ok() {
+                    exited_at = Some(Instant::now());
+                    if run_mode {
+                        break Ended::Exited;
+                    }
+                    tracing::info!(linger_secs = linger.as_secs(), "runtime exited; lingering for Shutdown");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if exited_at.is_some() {
+                    tracing::info!("nobody shut the shim down within the linger time; the exit stays in the state file");
+                    break Ended::Lingered;
+                }
+                tracing::warn!("no Start within {:?}: the plugin gave up on this shim; removing it", linger.max(START_DEADLINE));
+                break Ended::NeverStarted;
+            }
+        }
+    };
+    if ended == Ended::Exited {
+        if let Some(e) = shim.exit() {
+            eprintln!(
+                "elide-executor: the runtime exited with code {}{}{}",
+                e.exit_code,
+                if e.signal != 0 {
+                    format!(" (signal {})", common::signals::name(e.signal))
+                } else {
+                    String::new()
+                },
+                if e.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.message)
+                }
+            );
+        }
+    }
+    match ended {
+        Ended::Shutdown => {}
+        Ended::Lingered | Ended::Exited => shim.remove_socket(),
+        Ended::NeverStarted => {
+            if run_mode {
+                shim.remove_socket();
+            } else {
+                shim.shutdown().await;
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(DRAIN, &mut server).await.is_err() {
+        server.abort();
+    }
+    ended
+}
+
+/// Runs one shim: prepare, report readiness, serve. Returns the runtime's exit code for
+/// `run` (1 when it never ran) and 0 for `serve`.
+pub async fn run(spec: TaskSpec, mode: Mode, mut ready: Ready) -> Result<i32, ShimError> {
+    let prepared = match prepare(spec, &mode) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "shim setup failed");
+            ready.error(&e);
+            return Err(e);
+        }
+    };
+    let shim = prepared.shim.clone();
+    ready.ready();
+    tracing::info!(socket = %shim.spec.socket_path.display(), pid = std::process::id(), "shim ready");
+    let ended = serve(prepared, &mode).await;
+    tracing::info!(?ended, "shim exiting");
+    Ok(match mode {
+        Mode::Serve { .. } => 0,
+        Mode::Run => shim.exit().map(|e| e.exit_code).unwrap_or(1),
+    })
+}
