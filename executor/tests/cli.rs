@@ -1,0 +1,125 @@
+//! The operator CLI against real shims: status (table and JSON), stop, signal.
+
+mod support;
+
+use common::proto::executor as api;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_tasks_and_stop_and_signal_find_them_by_name() {
+    let dir = short_dir();
+    let mut out = LogFifo::new(dir.path(), "out");
+    let mut s = spec(
+        dir.path(),
+        r#"trap 'echo got-hup' HUP
+echo ready
+while :; do sleep 1000 & wait $!; done"#,
+    );
+    s.stdout_path = out.path.clone();
+    let running = launch(s, dir.path());
+    let done = launch(spec(dir.path(), "exit 9"), dir.path());
+    let mut c = running.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    out.until(|l| l == "ready").await;
+    let mut d = done.client().await;
+    d.start(api::StartRequest {}).await.unwrap();
+    d.wait(api::WaitRequest {}).await.unwrap();
+    let run_dir = running
+        .spec
+        .socket_path
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let (code, stdout, stderr) = cli(&["status", "--json", "--state-dir", &run_dir]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let row = rows
+        .iter()
+        .find(|r| r["task_id"] == running.spec.task_id.as_str())
+        .unwrap();
+    assert_eq!(row["runtime_pid"], started.pid);
+    assert_eq!(row["shim_pid"], running.pid());
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["reachable"], true);
+    assert_eq!(row["alloc_id"], running.spec.alloc_id.as_str());
+    assert!(row["memory_bytes"].as_u64().unwrap() > 0);
+    let other = rows
+        .iter()
+        .find(|r| r["task_id"] == done.spec.task_id.as_str())
+        .unwrap();
+    assert_eq!(other["state"], "exited");
+    assert_eq!(other["exit_code"], 9);
+
+    let (code, table, _) = cli(&["status", "--state-dir", &run_dir]);
+    assert_eq!(code, 0);
+    let header = table.lines().next().unwrap();
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY",
+            "SOCKET"
+        ]
+    );
+    assert!(
+        table.contains(&started.pid.to_string()) && table.contains("running"),
+        "{table}"
+    );
+
+    // TASK filters: by name (JSON has just that one).
+    let name = running.spec.task_name.clone();
+    let (_, stdout, _) = cli(&["status", "--json", "--state-dir", &run_dir, &name]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+
+    let (code, stdout, stderr) = cli(&["signal", "SIGHUP", "--state-dir", &run_dir, &name]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(out.line().await, "got-hup");
+
+    let (code, _, stderr) = cli(&["signal", "SIGNOPE", "--state-dir", &run_dir, &name]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown signal") && stderr.contains("SIGHUP"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = cli(&["stop", "--state-dir", &run_dir, "no-such-task"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("elide-executor status"), "{stderr}");
+
+    let key = common::paths::task_key(&running.spec.task_id);
+    let (code, stdout, stderr) = cli(&[
+        "stop",
+        "--signal",
+        "SIGKILL",
+        "--timeout",
+        "2s",
+        "--state-dir",
+        &run_dir,
+        &key,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("exit code 137, signal SIGKILL"), "{stdout}");
+    let exit = c
+        .wait(api::WaitRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .exit
+        .unwrap();
+    assert_eq!(exit.exit_code, 137);
+}
+
+#[test]
+fn status_on_a_missing_dir_names_the_fix() {
+    let (code, _, stderr) = cli(&["status", "--state-dir", "/nonexistent/elide-run"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--state-dir") && stderr.contains("runtime_dir"),
+        "{stderr}"
+    );
+}

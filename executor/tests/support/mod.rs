@@ -1,0 +1,276 @@
+//! Test harness: runs the real `elide-executor serve` the way the plugin does (own session,
+//! stdio on /dev/null, fd 3 = readiness pipe) in a short temp dir, and talks to it over its
+//! socket. "Runtimes" are plain `sh` scripts.
+#![allow(dead_code)]
+
+use common::proto::executor::executor_client::ExecutorClient;
+use common::spec::{ResourceSpec, TaskSpec, TASK_SPEC_VERSION};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_elide-executor");
+
+/// Guard against hangs only (no test asserts on time): every await gets this long.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A temp dir with a short path (sockets must stay under 108 bytes).
+pub fn short_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ee")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A spec running `script` with `sh -c`, output to /dev/null, in `dir`.
+pub fn spec(dir: &Path, script: &str) -> TaskSpec {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let alloc = format!(
+        "{:08x}-{}-{n}",
+        std::process::id(),
+        dir.file_name().unwrap().to_string_lossy()
+    );
+    let task_id = format!("{alloc}/t{n}/0a1b2c3d");
+    let key = common::paths::task_key(&task_id);
+    let run_dir = dir.join("run");
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), "/usr/bin:/bin".to_string());
+    TaskSpec {
+        version: TASK_SPEC_VERSION,
+        task_id: task_id.clone(),
+        alloc_id: alloc,
+        job_id: "job".into(),
+        task_group: "group".into(),
+        task_name: format!("t{n}"),
+        namespace: "default".into(),
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env,
+        cwd: dir.to_path_buf(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        fifo_open_timeout_ms: 5000,
+        user: String::new(),
+        socket_path: common::paths::socket_path(&run_dir, &task_id).unwrap(),
+        state_path: dir.join("st").join(&key).join("state.json"),
+        netns_path: None,
+        resources: ResourceSpec::default(),
+        linger_after_exit_secs: 300,
+    }
+}
+
+/// A log FIFO with a logmon-like reader (opened read-write, so it never sees EOF).
+pub struct LogFifo {
+    pub path: PathBuf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>,
+}
+
+impl LogFifo {
+    pub fn new(dir: &Path, name: &str) -> LogFifo {
+        let path = dir.join(name);
+        make_fifo(&path);
+        let rx = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&path)
+            .expect("open fifo reader");
+        LogFifo {
+            path,
+            lines: BufReader::new(rx).lines(),
+        }
+    }
+
+    pub async fn line(&mut self) -> String {
+        within("a log line", self.lines.next_line())
+            .await
+            .expect("read log fifo")
+            .expect("log fifo closed")
+    }
+
+    /// Reads lines until one satisfies `pred`; returns it.
+    pub async fn until(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let l = self.line().await;
+            if pred(&l) {
+                return l;
+            }
+        }
+    }
+}
+
+pub fn make_fifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+}
+
+/// A running shim.
+pub struct Shim {
+    pub spec: TaskSpec,
+    pub spec_path: PathBuf,
+    pub child: Option<Child>,
+    pub ready_line: String,
+}
+
+pub fn write_spec(spec: &TaskSpec, dir: &Path) -> PathBuf {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let p = dir.join(format!("spec{n}.json"));
+    std::fs::write(&p, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
+    p
+}
+
+/// Starts `elide-executor serve` like the plugin does and reads its readiness line.
+/// `extra_fd`: an fd left open (not CLOEXEC) in the shim as fd 7, to check the shim does not
+/// pass inherited fds on to the runtime.
+pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, String) {
+    let (r, w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let w_raw = w.as_raw_fd();
+    let extra = extra_fd.map(|f| f.as_raw_fd());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--spec"])
+        .arg(spec_path)
+        .args(["--ready-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(e) = extra {
+                if libc::dup2(e, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if w_raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn elide-executor");
+    drop(w);
+    let mut line = String::new();
+    std::fs::File::from(r)
+        .read_to_string(&mut line)
+        .expect("read the ready pipe");
+    (child, line)
+}
+
+pub fn launch(spec: TaskSpec, dir: &Path) -> Shim {
+    let spec_path = write_spec(&spec, dir);
+    let (child, line) = launch_raw(&spec_path, None);
+    assert_eq!(line, "READY\n", "the shim did not get ready");
+    Shim {
+        spec,
+        spec_path,
+        child: Some(child),
+        ready_line: line,
+    }
+}
+
+impl Shim {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub async fn client(&self) -> ExecutorClient<Channel> {
+        within("connect", common::client::connect(&self.spec.socket_path))
+            .await
+            .expect("connect to the shim")
+    }
+
+    /// Waits for the shim process to exit (it is our child).
+    pub async fn exited(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("shim already reaped");
+        within(
+            "the shim to exit",
+            tokio::task::spawn_blocking(move || child.wait().expect("wait for the shim")),
+        )
+        .await
+        .expect("join")
+    }
+
+    pub fn index_link(&self) -> PathBuf {
+        common::paths::index_link(self.spec.socket_path.parent().unwrap(), &self.spec.task_id)
+    }
+
+    pub fn state(&self) -> common::state::TaskState {
+        common::state::TaskState::read(&self.spec.state_path).expect("read the state file")
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Killing the shim takes its runtime along (PDEATHSIG).
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A pidfd on `pid`, opened while the process is known to exist.
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    pub fn open(pid: i32) -> PidFd {
+        // SAFETY: pidfd_open with a pid and no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd from the kernel.
+        PidFd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Waits until the process has exited (readable pidfd). False if still alive at `GUARD`.
+    pub async fn exited(&self) -> bool {
+        let fd = self.0.as_raw_fd();
+        tokio::task::spawn_blocking(move || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, GUARD.as_millis() as i32) };
+            n == 1
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Runs the CLI; returns (exit status, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run elide-executor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
