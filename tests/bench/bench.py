@@ -116,8 +116,8 @@ def main() -> int:
     nomad_bin = a.nomad or nm.find_nomad()
     bins = nm.build_workspace()
     base = tempfile.mkdtemp(prefix="nde-bench-")
-    agent = nm.NomadAgent(nomad_bin, os.path.join(base, "dev"), plugin_bin=bins["nomad-driver-elide"],
-                          executor_bin=bins["elide-executor"], name="bench",
+    agent = nm.NomadAgent(nomad_bin, os.path.join(base, "dev"), plugin_bin=bins["plugin"],
+                          executor_bin=bins["executor"], name="bench",
                           extra_hcl='plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}')
     results = []
     try:
@@ -134,8 +134,8 @@ def main() -> int:
         agent.stop()
     rec = []
     for n in a.recovery:
-        p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["nomad-driver-elide"],
-                          executor_bin=bins["elide-executor"], name=f"rec{n}", mode="persistent")
+        p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
+                          executor_bin=bins["executor"], name=f"rec{n}", mode="persistent")
         try:
             p.start()
             p.wait_driver_healthy()
