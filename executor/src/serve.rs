@@ -162,12 +162,16 @@ pub enum Mode {
 pub struct Ready(Option<std::fs::File>);
 
 impl Ready {
-    /// Takes ownership of `fd` (the plugin passed it for exactly this).
+    /// Takes ownership of `fd` (the plugin passed it for exactly this). Call it before
+    /// opening anything: an fd number that is not open is ignored rather than adopted, so a
+    /// wrong `--ready-fd` can never close a file the shim opens later.
     pub fn from_fd(fd: Option<i32>) -> Ready {
-        // SAFETY: the fd was handed to us on the command line for our exclusive use; nothing
-        // else in this process owns it.
         Ready(
             fd.filter(|fd| *fd > 2)
+                // SAFETY: F_GETFD only reads the fd's flags.
+                .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+                // SAFETY: the fd is open and was handed to us on the command line for our
+                // exclusive use; nothing else in this process owns it.
                 .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })),
         )
     }

@@ -292,9 +292,9 @@ impl Shim {
         if self.exit().is_some() {
             return;
         }
-        // Whatever the runtime left in its group or cgroup goes with it (like Nomad's
-        // executor cleanup).
-        let _ = killpg(Pid::from_raw(r.pid), Signal::SIGKILL);
+        // Whatever the runtime left in its group, its cgroup or (as orphans re-parented to
+        // us) anywhere else goes with it, like Nomad's executor cleanup.
+        kill_leftovers(r.pid);
         let cg = lock(&self.cgroup).clone();
         let mut oom = false;
         if let Some(c) = &cg {
@@ -407,12 +407,12 @@ impl Shim {
         }
     }
 
-    /// Waits (bounded) until no live process is left in the runtime's process group, so a
-    /// Stop that returns leaves nothing of the task behind.
+    /// Waits (bounded) until no live process of the task is left, so a Stop that returns
+    /// leaves nothing of the task behind.
     async fn wait_group_gone(&self, pgid: i32) {
         let deadline = tokio::time::Instant::now() + GROUP_WAIT;
         loop {
-            let left = common::proc::group_members(pgid);
+            let left = kill_leftovers(pgid);
             if left.is_empty() {
                 return;
             }
@@ -420,7 +420,6 @@ impl Shim {
                 tracing::warn!(?left, "processes of the task survived SIGKILL");
                 return;
             }
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -516,4 +515,24 @@ impl Shim {
             let _ = std::fs::remove_file(dir.join(crate::LOG_FILE));
         }
     }
+}
+
+/// SIGKILLs every live process of the task: the runtime's process group (`pgid`) and every
+/// descendant of the shim. The shim runs exactly one task and is a child subreaper, so each
+/// process below it — also a daemon that left the group with setsid — belongs to the task.
+/// Returns the pids it signalled (empty = nothing left).
+pub fn kill_leftovers(pgid: i32) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let procs = common::proc::all_processes();
+    let mut targets: Vec<i32> = common::proc::tree_of(&procs, me)
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect();
+    targets.extend(procs.iter().filter(|s| s.pgrp == pgid).map(|s| s.pid));
+    targets.sort_unstable();
+    targets.dedup();
+    for p in &targets {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    targets
 }

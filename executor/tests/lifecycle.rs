@@ -157,6 +157,44 @@ async fn stop_escalates_to_sigkill_after_the_timeout_and_leaves_no_grandchild() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_left_the_process_group_dies_with_the_task() {
+    let dir = short_dir();
+    let mut out = LogFifo::new(dir.path(), "out");
+    // `setsid sleep` leaves the runtime's session and group; the runtime then exits, so the
+    // daemon is re-parented to the shim (a subreaper), out of reach of a group kill.
+    let mut s = spec(
+        dir.path(),
+        "setsid sleep 1000 & echo \"daemon $!\"; read x < go; exit 0",
+    );
+    s.stdout_path = out.path.clone();
+    let go = dir.path().join("go");
+    make_fifo(&go);
+    let shim = launch(s, dir.path());
+    let mut c = shim.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    let line = out.until(|l| l.starts_with("daemon ")).await;
+    let daemon: i32 = line["daemon ".len()..].parse().unwrap();
+    let daemon_fd = PidFd::open(daemon);
+    let st = common::proc::stat(daemon).unwrap();
+    assert_ne!(st.pgrp, started.pid, "the daemon should have its own group");
+    within(
+        "releasing the task",
+        tokio::task::spawn_blocking(move || std::fs::write(go, "go\n")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let exit = exit_of(
+        within("wait", c.wait(api::WaitRequest {}))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(exit.exit_code, 0);
+    assert!(daemon_fd.exited().await, "the daemon outlived its task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_with_a_cooperative_task_returns_its_own_exit() {
     let dir = short_dir();
     let mut out = LogFifo::new(dir.path(), "out");
