@@ -119,6 +119,7 @@ def main() -> int:
     agent = nm.NomadAgent(nomad_bin, os.path.join(base, "dev"), plugin_bin=bins["plugin"],
                           executor_bin=bins["executor"], name="bench",
                           extra_hcl='plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}')
+    agent.plugin_config = agent.default_plugin_config()
     results = []
     try:
         agent.start()
@@ -136,6 +137,7 @@ def main() -> int:
     for n in a.recovery:
         p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
                           executor_bin=bins["executor"], name=f"rec{n}", mode="persistent")
+        p.plugin_config = p.default_plugin_config()
         try:
             p.start()
             p.wait_driver_healthy()
