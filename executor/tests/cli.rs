@@ -54,6 +54,21 @@ while :; do sleep 1000 & wait $!; done"#,
     assert_eq!(other["state"], "exited");
     assert_eq!(other["exit_code"], 9);
 
+    // Reading the index leaves nothing behind in it.
+    let mut names: Vec<String> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected = Vec::new();
+    for s in [&running.spec, &done.spec] {
+        let key = common::paths::task_key(&s.task_id);
+        expected.push(format!("{key}.sock"));
+        expected.push(format!("{key}.state"));
+    }
+    expected.sort();
+    assert_eq!(names, expected);
+
     let (code, table, _) = cli(&["status", "--state-dir", &run_dir]);
     assert_eq!(code, 0);
     let header = table.lines().next().unwrap();

@@ -127,7 +127,9 @@ async fn row(key: &str, link: &Path) -> Row {
         reachable: false,
         problem: String::new(),
     };
-    let st = match TaskState::read(link) {
+    // Read the target, not the link: the state's lock file lives next to the state file,
+    // and must not appear in the index dir.
+    let st = match TaskState::read(&target) {
         Ok(s) => s,
         Err(e) => {
             r.state = "stale (no state file)".into();
