@@ -2,6 +2,7 @@
 //! launched by the plugin (its stdio is /dev/null), plain text on stderr for `run` and the
 //! operator commands.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -18,6 +19,7 @@ pub fn to_file(file: &Path) -> std::io::Result<()> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(file)?;
     let _ = tracing_subscriber::fmt()
         .json()

@@ -20,7 +20,7 @@ static TASK_UMASK: AtomicU32 = AtomicU32::new(0o022);
 
 /// Sets the umask the runtime will get.
 pub fn set_task_umask(mask: libc::mode_t) {
-    TASK_UMASK.store(mask as u32, Ordering::Relaxed);
+    TASK_UMASK.store(mask, Ordering::Relaxed);
 }
 
 /// Which step of the child setup failed (sent back over a pipe; see `spawn`).

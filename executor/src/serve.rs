@@ -51,7 +51,7 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.task_id.is_empty() {
         return Err("task_id is empty".into());
     }
-    if spec.argv.first().map_or(true, |a| a.is_empty()) {
+    if spec.argv.first().is_none_or(|a| a.is_empty()) {
         return Err("argv is empty; argv[0] must be the runtime binary".into());
     }
     let mut paths = vec![
@@ -404,8 +404,8 @@ pub async fn run(spec: TaskSpec, mode: Mode, mut ready: Ready) -> Result<i32, Sh
         }
     };
     let shim = prepared.shim.clone();
-    ready.ready();
     tracing::info!(socket = %shim.spec.socket_path.display(), pid = std::process::id(), "shim ready");
+    ready.ready();
     let ended = serve(prepared, &mode).await;
     tracing::info!(?ended, "shim exiting");
     Ok(match mode {

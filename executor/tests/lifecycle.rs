@@ -160,11 +160,12 @@ async fn stop_escalates_to_sigkill_after_the_timeout_and_leaves_no_grandchild() 
 async fn a_daemon_that_left_the_process_group_dies_with_the_task() {
     let dir = short_dir();
     let mut out = LogFifo::new(dir.path(), "out");
-    // `setsid sleep` leaves the runtime's session and group; the runtime then exits, so the
-    // daemon is re-parented to the shim (a subreaper), out of reach of a group kill.
+    // `setsid` leaves the runtime's session and group (the daemon reports its pid only
+    // after that); the runtime then exits, so the daemon is re-parented to the shim (a
+    // subreaper), out of reach of a group kill.
     let mut s = spec(
         dir.path(),
-        "setsid sleep 1000 & echo \"daemon $!\"; read x < go; exit 0",
+        "setsid sh -c 'echo \"daemon $$\"; exec sleep 1000' & read x < go; exit 0",
     );
     s.stdout_path = out.path.clone();
     let go = dir.path().join("go");

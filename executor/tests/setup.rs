@@ -89,13 +89,12 @@ async fn the_socket_is_private_a_stale_one_is_replaced_a_live_one_is_not() {
     );
     assert!(st.runtime_pid.is_none() && st.exit.is_none());
     assert_eq!(st.spec, shim.spec);
-    assert!(shim
-        .spec
-        .state_path
-        .parent()
+    let log = shim.spec.state_path.parent().unwrap().join("executor.log");
+    let log_meta = std::fs::metadata(&log).unwrap();
+    assert_eq!(log_meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&log)
         .unwrap()
-        .join("executor.log")
-        .exists());
+        .contains("shim ready"));
     // A second shim for the same socket refuses and says why.
     let (code, line) = ready_line_for(&s, dir.path());
     assert_eq!(code, 1);

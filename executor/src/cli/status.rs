@@ -287,7 +287,7 @@ pub async fn run(dir: &Path, json: bool, task: Option<&str>) -> Result<i32, CliE
     let rows = collect(dir).await?;
     let shown: Vec<&Row> = rows
         .iter()
-        .filter(|r| task.map_or(true, |t| r.matches(t)))
+        .filter(|r| task.is_none_or(|t| r.matches(t)))
         .collect();
     if let Some(t) = task {
         if shown.is_empty() {
