@@ -533,3 +533,39 @@ async fn status_and_stats_describe_the_running_task() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_user_applies_and_the_parent_death_signal_survives_the_switch() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("skipped: no user `nobody` on this machine");
+        return;
+    };
+    let dir = short_dir();
+    let mut out = LogFifo::new(dir.path(), "out");
+    let mut s = spec(
+        dir.path(),
+        "echo \"uid=$(id -u) gid=$(id -g)\"; exec sleep 1000",
+    );
+    s.user = "nobody".into();
+    s.stdout_path = out.path.clone();
+    let mut shim = launch(s, dir.path());
+    let mut c = shim.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        out.line().await,
+        format!("uid={} gid={}", nobody.uid, nobody.gid)
+    );
+    // PR_SET_PDEATHSIG is cleared by a credential change; it is set after it.
+    let runtime = PidFd::open(started.pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    shim.exited().await;
+    assert!(runtime.exited().await, "the runtime outlived its shim");
+}
