@@ -477,13 +477,16 @@ def test_colour_is_forced_unless_no_color_or_no_pretty(tmp_path):
 
 PY_SIGNAL_GUEST = """
 import os, signal, sys, time
+# Handlers write with os.write: a signal can land while the main code is inside print()
+# (the test reacts to "ready" before that print returns), and print would then fail with
+# "reentrant call inside BufferedWriter".
 def on_term(signum, frame):
-    print("TERMINATION HOOK RAN", flush=True)
+    os.write(1, b"TERMINATION HOOK RAN\\n")
     sys.exit(9)
 def on_usr1(signum, frame):
-    print("got SIGUSR1", flush=True)
+    os.write(1, b"got SIGUSR1\\n")
 def on_usr2(signum, frame):
-    print("got SIGUSR2, leaving", flush=True)
+    os.write(1, b"got SIGUSR2, leaving\\n")
     sys.exit(0)
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, on_term)
