@@ -41,6 +41,7 @@ fn main() {
         let dir = short_dir();
         let mut ready_ms = Vec::new();
         let mut rpc_ms = Vec::new();
+        let mut cpu_ms = Vec::new();
         let mut shims = Vec::new();
         for _ in 0..n {
             let s = spec(dir.path(), "exec sleep 100000");
@@ -49,6 +50,12 @@ fn main() {
             let (child, line) = launch_raw(&p, None);
             let t_ready = t0.elapsed();
             assert_eq!(line, "READY\n");
+            // CPU time the shim used until READY (it then idles): independent of load.
+            let cpu_ns: f64 = std::fs::read_to_string(format!("/proc/{}/schedstat", child.id()))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0);
+            cpu_ms.push(cpu_ns / 1e6);
             let mut c = common::client::connect(&s.socket_path).await.unwrap();
             c.status(api::StatusRequest {}).await.unwrap();
             let t_rpc = t0.elapsed();
@@ -107,6 +114,7 @@ fn main() {
             stats(ready_ms)
         );
         println!("spawn -> first Status answered (ms):     {}", stats(rpc_ms));
+        println!("shim CPU time until READY (ms):          {}", stats(cpu_ms));
         println!("VmRSS idle, before Start (kB):           {}", stats(idle));
         println!("VmRSS with its task running (kB):        {}", stats(rss));
         println!("Pss with {n} shims running (kB):          {}", stats(pss));
