@@ -148,6 +148,11 @@ const PLUGIN_KEYS: &[&str] = &[
 /// Room a socket name needs inside runtime_dir: "/" + 16 hex + ".sock".
 const SOCKET_NAME_LEN: usize = 22;
 
+/// `(name, Default(Attr{name, ty}, default))`: the attribute inside a Default needs its name.
+fn defaulted(name: &'static str, ty: &str, default: Spec) -> (&'static str, Spec) {
+    (name, with_default(name, ty, default))
+}
+
 fn with_default(name: &str, ty: &str, default: crate::proto::hclspec::Spec) -> Spec {
     default_(attr(name, ty, false), default)
 }
@@ -217,52 +222,20 @@ fn check_options(field: &str, opts: &[String]) -> Result<(), ConfigError> {
 
 impl PluginConfig {
     pub fn schema() -> Spec {
+        // Every key has a default, so Nomad sends all of them and an empty block means defaults.
         object(vec![
-            ("enabled", with_default("enabled", "bool", literal("true"))),
-            (
-                "elide_binary",
-                with_default("elide_binary", "string", literal_string("")),
-            ),
-            (
-                "executor_binary",
-                with_default("executor_binary", "string", literal_string("")),
-            ),
-            (
-                "runtime_dir",
-                with_default("runtime_dir", "string", literal_string(DEFAULT_RUNTIME_DIR)),
-            ),
-            (
-                "guest_env",
-                with_default("guest_env", "string", literal_string("host")),
-            ),
-            (
-                "runtime_options",
-                with_default("runtime_options", "list(string)", literal("[]")),
-            ),
-            (
-                "run_flags",
-                with_default("run_flags", "list(string)", literal("[]")),
-            ),
-            (
-                "fingerprint_period",
-                with_default("fingerprint_period", "string", literal_string("30s")),
-            ),
-            (
-                "version_timeout",
-                with_default("version_timeout", "string", literal_string("10s")),
-            ),
-            (
-                "pids_limit",
-                with_default("pids_limit", "number", literal("0")),
-            ),
-            (
-                "heap_percent",
-                with_default("heap_percent", "number", literal("75")),
-            ),
-            (
-                "fifo_open_timeout",
-                with_default("fifo_open_timeout", "string", literal_string("10s")),
-            ),
+            defaulted("enabled", "bool", literal("true")),
+            defaulted("elide_binary", "string", literal_string("")),
+            defaulted("executor_binary", "string", literal_string("")),
+            defaulted("runtime_dir", "string", literal_string(DEFAULT_RUNTIME_DIR)),
+            defaulted("guest_env", "string", literal_string("host")),
+            defaulted("runtime_options", "list(string)", literal("[]")),
+            defaulted("run_flags", "list(string)", literal("[]")),
+            defaulted("fingerprint_period", "string", literal_string("30s")),
+            defaulted("version_timeout", "string", literal_string("10s")),
+            defaulted("pids_limit", "number", literal("0")),
+            defaulted("heap_percent", "number", literal("75")),
+            defaulted("fifo_open_timeout", "string", literal_string("10s")),
         ])
     }
 
