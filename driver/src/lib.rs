@@ -5,6 +5,7 @@ pub mod base;
 pub mod driver_service;
 pub mod fingerprint;
 pub mod goplugin;
+pub mod idle;
 pub mod logging;
 pub mod plugin;
 pub mod stats;

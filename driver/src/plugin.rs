@@ -152,6 +152,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let plugin = Plugin::new();
     let shutdown = Arc::new(Notify::new());
+    let conns = Arc::new(crate::idle::Connections::default());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("plugin", tonic_health::ServingStatus::Serving)
@@ -170,7 +171,12 @@ pub async fn run() -> anyhow::Result<()> {
         }))
         .add_service(GrpcStdioServer::new(Stdio))
         .add_service(GrpcBrokerServer::new(Broker))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+        .serve_with_incoming({
+            use tokio_stream::StreamExt;
+            let conns = conns.clone();
+            tokio_stream::wrappers::UnixListenerStream::new(listener)
+                .map(move |s| s.map(|s| conns.track(s)))
+        });
 
     // The handshake goes out only once the socket is bound.
     {
@@ -181,7 +187,20 @@ pub async fn run() -> anyhow::Result<()> {
     tracing::debug!(socket = %socket.display(), "plugin serving");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let idle = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            if conns
+                .idle_for()
+                .is_some_and(|d| d >= crate::idle::IDLE_EXIT)
+            {
+                tracing::info!("no Nomad agent connected for 15 minutes; exiting (tasks keep running in their shims)");
+                return;
+            }
+        }
+    };
     let outcome = tokio::select! {
+        _ = idle => Ok(()),
         r = server => r.map_err(anyhow::Error::from),
         _ = shutdown.notified() => {
             // Let the Shutdown reply reach the agent before the process goes away.
