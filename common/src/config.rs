@@ -518,25 +518,9 @@ impl TaskConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cty::payload::{enc, obj, s, strs};
     use crate::proto::hclspec::spec::Block as B;
     use rmpv::Value;
-
-    fn enc(v: &Value) -> Vec<u8> {
-        let mut b = Vec::new();
-        rmpv::encode::write_value(&mut b, v).unwrap();
-        b
-    }
-    fn s(x: &str) -> Value {
-        Value::from(x)
-    }
-    /// An object as cty encodes it: keys sorted bytewise.
-    fn obj(mut pairs: Vec<(&str, Value)>) -> Value {
-        pairs.sort_by(|a, b| a.0.cmp(b.0));
-        Value::Map(pairs.into_iter().map(|(k, v)| (s(k), v)).collect())
-    }
-    fn strs(xs: &[&str]) -> Value {
-        Value::Array(xs.iter().map(|x| s(x)).collect())
-    }
 
     /// The top-level keys of a schema (and of a nested block's object).
     fn schema_keys(spec: &Spec) -> Vec<String> {

@@ -400,25 +400,36 @@ fn one_string_map(field: &str, v: &Value) -> Result<BTreeMap<String, String>, Ct
         .collect()
 }
 
+/// Builders for payloads shaped exactly as cty encodes them, shared by this crate's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod payload {
+    use rmpv::Value;
 
-    fn enc(v: &Value) -> Vec<u8> {
+    pub fn enc(v: &Value) -> Vec<u8> {
         let mut b = Vec::new();
         rmpv::encode::write_value(&mut b, v).unwrap();
         b
     }
 
-    fn s(x: &str) -> Value {
+    pub fn s(x: &str) -> Value {
         Value::from(x)
     }
 
     /// An object as cty encodes it: keys sorted bytewise.
-    fn obj(mut pairs: Vec<(&str, Value)>) -> Value {
+    pub fn obj(mut pairs: Vec<(&str, Value)>) -> Value {
         pairs.sort_by(|a, b| a.0.cmp(b.0));
         Value::Map(pairs.into_iter().map(|(k, v)| (s(k), v)).collect())
     }
+
+    pub fn strs(xs: &[&str]) -> Value {
+        Value::Array(xs.iter().map(|x| s(x)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::payload::{enc, obj, s};
+    use super::*;
 
     fn dynamic(ty: &str, v: Value) -> Value {
         Value::Array(vec![Value::Binary(ty.as_bytes().to_vec()), v])
