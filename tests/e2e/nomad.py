@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -933,6 +934,61 @@ class NomadAgent:
             self.wait_allocs(j["ID"], lambda allocs: all(
                 a["ClientStatus"] in TERMINAL_CLIENT for a in allocs), timeout,
                 f"allocations of {j['ID']} to stop")
+
+
+# ------------------------------------------------------------------------ jobs for the tests
+
+#: Group stanzas for a task that must fail for good (no restart, no reschedule).
+NO_RESTART = ('restart {\n  attempts = 0\n  mode = "fail"\n}\n'
+              'reschedule {\n  attempts = 0\n  unlimited = false\n}')
+
+
+def elide_job(name: str, script: str, *, script_name: str = "app.py", jtype: str = "service",
+              count: int = 1, group: str = "", config: str = "", task: str = "",
+              cpu: int = 100, memory: int = 64) -> str:
+    """A job with one group "g" and one elide task "t" that runs `script`, written by an
+    inline template (never executable). `group`, `config` and `task` are extra HCL for those
+    blocks (restart policy, config keys, kill_timeout/env...)."""
+    return f"""
+job "{name}" {{
+  datacenters = ["dc1"]
+  type = "{jtype}"
+  group "g" {{
+    count = {count}
+    {group}
+    task "t" {{
+      driver = "elide"
+      config {{
+        script = "local/{script_name}"
+        {config}
+      }}
+      {task}
+      template {{
+        destination = "local/{script_name}"
+        perms = "644"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data = <<EOT
+{textwrap.dedent(script).strip()}
+EOT
+      }}
+      resources {{
+        cpu    = {cpu}
+        memory = {memory}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def executor_status(agent: "NomadAgent") -> list[dict]:
+    """`elide-executor status --json` for this agent's tasks."""
+    out = subprocess.run([agent.executor_path, "status", "--json", "--state-dir",
+                          agent.runtime_dir], capture_output=True, text=True, timeout=30)
+    if not out.stdout.strip():
+        raise HarnessError(f"elide-executor status printed nothing: {out.stderr}")
+    return json.loads(out.stdout)
 
 
 def describe_task(ts: dict) -> str:

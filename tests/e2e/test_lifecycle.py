@@ -4,53 +4,12 @@ Every case runs the real plugin, the real shim and the Elide stand-in under a re
 """
 import os
 import re
-import textwrap
 
 import pytest
 
 import nomad as nm
 
 EXAMPLES = os.path.join(nm.REPO, "examples")
-
-
-def batch_job(name: str, script_name: str, body: str, *, config: str = "", restart: str = "",
-              env: str = "", extra_task: str = "", jtype: str = "batch") -> str:
-    """A one-task job whose script comes from an inline template (never executable)."""
-    body = textwrap.dedent(body).strip("\n")
-    return f"""
-job "{name}" {{
-  datacenters = ["dc1"]
-  type        = "{jtype}"
-  group "g" {{
-    {restart}
-    task "t" {{
-      driver = "elide"
-      config {{
-        script = "local/{script_name}"
-        {config}
-      }}
-      {env}
-      {extra_task}
-      template {{
-        destination = "local/{script_name}"
-        perms       = "644"
-        left_delimiter  = "[["
-        right_delimiter = "]]"
-        data = <<EOT
-{body}
-EOT
-      }}
-      resources {{
-        cpu    = 100
-        memory = 64
-      }}
-    }}
-  }}
-}}
-"""
-
-
-NO_RESTART = 'restart {\n      attempts = 0\n      mode = "fail"\n    }\n    reschedule {\n      attempts = 0\n      unlimited = false\n    }'
 
 
 def task_procs(agent, alloc_id: str):
@@ -89,11 +48,12 @@ def test_example_batch_job_completes_with_logs_and_env(shared_agent, example, ta
 
 def test_exit_code_fails_task_and_restart_policy_counts(shared_agent):
     agent = shared_agent
-    hcl = batch_job("exit-three", "exit3.py", """
+    hcl = nm.elide_job("exit-three", """
         import sys
         print("about to exit 3", flush=True)
         sys.exit(3)
-    """, restart='restart {\n      attempts = 2\n      delay = "1s"\n      interval = "1h"\n      mode = "fail"\n    }\n    reschedule {\n      attempts = 0\n      unlimited = false\n    }')
+    """, jtype="batch", group='restart {\n  attempts = 2\n  delay = "1s"\n  interval = "1h"\n  mode = "fail"\n}\n'
+                         'reschedule {\n  attempts = 0\n  unlimited = false\n}')
     job = agent.run_job(hcl)
     alloc = agent.first_alloc(job["ID"])
     ts = agent.wait_task(alloc["ID"], "t", "dead", timeout=120)
@@ -105,10 +65,10 @@ def test_exit_code_fails_task_and_restart_policy_counts(shared_agent):
 
 def test_uncaught_guest_exception_is_255_with_the_error_in_stderr(shared_agent):
     agent = shared_agent
-    job = agent.run_job(batch_job("boom", "boom.js", """
+    job = agent.run_job(nm.elide_job("boom", """
         function explode() { throw new Error("kaboom from the guest"); }
         explode();
-    """, restart=NO_RESTART))
+    """, script_name="boom.js", jtype="batch", group=nm.NO_RESTART))
     alloc = agent.first_alloc(job["ID"])
     ts = agent.wait_task(alloc["ID"], "t", "dead")
     assert ts["Failed"]
@@ -147,13 +107,13 @@ def test_stop_kills_runtime_and_grandchildren_after_kill_timeout(shared_agent):
     agent = shared_agent
     # The app starts a grandchild that ignores SIGTERM; SIGTERM (default kill signal) makes
     # Elide exit 143, and the group SIGKILL after the kill timeout takes the grandchild too.
-    job = agent.run_job(batch_job("stubborn", "stubborn.py", """
+    job = agent.run_job(nm.elide_job("stubborn", """
         import subprocess, sys, time
         child = subprocess.Popen(["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])
         print("started grandchild", child.pid, flush=True)
         while True:
             time.sleep(1)
-    """, jtype="service", extra_task='kill_timeout = "2s"'))
+    """, task='kill_timeout = "2s"'))
     alloc = agent.first_alloc(job["ID"])
     aid = alloc["ID"]
     agent.wait_task(aid, "t", "running")
@@ -182,7 +142,7 @@ job "{name}" {{
   datacenters = ["dc1"]
   type = "batch"
   group "g" {{
-    {NO_RESTART}
+    {nm.NO_RESTART}
     task "t" {{
       driver = "elide"
       config {{

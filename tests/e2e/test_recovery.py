@@ -1,6 +1,5 @@
 """Issue 4: tasks survive agent restarts (graceful and kill -9), plugin and shim crashes;
 the elide-executor operator CLI. Real Nomad agent in persistent (non -dev) mode."""
-import json
 import os
 import re
 import signal
@@ -17,46 +16,6 @@ for i in itertools.count():
     print(f"seq {i}", flush=True)
     time.sleep(0.1)
 """
-
-
-def job_hcl(name: str, script: str, *, count: int = 1, jtype: str = "service",
-            restart: str = "") -> str:
-    return f"""
-job "{name}" {{
-  datacenters = ["dc1"]
-  type = "{jtype}"
-  group "g" {{
-    count = {count}
-    {restart}
-    task "t" {{
-      driver = "elide"
-      config {{
-        script = "local/app.py"
-      }}
-      template {{
-        destination = "local/app.py"
-        perms = "644"
-        left_delimiter  = "[["
-        right_delimiter = "]]"
-        data = <<EOT
-{script.strip()}
-EOT
-      }}
-      resources {{
-        cpu    = 50
-        memory = 64
-      }}
-    }}
-  }}
-}}
-"""
-
-
-def status_json(agent) -> list[dict]:
-    out = subprocess.run([agent.executor_path, "status", "--json", "--state-dir", agent.runtime_dir],
-                         capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip(), out.stderr
-    return json.loads(out.stdout)
 
 
 def running_allocs(agent, job_id: str, n: int) -> list[dict]:
@@ -80,11 +39,11 @@ def plugin_pids(agent) -> list[int]:
 def test_ten_tasks_survive_three_agent_restarts_without_losing_a_line(nomad_agent):
     agent = nomad_agent(mode="persistent", name="restarts")
     agent.wait_driver_healthy()
-    job = agent.run_job(job_hcl("seq", SEQ_APP, count=10))
+    job = agent.run_job(nm.elide_job("seq", SEQ_APP, count=10))
     allocs = running_allocs(agent, job["ID"], 10)
     for a in allocs:
         agent.wait_logs(a["ID"], "t", "seq 5")
-    before = {r["alloc_id"]: r["runtime_pid"] for r in status_json(agent)}
+    before = {r["alloc_id"]: r["runtime_pid"] for r in nm.executor_status(agent)}
     assert len(before) == 10 and all(before.values()), before
 
     for graceful in (True, False, True):
@@ -100,7 +59,7 @@ def test_ten_tasks_survive_three_agent_restarts_without_losing_a_line(nomad_agen
         print(f"restart ({'graceful' if graceful else 'kill -9'}): tasks recovered and "
               f"logging again after {time.monotonic() - t0:.2f}s")
 
-    rows = status_json(agent)
+    rows = nm.executor_status(agent)
     after = {r["alloc_id"]: r["runtime_pid"] for r in rows}
     assert after == before, "runtime pids changed across restarts"
     assert all(r["state"] == "running" and r["reachable"] for r in rows), rows
@@ -128,12 +87,12 @@ while not os.path.exists("local/go"):
     time.sleep(0.05)
 sys.exit(7)
 """
-    job = agent.run_job(job_hcl("exit7", app, jtype="batch",
-                                restart='restart {\n  attempts = 0\n  mode = "fail"\n}\n'
+    job = agent.run_job(nm.elide_job("exit7", app, jtype="batch",
+                                group='restart {\n  attempts = 0\n  mode = "fail"\n}\n'
                                         'reschedule {\n  attempts = 0\n  unlimited = false\n}'))
     alloc = running_allocs(agent, job["ID"], 1)[0]
     agent.wait_logs(alloc["ID"], "t", "waiting for local/go")
-    row = next(r for r in status_json(agent) if r["alloc_id"] == alloc["ID"])
+    row = next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc["ID"])
     runtime = nm.proc_info(row["runtime_pid"])
     agent.stop()
     open(os.path.join(agent.data_dir, "alloc", alloc["ID"], "t", "local", "go"), "w").close()
@@ -147,10 +106,10 @@ sys.exit(7)
 def test_plugin_kill_9_is_relaunched_and_wait_resumes(nomad_agent):
     agent = nomad_agent(mode="persistent", name="pluginkill")
     agent.wait_driver_healthy()
-    job = agent.run_job(job_hcl("seq1", SEQ_APP))
+    job = agent.run_job(nm.elide_job("seq1", SEQ_APP))
     alloc = running_allocs(agent, job["ID"], 1)[0]
     agent.wait_logs(alloc["ID"], "t", "seq 3")
-    row = next(r for r in status_json(agent) if r["alloc_id"] == alloc["ID"])
+    row = next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc["ID"])
     old = plugin_pids(agent)
     assert old, "no plugin process found"
     for pid in old:
@@ -160,7 +119,7 @@ def test_plugin_kill_9_is_relaunched_and_wait_resumes(nomad_agent):
     new = plugin_pids(agent)
     assert new and not set(new) & set(old), (old, new)
     assert agent.wait_task(alloc["ID"], "t", "running")
-    row2 = next(r for r in status_json(agent) if r["alloc_id"] == alloc["ID"])
+    row2 = next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc["ID"])
     assert row2["runtime_pid"] == row["runtime_pid"]
     # WaitTask resumed on the new plugin: a stop is seen through it.
     agent.stop_job(job["ID"])
@@ -171,18 +130,18 @@ def test_plugin_kill_9_is_relaunched_and_wait_resumes(nomad_agent):
 def test_shim_kill_9_fails_the_task_clearly_restarts_it_and_leaves_no_orphan(nomad_agent):
     agent = nomad_agent(mode="persistent", name="shimkill")
     agent.wait_driver_healthy()
-    job = agent.run_job(job_hcl("seqk", SEQ_APP,
-                                restart='restart {\n  attempts = 3\n  delay = "1s"\n  mode = "fail"\n}'))
+    job = agent.run_job(nm.elide_job("seqk", SEQ_APP,
+                                group='restart {\n  attempts = 3\n  delay = "1s"\n  mode = "fail"\n}'))
     alloc = running_allocs(agent, job["ID"], 1)[0]
     agent.wait_logs(alloc["ID"], "t", "seq 3")
-    row = next(r for r in status_json(agent) if r["alloc_id"] == alloc["ID"])
+    row = next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc["ID"])
     runtime = nm.proc_info(row["runtime_pid"])
     os.kill(row["shim_pid"], signal.SIGKILL)
     assert not nm.wait_gone([runtime], 15), "the runtime outlived its killed shim"
     ts = agent.wait_task(alloc["ID"], "t", "running", pred=lambda t: t["Restarts"] >= 1)
     text = " ".join(f"{e['Type']}: {e.get('DisplayMessage', '')}" for e in ts["Events"])
     assert "elide-executor" in text and "died unexpectedly" in text, text
-    rows = [r for r in status_json(agent) if r["alloc_id"] == alloc["ID"] and r["state"] == "running"]
+    rows = [r for r in nm.executor_status(agent) if r["alloc_id"] == alloc["ID"] and r["state"] == "running"]
     assert len(rows) == 1 and rows[0]["runtime_pid"] != row["runtime_pid"], rows
     agent.stop_job(job["ID"])
 
@@ -190,9 +149,9 @@ def test_shim_kill_9_fails_the_task_clearly_restarts_it_and_leaves_no_orphan(nom
 def test_status_cli_lists_exactly_the_running_tasks(nomad_agent):
     agent = nomad_agent(name="statuscli")
     agent.wait_driver_healthy()
-    job = agent.run_job(job_hcl("st", SEQ_APP, count=2))
+    job = agent.run_job(nm.elide_job("st", SEQ_APP, count=2))
     allocs = running_allocs(agent, job["ID"], 2)
-    rows = status_json(agent)
+    rows = nm.executor_status(agent)
     assert sorted(r["alloc_id"] for r in rows) == sorted(a["ID"] for a in allocs)
     for r in rows:
         p = nm.proc_info(r["runtime_pid"])

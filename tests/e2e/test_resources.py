@@ -1,56 +1,17 @@
 """Issue 5: cgroup limits, OOM reporting and real TaskStats (cgroup v1 on this machine)."""
-import json
 import os
-import subprocess
 import time
 
 import nomad as nm
 
 
-def job_hcl(name: str, script: str, *, cpu: int = 100, memory: int = 64, jtype: str = "service",
-            config: str = "") -> str:
-    return f"""
-job "{name}" {{
-  datacenters = ["dc1"]
-  type = "{jtype}"
-  group "g" {{
-    restart {{
-      attempts = 0
-      mode = "fail"
-    }}
-    reschedule {{
-      attempts = 0
-      unlimited = false
-    }}
-    task "t" {{
-      driver = "elide"
-      config {{
-        script = "local/app.py"
-        {config}
-      }}
-      template {{
-        destination = "local/app.py"
-        perms = "644"
-        left_delimiter  = "[["
-        right_delimiter = "]]"
-        data = <<EOT
-{script.strip()}
-EOT
-      }}
-      resources {{
-        cpu    = {cpu}
-        memory = {memory}
-      }}
-    }}
-  }}
-}}
-"""
+def job_hcl(name: str, script: str, **kw) -> str:
+    """A task that is never restarted (an OOM kill must stay the last word)."""
+    return nm.elide_job(name, script, group=nm.NO_RESTART, **kw)
 
 
 def row_of(agent, alloc_id: str) -> dict:
-    out = subprocess.run([agent.executor_path, "status", "--json", "--state-dir", agent.runtime_dir],
-                         capture_output=True, text=True, timeout=30).stdout
-    return next(r for r in json.loads(out) if r["alloc_id"] == alloc_id)
+    return next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc_id)
 
 
 def cgroup_dir(row: dict, controller: str) -> str:
