@@ -64,7 +64,7 @@ impl BasePlugin for Base {
             .as_ref()
             .and_then(|n| n.driver.as_ref())
             .and_then(|d| d.topology.as_ref())
-            .map(crate::plugin::total_compute_from_topology);
+            .map(crate::plugin::mhz_per_core_from_topology);
         tracing::info!(
             enabled = cfg.enabled,
             runtime_dir = %cfg.runtime_dir.display(),

@@ -39,7 +39,6 @@ pub fn capabilities() -> DriverCapabilities {
         ],
         must_create_network: false,
         mount_configs: MountConfigs::NoMounts as i32,
-        remote_tasks: false,
         disable_log_collection: false,
         dynamic_workload_users: false,
     }
@@ -47,6 +46,34 @@ pub fn capabilities() -> DriverCapabilities {
 
 #[tonic::async_trait]
 impl Driver for DriverService {
+    /// Nomad >= 2.0.4 calls Init after SetConfig each time it dispenses the plugin, and again
+    /// when a restarted agent reattaches to this process (without a new SetConfig). There is
+    /// nothing left to prepare: SetConfig validated the config, and tasks come back through
+    /// RecoverTask. An error would make the agent kill the plugin and mark the driver
+    /// unhealthy, so this answers OK (as Go plugins without an Init do) instead of
+    /// Unimplemented, which 2.0 also accepts, so the agent's log shows a plugin that knows it.
+    async fn init(&self, _req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        tracing::debug!(
+            tasks = self.plugin.tasks.len(),
+            "Nomad agent initialised the plugin"
+        );
+        Ok(Response::new(InitResponse {}))
+    }
+
+    /// Nomad >= 2.0.4 sends Shutdown (with a 2 s budget) when the agent stops, just before it
+    /// kills the plugin through go-plugin's controller. Tasks are owned by their shims and must
+    /// outlive the agent, so nothing is stopped; the plugin leaves on the controller's Shutdown.
+    async fn shutdown(
+        &self,
+        _req: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        tracing::info!(
+            tasks = self.plugin.tasks.len(),
+            "Nomad agent is shutting down; tasks keep running in their shims"
+        );
+        Ok(Response::new(ShutdownResponse {}))
+    }
+
     async fn task_config_schema(
         &self,
         _req: Request<TaskConfigSchemaRequest>,

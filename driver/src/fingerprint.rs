@@ -127,6 +127,9 @@ impl Fingerprint {
                 .collect(),
             health: self.health as i32,
             health_description: self.description.clone(),
+            // Never set: Nomad >= 1.10.9 turns a non-empty `err` into its own generic
+            // "failed to fingerprint driver" and drops our description, which names the fix.
+            err: String::new(),
         }
     }
 }
@@ -358,6 +361,16 @@ mod tests {
         assert_eq!(parse_version("Welcome to the REPL"), None);
         assert_eq!(parse_version(""), None);
         assert_eq!(parse_version("1"), None);
+    }
+
+    #[test]
+    fn unhealthy_is_reported_through_health_never_err() {
+        // Nomad 2.0 replaces the description with its own text when `err` is set.
+        let fp = Fingerprint::undetected("Elide not found; install it".into());
+        let p = fp.to_proto();
+        assert_eq!(p.health, HealthState::Undetected as i32);
+        assert_eq!(p.health_description, "Elide not found; install it");
+        assert!(p.err.is_empty());
     }
 
     #[test]

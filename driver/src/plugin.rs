@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, Notify};
 /// the task's `driver_state` and its shim, so a new plugin process loses nothing.
 pub struct Plugin {
     config: RwLock<PluginConfig>,
-    /// Node compute (MHz) from Nomad >= 1.7's topology; None on 1.6 (we fingerprint it).
-    topology_mhz: RwLock<Option<u64>>,
+    /// MHz of one core from Nomad >= 1.7's topology; None on 1.6 (we fingerprint it).
+    topology_mhz_per_core: RwLock<Option<f64>>,
     /// The Elide version from the last fingerprint, for task events.
     elide_version: RwLock<Option<String>>,
     /// Fan-out of task events to every open TaskEvents stream.
@@ -32,7 +32,7 @@ impl Plugin {
         let (events, _) = broadcast::channel(256);
         Arc::new(Self {
             config: RwLock::new(PluginConfig::default()),
-            topology_mhz: RwLock::new(None),
+            topology_mhz_per_core: RwLock::new(None),
             elide_version: RwLock::new(None),
             events,
             tasks: crate::tasks::TaskStore::default(),
@@ -46,18 +46,14 @@ impl Plugin {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    pub fn set_config(&self, cfg: PluginConfig, topology_mhz: Option<u64>) {
+    pub fn set_config(&self, cfg: PluginConfig, topology_mhz_per_core: Option<f64>) {
         match self.config.write() {
             Ok(mut c) => *c = cfg,
             Err(p) => *p.into_inner() = cfg,
         }
-        if let Ok(mut t) = self.topology_mhz.write() {
-            *t = topology_mhz;
+        if let Ok(mut t) = self.topology_mhz_per_core.write() {
+            *t = topology_mhz_per_core;
         }
-    }
-
-    pub fn topology_mhz(&self) -> Option<u64> {
-        self.topology_mhz.read().ok().and_then(|t| *t)
     }
 
     pub fn set_elide_version(&self, v: Option<String>) {
@@ -72,11 +68,8 @@ impl Plugin {
 
     /// MHz of one core: from Nomad's topology (>= 1.7) or our own fingerprint (1.6).
     pub fn mhz_per_core(&self) -> f64 {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
-        match self.topology_mhz() {
-            Some(total) => total as f64 / cores,
+        match self.topology_mhz_per_core.read().ok().and_then(|t| *t) {
+            Some(mhz) => mhz,
             None => crate::stats::fingerprint_mhz_per_core(),
         }
     }
@@ -95,26 +88,32 @@ impl Plugin {
     }
 }
 
-/// Total usable compute (MHz) from Nomad >= 1.7's client topology.
-pub fn total_compute_from_topology(t: &ClientTopology) -> Option<u64> {
-    if t.override_total_compute > 0 {
-        return Some(t.override_total_compute);
+/// MHz of one core from Nomad >= 1.7's client topology, as Nomad's own executors compute
+/// "ticks" (numalib `Topology.Compute()`): total compute (`cpu_total_compute` override, else
+/// every core's base speed, falling back to max then guessed speed; disabled cores count too)
+/// divided by the number of cores in the topology. None when it tells nothing.
+pub fn mhz_per_core_from_topology(t: &ClientTopology) -> Option<f64> {
+    let cores = t.cores.len();
+    if cores == 0 {
+        return None;
     }
-    let sum: u64 = t
-        .cores
-        .iter()
-        .filter(|c| !c.disable)
-        .map(|c| {
-            if c.max_speed > 0 {
-                c.max_speed
-            } else if c.base_speed > 0 {
-                c.base_speed
-            } else {
-                c.guess_speed
-            }
-        })
-        .sum();
-    (sum > 0).then_some(sum)
+    let total = if t.override_total_compute > 0 {
+        t.override_total_compute
+    } else {
+        t.cores
+            .iter()
+            .map(|c| {
+                if c.base_speed > 0 {
+                    c.base_speed
+                } else if c.max_speed > 0 {
+                    c.max_speed
+                } else {
+                    c.guess_speed
+                }
+            })
+            .fold(0u64, u64::saturating_add)
+    };
+    (total > 0).then(|| total as f64 / cores as f64)
 }
 
 /// Runs the plugin: handshake, serve, exit on Shutdown or SIGTERM.
@@ -234,5 +233,52 @@ fn apply_socket_group(socket: &std::path::Path, group: &str) {
             let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
         }
         None => tracing::warn!(group, "PLUGIN_UNIX_SOCKET_GROUP names no known group"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::proto::base::ClientTopologyCore;
+
+    fn core(base: u64, max: u64, guess: u64, disable: bool) -> ClientTopologyCore {
+        ClientTopologyCore {
+            base_speed: base,
+            max_speed: max,
+            guess_speed: guess,
+            disable,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn topology_compute_matches_nomads_numalib() {
+        // Base speed first (not max), disabled cores still count, divided by all cores.
+        let t = ClientTopology {
+            cores: vec![
+                core(2000, 3500, 0, false),
+                core(0, 3000, 0, false),
+                core(0, 0, 1000, true),
+                core(2000, 0, 0, true),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(mhz_per_core_from_topology(&t), Some(8000.0 / 4.0));
+        // cpu_total_compute overrides the sum, withheld compute does not change ticks.
+        let t = ClientTopology {
+            override_total_compute: 10_000,
+            override_withold_compute: 4_000,
+            ..t
+        };
+        assert_eq!(mhz_per_core_from_topology(&t), Some(2500.0));
+        assert_eq!(mhz_per_core_from_topology(&ClientTopology::default()), None);
+        let huge = ClientTopology {
+            cores: vec![core(u64::MAX, 0, 0, false), core(u64::MAX, 0, 0, false)],
+            ..Default::default()
+        };
+        assert_eq!(
+            mhz_per_core_from_topology(&huge),
+            Some(u64::MAX as f64 / 2.0)
+        );
     }
 }
