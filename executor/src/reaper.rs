@@ -3,8 +3,6 @@
 //! child too. On each SIGCHLD it collects every exited child with `waitpid(-1, WNOHANG)`.
 //! (Not tokio::process: its own SIGCHLD handling would race this loop for the statuses.)
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-
 /// One reaped child, with Nomad's exit-code convention: a signal death reports
 /// `signal = n` and `exit_code = 128 + n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,33 +12,42 @@ pub struct Reaped {
     pub signal: i32,
 }
 
-/// Maps a wait status to an exit; None for statuses that are not an exit (stop/continue).
-pub fn decode(status: WaitStatus) -> Option<Reaped> {
-    match status {
-        WaitStatus::Exited(pid, code) => Some(Reaped {
-            pid: pid.as_raw(),
-            exit_code: code,
+/// Maps a raw wait status to an exit; None for statuses that are not an exit (stop/continue).
+/// Raw, not nix's `WaitStatus`: that one cannot represent a death by a real-time signal
+/// (SIGRTMIN+n) and turns it into an error after the kernel has already reaped the child,
+/// which would lose the exit.
+pub fn decode(pid: i32, status: libc::c_int) -> Option<Reaped> {
+    if libc::WIFEXITED(status) {
+        return Some(Reaped {
+            pid,
+            exit_code: libc::WEXITSTATUS(status),
             signal: 0,
-        }),
-        WaitStatus::Signaled(pid, sig, _core) => Some(Reaped {
-            pid: pid.as_raw(),
-            exit_code: 128 + sig as i32,
-            signal: sig as i32,
-        }),
-        _ => None,
+        });
     }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        return Some(Reaped {
+            pid,
+            exit_code: 128 + sig,
+            signal: sig,
+        });
+    }
+    None
 }
 
 /// Reaps every child that has exited so far, without blocking.
 pub fn reap_exited() -> Vec<Reaped> {
     let mut out = Vec::new();
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return out,
-            Ok(status) => out.extend(decode(status)),
-            // ECHILD: no children left. EINTR cannot happen with WNOHANG.
-            Err(_) => return out,
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one int through a valid pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        // 0: children left, none exited. -1: ECHILD, no children (EINTR cannot happen with
+        // WNOHANG).
+        if pid <= 0 {
+            return out;
         }
+        out.extend(decode(pid, status));
     }
 }
 
@@ -56,14 +63,13 @@ pub fn become_subreaper() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
-    use nix::unistd::Pid;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn exit_codes_follow_nomads_convention() {
-        let p = Pid::from_raw(42);
+        let exited = std::process::ExitStatus::from_raw(3 << 8).into_raw();
         assert_eq!(
-            decode(WaitStatus::Exited(p, 3)),
+            decode(42, exited),
             Some(Reaped {
                 pid: 42,
                 exit_code: 3,
@@ -71,14 +77,40 @@ mod tests {
             })
         );
         assert_eq!(
-            decode(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            decode(42, libc::SIGKILL),
             Some(Reaped {
                 pid: 42,
                 exit_code: 137,
                 signal: 9
             })
         );
-        assert_eq!(decode(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
-        assert_eq!(decode(WaitStatus::StillAlive), None);
+        // Stopped by SIGSTOP: 0x7f in the low byte, the signal above it.
+        assert_eq!(decode(42, (libc::SIGSTOP << 8) | 0x7f), None);
+    }
+
+    #[test]
+    fn a_death_by_a_real_time_signal_is_an_exit() {
+        assert_eq!(
+            decode(7, 40),
+            Some(Reaped {
+                pid: 7,
+                exit_code: 168,
+                signal: 40
+            })
+        );
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        common::signals::parse("SIGRTMIN+6")
+            .unwrap()
+            .unwrap()
+            .send(pid)
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: as in reap_exited.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert_eq!(decode(pid, status).map(|r| r.signal), Some(40));
     }
 }

@@ -326,14 +326,14 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
                 tracing::info!("SIGTERM: stopping the runtime");
                 let s = shim.clone();
                 tokio::spawn(async move {
-                    let _ = s.stop(Some(nix::sys::signal::Signal::SIGTERM), SELF_STOP_TIMEOUT).await;
+                    let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
                 });
             }
             Some(_) = async { match signals.int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
                 let s = shim.clone();
                 tokio::spawn(async move {
-                    let _ = s.stop(Some(nix::sys::signal::Signal::SIGINT), SELF_STOP_TIMEOUT).await;
+                    let _ = s.stop(Some(common::signals::TaskSignal::SIGINT), SELF_STOP_TIMEOUT).await;
                 });
             }
             _ = shim.shutdown_requested() => break Ended::Shutdown,

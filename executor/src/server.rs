@@ -13,7 +13,7 @@ pub struct Service {
     pub shim: Arc<Shim>,
 }
 
-fn parse_signal(name: &str) -> Result<Option<nix::sys::signal::Signal>, Status> {
+fn parse_signal(name: &str) -> Result<Option<common::signals::TaskSignal>, Status> {
     common::signals::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 

@@ -7,6 +7,7 @@ use crate::runtime::{self, SpawnError};
 use crate::stats::{self, Sampler};
 use common::cgroup::{self, TaskCgroup};
 use common::proto::executor as api;
+use common::signals::TaskSignal;
 use common::spec::TaskSpec;
 use common::state::{ExitRecord, StateError, TaskState, STATE_VERSION};
 use nix::sys::signal::{kill, killpg, Signal};
@@ -334,7 +335,7 @@ impl Shim {
     /// Signal → wait `timeout` → SIGKILL the group/cgroup → wait. Returns the exit.
     pub async fn stop(
         &self,
-        signal: Option<Signal>,
+        signal: Option<TaskSignal>,
         timeout: Duration,
     ) -> Result<api::ExitStatus, tonic::Status> {
         if let Some(e) = self.exit() {
@@ -346,8 +347,8 @@ impl Shim {
             ));
         };
         if let Some(sig) = signal {
-            tracing::info!(pid, signal = sig.as_str(), ?timeout, "stopping the runtime");
-            let _ = kill(Pid::from_raw(pid), sig);
+            tracing::info!(pid, signal = %sig, ?timeout, "stopping the runtime");
+            let _ = sig.send(pid);
         }
         if !timeout.is_zero() {
             if let Some(e) = self.wait_exit(timeout).await {
@@ -371,7 +372,7 @@ impl Shim {
     }
 
     /// Delivers `signal` to the runtime's main process (`None` = existence check).
-    pub fn signal(&self, signal: Option<Signal>) -> Result<(), tonic::Status> {
+    pub fn signal(&self, signal: Option<TaskSignal>) -> Result<(), tonic::Status> {
         let not_running = |why: String| {
             tonic::Status::failed_precondition(format!("the task is not running: {why}"))
         };
@@ -389,12 +390,12 @@ impl Shim {
                 }
             )));
         }
-        kill(Pid::from_raw(pid), signal).map_err(|e| {
+        common::signals::send(signal, pid).map_err(|e| {
             tonic::Status::internal(format!("cannot signal runtime pid {pid}: {e}"))
         })?;
         tracing::info!(
             pid,
-            signal = signal.map(Signal::as_str).unwrap_or("SIGNULL"),
+            signal = %signal.map(TaskSignal::name).unwrap_or_else(|| "SIGNULL".into()),
             "signal delivered"
         );
         Ok(())
