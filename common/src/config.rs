@@ -145,6 +145,9 @@ const PLUGIN_KEYS: &[&str] = &[
     "fifo_open_timeout",
 ];
 
+/// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
+const MAX_PIDS: i64 = crate::spec::MAX_PIDS_LIMIT as i64;
+
 /// Room a socket name needs inside runtime_dir: "/" + 16 hex + ".sock".
 const SOCKET_NAME_LEN: usize = 22;
 
@@ -161,21 +164,33 @@ fn duration_field(
     field: &str,
     v: Option<String>,
     default: Duration,
-    min: Duration,
+    (min, max): (Duration, Duration),
 ) -> Result<Duration, ConfigError> {
     let Some(s) = v else { return Ok(default) };
     let d = crate::duration::parse(&s).map_err(|e| invalid(field, e.to_string()))?;
-    if d < min {
+    if d < min || d > max {
         return Err(invalid(
             field,
             format!(
-                "must be at least {}, got {s:?}",
-                crate::duration::format(min)
+                "must be between {} and {}, got {s:?}",
+                crate::duration::format(min),
+                crate::duration::format(max)
             ),
         ));
     }
     Ok(d)
 }
+
+/// Ranges of the plugin's durations: long enough to work, short enough to mean something
+/// (and to be added to a clock or sent as milliseconds without overflow).
+const FINGERPRINT_PERIOD_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3_600));
+const VERSION_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(600));
+const FIFO_OPEN_TIMEOUT_RANGE: (Duration, Duration) = (
+    Duration::from_millis(100),
+    Duration::from_millis(crate::spec::MAX_FIFO_OPEN_TIMEOUT_MS),
+);
 
 fn no_nul(field: &str, v: &str) -> Result<(), ConfigError> {
     if v.contains('\0') {
@@ -286,16 +301,16 @@ impl PluginConfig {
                 "fingerprint_period",
                 o.string("fingerprint_period")?,
                 d.fingerprint_period,
-                Duration::from_secs(1),
+                FINGERPRINT_PERIOD_RANGE,
             )?,
             version_timeout: duration_field(
                 "version_timeout",
                 o.string("version_timeout")?,
                 d.version_timeout,
-                Duration::from_millis(100),
+                VERSION_TIMEOUT_RANGE,
             )?,
             pids_limit: o
-                .integer("pids_limit", 0, i64::MAX)?
+                .integer("pids_limit", 0, MAX_PIDS)?
                 .map(|n| n as u64)
                 .unwrap_or(0),
             heap_percent: o
@@ -306,7 +321,7 @@ impl PluginConfig {
                 "fifo_open_timeout",
                 o.string("fifo_open_timeout")?,
                 d.fifo_open_timeout,
-                Duration::from_millis(100),
+                FIFO_OPEN_TIMEOUT_RANGE,
             )?,
         })
     }
@@ -461,13 +476,7 @@ impl TaskConfig {
         }
         let env = o.string_map("env")?;
         for (k, v) in &env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(invalid(
-                    "config.env",
-                    format!("{k:?} is not a valid variable name (it must be non-empty and contain neither \"=\" nor NUL)"),
-                ));
-            }
-            no_nul(&format!("config.env.{k}"), v)?;
+            crate::env::check_var(k, v).map_err(|e| invalid("config.env", e.to_string()))?;
         }
         let runtime_options = o.string_list("runtime_options")?;
         check_options("config.runtime_options", &runtime_options)?;
@@ -486,7 +495,9 @@ impl TaskConfig {
                 }
                 Some(ElideOpts {
                     languages,
-                    memory_limit: b.integer("memory_limit", 1, 1 << 30)?.map(|n| n as u64),
+                    memory_limit: b
+                        .integer("memory_limit", 1, crate::spec::MAX_MEMORY_MB as i64)?
+                        .map(|n| n as u64),
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
                     elide_binary: optional_path(
                         "config.elide_opts.elide_binary",
@@ -509,7 +520,7 @@ impl TaskConfig {
                 .transpose()?,
             runtime_options,
             flags,
-            pids_limit: o.integer("pids_limit", 0, i64::MAX)?.map(|n| n as u64),
+            pids_limit: o.integer("pids_limit", 0, MAX_PIDS)?.map(|n| n as u64),
             elide_opts,
         })
     }
@@ -653,7 +664,19 @@ mod tests {
             ),
             (
                 vec![("pids_limit", Value::from(-1i8))],
-                "pids_limit: must be at least 0, got -1",
+                "pids_limit: must be between 0 and 4194304, got -1",
+            ),
+            (
+                vec![("pids_limit", Value::from(u64::MAX))],
+                "pids_limit: must be between 0 and 4194304, got 18446744073709551615",
+            ),
+            (
+                vec![("fingerprint_period", s("2562047h"))],
+                "fingerprint_period: must be between 1s and 24h0m0s",
+            ),
+            (
+                vec![("fifo_open_timeout", s("2h"))],
+                "fifo_open_timeout: must be between 100ms and 1h0m0s",
             ),
             (
                 vec![("heap_percent", Value::from(99u8))],
@@ -677,11 +700,11 @@ mod tests {
             ),
             (
                 vec![("fingerprint_period", s("500ms"))],
-                "fingerprint_period: must be at least 1s, got \"500ms\"",
+                "fingerprint_period: must be between 1s and 24h0m0s, got \"500ms\"",
             ),
             (
                 vec![("version_timeout", s("0s"))],
-                "version_timeout: must be at least 100ms",
+                "version_timeout: must be between 100ms and 10m0s",
             ),
             (
                 vec![("fifo_open_timeout", Value::from(10u8))],
@@ -852,7 +875,7 @@ mod tests {
             ),
             (
                 vec![("env", Value::Array(vec![obj(vec![("A=B", s("1"))])]))],
-                "config.env: \"A=B\" is not a valid variable name",
+                "config.env: \"A=B\" is not a valid environment variable name",
             ),
             (
                 vec![("env", Value::Array(vec![obj(vec![("A", Value::Array(vec![]))])]))],
@@ -868,7 +891,29 @@ mod tests {
             ),
             (
                 vec![("pids_limit", s("-5"))],
-                "config.pids_limit: must be at least 0, got -5",
+                "config.pids_limit: must be between 0 and 4194304, got -5",
+            ),
+            (
+                vec![(
+                    "env",
+                    Value::Array(vec![obj(vec![("LD_PRELOAD=/tmp/x.so\nFOO", s("1"))])]),
+                )],
+                "config.env: \"LD_PRELOAD=/tmp/x.so\\nFOO\" is not a valid environment variable name",
+            ),
+            (
+                vec![("env", Value::Array(vec![obj(vec![("1A", s("1"))])]))],
+                "config.env: \"1A\" is not a valid environment variable name",
+            ),
+            (
+                vec![("env", Value::Array(vec![obj(vec![("A", s("x\0y"))])]))],
+                "config.env: the value of A contains a NUL byte",
+            ),
+            (
+                vec![(
+                    "env",
+                    Value::Array(vec![obj(vec![("BIG", s(&"x".repeat(3 << 20)))])]),
+                )],
+                "config.env: the variable BIG is 3145733 bytes",
             ),
             (
                 vec![(

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod cty;
 pub mod duration;
+pub mod env;
 pub mod hclspec;
 pub mod paths;
 pub mod proc;

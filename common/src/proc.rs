@@ -109,7 +109,7 @@ pub fn clock_ticks_per_sec() -> u64 {
 
 /// VmRSS of a process in bytes (None for a gone process or a kernel thread).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
-    status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+    status_kb(pid, "VmRSS:").map(|kb| kb.saturating_mul(1024))
 }
 
 fn status_kb(pid: i32, key: &str) -> Option<u64> {

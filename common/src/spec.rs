@@ -81,6 +81,119 @@ pub struct ResourceSpec {
     pub mhz_per_core: f64,
 }
 
+/// The largest memory size (MiB) a spec may carry: 1 PiB, far above any host, and small enough
+/// that bytes (`MiB × 2^20`) and heap percentages never overflow.
+pub const MAX_MEMORY_MB: u64 = 1 << 30;
+/// The largest `cpu_shares` (Nomad's `cpu`, MHz): far above any node.
+pub const MAX_CPU_SHARES: u64 = 1 << 32;
+/// The kernel's `PID_MAX_LIMIT`: no pids limit above it means anything.
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
+/// The longest wait for a log FIFO reader (1 hour).
+pub const MAX_FIFO_OPEN_TIMEOUT_MS: u64 = 3_600 * 1_000;
+/// The longest a shim lingers after the exit (7 days).
+pub const MAX_LINGER_SECS: u64 = 7 * 24 * 3_600;
+
+/// A spec value outside what the shim can honour, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn at_most(field: &str, value: u64, max: u64, what: &str) -> Result<(), SpecError> {
+    if value > max {
+        return Err(spec_err(
+            field,
+            format!("{value} is more than the {max} {what} this driver accepts"),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of `mb` MiB, or None when that does not fit a u64.
+pub fn mib_to_bytes(mb: u64) -> Option<u64> {
+    mb.checked_mul(1 << 20)
+}
+
+impl ResourceSpec {
+    /// Refuses values no host can mean, so that every later conversion (MiB → bytes, shares →
+    /// weight, heap percentages) stays in range.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let memory_fix = "check the task's memory and memory_max";
+        at_most(
+            "resources.memory_mb",
+            self.memory_mb,
+            MAX_MEMORY_MB,
+            &format!("MiB (1 PiB); {memory_fix}"),
+        )?;
+        at_most(
+            "resources.memory_max_mb",
+            self.memory_max_mb,
+            MAX_MEMORY_MB,
+            &format!("MiB (1 PiB); {memory_fix}"),
+        )?;
+        at_most(
+            "resources.cpu_shares",
+            self.cpu_shares,
+            MAX_CPU_SHARES,
+            "MHz; check the task's cpu",
+        )?;
+        at_most(
+            "resources.pids_limit",
+            self.pids_limit,
+            MAX_PIDS_LIMIT,
+            "processes (the kernel's PID_MAX_LIMIT); lower pids_limit",
+        )?;
+        if !(self.mhz_per_core.is_finite() && self.mhz_per_core >= 0.0) {
+            return Err(spec_err(
+                "resources.mhz_per_core",
+                format!("{} is not a CPU speed", self.mhz_per_core),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskSpec {
+    /// Everything the shim needs to hold before it acts on the spec: resources in range,
+    /// timeouts it can add to a clock, and an argv and environment `execve` will take (valid
+    /// names, no NUL, within this node's exec limit). The plugin checks a spec before it
+    /// writes it; the shim checks every spec it reads.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.resources.validate()?;
+        at_most(
+            "fifo_open_timeout_ms",
+            self.fifo_open_timeout_ms,
+            MAX_FIFO_OPEN_TIMEOUT_MS,
+            "ms (1 hour); lower fifo_open_timeout",
+        )?;
+        at_most(
+            "linger_after_exit_secs",
+            self.linger_after_exit_secs,
+            MAX_LINGER_SECS,
+            "seconds (7 days)",
+        )?;
+        crate::env::check_exec(&self.argv, &self.env, crate::env::arg_max()).map_err(|e| {
+            let field = match e {
+                crate::env::EnvError::NulArg { .. } => "argv",
+                crate::env::EnvError::TooLong { .. } | crate::env::EnvError::TooBig { .. } => {
+                    "argv/env"
+                }
+                _ => "env",
+            };
+            spec_err(field, e.to_string())
+        })
+    }
+}
+
 fn default_fifo_timeout_ms() -> u64 {
     10_000
 }

@@ -65,6 +65,19 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start {program}: its command line ({argv_bytes} bytes) and environment ({env_bytes} bytes) are too large for exec (E2BIG, limit {limit} bytes); shorten env values or args, or pass large data in a file")]
+    TooBig {
+        program: String,
+        argv_bytes: usize,
+        env_bytes: usize,
+        limit: usize,
+    },
+    #[error("cannot start {program}: the kernel refused its arguments or environment (EINVAL: {source}); remove NUL bytes and check env names")]
+    InvalidArgs {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start {program}: {source}; check elide_binary (it must exist, be executable and run on this node)")]
     Exec {
         program: String,
@@ -256,7 +269,7 @@ pub fn spawn(
                 source: std::io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(0)),
             };
             return Err(match step {
-                None => SpawnError::Exec { program, source },
+                None => exec_error(spec, program, source),
                 Some(Step::Session) => setup("setsid"),
                 Some(Step::Cgroup) => setup("joining the task cgroup"),
                 Some(Step::Netns) => setup("entering the network namespace (setns)"),
@@ -268,6 +281,30 @@ pub fn spawn(
         }
     };
     Ok(child.id() as i32)
+}
+
+/// Why `execve` (or std before it) refused to start the program, in words that name the fix:
+/// only a missing or broken binary is about elide_binary.
+fn exec_error(spec: &TaskSpec, program: String, source: std::io::Error) -> SpawnError {
+    let bytes = |strings: &mut dyn Iterator<Item = usize>| {
+        strings.fold(0usize, |sum, len| {
+            sum.saturating_add(len + 1 + std::mem::size_of::<usize>())
+        })
+    };
+    match source.raw_os_error() {
+        Some(libc::E2BIG) => SpawnError::TooBig {
+            program,
+            argv_bytes: bytes(&mut spec.argv.iter().map(String::len)),
+            env_bytes: bytes(&mut spec.env.iter().map(|(k, v)| k.len() + 1 + v.len())),
+            limit: common::env::arg_max(),
+        },
+        // std refuses a NUL in argv or env before it forks (InvalidInput, no errno).
+        Some(libc::EINVAL) => SpawnError::InvalidArgs { program, source },
+        None if source.kind() == std::io::ErrorKind::InvalidInput => {
+            SpawnError::InvalidArgs { program, source }
+        }
+        _ => SpawnError::Exec { program, source },
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +319,67 @@ mod tests {
         assert_eq!(resolve_user("0").unwrap().unwrap().uid, 0);
         let e = resolve_user("no-such-user-xyz").err().unwrap().to_string();
         assert!(e.contains("no-such-user-xyz") && e.contains("user"), "{e}");
+    }
+
+    fn spec_with(argv: Vec<String>, env: &[(&str, String)]) -> TaskSpec {
+        let dir = std::env::temp_dir();
+        TaskSpec {
+            version: common::spec::TASK_SPEC_VERSION,
+            task_id: "a/t/0".into(),
+            alloc_id: String::new(),
+            job_id: String::new(),
+            task_group: String::new(),
+            task_name: String::new(),
+            namespace: String::new(),
+            argv,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            cwd: dir.clone(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            fifo_open_timeout_ms: 1000,
+            user: String::new(),
+            socket_path: dir.join("x.sock"),
+            state_path: dir.join("state.json"),
+            netns_path: None,
+            resources: Default::default(),
+            linger_after_exit_secs: 1,
+        }
+    }
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::create("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn too_big_and_nul_are_not_blamed_on_elide_binary() {
+        // 3 MiB in one variable: execve says E2BIG.
+        let s = spec_with(vec!["/bin/true".into()], &[("BIG", "x".repeat(3 << 20))]);
+        let e = spawn(&s, devnull(), devnull(), vec![]).unwrap_err();
+        assert!(matches!(e, SpawnError::TooBig { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("E2BIG") && msg.contains("shorten env values"),
+            "{msg}"
+        );
+        assert!(!msg.contains("elide_binary"), "{msg}");
+
+        for s in [
+            spec_with(vec!["/bin/true".into(), "a\0b".into()], &[]),
+            spec_with(vec!["/bin/true".into()], &[("A", "x\0y".into())]),
+        ] {
+            let e = spawn(&s, devnull(), devnull(), vec![]).unwrap_err();
+            assert!(matches!(e, SpawnError::InvalidArgs { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("remove NUL bytes"), "{msg}");
+            assert!(!msg.contains("elide_binary"), "{msg}");
+        }
+
+        let s = spec_with(vec!["/no/such/elide".into()], &[]);
+        let e = spawn(&s, devnull(), devnull(), vec![]).unwrap_err();
+        assert!(e.to_string().contains("check elide_binary"), "{e}");
     }
 
     #[test]

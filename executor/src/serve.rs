@@ -54,6 +54,8 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.argv.first().is_none_or(|a| a.is_empty()) {
         return Err("argv is empty; argv[0] must be the runtime binary".into());
     }
+    // Numbers in range, env names and sizes execve takes.
+    spec.validate().map_err(|e| e.to_string())?;
     let mut paths = vec![
         ("socket_path", &spec.socket_path),
         ("state_path", &spec.state_path),
@@ -299,7 +301,7 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     }
 
     let linger = Duration::from_secs(shim.spec.linger_after_exit_secs);
-    let start_deadline = Instant::now() + linger.max(START_DEADLINE);
+    let start_deadline = later(Instant::now(), linger.max(START_DEADLINE));
     let mut exited = shim.subscribe_exit();
     let mut exited_at: Option<Instant> = None;
     let ended = loop {
@@ -308,7 +310,7 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
             break Ended::NeverStarted;
         }
         let deadline = match (exited_at, shim.runtime_pid()) {
-            (Some(t), _) => Some(t + linger),
+            (Some(t), _) => Some(later(t, linger)),
             (None, None) => Some(start_deadline),
             (None, Some(_)) => None,
         };
@@ -392,6 +394,13 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     ended
 }
 
+/// `t + d`, or a time about a century away when that does not fit the clock (`Instant + d`
+/// panics on overflow; specs are range-checked, but a deadline must never be the crash).
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 24 * 3_600))
+}
+
 /// Runs one shim: prepare, report readiness, serve. Returns the runtime's exit code for
 /// `run` (1 when it never ran) and 0 for `serve`.
 pub async fn run(spec: TaskSpec, mode: Mode, mut ready: Ready) -> Result<i32, ShimError> {
@@ -412,4 +421,21 @@ pub async fn run(spec: TaskSpec, mode: Mode, mut ready: Ready) -> Result<i32, Sh
         Mode::Serve { .. } => 0,
         Mode::Run => shim.exit().map(|e| e.exit_code).unwrap_or(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_never_overflow_the_clock() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        // `now + Duration::from_secs(u64::MAX)` panics.
+        let far = later(now, Duration::from_secs(u64::MAX));
+        assert!(far > now + Duration::from_secs(50 * 365 * 24 * 3_600));
+    }
 }

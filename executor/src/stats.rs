@@ -36,12 +36,12 @@ pub struct ProcTree {
 impl UsageSource for ProcTree {
     fn read(&mut self) -> Counters {
         let tick_ns = 1_000_000_000 / common::proc::clock_ticks_per_sec();
-        let (mut user, mut sys, mut rss) = (0u64, 0u64, 0u64);
-        for p in common::proc::task_processes(self.root) {
-            user += p.utime * tick_ns;
-            sys += p.stime * tick_ns;
-            rss += common::proc::rss_bytes(p.pid).unwrap_or(0);
-        }
+        let procs = common::proc::task_processes(self.root);
+        let (user, sys) = cpu_ns(procs.iter().map(|p| (p.utime, p.stime)), tick_ns);
+        let rss = procs
+            .iter()
+            .map(|p| common::proc::rss_bytes(p.pid).unwrap_or(0))
+            .fold(0u64, u64::saturating_add);
         Counters {
             cpu_total_ns: Some(user + sys),
             cpu_user_ns: Some(user),
@@ -50,6 +50,17 @@ impl UsageSource for ProcTree {
             ..Default::default()
         }
     }
+}
+
+/// User and system CPU time in ns of processes given as (utime, stime) clock ticks; saturates
+/// instead of wrapping (the figures come from `/proc`, summed over many processes).
+fn cpu_ns(ticks: impl Iterator<Item = (u64, u64)>, tick_ns: u64) -> (u64, u64) {
+    ticks.fold((0u64, 0u64), |(user, sys), (u, s)| {
+        (
+            user.saturating_add(u.saturating_mul(tick_ns)),
+            sys.saturating_add(s.saturating_mul(tick_ns)),
+        )
+    })
 }
 
 /// The task's cgroup (v1 or v2).
@@ -158,6 +169,19 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_sums_saturate() {
+        assert_eq!(cpu_ns([(1, 2), (3, 4)].into_iter(), 10), (40, 60));
+        // Used to overflow (a panic in debug builds, wrapped figures in release).
+        assert_eq!(
+            cpu_ns(
+                [(u64::MAX / 2, 0), (u64::MAX / 2, 1)].into_iter(),
+                10_000_000
+            ),
+            (u64::MAX, 10_000_000)
+        );
+    }
 
     /// A source whose counters the test sets.
     struct Fake(std::sync::Arc<std::sync::Mutex<Counters>>);

@@ -63,6 +63,70 @@ fn a_bad_spec_is_reported_on_the_ready_fd_with_the_fix() {
     );
 }
 
+#[test]
+fn out_of_range_numbers_and_bad_env_are_refused_before_anything_runs() {
+    let dir = short_dir();
+    let cases: Vec<(Box<dyn Fn(&mut common::spec::TaskSpec)>, &str)> = vec![
+        // 2^44 + 1 MiB is 2^64 + 1 MiB in bytes: it used to wrap to a 1 MiB limit.
+        (
+            Box::new(|s| s.resources.memory_max_mb = (1 << 44) + 1),
+            "resources.memory_max_mb: 17592186044417 is more than the 1073741824 MiB",
+        ),
+        // Used to pass, then panic adding it to the clock once the runtime had started.
+        (
+            Box::new(|s| s.linger_after_exit_secs = u64::MAX),
+            "linger_after_exit_secs: 18446744073709551615 is more than",
+        ),
+        (
+            Box::new(|s| s.fifo_open_timeout_ms = u64::MAX),
+            "fifo_open_timeout_ms: 18446744073709551615 is more than",
+        ),
+        (
+            Box::new(|s| s.resources.pids_limit = u64::MAX),
+            "resources.pids_limit",
+        ),
+        (
+            Box::new(|s| {
+                s.env
+                    .insert("LD_PRELOAD=/tmp/x.so\nFOO".into(), "bar".into());
+            }),
+            "is not a valid environment variable name",
+        ),
+        (
+            Box::new(|s| {
+                s.env.insert("A=B".into(), "c".into());
+            }),
+            "\"A=B\" is not a valid environment variable name",
+        ),
+        (
+            Box::new(|s| {
+                s.env.insert("BIG".into(), "x".repeat(3 << 20));
+            }),
+            "the variable BIG is 3145733 bytes",
+        ),
+        (
+            Box::new(|s| {
+                s.env.insert("A".into(), "x\0y".into());
+            }),
+            "the value of A contains a NUL byte",
+        ),
+        (
+            Box::new(|s| s.argv.push("a\0b".into())),
+            "argv: argv[3] contains a NUL byte",
+        ),
+    ];
+    for (change, want) in cases {
+        let mut s = spec(dir.path(), "exit 0");
+        change(&mut s);
+        let (code, line) = ready_line_for(&s, dir.path());
+        assert_eq!(code, 1, "{line}");
+        assert!(
+            line.starts_with("ERROR ") && line.contains(want),
+            "want {want:?} in {line:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_is_private_a_stale_one_is_replaced_a_live_one_is_not() {
     let dir = short_dir();

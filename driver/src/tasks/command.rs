@@ -27,7 +27,7 @@ pub fn heap_mb(
     if task_hard_limit_mb == 0 {
         return None;
     }
-    Some((task_hard_limit_mb * heap_percent / 100).max(16))
+    Some((task_hard_limit_mb.saturating_mul(heap_percent) / 100).max(16))
 }
 
 pub struct CommandInput<'a> {
@@ -100,16 +100,17 @@ pub fn argv(input: &CommandInput<'_>) -> Vec<String> {
     argv
 }
 
-/// The runtime's environment: Nomad's task env, the task config's `env`, then what Elide
-/// needs to behave under a supervisor (elide-cli.md §10): no colour, a UTF-8 locale, a PATH,
-/// and a writable HOME and TMPDIR inside the task dir.
+/// The runtime's environment: Nomad's task env (less dynamic-linker `LD_*` variables, which
+/// pass only when the task config's `env` sets them), the task config's `env`, then what
+/// Elide needs to behave under a supervisor (elide-cli.md §10): no colour, a UTF-8 locale, a
+/// PATH, and a writable HOME and TMPDIR inside the task dir.
 pub fn environment(
     nomad_env: &BTreeMap<String, String>,
     task: &TaskConfig,
     task_dir: &Path,
     alloc_dir: &Path,
 ) -> BTreeMap<String, String> {
-    let mut env = nomad_env.clone();
+    let mut env = common::env::without_loader_vars(nomad_env, &task.env);
     for (k, v) in &task.env {
         env.insert(k.clone(), v.clone());
     }
@@ -205,6 +206,8 @@ mod tests {
         assert_eq!(heap_mb(None, 1000, 75), Some(750));
         assert_eq!(heap_mb(None, 10, 75), Some(16));
         assert_eq!(heap_mb(None, 0, 75), None);
+        // Used to overflow (a panic in debug builds, a wrapped -Xmx in release).
+        assert_eq!(heap_mb(None, u64::MAX, 95), Some(u64::MAX / 100));
         let mut t = task();
         t.runtime_options = vec!["-Xmx1g".into()];
         let a = run(&PluginConfig::default(), &t, 256);
@@ -274,5 +277,21 @@ mod tests {
         assert_eq!(e["HOME"], dir.path().join("local").display().to_string());
         assert_eq!(e["TMPDIR"], dir.path().join("tmp").display().to_string());
         assert!(!e.contains_key("HF_HOME"));
+    }
+
+    #[test]
+    fn loader_variables_reach_the_runtime_only_from_the_task_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nomad = env();
+        nomad.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+        nomad.insert("LD_LIBRARY_PATH".into(), "/agent/lib".into());
+        let mut t = task();
+        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"));
+        assert!(!e.contains_key("LD_PRELOAD"), "{e:?}");
+        assert!(!e.contains_key("LD_LIBRARY_PATH"), "{e:?}");
+        t.env.insert("LD_LIBRARY_PATH".into(), "/app/lib".into());
+        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"));
+        assert_eq!(e["LD_LIBRARY_PATH"], "/app/lib");
+        assert!(!e.contains_key("LD_PRELOAD"));
     }
 }

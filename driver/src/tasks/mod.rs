@@ -326,6 +326,8 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
         },
         linger_after_exit_secs: 300,
     };
+    spec.validate()
+        .map_err(|e| status::permanent(format!("cannot run this task: {e}")))?;
 
     let launch_started = std::time::Instant::now();
     let launched = launch::launch_shim(&executor, &spec, SHIM_READY_TIMEOUT)
