@@ -107,7 +107,7 @@ fn number_of(v: &Value) -> Option<Num> {
         Value::F32(f) if f.is_finite() => Some(Num::Float(f64::from(*f))),
         Value::String(s) => {
             let t = s.as_str()?.trim();
-            if let Ok(i) = t.parse::<i128>() {
+            if let Some(i) = exact_integer(t) {
                 return Some(Num::Int(i));
             }
             // Rust also parses "inf"/"NaN"; only finite decimal text is a cty number.
@@ -124,6 +124,55 @@ fn number_of(v: &Value) -> Option<Num> {
         }
         _ => None,
     }
+}
+
+/// A decimal text ("512", "-3", "512.000", "1e3", "15e-1" is not) whose value is a whole
+/// number, computed exactly: parsing through f64 would round integers beyond 2^53 (fuzzing
+/// found "-15296986149359219.0" read as ...220). None when it is not a whole number that
+/// fits an i128, or not decimal text at all.
+fn exact_integer(t: &str) -> Option<i128> {
+    let (negative, rest) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // value = digits × 10^(exp − len(frac))
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let shift = i64::from(exp) - frac.len() as i64;
+    let digits = if shift < 0 {
+        // The last -shift digits must all be zeros for a whole number.
+        let cut = usize::try_from(-shift).ok()?;
+        if cut > digits.len() {
+            return digits.is_empty().then_some(0);
+        }
+        let (keep, drop) = digits.split_at(digits.len() - cut);
+        if !drop.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        keep
+    } else {
+        digits
+    };
+    let mut n: i128 = 0;
+    for b in digits.bytes() {
+        n = n.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    if shift > 0 {
+        n = n.checked_mul(10i128.checked_pow(u32::try_from(shift).ok()?)?)?;
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// The number as the user would have written it, for messages.
@@ -481,6 +530,39 @@ mod tests {
         assert_eq!(e, "config.h_f64: must be a whole number, got 0.5");
         let e = o.integer("e_neg", 0, i64::MAX).unwrap_err().to_string();
         assert_eq!(e, "config.e_neg: must be at least 0, got -3");
+    }
+
+    #[test]
+    fn decimal_text_integers_are_exact() {
+        for (text, want) in [
+            ("512", Some(512)),
+            ("-3", Some(-3)),
+            ("+7", Some(7)),
+            ("512.000", Some(512)),
+            ("-15296986149359219.0", Some(-15_296_986_149_359_219)),
+            ("1e3", Some(1000)),
+            ("1.5e3", Some(1500)),
+            ("15e-1", None),
+            ("1500e-2", Some(15)),
+            ("0.0", Some(0)),
+            ("0e-999", Some(0)),
+            (".5", None),
+            ("5.", Some(5)),
+            ("0.1", None),
+            ("1e400", None),
+            ("", None),
+            ("-", None),
+            (".", None),
+            ("e5", None),
+            ("1e", None),
+            ("abc", None),
+            (
+                "99999999999999999999999",
+                Some(99_999_999_999_999_999_999_999),
+            ),
+        ] {
+            assert_eq!(exact_integer(text), want, "{text}");
+        }
     }
 
     #[test]

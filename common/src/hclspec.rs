@@ -402,6 +402,7 @@ pub fn check_type(expr: &str) -> Result<(), String> {
     let mut p = TypeParser {
         s: expr.as_bytes(),
         i: 0,
+        depth: 0,
     };
     let bad = |why: String| format!("type expression {expr:?}: {why}");
     if expr.trim().is_empty() {
@@ -417,9 +418,13 @@ pub fn check_type(expr: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How deep type expressions may nest (the parser recurses once per level).
+const MAX_TYPE_DEPTH: usize = 64;
+
 struct TypeParser<'a> {
     s: &'a [u8],
     i: usize,
+    depth: usize,
 }
 
 impl TypeParser<'_> {
@@ -456,6 +461,34 @@ impl TypeParser<'_> {
     }
 
     fn ty(&mut self) -> Result<(), String> {
+        if self.depth >= MAX_TYPE_DEPTH {
+            return Err(format!("nested more than {MAX_TYPE_DEPTH} levels deep"));
+        }
+        self.depth += 1;
+        let r = self.ty_inner();
+        self.depth -= 1;
+        r
+    }
+
+    /// After an item of an object (`}`) or tuple (`]`): a comma, the closing bracket, or for
+    /// objects a newline, as HCL separates them.
+    fn separator(&mut self, close: u8) -> Result<(), String> {
+        let before = self.i;
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(c) if c == close => Ok(()),
+            _ if close == b'}' && self.s[before..self.i].contains(&b'\n') => Ok(()),
+            _ => Err(format!(
+                "expected ',' or '{}' at byte {}",
+                close as char, self.i
+            )),
+        }
+    }
+
+    fn ty_inner(&mut self) -> Result<(), String> {
         let word = self.ident();
         match word.as_str() {
             "string" | "number" | "bool" | "any" => Ok(()),
@@ -473,9 +506,7 @@ impl TypeParser<'_> {
                     }
                     self.eat(b'=')?;
                     self.ty()?;
-                    if self.peek() == Some(b',') {
-                        self.i += 1;
-                    }
+                    self.separator(b'}')?;
                 }
                 self.eat(b'}')?;
                 self.eat(b')')
@@ -485,9 +516,7 @@ impl TypeParser<'_> {
                 self.eat(b'[')?;
                 while self.peek() != Some(b']') {
                     self.ty()?;
-                    if self.peek() == Some(b',') {
-                        self.i += 1;
-                    }
+                    self.separator(b']')?;
                 }
                 self.eat(b']')?;
                 self.eat(b')')
@@ -709,6 +738,8 @@ mod tests {
             "object({a = string, b = list(number)})",
             "object({})",
             "tuple([string, number])",
+            "tuple([string, number,])",
+            "object({\n  a = string\n  b = number\n})",
         ] {
             assert_eq!(check_type(ok), Ok(()), "{ok}");
         }
@@ -720,8 +751,18 @@ mod tests {
             "map(string) x",
             "object({a})",
             "tuple([string",
+            "tuple([string number])",
+            "object({a = string b = number})",
         ] {
             assert!(check_type(bad).is_err(), "{bad}");
         }
+        // Deep nesting is refused, not a stack overflow (the parser recurses per level).
+        let deep = format!("{}string{}", "list(".repeat(100_000), ")".repeat(100_000));
+        let e = check_type(&deep).unwrap_err();
+        assert!(
+            e.contains("nested more than 64 levels"),
+            "{}",
+            &e[e.len() - 60..]
+        );
     }
 }

@@ -1,0 +1,457 @@
+//! Property tests of everything in `common` that reads outside input: the cty-msgpack decoder
+//! and the configs built on it, hclspec type expressions and schemas, Go durations, signal
+//! names, env names, the task spec and the shim's state file.
+//!
+//! Two kinds of property: arbitrary input never panics (and errors name what was wrong), and
+//! round trips are exact. A few seconds in CI (the default case counts below); set
+//! `PROPTEST_CASES` to run every property that many times, or `scripts/soak` to run them for
+//! minutes on end. Failures found are kept as seeds in `proptest-regressions/` (committed)
+//! and replayed first on every run.
+
+use common::config::{PluginConfig, TaskConfig};
+use common::cty::{self, Obj};
+use common::spec::{ResourceSpec, TaskSpec, TASK_SPEC_VERSION};
+use common::state::{ExitRecord, TaskState, STATE_VERSION};
+use common::{duration, env, hclspec, signals};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use rmpv::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `cases` per property by default; `PROPTEST_CASES` overrides it for long runs.
+fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    ProptestConfig {
+        cases,
+        // Shrinking a rare failure must not take longer than finding it did.
+        max_shrink_iters: 10_000,
+        // Seeds of past failures, replayed first on every run (committed).
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proptest-regressions/properties.txt"
+        )))),
+        ..ProptestConfig::default()
+    }
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut b = Vec::new();
+    rmpv::encode::write_value(&mut b, v).unwrap();
+    b
+}
+
+/// Any msgpack value, nested a few levels, with the shapes cty produces and more.
+fn any_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::Boolean),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::F64),
+        any::<f32>().prop_map(Value::F32),
+        ".{0,12}".prop_map(Value::from),
+        "[-+0-9.eE]{0,24}".prop_map(Value::from),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Binary),
+        (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..4))
+            .prop_map(|(t, d)| Value::Ext(t, d)),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((key(), inner.clone()), 0..6)
+                .prop_map(|kv| Value::Map(kv.into_iter().map(|(k, v)| (k, v)).collect())),
+            // cty's DynamicPseudoType wrapper: [bin(type json), value]
+            inner.prop_map(|v| Value::Array(vec![Value::Binary(b"\"string\"".to_vec()), v])),
+        ]
+    })
+}
+
+/// Map keys: mostly the config keys the decoders look for, sometimes anything.
+fn key() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "script", "args", "env", "mode", "guest_env", "runtime_options", "flags",
+            "pids_limit", "elide_opts", "languages", "memory_limit", "enable_ai",
+            "elide_binary", "enabled", "executor_binary", "runtime_dir", "run_flags",
+            "fingerprint_period", "version_timeout", "heap_percent", "fifo_open_timeout",
+        ])
+        .prop_map(Value::from),
+        1 => ".{0,8}".prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+    ]
+}
+
+/// Every accessor of an object, on every key it has and one it lacks: none may panic.
+fn poke_everything(o: &Obj<'_>) {
+    let keys: Vec<String> = o.keys().map(str::to_owned).chain(["nope".into()]).collect();
+    let _ = o.deny_unknown(&["script"]);
+    for k in &keys {
+        let _ = o.string(k);
+        let _ = o.bool(k);
+        let _ = o.number(k);
+        if let Ok(Some(n)) = o.integer(k, -5, 1 << 20) {
+            assert!((-5..=1 << 20).contains(&n), "{n} out of the asked range");
+        }
+        let _ = o.integer(k, i64::MIN, i64::MAX);
+        let _ = o.string_list(k);
+        let _ = o.string_map(k);
+        if let Ok(Some(b)) = o.block(k) {
+            poke_everything(&b);
+        }
+        if let Ok(list) = o.block_list(k) {
+            list.iter().for_each(poke_everything);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    // ---- cty msgpack ------------------------------------------------------------------
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(v) = cty::decode(&bytes) {
+            if let Ok(o) = Obj::root(&v, "config") {
+                poke_everything(&o);
+            }
+            let _ = cty::describe(&v);
+        }
+        let _ = TaskConfig::from_msgpack(&bytes);
+        let _ = PluginConfig::from_msgpack(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_values_never_panic_the_configs(v in any_value()) {
+        let bytes = encode(&v);
+        prop_assert_eq!(cty::decode(&bytes).unwrap(), v.clone());
+        if let Ok(o) = Obj::root(&v, "") {
+            poke_everything(&o);
+        }
+        for r in [TaskConfig::from_msgpack(&bytes).err(), PluginConfig::from_msgpack(&bytes).map(|_| ()).err()]
+            .into_iter()
+            .flatten()
+        {
+            prop_assert!(!r.to_string().is_empty());
+        }
+    }
+
+    /// A task config with every schema key present (as cty sends it) and random values.
+    #[test]
+    fn task_configs_of_random_values_decode_or_name_the_field(
+        values in proptest::collection::vec(any_value(), 9),
+    ) {
+        let keys = ["args", "elide_opts", "env", "flags", "guest_env", "mode", "pids_limit",
+                    "runtime_options", "script"];
+        let map = Value::Map(keys.iter().zip(values).map(|(k, v)| (Value::from(*k), v)).collect());
+        match TaskConfig::from_msgpack(&encode(&map)) {
+            Ok(t) => {
+                prop_assert!(!t.script.trim().is_empty());
+                for (k, v) in &t.env {
+                    prop_assert!(env::check_var(k, v).is_ok());
+                }
+                prop_assert!(t.pids_limit.unwrap_or(0) <= common::spec::MAX_PIDS_LIMIT);
+            }
+            Err(e) => prop_assert!(e.to_string().starts_with("config"), "{}", e),
+        }
+    }
+
+    /// Whole numbers in every encoding cty may use decode exactly.
+    #[test]
+    fn integers_decode_exactly_in_every_encoding(n in any::<i64>()) {
+        let forms = [Value::from(n), Value::from(n.to_string()), Value::from(format!("{n}.0"))];
+        for form in forms {
+            let map = Value::Map(vec![(Value::from("n"), form.clone())]);
+            let o = Obj::root(&map, "config").unwrap();
+            prop_assert_eq!(o.integer("n", i64::MIN, i64::MAX).unwrap(), Some(n), "{:?}", form);
+        }
+    }
+
+    // ---- hclspec -----------------------------------------------------------------------
+
+    #[test]
+    fn type_expressions_never_panic(expr in "[a-z(){}\\[\\]=, \\n]{0,64}") {
+        let _ = hclspec::check_type(&expr);
+    }
+
+    #[test]
+    fn generated_type_expressions_are_accepted(expr in type_expr()) {
+        prop_assert_eq!(hclspec::check_type(&expr), Ok(()), "{}", expr);
+    }
+
+    #[test]
+    fn generated_schemas_render_and_check_without_panicking(spec in any_spec()) {
+        let root = hclspec::object(vec![("x", spec)]);
+        let text = hclspec::render(&root);
+        prop_assert!(text.starts_with('{'), "{}", text);
+        let _ = hclspec::check(&root);
+        let mut names = Vec::new();
+        hclspec::attribute_names(&root, &mut names);
+    }
+
+    // ---- durations ---------------------------------------------------------------------
+
+    #[test]
+    fn durations_never_panic(text in "[-+0-9.a-zµμ ]{0,24}") {
+        if let Ok(d) = duration::parse(&text) {
+            prop_assert!(d.as_nanos() <= i64::MAX as u128);
+        }
+    }
+
+    #[test]
+    fn durations_round_trip_through_go_format(nanos in 0..=i64::MAX as u64) {
+        let d = Duration::from_nanos(nanos);
+        prop_assert_eq!(duration::parse(&duration::format(d)), Ok(d));
+    }
+
+    #[test]
+    fn go_duration_sums_parse_exactly(parts in proptest::collection::vec((0u64..100_000, 0usize..6), 1..5)) {
+        const UNITS: [(&str, u64); 6] = [("ns", 1), ("us", 1_000), ("ms", 1_000_000),
+            ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)];
+        let text: String = parts.iter().map(|(n, u)| format!("{n}{}", UNITS[*u].0)).collect();
+        let want: u128 = parts.iter().map(|(n, u)| u128::from(*n) * u128::from(UNITS[*u].1)).sum();
+        prop_assert_eq!(duration::parse(&text).map(|d| d.as_nanos()), Ok(want));
+    }
+
+    // ---- signals and env names ---------------------------------------------------------
+
+    #[test]
+    fn signal_names_never_panic(text in "(?i)(sig)?[a-z0-9+ -]{0,12}") {
+        if let Ok(Some(s)) = signals::parse(&text) {
+            let n = s.number();
+            prop_assert!((1..=31).contains(&n) || (34..=64).contains(&n));
+            prop_assert_eq!(signals::number(&signals::name(n)), Ok(n));
+        }
+    }
+
+    #[test]
+    fn every_signal_spelling_means_the_same_number(n in prop_oneof![1..=31i32, 34..=64i32], lower in any::<bool>(), prefix in any::<bool>()) {
+        let name = signals::name(n);
+        let mut text = if prefix { name.clone() } else { name.trim_start_matches("SIG").to_owned() };
+        if lower {
+            text = text.to_lowercase();
+        }
+        prop_assert_eq!(signals::number(&text), Ok(n), "{}", text);
+        prop_assert_eq!(signals::number(&n.to_string()), Ok(n));
+    }
+
+    #[test]
+    fn env_names_follow_the_documented_rule(key in ".{0,10}") {
+        let model = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        prop_assert_eq!(env::is_valid_name(&key), model);
+        prop_assert_eq!(env::check_var(&key, "v").is_ok(), model);
+    }
+
+    // ---- the task spec and the state file ------------------------------------------------
+
+    #[test]
+    fn specs_round_trip_through_json(spec in any_spec_file()) {
+        let json = serde_json::to_vec(&spec).unwrap();
+        let back: TaskSpec = serde_json::from_slice(&json).unwrap();
+        prop_assert_eq!(&back, &spec);
+        let _ = spec.validate();
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_spec_and_state_readers(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        if let Ok(spec) = serde_json::from_slice::<TaskSpec>(&bytes) {
+            let _ = spec.validate();
+        }
+        let _ = serde_json::from_slice::<TaskState>(&bytes);
+    }
+
+    /// Specs that pass validation hold numbers every later conversion can take.
+    #[test]
+    fn valid_specs_convert_without_overflow(spec in any_spec_file()) {
+        if spec.validate().is_ok() {
+            let r = &spec.resources;
+            prop_assert!(common::spec::mib_to_bytes(r.memory_max_mb).is_some());
+            prop_assert!(r.memory_max_mb.checked_mul(100).is_some());
+            prop_assert!(std::time::Instant::now()
+                .checked_add(Duration::from_secs(spec.linger_after_exit_secs))
+                .is_some());
+            prop_assert!(std::time::Instant::now()
+                .checked_add(Duration::from_millis(spec.fifo_open_timeout_ms))
+                .is_some());
+        }
+    }
+}
+
+proptest! {
+    // Each case writes and reads files: fewer of them.
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn state_files_round_trip_and_garbage_is_an_error(
+        spec in any_spec_file(),
+        exit in proptest::option::of((any::<i32>(), any::<i32>(), any::<bool>(), ".{0,20}", any::<i64>())),
+        garbage in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let state = TaskState {
+            version: STATE_VERSION,
+            spec,
+            shim_pid: 1,
+            shim_start_time: 2,
+            boot_id: "b".into(),
+            runtime_pid: Some(3),
+            runtime_start_time: Some(4),
+            started_at_unix_ms: Some(5),
+            cgroup: None,
+            exit: exit.map(|(exit_code, signal, oom_killed, message, exited_at_unix_ms)| ExitRecord {
+                exit_code, signal, oom_killed, message, exited_at_unix_ms,
+            }),
+        };
+        state.write(&path).unwrap();
+        prop_assert_eq!(TaskState::read(&path).unwrap(), state);
+        std::fs::write(&path, &garbage).unwrap();
+        if let Err(e) = TaskState::read(&path) {
+            prop_assert!(e.to_string().contains("state file"));
+        }
+    }
+}
+
+/// HCL type expressions as Nomad schemas write them.
+fn type_expr() -> impl Strategy<Value = String> {
+    let prim = prop::sample::select(vec!["string", "number", "bool", "any"]).prop_map(String::from);
+    prim.prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            (
+                prop::sample::select(vec!["list", "set", "map"]),
+                inner.clone()
+            )
+                .prop_map(|(c, t)| format!("{c}({t})")),
+            proptest::collection::vec(("[a-z_][a-z0-9_]{0,6}", inner.clone()), 0..4).prop_map(
+                |attrs| {
+                    let body: Vec<String> =
+                        attrs.iter().map(|(k, t)| format!("{k} = {t}")).collect();
+                    format!("object({{{}}})", body.join(", "))
+                }
+            ),
+            proptest::collection::vec(inner, 0..4)
+                .prop_map(|ts| format!("tuple([{}])", ts.join(", "))),
+        ]
+    })
+}
+
+/// Any schema node, valid or not (names may be empty, types garbage).
+fn any_spec() -> impl Strategy<Value = common::proto::hclspec::Spec> {
+    use hclspec::*;
+    let leaf = prop_oneof![
+        (
+            "[a-z]{0,4}",
+            prop_oneof![type_expr(), ".{0,8}"],
+            any::<bool>()
+        )
+            .prop_map(|(n, t, r)| attr(&n, &t, r)),
+        ".{0,8}".prop_map(|e| literal(&e)),
+        ".{0,8}".prop_map(|s| literal_string(&s)),
+        ("[a-z]{0,4}", type_expr(), any::<bool>()).prop_map(|(n, t, r)| block_attrs(&n, &t, r)),
+        Just(common::proto::hclspec::Spec { block: None }),
+    ];
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(("[a-z]{1,4}", inner.clone()), 0..4).prop_map(|kv| {
+                object(kv.iter().map(|(k, v)| (k.as_str(), v.clone())).collect())
+            }),
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(array),
+            (inner.clone(), inner.clone()).prop_map(|(p, d)| default_(p, d)),
+            ("[a-z]{0,4}", any::<bool>(), inner.clone()).prop_map(|(n, r, s)| block(&n, r, s)),
+            ("[a-z]{0,4}", any::<u64>(), any::<u64>(), inner.clone())
+                .prop_map(|(n, a, b, s)| block_list(&n, a, b, s)),
+            ("[a-z]{0,4}", any::<u64>(), any::<u64>(), inner.clone())
+                .prop_map(|(n, a, b, s)| block_set(&n, a, b, s)),
+            (
+                "[a-z]{0,4}",
+                proptest::collection::vec("[a-z]{0,3}", 0..3),
+                inner
+            )
+                .prop_map(|(n, l, s)| {
+                    let labels: Vec<&str> = l.iter().map(String::as_str).collect();
+                    block_map(&n, &labels, s)
+                }),
+        ]
+    })
+}
+
+/// Any task spec JSON can carry, including numbers at their limits and odd env names.
+fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
+    let number = || prop_oneof![0u64..1_000_000, any::<u64>(), Just(u64::MAX)];
+    let resources = (
+        number(),
+        number(),
+        number(),
+        number(),
+        ".{0,8}",
+        ".{0,12}",
+        0f64..1e6,
+    )
+        .prop_map(
+            |(memory_mb, memory_max_mb, cpu_shares, pids_limit, cpuset_cpus, nomad_cgroup, mhz)| {
+                ResourceSpec {
+                    memory_mb,
+                    memory_max_mb,
+                    cpu_shares,
+                    cpuset_cpus,
+                    nomad_cgroup,
+                    pids_limit,
+                    mhz_per_core: mhz,
+                }
+            },
+        );
+    let env = proptest::collection::btree_map(
+        prop_oneof!["[A-Z_][A-Z0-9_]{0,8}", ".{0,8}"],
+        ".{0,16}",
+        0..6,
+    );
+    (
+        ".{0,20}",
+        proptest::collection::vec(".{0,12}", 0..5),
+        env,
+        resources,
+        number(),
+        number(),
+        ".{0,8}",
+        proptest::option::of("/[a-z]{1,8}"),
+    )
+        .prop_map(
+            |(task_id, argv, env, resources, fifo, linger, user, netns): (
+                String,
+                Vec<String>,
+                BTreeMap<String, String>,
+                ResourceSpec,
+                u64,
+                u64,
+                String,
+                Option<String>,
+            )| {
+                TaskSpec {
+                    version: TASK_SPEC_VERSION,
+                    alloc_id: task_id.chars().take(4).collect(),
+                    job_id: "job".into(),
+                    task_group: "group".into(),
+                    task_name: "task".into(),
+                    namespace: "default".into(),
+                    task_id,
+                    argv,
+                    env,
+                    cwd: "/tmp".into(),
+                    stdout_path: "/dev/null".into(),
+                    stderr_path: "/dev/null".into(),
+                    fifo_open_timeout_ms: fifo,
+                    user,
+                    socket_path: "/run/x/s.sock".into(),
+                    state_path: "/tmp/st/state.json".into(),
+                    netns_path: netns.map(Into::into),
+                    resources,
+                    linger_after_exit_secs: linger,
+                }
+            },
+        )
+}
