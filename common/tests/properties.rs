@@ -62,8 +62,7 @@ fn any_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::vec((key(), inner.clone()), 0..6)
-                .prop_map(|kv| Value::Map(kv.into_iter().map(|(k, v)| (k, v)).collect())),
+            proptest::collection::vec((key(), inner.clone()), 0..6).prop_map(Value::Map),
             // cty's DynamicPseudoType wrapper: [bin(type json), value]
             inner.prop_map(|v| Value::Array(vec![Value::Binary(b"\"string\"".to_vec()), v])),
         ]
@@ -380,6 +379,17 @@ fn any_spec() -> impl Strategy<Value = common::proto::hclspec::Spec> {
     })
 }
 
+type SpecParts = (
+    String,
+    Vec<String>,
+    BTreeMap<String, String>,
+    ResourceSpec,
+    u64,
+    u64,
+    String,
+    Option<String>,
+);
+
 /// Any task spec JSON can carry, including numbers at their limits and odd env names.
 fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
     let number = || prop_oneof![0u64..1_000_000, any::<u64>(), Just(u64::MAX)];
@@ -421,37 +431,26 @@ fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
         proptest::option::of("/[a-z]{1,8}"),
     )
         .prop_map(
-            |(task_id, argv, env, resources, fifo, linger, user, netns): (
-                String,
-                Vec<String>,
-                BTreeMap<String, String>,
-                ResourceSpec,
-                u64,
-                u64,
-                String,
-                Option<String>,
-            )| {
-                TaskSpec {
-                    version: TASK_SPEC_VERSION,
-                    alloc_id: task_id.chars().take(4).collect(),
-                    job_id: "job".into(),
-                    task_group: "group".into(),
-                    task_name: "task".into(),
-                    namespace: "default".into(),
-                    task_id,
-                    argv,
-                    env,
-                    cwd: "/tmp".into(),
-                    stdout_path: "/dev/null".into(),
-                    stderr_path: "/dev/null".into(),
-                    fifo_open_timeout_ms: fifo,
-                    user,
-                    socket_path: "/run/x/s.sock".into(),
-                    state_path: "/tmp/st/state.json".into(),
-                    netns_path: netns.map(Into::into),
-                    resources,
-                    linger_after_exit_secs: linger,
-                }
+            |(task_id, argv, env, resources, fifo, linger, user, netns): SpecParts| TaskSpec {
+                version: TASK_SPEC_VERSION,
+                alloc_id: task_id.chars().take(4).collect(),
+                job_id: "job".into(),
+                task_group: "group".into(),
+                task_name: "task".into(),
+                namespace: "default".into(),
+                task_id,
+                argv,
+                env,
+                cwd: "/tmp".into(),
+                stdout_path: "/dev/null".into(),
+                stderr_path: "/dev/null".into(),
+                fifo_open_timeout_ms: fifo,
+                user,
+                socket_path: "/run/x/s.sock".into(),
+                state_path: "/tmp/st/state.json".into(),
+                netns_path: netns.map(Into::into),
+                resources,
+                linger_after_exit_secs: linger,
             },
         )
 }

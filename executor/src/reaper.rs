@@ -98,6 +98,8 @@ mod tests {
                 signal: 40
             })
         );
+        // Reaped below with waitpid itself, the function under test.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

@@ -66,7 +66,8 @@ fn a_bad_spec_is_reported_on_the_ready_fd_with_the_fix() {
 #[test]
 fn out_of_range_numbers_and_bad_env_are_refused_before_anything_runs() {
     let dir = short_dir();
-    let cases: Vec<(Box<dyn Fn(&mut common::spec::TaskSpec)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut common::spec::TaskSpec)>;
+    let cases: Vec<(Change, &str)> = vec![
         // 2^44 + 1 MiB is 2^64 + 1 MiB in bytes: it used to wrap to a 1 MiB limit.
         (
             Box::new(|s| s.resources.memory_max_mb = (1 << 44) + 1),
