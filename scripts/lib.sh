@@ -23,6 +23,11 @@ need_pytest() {
     die "pytest is not installed for $(command -v python3 || echo python3): apt-get install python3-pytest, or python3 -m pip install pytest (.ci/run does this)"
 }
 
+need_grpc() {
+  python3 -c 'import grpc, grpc_tools' 2>/dev/null ||
+    die "grpcio and grpcio-tools are not installed for $(command -v python3 || echo python3): python3 -m pip install grpcio grpcio-tools (.ci/run does this)"
+}
+
 # Prints the path of a real Nomad agent: $NOMAD_BIN, else one built (once, cached in
 # ~/.cache/nomad-driver-elide) by tests/nomad/build-nomad.sh.
 nomad_bin() {
