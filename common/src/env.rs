@@ -90,8 +90,8 @@ pub fn arg_max() -> usize {
         .unwrap_or(DEFAULT_ARG_MAX)
 }
 
-/// What `execve` charges for a set of strings: each string, its NUL and its pointer.
-fn exec_bytes<'a>(strings: impl Iterator<Item = usize> + 'a) -> usize {
+/// What `execve` charges for strings of these lengths: each string, its NUL and its pointer.
+pub fn exec_bytes(strings: impl Iterator<Item = usize>) -> usize {
     strings.fold(0usize, |sum, len| {
         sum.saturating_add(len.saturating_add(1 + std::mem::size_of::<usize>()))
     })

@@ -286,16 +286,12 @@ pub fn spawn(
 /// Why `execve` (or std before it) refused to start the program, in words that name the fix:
 /// only a missing or broken binary is about elide_binary.
 fn exec_error(spec: &TaskSpec, program: String, source: std::io::Error) -> SpawnError {
-    let bytes = |strings: &mut dyn Iterator<Item = usize>| {
-        strings.fold(0usize, |sum, len| {
-            sum.saturating_add(len + 1 + std::mem::size_of::<usize>())
-        })
-    };
+    use common::env::exec_bytes;
     match source.raw_os_error() {
         Some(libc::E2BIG) => SpawnError::TooBig {
             program,
-            argv_bytes: bytes(&mut spec.argv.iter().map(String::len)),
-            env_bytes: bytes(&mut spec.env.iter().map(|(k, v)| k.len() + 1 + v.len())),
+            argv_bytes: exec_bytes(spec.argv.iter().map(String::len)),
+            env_bytes: exec_bytes(spec.env.iter().map(|(k, v)| k.len() + 1 + v.len())),
             limit: common::env::arg_max(),
         },
         // std refuses a NUL in argv or env before it forks (InvalidInput, no errno).
