@@ -110,7 +110,7 @@ EOT
     ("", {"FROM_DOTENV": "from-dotenv", "OVERRIDE": "from-dotenv"}),
     ("elide_opts {\n  dotenv = true\n}", {"FROM_DOTENV": "from-dotenv", "OVERRIDE": "from-dotenv"}),
     ("elide_opts {\n  dotenv = false\n}", {"FROM_DOTENV": "None", "OVERRIDE": "from-job-env"}),
-])
+], ids=["default", "dotenv-true", "dotenv-false"])
 def test_dotenv_next_to_the_app_unless_dotenv_false(shared_agent, elide_opts, want):
     agent = shared_agent
     job = agent.run_job(dotenv_job("dotenv", elide_opts))
