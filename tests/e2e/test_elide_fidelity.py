@@ -69,40 +69,15 @@ for k in ("FROM_DOTENV", "OVERRIDE"):
 
 def dotenv_job(name: str, elide_opts: str = "") -> str:
     """The app and a `.env` next to it, both in the task dir (Elide's project root)."""
-    return f"""
-job "{name}" {{
-  datacenters = ["dc1"]
-  type = "batch"
-  group "g" {{
-    {nm.NO_RESTART}
-    task "t" {{
-      driver = "elide"
-      config {{
-        script = "app.py"
-        {elide_opts}
-      }}
-      env {{
+    return nm.elide_job(name, ENV_GUEST, jtype="batch", group=nm.NO_RESTART, config=elide_opts,
+                        script_dir="", task="""
+      env {
         OVERRIDE = "from-job-env"
-      }}
-      template {{
-        destination = "app.py"
-        perms = "644"
-        data = <<EOT
-{ENV_GUEST.strip()}
-EOT
-      }}
-      template {{
+      }
+      template {
         destination = ".env"
         data = "FROM_DOTENV=from-dotenv\\nOVERRIDE=from-dotenv\\n"
-      }}
-      resources {{
-        cpu    = 100
-        memory = 64
-      }}
-    }}
-  }}
-}}
-"""
+      }""")
 
 
 @pytest.mark.parametrize("elide_opts,want", [
