@@ -6,6 +6,7 @@ use crate::cty::{self, CtyError, Obj};
 use crate::hclspec::{attr, block, default_, literal, literal_string, object};
 use crate::paths::{DEFAULT_RUNTIME_DIR, MAX_SOCKET_PATH};
 use crate::proto::hclspec::Spec;
+use crate::runtime_args::{self, RuntimeArg};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -210,10 +211,20 @@ fn optional_path(field: &str, v: Option<String>) -> Result<Option<PathBuf>, Conf
     }
 }
 
+/// Where a list of extra options goes on Elide's command line.
+#[derive(Debug, Clone, Copy)]
+enum OptionList {
+    /// Before the subcommand: only the words GraalVM's runtime takes (see [`runtime_args`]).
+    Runtime { flags_field: &'static str },
+    /// After the subcommand: Elide's own flags.
+    Flags { runtime_field: &'static str },
+}
+
 /// Extra Elide options: every item is one option (values joined with "=", as in
 /// `--python:engine=native`), so nothing can be taken for the script, and none ends option
-/// parsing early.
-fn check_options(field: &str, opts: &[String]) -> Result<(), ConfigError> {
+/// parsing early. Runtime options must be words GraalVM's runtime takes; flags must not be,
+/// since GraalVM would take them wherever they stand (docs/elide.md).
+fn check_options(field: &str, opts: &[String], list: OptionList) -> Result<(), ConfigError> {
     for (i, o) in opts.iter().enumerate() {
         let item = format!("{field}[{i}]");
         no_nul(&item, o)?;
@@ -231,8 +242,76 @@ fn check_options(field: &str, opts: &[String]) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        let kind = runtime_args::classify(o);
+        match list {
+            OptionList::Runtime { flags_field } => check_runtime_option(&item, o, kind, flags_field)?,
+            OptionList::Flags { runtime_field } => match kind {
+                Some(k) if k.is_runtime_option() => {
+                    return Err(invalid(
+                        &item,
+                        format!(
+                            "{o:?} is a GraalVM runtime option, not an Elide flag: {}; put it in {runtime_field}",
+                            k.why()
+                        ),
+                    ))
+                }
+                Some(k) => {
+                    return Err(invalid(
+                        &item,
+                        format!("{o:?} would not reach Elide's option parser: {}; remove it", k.why()),
+                    ))
+                }
+                None => {}
+            },
+        }
     }
     Ok(())
+}
+
+fn check_runtime_option(
+    item: &str,
+    o: &str,
+    kind: Option<RuntimeArg>,
+    flags_field: &str,
+) -> Result<(), ConfigError> {
+    let message = match kind {
+        Some(RuntimeArg::Size(s)) if !runtime_args::is_valid_size(&o[s.flag().len()..]) => format!(
+            "{o:?}: {} needs a size such as 512m or 2g (digits and an optional k, m, g or t); GraalVM aborts Elide on anything else",
+            s.flag()
+        ),
+        Some(RuntimeArg::VmOption) if !runtime_args::is_valid_vm_option(o) => format!(
+            "{o:?} is not a valid -XX option: use -XX:+Name, -XX:-Name or -XX:Name=value"
+        ),
+        Some(k) if k.is_runtime_option() => return Ok(()),
+        Some(RuntimeArg::BareProperty) => format!(
+            "{o:?} has no value: GraalVM takes only -D<name>=<value> as a system property, e.g. \"{o}=true\""
+        ),
+        _ => format!(
+            "{o:?} is not a GraalVM runtime option (-XX:..., -Xmx/-Xms/-Xmn/-Xss<size>, -D<name>=<value>); Elide's own flags go in {flags_field}"
+        ),
+    };
+    Err(invalid(item, message))
+}
+
+/// Guest args are passed after `--`, but GraalVM's runtime and Elide take some words out of
+/// the whole command line before `main` (see [`runtime_args`]): refuse them, all named at once.
+fn check_guest_args(args: &[String]) -> Result<(), ConfigError> {
+    let taken: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| runtime_args::classify(a).map(|k| format!("[{i}] {a:?}: {}", k.why())))
+        .collect();
+    if taken.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        "config.args",
+        format!(
+            "{} never reach the guest: {}. Give the guest such values another way (config.env, a file, or an option spelled without a leading \"-D\"/\"-X\", e.g. \"--mode=fast\"); settings for Elide itself go in config.runtime_options, its heap in elide_opts.memory_limit",
+            if taken.len() == 1 { "1 argument would".to_owned() } else { format!("{} arguments would", taken.len()) },
+            taken.join("; ")
+        ),
+    ))
 }
 
 impl PluginConfig {
@@ -283,9 +362,21 @@ impl PluginConfig {
             ));
         }
         let runtime_options = o.string_list("runtime_options")?;
-        check_options("runtime_options", &runtime_options)?;
+        check_options(
+            "runtime_options",
+            &runtime_options,
+            OptionList::Runtime {
+                flags_field: "run_flags",
+            },
+        )?;
         let run_flags = o.string_list("run_flags")?;
-        check_options("run_flags", &run_flags)?;
+        check_options(
+            "run_flags",
+            &run_flags,
+            OptionList::Flags {
+                runtime_field: "runtime_options",
+            },
+        )?;
         Ok(PluginConfig {
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
             elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
@@ -335,6 +426,9 @@ pub struct ElideOpts {
     pub memory_limit: Option<u64>,
     pub enable_ai: bool,
     pub elide_binary: Option<PathBuf>,
+    /// Whether Elide loads `.env`/`.env.local` from the project root (the task dir) into the
+    /// guest env; `None` = Elide's default (on). `Some(false)` passes `--env:dotenv=false`.
+    pub dotenv: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -361,7 +455,13 @@ const TASK_KEYS: &[&str] = &[
     "pids_limit",
     "elide_opts",
 ];
-const ELIDE_OPTS_KEYS: &[&str] = &["languages", "memory_limit", "enable_ai", "elide_binary"];
+const ELIDE_OPTS_KEYS: &[&str] = &[
+    "languages",
+    "memory_limit",
+    "enable_ai",
+    "elide_binary",
+    "dotenv",
+];
 
 /// Guest languages Elide knows (aliases normalised).
 pub const LANGUAGES: &[&str] = &[
@@ -440,6 +540,7 @@ impl TaskConfig {
                         ("memory_limit", attr("memory_limit", "number", false)),
                         ("enable_ai", attr("enable_ai", "bool", false)),
                         ("elide_binary", attr("elide_binary", "string", false)),
+                        ("dotenv", attr("dotenv", "bool", false)),
                     ]),
                 ),
             ),
@@ -470,18 +571,46 @@ impl TaskConfig {
                 format!("{script:?} has no file extension; Elide picks the language from it (.py, .js, .ts, .jar, …)"),
             ));
         }
+        if script.starts_with('-') {
+            return Err(invalid(
+                "config.script",
+                format!("{script:?} starts with \"-\", so Elide would read it as an option; rename the file or write the path as \"./{script}\""),
+            ));
+        }
+        if script.contains('=') {
+            // Elide's `--env` (picocli, arity 0..N) takes every following KEY=VALUE word.
+            return Err(invalid(
+                "config.script",
+                format!("{script:?} contains \"=\": Elide's --env option takes every KEY=VALUE word that follows it, so the script could be read as an environment variable; rename the file"),
+            ));
+        }
         let args = o.string_list("args")?;
         for (i, a) in args.iter().enumerate() {
             no_nul(&format!("config.args[{i}]"), a)?;
         }
+        check_guest_args(&args)?;
         let env = o.string_map("env")?;
         for (k, v) in &env {
+            // A valid name never starts with "-", which with guest_env = "nomad" would make
+            // the argv word "K=V" after `--env` read as an option.
             crate::env::check_var(k, v).map_err(|e| invalid("config.env", e.to_string()))?;
         }
         let runtime_options = o.string_list("runtime_options")?;
-        check_options("config.runtime_options", &runtime_options)?;
+        check_options(
+            "config.runtime_options",
+            &runtime_options,
+            OptionList::Runtime {
+                flags_field: "config.flags",
+            },
+        )?;
         let flags = o.string_list("flags")?;
-        check_options("config.flags", &flags)?;
+        check_options(
+            "config.flags",
+            &flags,
+            OptionList::Flags {
+                runtime_field: "config.runtime_options",
+            },
+        )?;
         let elide_opts = match o.block("elide_opts")? {
             None => None,
             Some(b) => {
@@ -493,16 +622,24 @@ impl TaskConfig {
                         languages.push(n);
                     }
                 }
+                let memory_limit = b
+                    .integer("memory_limit", 1, crate::spec::MAX_MEMORY_MB as i64)?
+                    .map(|n| n as u64);
+                if memory_limit.is_some() && runtime_options.iter().any(|o| o.starts_with("-Xmx")) {
+                    return Err(invalid(
+                        "config.elide_opts.memory_limit",
+                        "and an -Xmx in config.runtime_options both set the heap; keep one",
+                    ));
+                }
                 Some(ElideOpts {
                     languages,
-                    memory_limit: b
-                        .integer("memory_limit", 1, crate::spec::MAX_MEMORY_MB as i64)?
-                        .map(|n| n as u64),
+                    memory_limit,
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
                     elide_binary: optional_path(
                         "config.elide_opts.elide_binary",
                         b.string("elide_binary")?,
                     )?,
+                    dotenv: b.bool("dotenv")?,
                 })
             }
         };
@@ -608,7 +745,10 @@ mod tests {
             ("fingerprint_period", s("1m")),
             ("version_timeout", s("2.5s")),
             ("fifo_open_timeout", s("500ms")),
-            ("runtime_options", strs(&["-XX:+PrintGC", "--vm.Xss=4m"])),
+            (
+                "runtime_options",
+                strs(&["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]),
+            ),
             ("run_flags", strs(&["--js:esm", "--python:engine=native"])),
         ]))
         .unwrap();
@@ -625,7 +765,10 @@ mod tests {
         assert_eq!(c.fingerprint_period, Duration::from_secs(60));
         assert_eq!(c.version_timeout, Duration::from_millis(2500));
         assert_eq!(c.fifo_open_timeout, Duration::from_millis(500));
-        assert_eq!(c.runtime_options, ["-XX:+PrintGC", "--vm.Xss=4m"]);
+        assert_eq!(
+            c.runtime_options,
+            ["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]
+        );
         assert_eq!(c.run_flags, ["--js:esm", "--python:engine=native"]);
     }
 
@@ -727,6 +870,30 @@ mod tests {
                 "runtime_options: expected a list of strings, got string \"-Xmx1g\"",
             ),
             (
+                vec![("runtime_options", strs(&["-XX:+PrintGC", "--vm.Xss=4m"]))],
+                "runtime_options[1]: \"--vm.Xss=4m\" is not a GraalVM runtime option (-XX:..., -Xmx/-Xms/-Xmn/-Xss<size>, -D<name>=<value>); Elide's own flags go in run_flags",
+            ),
+            (
+                vec![("runtime_options", strs(&["-Xmx1.5g"]))],
+                "runtime_options[0]: \"-Xmx1.5g\": -Xmx needs a size such as 512m or 2g",
+            ),
+            (
+                vec![("runtime_options", strs(&["-XX:PrintGC"]))],
+                "runtime_options[0]: \"-XX:PrintGC\" is not a valid -XX option",
+            ),
+            (
+                vec![("runtime_options", strs(&["-Dverbose"]))],
+                "runtime_options[0]: \"-Dverbose\" has no value: GraalVM takes only -D<name>=<value>",
+            ),
+            (
+                vec![("run_flags", strs(&["--js:esm", "-Xmx2g"]))],
+                "run_flags[1]: \"-Xmx2g\" is a GraalVM runtime option, not an Elide flag: GraalVM's runtime takes every -Xmx<size> word",
+            ),
+            (
+                vec![("run_flags", strs(&["-Dx"]))],
+                "run_flags[0]: \"-Dx\" would not reach Elide's option parser: Elide sets every -D<name> word",
+            ),
+            (
                 vec![("bogus", Value::Nil)],
                 "bogus: unknown key; remove it (valid keys: enabled, ",
             ),
@@ -796,6 +963,7 @@ mod tests {
             ("memory_limit", s("512")),
             ("enable_ai", Value::Boolean(true)),
             ("elide_binary", s("/opt/elide/1.0/elide")),
+            ("dotenv", Value::Boolean(false)),
         ]);
         let env_list = Value::Array(vec![
             obj(vec![("LOG_LEVEL", s("info")), ("B", s("1"))]),
@@ -833,6 +1001,7 @@ mod tests {
             assert_eq!(o.memory_limit, Some(512));
             assert!(o.enable_ai);
             assert_eq!(o.elide_binary, Some(PathBuf::from("/opt/elide/1.0/elide")));
+            assert_eq!(o.dotenv, Some(false));
         }
         // A present but empty block.
         let t = TaskConfig::from_msgpack(&task_payload(vec![("elide_opts", elide_opts(vec![]))]))
@@ -872,6 +1041,45 @@ mod tests {
             (
                 vec![("args", strs(&["ok", "a\0b"]))],
                 "config.args[1]: contains a NUL byte",
+            ),
+            (
+                vec![("args", strs(&["input.csv", "-Xmx4g"]))],
+                "config.args: 1 argument would never reach the guest: [1] \"-Xmx4g\": GraalVM's runtime takes every -Xmx<size> word out of Elide's command line as the maximum heap size, overriding the heap the driver derives from the task's memory, even after \"--\"",
+            ),
+            (
+                vec![("args", strs(&["-Dmode=fast", "--flag", "-XX:+X", "--use-version=1.0.0"]))],
+                "config.args: 3 arguments would never reach the guest: [0] \"-Dmode=fast\": GraalVM's runtime takes every -D<name>=<value> word out of Elide's command line as a Java system property of Elide itself, even after \"--\"; [2] \"-XX:+X\": ",
+            ),
+            (
+                vec![("script", s("-Xmx1g.py"))],
+                "config.script: \"-Xmx1g.py\" starts with \"-\"",
+            ),
+            (
+                vec![("script", s("local/a=b.py"))],
+                "config.script: \"local/a=b.py\" contains \"=\": Elide's --env option",
+            ),
+            (
+                vec![("env", Value::Array(vec![obj(vec![("-Dx", s("1"))])]))],
+                "config.env: \"-Dx\" is not a valid environment variable name",
+            ),
+            (
+                vec![("flags", strs(&["--js:esm", "-Dmode=fast"]))],
+                "config.flags[1]: \"-Dmode=fast\" is a GraalVM runtime option, not an Elide flag: ",
+            ),
+            (
+                vec![("runtime_options", strs(&["--js:esm"]))],
+                "config.runtime_options[0]: \"--js:esm\" is not a GraalVM runtime option (-XX:..., -Xmx/-Xms/-Xmn/-Xss<size>, -D<name>=<value>); Elide's own flags go in config.flags",
+            ),
+            (
+                vec![
+                    ("runtime_options", strs(&["-Xmx1g"])),
+                    ("elide_opts", elide_opts(vec![("memory_limit", Value::from(512u16))])),
+                ],
+                "config.elide_opts.memory_limit: and an -Xmx in config.runtime_options both set the heap; keep one",
+            ),
+            (
+                vec![("elide_opts", elide_opts(vec![("dotenv", s("no"))]))],
+                "config.elide_opts.dotenv: expected a bool",
             ),
             (
                 vec![("env", Value::Array(vec![obj(vec![("A=B", s("1"))])]))],

@@ -12,6 +12,7 @@ pub mod hclspec;
 pub mod paths;
 pub mod proc;
 pub mod proto;
+pub mod runtime_args;
 pub mod signals;
 pub mod spec;
 pub mod state;

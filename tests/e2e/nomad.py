@@ -945,10 +945,12 @@ NO_RESTART = ('restart {\n  attempts = 0\n  mode = "fail"\n}\n'
 
 def elide_job(name: str, script: str, *, script_name: str = "app.py", jtype: str = "service",
               count: int = 1, group: str = "", config: str = "", task: str = "",
-              cpu: int = 100, memory: int = 64) -> str:
+              cpu: int = 100, memory: int = 64, script_dir: str = "local/") -> str:
     """A job with one group "g" and one elide task "t" that runs `script`, written by an
-    inline template (never executable). `group`, `config` and `task` are extra HCL for those
-    blocks (restart policy, config keys, kill_timeout/env...)."""
+    inline template (never executable) to `script_dir` + `script_name` in the task dir.
+    `group`, `config` and `task` are extra HCL for those blocks (restart policy, config keys,
+    kill_timeout/env/templates...)."""
+    path = script_dir + script_name
     return f"""
 job "{name}" {{
   datacenters = ["dc1"]
@@ -959,12 +961,12 @@ job "{name}" {{
     task "t" {{
       driver = "elide"
       config {{
-        script = "local/{script_name}"
+        script = "{path}"
         {config}
       }}
       {task}
       template {{
-        destination = "local/{script_name}"
+        destination = "{path}"
         perms = "644"
         left_delimiter  = "[["
         right_delimiter = "]]"

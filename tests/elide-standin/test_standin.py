@@ -209,8 +209,25 @@ def test_env_pairs_reach_the_guest(tmp_path):
 
 def test_env_without_equals_is_a_usage_error(tmp_path):
     write(tmp_path, "env.py", PY_DUMP_ENV)
-    r = run(["run", "--env", "NOVALUE", "env.py"], tmp_path)
+    r = run(["run", "--env=NOVALUE", "env.py"], tmp_path)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+    # Separate: --env (picocli arity 0..N) does not take it; it is the runnable.
+    r = run(["run", "--env", "NOVALUE", "env.py"], tmp_path)
+    assert r.returncode == 1 and "File not found: NOVALUE" in r.stderr
+
+
+def test_env_takes_every_following_key_value_word(tmp_path):
+    """picocli map option with arity 0..N: a script whose path holds "=" is eaten."""
+    write(tmp_path, "env.py", PY_DUMP_ENV)
+    write(tmp_path, "a=b.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "--env", "A=1", "B=2", "env.py", "--", "C=3"], tmp_path))
+    assert out["env"] == {"NODE_ENV": "production", "A": "1", "B": "2"}
+    assert out["argv"] == ["env.py", "C=3"]
+    # a=b.py became an env var; the first word after "--" is then the file to run.
+    r = run(["run", "--env", "A=1", "a=b.py", "--", "x"], tmp_path)
+    assert r.returncode == 1 and "File not found: x" in r.stderr, r.stderr
+    out = dumped(run(["run", "--", "env.py", "y"], tmp_path))
+    assert out["argv"] == ["env.py", "y"]
 
 
 @pytest.mark.parametrize("flag", ["--host:allow-env", "--host:allow-all"])
@@ -249,45 +266,147 @@ def test_js_allow_env_and_read_only_env(tmp_path):
 def test_dotenv_from_project_root_and_opt_out(tmp_path):
     proj = tmp_path / "proj"
     write(proj, "package.json", "{}")
-    write(proj, ".env", "FROM_DOTENV=1\nexport QUOTED=\"a b\"\n# comment\n")
+    write(proj, ".env", "FROM_DOTENV=1\nONLY_ENV=e\n")
     write(proj, ".env.local", "FROM_DOTENV=local\n")
     write(proj, "sub/env.py", PY_DUMP_ENV)
     sub = proj / "sub"
     out = dumped(run(["run", "env.py"], sub))
-    assert out["env"] == {"NODE_ENV": "production", "FROM_DOTENV": "local", "QUOTED": "a b"}
+    assert out["env"] == {"NODE_ENV": "production", "FROM_DOTENV": "local", "ONLY_ENV": "e"}
     out = dumped(run(["run", "--env:dotenv=false", "env.py"], sub))
     assert out["env"] == {"NODE_ENV": "production"}
+    out = dumped(run(["run", "--env:dotenv=true", "env.py"], sub))
+    assert out["env"]["FROM_DOTENV"] == "local"
+    # A bare --env:dotenv flips picocli's default (true) to false.
+    out = dumped(run(["run", "--env:dotenv", "env.py"], sub))
+    assert out["env"] == {"NODE_ENV": "production"}
+    # A separate value is not taken: "false" becomes the runnable (here /bin/false, found
+    # on PATH and run as a host program) and env.py a guest arg.
+    r = run(["run", "--env:dotenv", "false", "env.py"], sub)
+    assert r.returncode == 1 and r.stdout == "", r.stderr
     # -p points project discovery elsewhere: no .env there.
     out = dumped(run(["run", "-p", str(sub), "env.py"], sub))
     assert out["env"] == {"NODE_ENV": "production"}
+
+
+def test_dotenv_is_parsed_like_elide_parses_it(tmp_path):
+    """DefaultProjectManager.parseDotEnv: split at the first "=", nothing trimmed or
+    unquoted, and a line without "=" ends that file (but not .env.local)."""
+    write(tmp_path, ".env", 'A=1\nQUOTED="a b"\nexport X=2\n SP = v \nURL=a=b\n\n'
+                            '# a comment ends the file\nLATE=never\n')
+    write(tmp_path, ".env.local", "LOCAL=yes\n")
+    write(tmp_path, "env.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "-p", str(tmp_path), "env.py"], tmp_path))
+    assert out["env"] == {"NODE_ENV": "production", "A": "1", "QUOTED": '"a b"', "export X": "2",
+                          " SP ": " v ", "URL": "a=b", "LOCAL": "yes"}
+
+
+def test_dotenv_precedence_host_dotenv_env_pairs(tmp_path):
+    """EnvironmentConfig.apply: NODE_ENV < host env < .env < .env.local < --env."""
+    proj = tmp_path / "ws" / "proj"
+    write(tmp_path / "ws", "elide.pkl", "")
+    write(tmp_path / "ws", ".env", "WS=ws\nBOTH=ws\n")
+    write(proj, ".env", "STANDIN_TEST_HOST_MARKER=from-dotenv\nNODE_ENV=test\nBOTH=proj\n"
+                        "PAIR=dotenv\n")
+    write(proj, "env.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "--host:allow-env", "-p", str(proj), "--env", "PAIR=flag",
+                      "env.py"], proj))
+    env = out["env"]
+    assert env["STANDIN_TEST_HOST_MARKER"] == "from-dotenv"  # .env beats the host env
+    assert env["NODE_ENV"] == "test"
+    assert env["PAIR"] == "flag"  # --env beats .env
+    assert (env["WS"], env["BOTH"]) == ("ws", "proj")  # workspace root's .env, under the project's
+    # A host NODE_ENV beats Elide's own.
+    out = dumped(run(["run", "--host:allow-env", "--env:dotenv=false", "env.py"], proj,
+                     env=base_env(NODE_ENV="from-host")))
+    assert out["env"]["NODE_ENV"] == "from-host"
 
 
 # ------------------------------------------------------------------------------------
 # Command line: runtime options, shorthand, guest args, bad input
 # ------------------------------------------------------------------------------------
 
-def test_runtime_options_only_before_the_command(tmp_path):
+def test_runtime_options_are_taken_wherever_they_stand(tmp_path):
+    """GraalVM's runtime option parser walks all of argv: position does not matter."""
     write(tmp_path, "app.py", 'print("ok")')
-    r = run(["-Xmx64m", "-Xms16m", "-XX:+UseSerialGC", "-XX:MaxDirectMemorySize=64m",
-             "-Dfoo=bar", "run", "--no-pretty", "app.py"], tmp_path)
-    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
-    r = run(["-Xmx64m", "app.py"], tmp_path)
-    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
-    r = run(["run", "-Xmx64m", "app.py"], tmp_path)
-    assert r.returncode == 2 and "-Xmx64m" in r.stderr and r.stdout == ""
-    r = run(["run", "app.py", "-Xmx64m"], tmp_path)
-    assert r.returncode == 2
-    r = run(["-Xmxlots", "run", "app.py"], tmp_path)
-    assert r.returncode == 1 and "-Xmx" in r.stderr
+    for args in (["-Xmx64m", "-Xms16m", "-XX:+PrintGC", "-XX:MaxDirectMemorySize=64m",
+                  "-Dfoo=bar", "-Djdk.unrelated=1", "run", "--no-pretty", "app.py"],
+                 ["-Xmx64m", "app.py"],
+                 ["run", "-Xmx64m", "app.py"],
+                 ["run", "app.py", "-Xss4m", "-XX:MaxHeapSize=1g"],
+                 ["run", "app.py", "--", "-Dmode=fast", "-Xmx4g"]):
+        r = run(args, tmp_path)
+        assert (r.returncode, r.stdout) == (0, "ok\n"), (args, r.stderr)
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("-XX:+UseSerialGC", "error: Could not find option 'UseSerialGC'. Use -XX:PrintFlags= to "
+                         "list all available options."),
+    ("-XX:PrintGC=true", "error: Boolean option 'PrintGC' must have +/- prefix."),
+    ("-XX:+MaxHeapSize", "error: Non-boolean option 'MaxHeapSize' can not use +/- prefix."),
+    ("-XX:MaxHeapSize=lots", "error: Invalid value for option 'MaxHeapSize': 'lots' is not a "
+                             "valid number"),
+    ("-Xmxlots", "error: Invalid option '-Xmxlots' does not specify a valid number."),
+    ("-Djdk.graal.Dump=", "error: Could not find option 'Dump'."),
+    ("-D", "key can't be empty"),
+    ("-Delide.js.vm.enableStreams", "Cannot set blocklisted property: elide.js.vm.enableStreams"),
+])
+def test_bad_runtime_options_abort_before_main_even_after_double_dash(tmp_path, arg, message):
+    write(tmp_path, "app.py", 'print("never")')
+    for args in ([arg, "run", "app.py"], ["run", "app.py", "--", "ok", arg]):
+        r = run(args, tmp_path)
+        assert r.returncode == 1 and r.stdout == "", (args, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+
+
+def test_print_flags_lists_runtime_options_and_exits_0(tmp_path):
+    write(tmp_path, "app.py", 'print("never")')
+    r = run(["run", "app.py", "--", "-XX:PrintFlags="], tmp_path)
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert "-XX:MaxHeapSize=" in r.stderr and "-XX:+/-PrintGC" in r.stderr
 
 
 def test_guest_args_after_double_dash(tmp_path):
     write(tmp_path, "args.py", PY_DUMP_ENV)
     out = dumped(run(["run", "args.py", "pos", "--env", "A=1", "--", "--flag", "-x", "--env=B=2",
-                      "-Xmx1g", "--"], tmp_path))
-    assert out["argv"] == ["args.py", "pos", "--flag", "-x", "--env=B=2", "-Xmx1g", "--"]
+                      "two words", "", "-X", "-Xint", "-d=1", "--"], tmp_path))
+    assert out["argv"] == ["args.py", "pos", "--flag", "-x", "--env=B=2", "two words", "", "-X",
+                           "-Xint", "-d=1", "--"]
     # Options after the file are still Elide's (picocli does not stop at positionals).
     assert out["env"] == {"NODE_ENV": "production", "A": "1"}
+
+
+def test_graalvm_takes_runtime_words_out_of_the_guest_args(tmp_path):
+    """The issue's example: the guest gets only input.csv; -Dname (no "=") passes on 25.0."""
+    write(tmp_path, "args.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "args.py", "--", "-Dmode=fast", "-Xmx4g", "input.csv", "-XX:+PrintGC",
+                      "-Dverbose", "-Xss1m"], tmp_path))
+    assert out["argv"] == ["args.py", "input.csv", "-Dverbose"]
+
+
+def test_use_version_anywhere_after_beta10(tmp_path):
+    write(tmp_path, "args.py", PY_DUMP_ENV)
+    args = ["run", "args.py", "--", "--use-version=1.0.0"]
+    out = dumped(run(args, tmp_path))  # beta10: just a guest arg
+    assert out["argv"] == ["args.py", "--use-version=1.0.0"]
+    newer = base_env(ELIDE_STANDIN_VERSION="1.0.0-beta11-rc3")
+    r = run(args, tmp_path, env=newer)
+    assert r.returncode == 1 and "another Elide version" in r.stderr, r.stderr
+    out = dumped(run(["run", "--ignore-version", "args.py", "--", "--use-version=1.0.0"],
+                     tmp_path, env=newer))
+    assert out["argv"] == ["args.py", "--use-version=1.0.0"]
+
+
+@needs_node
+def test_xmx_caps_the_js_guest_heap(tmp_path):
+    write(tmp_path, "hog.js", """
+        const keep = [];
+        for (let i = 0; i < 96; i++) keep.push(new Array(262144).fill(i));
+        console.log("kept " + keep.length);
+    """)
+    r = run(["-Xmx512m", "run", "hog.js"], tmp_path)
+    assert (r.returncode, r.stdout) == (0, "kept 96\n"), r.stderr
+    r = run(["-Xmx24m", "run", "hog.js"], tmp_path)
+    assert r.returncode != 0 and "kept" not in r.stdout
 
 
 @needs_node
@@ -308,7 +427,7 @@ def test_accepted_flags(tmp_path):
     write(tmp_path, "app.py", 'print("ok")')
     r = run(["run", "--pretty", "--no-pretty", "--host:allow-io", "-q", "-v", "--verbose",
              "--debug", "--timeout", "3", "--timeout=2", "--js:strict", "--js:ecma", "ES2024",
-             "--python:engine=native", "--serve", "--env:dotenv", "-p", str(tmp_path),
+             "--python:engine=native", "--serve", "--env:dotenv=true", "-p", str(tmp_path),
              "--project=" + str(tmp_path), "app.py"], tmp_path)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
 

@@ -1,7 +1,7 @@
 //! The Elide command line and environment for a task (pure functions; see docs/driver.md).
 //!
 //! `elide [-Xmx<heap>m] [runtime_options…] <mode> --no-pretty -p <task dir>
-//!        [--host:allow-env | --env K=V…]
+//!        [--host:allow-env | --env K=V…] [--env:dotenv=false]
 //!        [run_flags…] [flags…] <script relative to the task dir> -- [args…]`
 
 use common::config::{GuestEnv, PluginConfig, TaskConfig};
@@ -91,6 +91,10 @@ pub fn argv(input: &CommandInput<'_>) -> Vec<String> {
             }
         }
         GuestEnv::None => {}
+    }
+    if task.elide_opts.as_ref().and_then(|o| o.dotenv) == Some(false) {
+        // Attached: a separate `false` would be taken for the script (picocli boolean).
+        argv.push("--env:dotenv=false".to_owned());
     }
     argv.extend(plugin.run_flags.iter().cloned());
     argv.extend(task.flags.iter().cloned());
@@ -260,6 +264,29 @@ mod tests {
                 "8080"
             ]
         );
+    }
+
+    #[test]
+    fn dotenv_off_is_passed_attached_and_on_is_elides_default() {
+        let mut t = task();
+        let plain = run(&PluginConfig::default(), &t, 0);
+        assert!(
+            !plain.iter().any(|a| a.starts_with("--env:dotenv")),
+            "{plain:?}"
+        );
+        for (dotenv, want) in [(Some(true), false), (None, false), (Some(false), true)] {
+            t.elide_opts = Some(ElideOpts {
+                dotenv,
+                ..Default::default()
+            });
+            let a = run(&PluginConfig::default(), &t, 0);
+            let at = a.iter().position(|x| x == "--env:dotenv=false");
+            assert_eq!(at.is_some(), want, "{dotenv:?}: {a:?}");
+            if let Some(i) = at {
+                assert!(i < a.iter().position(|x| x == "local/app.py").unwrap());
+                assert_eq!(a[i - 1], "--host:allow-env");
+            }
+        }
     }
 
     #[test]
