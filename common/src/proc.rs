@@ -107,6 +107,12 @@ pub fn clock_ticks_per_sec() -> u64 {
     }
 }
 
+/// Nanoseconds per clock tick, to turn tick counts (`utime`, cgroup v1 `cpuacct.stat`) into
+/// time.
+pub fn nanos_per_tick() -> u64 {
+    1_000_000_000 / clock_ticks_per_sec()
+}
+
 /// VmRSS of a process in bytes (None for a gone process or a kernel thread).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
