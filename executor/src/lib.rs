@@ -19,6 +19,3 @@ pub mod serve;
 pub mod server;
 pub mod shim;
 pub mod stats;
-
-/// The shim's own log file, next to the state file.
-pub const LOG_FILE: &str = "executor.log";

@@ -359,18 +359,8 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     if ended == Ended::Exited {
         if let Some(e) = shim.exit() {
             eprintln!(
-                "elide-executor: the runtime exited with code {}{}{}",
-                e.exit_code,
-                if e.signal != 0 {
-                    format!(" (signal {})", common::signals::name(e.signal))
-                } else {
-                    String::new()
-                },
-                if e.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", e.message)
-                }
+                "elide-executor: the runtime exited with {}",
+                common::state::ExitSummary::from(&e)
             );
         }
     }

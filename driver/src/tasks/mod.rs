@@ -322,7 +322,6 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
             cpuset_cpus,
             nomad_cgroup,
             pids_limit: tc.pids_limit.unwrap_or(cfg.pids_limit),
-            mhz_per_core: plugin.mhz_per_core(),
         },
         linger_after_exit_secs: 300,
     };
