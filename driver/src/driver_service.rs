@@ -3,6 +3,7 @@
 
 use crate::fingerprint;
 use crate::plugin::Plugin;
+use crate::tasks::Tasks;
 use common::config::TaskConfig;
 use common::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
@@ -23,6 +24,7 @@ const STAMP_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct DriverService {
     pub plugin: Arc<Plugin>,
+    pub tasks: Arc<Tasks>,
 }
 
 pub fn capabilities() -> DriverCapabilities {
@@ -135,7 +137,7 @@ impl Driver for DriverService {
         &self,
         req: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        crate::tasks::recover(&self.plugin, req.into_inner()).await?;
+        self.tasks.recover(req.into_inner()).await?;
         Ok(Response::new(RecoverTaskResponse {}))
     }
 
@@ -143,7 +145,7 @@ impl Driver for DriverService {
         &self,
         req: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let resp = crate::tasks::start(&self.plugin, req.into_inner()).await?;
+        let resp = self.tasks.start(req.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -152,7 +154,7 @@ impl Driver for DriverService {
         req: Request<WaitTaskRequest>,
     ) -> Result<Response<WaitTaskResponse>, Status> {
         Ok(Response::new(
-            crate::tasks::wait(&self.plugin, &req.into_inner().task_id).await,
+            self.tasks.wait(&req.into_inner().task_id).await,
         ))
     }
 
@@ -160,7 +162,7 @@ impl Driver for DriverService {
         &self,
         req: Request<StopTaskRequest>,
     ) -> Result<Response<StopTaskResponse>, Status> {
-        crate::tasks::stop(&self.plugin, req.into_inner()).await?;
+        self.tasks.stop(req.into_inner()).await?;
         Ok(Response::new(StopTaskResponse {}))
     }
 
@@ -168,7 +170,7 @@ impl Driver for DriverService {
         &self,
         req: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
-        crate::tasks::destroy(&self.plugin, req.into_inner()).await?;
+        self.tasks.destroy(req.into_inner()).await?;
         Ok(Response::new(DestroyTaskResponse {}))
     }
 
@@ -177,7 +179,7 @@ impl Driver for DriverService {
         req: Request<InspectTaskRequest>,
     ) -> Result<Response<InspectTaskResponse>, Status> {
         Ok(Response::new(
-            crate::tasks::inspect(&self.plugin, &req.into_inner().task_id).await?,
+            self.tasks.inspect(&req.into_inner().task_id).await?,
         ))
     }
 
@@ -187,7 +189,7 @@ impl Driver for DriverService {
         &self,
         req: Request<TaskStatsRequest>,
     ) -> Result<Response<Self::TaskStatsStream>, Status> {
-        let stream = crate::tasks::stats(&self.plugin, req.into_inner()).await?;
+        let stream = self.tasks.stats(req.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
@@ -195,7 +197,7 @@ impl Driver for DriverService {
         &self,
         req: Request<SignalTaskRequest>,
     ) -> Result<Response<SignalTaskResponse>, Status> {
-        crate::tasks::signal(&self.plugin, req.into_inner()).await?;
+        self.tasks.signal(req.into_inner()).await?;
         Ok(Response::new(SignalTaskResponse {}))
     }
 

@@ -48,7 +48,7 @@ pub struct Rooted {
 }
 
 impl Rooted {
-    pub fn new(root: &Path, version: Version) -> Box<dyn Hierarchy> {
+    pub fn boxed(root: &Path, version: Version) -> Box<dyn Hierarchy> {
         Box::new(Rooted {
             root: root.to_path_buf(),
             version,
@@ -58,7 +58,7 @@ impl Rooted {
     /// A handle on the cgroup at `rel` (below the root, or below each v1 controller dir),
     /// limited to `controllers` on v1.
     pub fn load(root: &Path, version: Version, rel: &Path, controllers: &[&str]) -> Cgroup {
-        let hier = Rooted::new(root, version);
+        let hier = Rooted::boxed(root, version);
         match version {
             Version::V2 => Cgroup::load(hier, rel),
             Version::V1 => Cgroup::load_with_specified_controllers(

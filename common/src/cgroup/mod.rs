@@ -151,9 +151,7 @@ impl TaskCgroup {
                         continue;
                     }
                     let adopted = client.iter().find(|(n, _)| n == c).map(|(_, r)| r);
-                    let rel = adopted
-                        .map(PathBuf::clone)
-                        .unwrap_or_else(|| own.to_path_buf());
+                    let rel = adopted.cloned().unwrap_or_else(|| own.to_path_buf());
                     let cgroup = Rooted::load(root, version, &rel, &[c]);
                     let dir = root.join(c).join(&rel);
                     if adopted.is_none() {
