@@ -17,7 +17,8 @@
 //! );
 //! ```
 //!
-//! Rules worth remembering (protocol doc §3.1): only a *direct child of an object* gets the
+//! Rules worth remembering (from Nomad's `plugins/shared/hclspec` decoder, the reader of
+//! `proto/plugins/shared/hclspec/hcl_spec.proto`): only a *direct child of an object* gets the
 //! map key as its implied name, so an `attr` inside `default_` must carry its name; a literal
 //! is an HCL expression (`"true"`, `"[]"`, `"\"text\""` — use [`literal_string`] for text);
 //! the root should be an object.

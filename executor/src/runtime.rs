@@ -284,62 +284,6 @@ mod tests {
         assert!(e.contains("no-such-user-xyz") && e.contains("user"), "{e}");
     }
 
-    /// Nomad >= 1.7 on cgroup v2 hands over the task's scope: the runtime joins it between
-    /// fork and exec; the shim never writes itself into it (the client kills everything in
-    /// the scope at teardown, and the shim's memory must not count against the task).
-    #[test]
-    fn the_runtime_joins_nomads_scope_before_exec_and_the_shim_stays_out() {
-        use common::cgroup::{TaskCgroup, Version};
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
-        let scope = root.path().join("nomad.slice/share.slice/a1.web.scope");
-        std::fs::create_dir_all(&scope).unwrap();
-        std::fs::write(scope.join("cgroup.procs"), "").unwrap();
-        let spec = TaskSpec {
-            version: common::spec::TASK_SPEC_VERSION,
-            task_id: "a1/web/1".into(),
-            alloc_id: "a1".into(),
-            job_id: "j".into(),
-            task_group: "g".into(),
-            task_name: "web".into(),
-            namespace: "default".into(),
-            argv: vec!["/bin/true".into()],
-            env: Default::default(),
-            cwd: "/".into(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            fifo_open_timeout_ms: 1,
-            user: String::new(),
-            socket_path: root.path().join("s.sock"),
-            state_path: root.path().join("state.json"),
-            netns_path: None,
-            resources: common::spec::ResourceSpec {
-                nomad_cgroup: scope.display().to_string(),
-                ..Default::default()
-            },
-            linger_after_exit_secs: 1,
-        };
-        let cg = TaskCgroup::create_for(root.path(), Version::V2, &spec).unwrap();
-        assert_eq!(cg.dirs(), vec![scope.clone()]);
-        let null = || OwnedFd::from(std::fs::File::create("/dev/null").unwrap());
-        let pid = spawn(&spec, null(), null(), cg.procs_files()).unwrap();
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        assert_eq!(
-            status,
-            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
-        );
-        // "0" is how a process writes itself into cgroup.procs: only the child did.
-        assert_eq!(
-            std::fs::read_to_string(scope.join("cgroup.procs")).unwrap(),
-            "0"
-        );
-        let me = std::process::id().to_string();
-        for f in ["cgroup.procs", "nomad.slice/cgroup.procs"] {
-            let text = std::fs::read_to_string(root.path().join(f)).unwrap_or_default();
-            assert!(!text.contains(&me), "{f}: {text}");
-        }
-    }
-
     #[test]
     fn step_bytes_round_trip() {
         for s in [

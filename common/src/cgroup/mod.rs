@@ -184,10 +184,6 @@ impl TaskCgroup {
         Ok(TaskCgroup { version, members })
     }
 
-    pub fn version(&self) -> Version {
-        self.version
-    }
-
     /// Every distinct directory the runtime joins (co-mounted v1 controllers count once).
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut seen: Vec<PathBuf> = Vec::new();

@@ -90,6 +90,13 @@ fn killed(mut child: Child) -> bool {
     false
 }
 
+fn destroy(task_id: &str, force: bool) -> DestroyTaskRequest {
+    DestroyTaskRequest {
+        task_id: task_id.to_owned(),
+        force,
+    }
+}
+
 /// A handle whose shim is gone (no socket) and whose runtime is `runtime`.
 fn handle_without_shim(h: &Harness, runtime_pid: i32, runtime_start_time: u64) -> TaskHandle {
     let task = h.task("gone");
@@ -495,27 +502,14 @@ async fn destroy_refuses_a_running_task_unless_forced() {
     let h = Harness::new();
     let task = h.task("web");
     h.start(task.clone()).await.unwrap();
-    let e = h
-        .tasks
-        .destroy(DestroyTaskRequest {
-            task_id: task.id.clone(),
-            force: false,
-        })
-        .await
-        .unwrap_err();
+    let e = h.tasks.destroy(destroy(&task.id, false)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
         e.message().contains("stop it first or destroy with force"),
         "{e:?}"
     );
     assert_eq!(*h.script().shutdowns.lock().unwrap(), 0);
-    h.tasks
-        .destroy(DestroyTaskRequest {
-            task_id: task.id.clone(),
-            force: true,
-        })
-        .await
-        .unwrap();
+    h.tasks.destroy(destroy(&task.id, true)).await.unwrap();
     assert_eq!(*h.script().shutdowns.lock().unwrap(), 1);
     assert!(!h.state_dir(&task).exists(), "state dir removed");
     let gone = h.tasks.inspect(&task.id).await.unwrap_err();
@@ -529,24 +523,12 @@ async fn destroy_after_the_exit_needs_no_force_and_cleans_up_without_a_shim() {
     h.start(task.clone()).await.unwrap();
     record_exit(&h, exit(0, ""));
     h.launcher.kill_shims();
-    h.tasks
-        .destroy(DestroyTaskRequest {
-            task_id: task.id.clone(),
-            force: false,
-        })
-        .await
-        .unwrap();
+    h.tasks.destroy(destroy(&task.id, false)).await.unwrap();
     let spec = h.launcher.specs.lock().unwrap()[0].clone();
     assert!(!spec.socket_path.exists(), "the stale socket is removed");
     assert!(!h.state_dir(&task).exists());
     // Unknown tasks: nothing to do, no error for Nomad to retry.
-    h.tasks
-        .destroy(DestroyTaskRequest {
-            task_id: task.id,
-            force: true,
-        })
-        .await
-        .unwrap();
+    h.tasks.destroy(destroy(&task.id, true)).await.unwrap();
 }
 
 #[tokio::test]
