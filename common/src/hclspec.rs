@@ -399,7 +399,7 @@ fn check_at(spec: &Spec, implied: &str, path: &str) -> Result<(), SpecError> {
 
 /// Validates an HCL type expression: `string`, `number`, `bool`, `any`, `list(T)`, `set(T)`,
 /// `map(T)`, `object({k = T, …})`, `tuple([T, …])`.
-pub fn check_type(expr: &str) -> Result<(), String> {
+fn check_type(expr: &str) -> Result<(), String> {
     let mut p = TypeParser {
         s: expr.as_bytes(),
         i: 0,

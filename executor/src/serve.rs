@@ -41,7 +41,7 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
 }
 
 /// The checks `read_spec` makes beyond the JSON shape.
-pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
+fn check_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.version != TASK_SPEC_VERSION {
         return Err(format!(
             "version {} is not supported (this elide-executor reads version {TASK_SPEC_VERSION}); use the elide-executor that ships with the plugin",
