@@ -126,7 +126,7 @@ impl Default for PluginConfig {
             version_timeout: Duration::from_secs(10),
             pids_limit: 0,
             heap_percent: 75,
-            fifo_open_timeout: Duration::from_secs(10),
+            fifo_open_timeout: crate::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Reading Nomad's cty-msgpack payloads (`SetConfigRequest.msgpack_config`,
 //! `TaskConfig.msgpack_driver_config`) with errors that name the field.
 //!
-//! What cty emits (protocol doc §3.3): objects as maps with every schema key present, nil for
+//! What cty emits (go-cty's `cty/msgpack` encoder, which Nomad uses for these fields): objects as maps with every schema key present, nil for
 //! absent values, numbers as the smallest int, a float64, or — when not exactly representable —
 //! a decimal *string* ("0.1"); lists/sets/tuples as arrays; maps/objects as maps; `any`-typed
 //! values as `[bin(type json), value]`. Nested blocks may be one object or a list of objects.

@@ -17,7 +17,8 @@
 //! );
 //! ```
 //!
-//! Rules worth remembering (protocol doc §3.1): only a *direct child of an object* gets the
+//! Rules worth remembering (from Nomad's `plugins/shared/hclspec` decoder, the reader of
+//! `proto/plugins/shared/hclspec/hcl_spec.proto`): only a *direct child of an object* gets the
 //! map key as its implied name, so an `attr` inside `default_` must carry its name; a literal
 //! is an HCL expression (`"true"`, `"[]"`, `"\"text\""` — use [`literal_string`] for text);
 //! the root should be an object.
@@ -398,7 +399,7 @@ fn check_at(spec: &Spec, implied: &str, path: &str) -> Result<(), SpecError> {
 
 /// Validates an HCL type expression: `string`, `number`, `bool`, `any`, `list(T)`, `set(T)`,
 /// `map(T)`, `object({k = T, …})`, `tuple([T, …])`.
-pub fn check_type(expr: &str) -> Result<(), String> {
+fn check_type(expr: &str) -> Result<(), String> {
     let mut p = TypeParser {
         s: expr.as_bytes(),
         i: 0,

@@ -39,6 +39,12 @@ pub fn index_link(runtime_dir: &Path, task_id: &str) -> PathBuf {
     runtime_dir.join(format!("{}.state", task_key(task_id)))
 }
 
+/// The files of a task's state dir: the spec the plugin writes, the shim's state file and
+/// the shim's own log.
+pub const SPEC_FILE: &str = "spec.json";
+pub const STATE_FILE: &str = "state.json";
+pub const LOG_FILE: &str = "executor.log";
+
 /// The task's private state directory: `<alloc_dir>/.elide/<key>/` (outside the task dir, so
 /// the task cannot see it; removed with the alloc dir at GC).
 pub fn state_dir(alloc_dir: &Path, task_id: &str) -> PathBuf {

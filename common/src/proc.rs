@@ -74,11 +74,6 @@ pub fn start_time(pid: i32) -> io::Result<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
-/// Start time from a raw stat line (kept for callers that hold the text already).
-pub fn parse_start_time(stat: &str) -> Option<u64> {
-    parse_stat(stat).map(|s| s.start_time)
-}
-
 /// True when `pid` exists, has not exited (zombies count as gone), and started at
 /// `start_time` — so it is not a different process that reused the pid.
 pub fn is_same_process(pid: i32, start_time_ticks: u64) -> bool {
@@ -105,6 +100,12 @@ pub fn clock_ticks_per_sec() -> u64 {
     } else {
         100
     }
+}
+
+/// Nanoseconds per clock tick, to turn tick counts (`utime`, cgroup v1 `cpuacct.stat`) into
+/// time.
+pub fn nanos_per_tick() -> u64 {
+    1_000_000_000 / clock_ticks_per_sec()
 }
 
 /// VmRSS of a process in bytes (None for a gone process or a kernel thread).
@@ -202,7 +203,6 @@ mod tests {
                 start_time: 98765,
             }
         );
-        assert_eq!(parse_start_time(line), Some(98765));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
         assert!(parse_stat(&line.replace(" S ", " Z ")).unwrap().is_exited());

@@ -186,11 +186,6 @@ fn realtime(full: &str) -> Option<i32> {
     (SIGRTMIN..=SIGRTMAX).contains(&num).then_some(num)
 }
 
-/// The number of a signal name (`SIGNULL` → 0).
-pub fn number(name: &str) -> Result<i32, UnknownSignal> {
-    Ok(parse(name)?.map(TaskSignal::number).unwrap_or(0))
-}
-
 /// The canonical name of a signal number: "SIGTERM", real-time ones as `kill -l` prints them
 /// ("SIGRTMIN+6", "SIGRTMAX-2"), "signal 33" for numbers without a name.
 pub fn name(num: i32) -> String {
@@ -212,6 +207,11 @@ pub fn name(num: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The number of a signal name (`SIGNULL` → 0).
+    fn number(name: &str) -> Result<i32, UnknownSignal> {
+        Ok(parse(name)?.map(TaskSignal::number).unwrap_or(0))
+    }
 
     fn num(s: &str) -> i32 {
         parse(s).unwrap().unwrap().number()

@@ -4,9 +4,18 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Bumped when a field changes meaning; readers reject versions they do not know.
 pub const TASK_SPEC_VERSION: u32 = 1;
+
+/// `fifo_open_timeout_ms` when the spec leaves it out (the plugin's `fifo_open_timeout`
+/// defaults to the same).
+pub const DEFAULT_FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `linger_after_exit_secs` when the spec leaves it out, and what the plugin asks for.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(300);
+/// The stop signal when Nomad or an operator names none (Elide turns it into exit 143).
+pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +64,7 @@ pub struct TaskSpec {
 }
 
 /// Limits and cgroup placement for the runtime process.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     /// Soft memory limit / reservation, MiB (Nomad `memory`).
@@ -76,9 +85,6 @@ pub struct ResourceSpec {
     /// Maximum number of processes/threads in the task's cgroup; 0 = unlimited.
     #[serde(default)]
     pub pids_limit: u64,
-    /// Node compute per core in MHz, to express CPU use as MHz ("ticks").
-    #[serde(default)]
-    pub mhz_per_core: f64,
 }
 
 /// The largest memory size (MiB) a spec may carry: 1 PiB, far above any host, and small enough
@@ -152,12 +158,6 @@ impl ResourceSpec {
             MAX_PIDS_LIMIT,
             "processes (the kernel's PID_MAX_LIMIT); lower pids_limit",
         )?;
-        if !(self.mhz_per_core.is_finite() && self.mhz_per_core >= 0.0) {
-            return Err(spec_err(
-                "resources.mhz_per_core",
-                format!("{} is not a CPU speed", self.mhz_per_core),
-            ));
-        }
         Ok(())
     }
 }
@@ -195,9 +195,9 @@ impl TaskSpec {
 }
 
 fn default_fifo_timeout_ms() -> u64 {
-    10_000
+    DEFAULT_FIFO_OPEN_TIMEOUT.as_millis() as u64
 }
 
 fn default_linger_secs() -> u64 {
-    300
+    DEFAULT_LINGER.as_secs()
 }

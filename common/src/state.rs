@@ -4,12 +4,14 @@
 //! Written as temp file → fsync → rename → fsync(dir), under an exclusive `fs2` lock on a
 //! sibling `.lock` file, so a reader never sees a torn file and two writers never interleave.
 
+use crate::proto::executor as api;
 use crate::spec::TaskSpec;
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -47,6 +49,96 @@ pub struct ExitRecord {
     #[serde(default)]
     pub message: String,
     pub exited_at_unix_ms: i64,
+}
+
+impl ExitRecord {
+    /// How the exit reads to a human (see [`ExitSummary`]).
+    pub fn summary(&self) -> ExitSummary<'_> {
+        ExitSummary {
+            exit_code: self.exit_code,
+            signal: self.signal,
+            oom_killed: self.oom_killed,
+            message: &self.message,
+        }
+    }
+}
+
+/// The shim API's form of the record (the same fields).
+impl From<&ExitRecord> for api::ExitStatus {
+    fn from(r: &ExitRecord) -> Self {
+        api::ExitStatus {
+            exit_code: r.exit_code,
+            signal: r.signal,
+            oom_killed: r.oom_killed,
+            message: r.message.clone(),
+            exited_at_unix_ms: r.exited_at_unix_ms,
+        }
+    }
+}
+
+/// The one way an exit is written for people, from an [`ExitRecord`] or the shim API's
+/// `ExitStatus`. `Display`: `code 137 (signal SIGKILL, OOM killed): <message>`;
+/// [`ExitSummary::compact`]: `137 (SIGKILL) OOM`, for table columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitSummary<'a> {
+    pub exit_code: i32,
+    pub signal: i32,
+    pub oom_killed: bool,
+    pub message: &'a str,
+}
+
+impl<'a> From<&'a api::ExitStatus> for ExitSummary<'a> {
+    fn from(e: &'a api::ExitStatus) -> Self {
+        ExitSummary {
+            exit_code: e.exit_code,
+            signal: e.signal,
+            oom_killed: e.oom_killed,
+            message: &e.message,
+        }
+    }
+}
+
+impl ExitSummary<'_> {
+    /// `137 (SIGKILL) OOM`: code, signal name and OOM mark only.
+    pub fn compact(&self) -> String {
+        let mut s = self.exit_code.to_string();
+        if self.signal != 0 {
+            s.push_str(&format!(" ({})", crate::signals::name(self.signal)));
+        }
+        if self.oom_killed {
+            s.push_str(" OOM");
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for ExitSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "code {}", self.exit_code)?;
+        let mut notes = Vec::new();
+        if self.signal != 0 {
+            notes.push(format!("signal {}", crate::signals::name(self.signal)));
+        }
+        if self.oom_killed {
+            notes.push("OOM killed".to_owned());
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (start and exit times in the state file and
+/// the shim API).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +321,32 @@ mod tests {
         TaskState::remove(&path).unwrap();
         assert!(!path.exists());
         TaskState::remove(&path).unwrap();
+    }
+
+    #[test]
+    fn exits_read_the_same_everywhere() {
+        let mut r = ExitRecord {
+            exit_code: 5,
+            signal: 0,
+            oom_killed: false,
+            message: String::new(),
+            exited_at_unix_ms: 1,
+        };
+        assert_eq!(r.summary().to_string(), "code 5");
+        assert_eq!(r.summary().compact(), "5");
+        r.exit_code = 137;
+        r.signal = 9;
+        r.oom_killed = true;
+        r.message = "OOM killed: over 64 MiB".into();
+        assert_eq!(
+            r.summary().to_string(),
+            "code 137 (signal SIGKILL, OOM killed): OOM killed: over 64 MiB"
+        );
+        assert_eq!(r.summary().compact(), "137 (SIGKILL) OOM");
+        let api = api::ExitStatus::from(&r);
+        assert_eq!(ExitSummary::from(&api), r.summary());
+        assert_eq!(api.exited_at_unix_ms, 1);
+        assert!(now_ms() > 1_700_000_000_000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::fingerprint;
 use crate::plugin::Plugin;
+use crate::tasks::Tasks;
 use common::config::TaskConfig;
 use common::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
@@ -23,6 +24,7 @@ const STAMP_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct DriverService {
     pub plugin: Arc<Plugin>,
+    pub tasks: Arc<Tasks>,
 }
 
 pub fn capabilities() -> DriverCapabilities {
@@ -54,7 +56,7 @@ impl Driver for DriverService {
     /// Unimplemented, which 2.0 also accepts, so the agent's log shows a plugin that knows it.
     async fn init(&self, _req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         tracing::debug!(
-            tasks = self.plugin.tasks.len(),
+            tasks = self.tasks.tracked(),
             "Nomad agent initialised the plugin"
         );
         Ok(Response::new(InitResponse {}))
@@ -68,7 +70,7 @@ impl Driver for DriverService {
         _req: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
         tracing::info!(
-            tasks = self.plugin.tasks.len(),
+            tasks = self.tasks.tracked(),
             "Nomad agent is shutting down; tasks keep running in their shims"
         );
         Ok(Response::new(ShutdownResponse {}))
@@ -162,7 +164,7 @@ impl Driver for DriverService {
         &self,
         req: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        crate::tasks::recover(&self.plugin, req.into_inner()).await?;
+        self.tasks.recover(req.into_inner()).await?;
         Ok(Response::new(RecoverTaskResponse {}))
     }
 
@@ -170,7 +172,7 @@ impl Driver for DriverService {
         &self,
         req: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let resp = crate::tasks::start(&self.plugin, req.into_inner()).await?;
+        let resp = self.tasks.start(req.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -179,7 +181,7 @@ impl Driver for DriverService {
         req: Request<WaitTaskRequest>,
     ) -> Result<Response<WaitTaskResponse>, Status> {
         Ok(Response::new(
-            crate::tasks::wait(&self.plugin, &req.into_inner().task_id).await,
+            self.tasks.wait(&req.into_inner().task_id).await,
         ))
     }
 
@@ -187,7 +189,7 @@ impl Driver for DriverService {
         &self,
         req: Request<StopTaskRequest>,
     ) -> Result<Response<StopTaskResponse>, Status> {
-        crate::tasks::stop(&self.plugin, req.into_inner()).await?;
+        self.tasks.stop(req.into_inner()).await?;
         Ok(Response::new(StopTaskResponse {}))
     }
 
@@ -195,7 +197,7 @@ impl Driver for DriverService {
         &self,
         req: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
-        crate::tasks::destroy(&self.plugin, req.into_inner()).await?;
+        self.tasks.destroy(req.into_inner()).await?;
         Ok(Response::new(DestroyTaskResponse {}))
     }
 
@@ -204,7 +206,7 @@ impl Driver for DriverService {
         req: Request<InspectTaskRequest>,
     ) -> Result<Response<InspectTaskResponse>, Status> {
         Ok(Response::new(
-            crate::tasks::inspect(&self.plugin, &req.into_inner().task_id).await?,
+            self.tasks.inspect(&req.into_inner().task_id).await?,
         ))
     }
 
@@ -214,7 +216,7 @@ impl Driver for DriverService {
         &self,
         req: Request<TaskStatsRequest>,
     ) -> Result<Response<Self::TaskStatsStream>, Status> {
-        let stream = crate::tasks::stats(&self.plugin, req.into_inner()).await?;
+        let stream = self.tasks.stats(req.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
@@ -222,7 +224,7 @@ impl Driver for DriverService {
         &self,
         req: Request<SignalTaskRequest>,
     ) -> Result<Response<SignalTaskResponse>, Status> {
-        crate::tasks::signal(&self.plugin, req.into_inner()).await?;
+        self.tasks.signal(req.into_inner()).await?;
         Ok(Response::new(SignalTaskResponse {}))
     }
 

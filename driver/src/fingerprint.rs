@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Where Elide's own installers put the binary (elide-cli.md §9), after `$PATH`.
+/// Where Elide's own installers put the binary, after `$PATH` (docs/driver.md,
+/// `elide_binary`).
 pub fn default_elide_locations(home: Option<&str>) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Some(h) = home.filter(|h| !h.is_empty()) {
@@ -256,7 +257,8 @@ pub fn locate_binaries(cfg: &PluginConfig) -> Binaries {
     }
 }
 
-fn searched_list(searched: &[PathBuf]) -> String {
+/// The places a binary was looked for, for error messages.
+pub fn searched_list(searched: &[PathBuf]) -> String {
     searched
         .iter()
         .map(|p| p.display().to_string())

@@ -13,7 +13,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(driver::plugin::run()) {
+    if let Err(e) = runtime.block_on(driver::server::run()) {
         tracing::error!(error = %format!("{e:#}"), "plugin failed");
         eprintln!("nomad-driver-elide: {e:#}");
         std::process::exit(1);

@@ -38,3 +38,43 @@ pub enum ShimError {
     #[error(transparent)]
     State(#[from] common::state::StateError),
 }
+
+/// Why Start failed (its gRPC code is chosen in `server.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the runtime was already started by this shim (pid {0})")]
+    AlreadyStarted(i32),
+    #[error("a Start call is already in progress")]
+    InProgress,
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Fifo(#[from] crate::fifo::FifoError),
+    #[error(transparent)]
+    Spawn(#[from] crate::runtime::SpawnError),
+    #[error("cannot record the started runtime (pid {pid}) in the state file: {source}; the runtime was killed")]
+    Record {
+        pid: i32,
+        #[source]
+        source: common::state::StateError,
+    },
+}
+
+/// Why Wait, Stop or Signal could not do what was asked (its gRPC code is chosen in
+/// `server.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("the runtime was never started; {0}")]
+    NeverStarted(&'static str),
+    #[error("the task is not running: {0}")]
+    NotRunning(String),
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+    #[error("runtime pid {pid} survived SIGKILL for {waited:?}; it may be stuck in the kernel (D state), check /proc/{pid}/stack")]
+    SurvivedKill {
+        pid: i32,
+        waited: std::time::Duration,
+    },
+    #[error("cannot signal runtime pid {pid}: {source}")]
+    Signal { pid: i32, source: nix::Error },
+}

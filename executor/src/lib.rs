@@ -10,15 +10,12 @@
 //! - [`cli`]: the operator's `status`, `stop` and `signal`.
 
 pub mod cli;
-pub mod error;
-pub mod fifo;
+mod error;
+mod fifo;
 pub mod logging;
-pub mod reaper;
+mod reaper;
 pub mod runtime;
 pub mod serve;
-pub mod server;
-pub mod shim;
-pub mod stats;
-
-/// The shim's own log file, next to the state file.
-pub const LOG_FILE: &str = "executor.log";
+mod server;
+mod shim;
+mod stats;

@@ -48,7 +48,7 @@ enum Cmd {
     },
     /// Stop one task: send the signal, wait, then SIGKILL its process group.
     Stop {
-        #[arg(long, default_value = "SIGTERM")]
+        #[arg(long, default_value = common::spec::DEFAULT_STOP_SIGNAL)]
         signal: String,
         /// How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s).
         #[arg(long, default_value = "5s")]
@@ -121,7 +121,7 @@ async fn serve_cmd(spec_path: &Path, ready_fd: Option<i32>) -> anyhow::Result<i3
         .parent()
         .unwrap_or(Path::new("/"))
         .to_path_buf();
-    let log = dir.join(executor::LOG_FILE);
+    let log = dir.join(common::paths::LOG_FILE);
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

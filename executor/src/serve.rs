@@ -41,7 +41,7 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
 }
 
 /// The checks `read_spec` makes beyond the JSON shape.
-pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
+fn check_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.version != TASK_SPEC_VERSION {
         return Err(format!(
             "version {} is not supported (this elide-executor reads version {TASK_SPEC_VERSION}); use the elide-executor that ships with the plugin",
@@ -361,18 +361,8 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     if ended == Ended::Exited {
         if let Some(e) = shim.exit() {
             eprintln!(
-                "elide-executor: the runtime exited with code {}{}{}",
-                e.exit_code,
-                if e.signal != 0 {
-                    format!(" (signal {})", common::signals::name(e.signal))
-                } else {
-                    String::new()
-                },
-                if e.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", e.message)
-                }
+                "elide-executor: the runtime exited with {}",
+                common::state::ExitSummary::from(&e)
             );
         }
     }

@@ -1,16 +1,41 @@
 //! The control API (proto/elide/executor/v1/executor.proto) on top of [`Shim`].
 
+use crate::error::{StartError, TaskError};
 use crate::shim::Shim;
 use common::proto::executor::{self as api, executor_server::Executor};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// Shortest Stats interval honoured (Nomad's default collection_interval is 1 s).
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Service {
     pub shim: Arc<Shim>,
+}
+
+/// The gRPC code of each Start failure: the plugin retries `Unavailable` (no FIFO reader yet)
+/// and fails the task for good on the others.
+fn start_status(e: StartError) -> Status {
+    let code = match &e {
+        StartError::AlreadyStarted(_) | StartError::InProgress => Code::AlreadyExists,
+        StartError::ShuttingDown => Code::Unavailable,
+        StartError::Fifo(f) if f.is_transient() => Code::Unavailable,
+        StartError::Fifo(_) | StartError::Spawn(_) => Code::FailedPrecondition,
+        StartError::Record { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The gRPC code of each Wait/Stop/Signal failure.
+fn task_status(e: TaskError) -> Status {
+    let code = match &e {
+        TaskError::NeverStarted(_) | TaskError::NotRunning(_) => Code::FailedPrecondition,
+        TaskError::ShuttingDown => Code::Unavailable,
+        TaskError::SurvivedKill { .. } => Code::DeadlineExceeded,
+        TaskError::Signal { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
 }
 
 fn parse_signal(name: &str) -> Result<Option<common::signals::TaskSignal>, Status> {
@@ -23,14 +48,16 @@ impl Executor for Service {
         &self,
         _r: Request<api::StartRequest>,
     ) -> Result<Response<api::StartResponse>, Status> {
-        Ok(Response::new(self.shim.start().await?))
+        Ok(Response::new(
+            self.shim.start().await.map_err(start_status)?,
+        ))
     }
 
     async fn wait(
         &self,
         _r: Request<api::WaitRequest>,
     ) -> Result<Response<api::WaitResponse>, Status> {
-        let exit = self.shim.wait().await?;
+        let exit = self.shim.wait().await.map_err(task_status)?;
         Ok(Response::new(api::WaitResponse { exit: Some(exit) }))
     }
 
@@ -40,7 +67,7 @@ impl Executor for Service {
     ) -> Result<Response<api::StopResponse>, Status> {
         let r = r.into_inner();
         let name = if r.signal.is_empty() {
-            "SIGTERM"
+            common::spec::DEFAULT_STOP_SIGNAL
         } else {
             r.signal.as_str()
         };
@@ -48,7 +75,8 @@ impl Executor for Service {
         let exit = self
             .shim
             .stop(sig, Duration::from_millis(r.timeout_ms))
-            .await?;
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(api::StopResponse { exit: Some(exit) }))
     }
 
@@ -57,7 +85,7 @@ impl Executor for Service {
         r: Request<api::SignalRequest>,
     ) -> Result<Response<api::SignalResponse>, Status> {
         let sig = parse_signal(&r.into_inner().signal)?;
-        self.shim.signal(sig)?;
+        self.shim.signal(sig).map_err(task_status)?;
         Ok(Response::new(api::SignalResponse {}))
     }
 

@@ -1,22 +1,23 @@
 //! One task as the shim sees it: the spec, the persisted state, the runtime child, its exit
 //! (published to any number of waiters), and the operations of the control API.
 
-use crate::fifo::{self, FifoError};
+use crate::error::{StartError, TaskError};
+use crate::fifo;
 use crate::reaper::{self, Reaped};
-use crate::runtime::{self, SpawnError};
+use crate::runtime;
 use crate::stats::{self, Sampler};
-use common::cgroup::{self, TaskCgroup};
+use common::cgroup::TaskCgroup;
 use common::proto::executor as api;
 use common::signals::TaskSignal;
 use common::spec::TaskSpec;
-use common::state::{ExitRecord, StateError, TaskState, STATE_VERSION};
+use common::state::{now_ms, ExitRecord, ExitSummary, StateError, TaskState, STATE_VERSION};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -26,72 +27,21 @@ pub const KILL_WAIT: Duration = Duration::from_secs(15);
 /// How long Stop/Shutdown wait for the rest of the process group to disappear after the main
 /// process was reaped.
 const GROUP_WAIT: Duration = Duration::from_secs(2);
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Why Start failed; [`StartError::code`] is the gRPC code the plugin sees.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("the runtime was already started by this shim (pid {0})")]
-    AlreadyStarted(i32),
-    #[error("a Start call is already in progress")]
-    InProgress,
-    #[error("the shim is shutting down")]
-    ShuttingDown,
-    #[error(transparent)]
-    Fifo(#[from] FifoError),
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    #[error("cannot record the started runtime (pid {pid}) in the state file: {source}; the runtime was killed")]
-    Record {
-        pid: i32,
-        #[source]
-        source: StateError,
-    },
-}
-
-impl StartError {
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            StartError::AlreadyStarted(_) | StartError::InProgress => tonic::Code::AlreadyExists,
-            StartError::ShuttingDown => tonic::Code::Unavailable,
-            StartError::Fifo(f) if f.is_transient() => tonic::Code::Unavailable,
-            StartError::Fifo(_) | StartError::Spawn(_) => tonic::Code::FailedPrecondition,
-            StartError::Record { .. } => tonic::Code::Internal,
-        }
-    }
-}
-
-impl From<StartError> for tonic::Status {
-    fn from(e: StartError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
-    }
-}
+/// While waiting for the group to disappear, how often to look again when no child was reaped
+/// (every leftover is re-parented to us, the subreaper, so reaps are the usual wake-up).
+const GROUP_RECHECK: Duration = Duration::from_millis(100);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn exit_status(r: &ExitRecord) -> api::ExitStatus {
-    api::ExitStatus {
-        exit_code: r.exit_code,
-        signal: r.signal,
-        oom_killed: r.oom_killed,
-        message: r.message.clone(),
-        exited_at_unix_ms: r.exited_at_unix_ms,
-    }
 }
 
 pub struct Shim {
     pub spec: TaskSpec,
     state: Mutex<TaskState>,
     exit_tx: watch::Sender<Option<api::ExitStatus>>,
-    cgroup: Mutex<Option<TaskCgroup>>,
+    /// Counts reaped children, to wake those waiting for the task's processes to go.
+    reaped_tx: watch::Sender<u64>,
+    cgroup: Mutex<Option<Arc<TaskCgroup>>>,
     /// Our never-read read ends of the log FIFOs (see fifo.rs).
     keepalive: Mutex<Vec<OwnedFd>>,
     /// Set when Stop escalated to SIGKILL, to explain the exit.
@@ -117,10 +67,12 @@ impl Shim {
             exit: None,
         };
         let (exit_tx, _) = watch::channel(None);
+        let (reaped_tx, _) = watch::channel(0);
         Arc::new(Shim {
             spec,
             state: Mutex::new(state),
             exit_tx,
+            reaped_tx,
             cgroup: Mutex::new(None),
             keepalive: Mutex::new(Vec::new()),
             kill_note: Mutex::new(None),
@@ -168,19 +120,17 @@ impl Shim {
     }
 
     /// Blocks until the runtime has exited (repeatable; any number of callers).
-    pub async fn wait(&self) -> Result<api::ExitStatus, tonic::Status> {
+    pub async fn wait(&self) -> Result<api::ExitStatus, TaskError> {
         if self.runtime_pid().is_none() {
-            return Err(tonic::Status::failed_precondition(
-                "the runtime was never started; call Start first",
-            ));
+            return Err(TaskError::NeverStarted("call Start first"));
         }
         let mut rx = self.exit_tx.subscribe();
         let exit = rx
             .wait_for(|e| e.is_some())
             .await
-            .map_err(|_| tonic::Status::unavailable("the shim is shutting down"))?
+            .map_err(|_| TaskError::ShuttingDown)?
             .clone();
-        exit.ok_or_else(|| tonic::Status::internal("exit missing"))
+        exit.ok_or(TaskError::ShuttingDown)
     }
 
     /// Opens the log sinks, sets up the cgroup and spawns the runtime.
@@ -224,13 +174,7 @@ impl Shim {
         lock(&self.keepalive).extend(out.keepalive.into_iter().chain(err.keepalive));
         let start_time = common::proc::start_time(pid).unwrap_or(0);
         let started = now_ms();
-        let cg_desc = cg.as_ref().map(|c| {
-            c.dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        });
+        let cg_desc = cg.as_ref().map(|c| c.describe());
         *lock(&self.cgroup) = cg;
         if let Err(source) = self.update(|s| {
             s.runtime_pid = Some(pid);
@@ -252,20 +196,13 @@ impl Shim {
         })
     }
 
-    fn make_cgroup(&self) -> Option<TaskCgroup> {
-        let root = Path::new(cgroup::DEFAULT_ROOT);
-        let version = cgroup::detect(root)?;
-        let key = common::paths::task_key(&self.spec.task_id);
-        let name = match version {
-            cgroup::Version::V2 => format!("elide.slice/{key}"),
-            cgroup::Version::V1 => format!("nomad-elide/{key}"),
-        };
-        match TaskCgroup::create(root, version, &name, &self.spec.resources.nomad_cgroup) {
+    fn make_cgroup(&self) -> Option<Arc<TaskCgroup>> {
+        match TaskCgroup::for_task(&self.spec)? {
             Ok(cg) => {
                 for note in cg.apply(&self.spec.resources) {
                     tracing::warn!(note, "cgroup limit not applied");
                 }
-                Some(cg)
+                Some(Arc::new(cg))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no task cgroup (limits and cgroup stats off)");
@@ -276,8 +213,13 @@ impl Shim {
 
     /// Reaps every exited child (we are a subreaper); records the runtime's exit.
     pub fn reap(&self) {
-        for r in reaper::reap_exited() {
+        let reaped = reaper::reap_exited();
+        let n = reaped.len() as u64;
+        for r in reaped {
             self.on_reaped(r);
+        }
+        if n > 0 {
+            self.reaped_tx.send_modify(|count| *count += n);
         }
     }
 
@@ -314,7 +256,7 @@ impl Shim {
             message,
             exited_at_unix_ms: now_ms(),
         };
-        let exit = exit_status(&record);
+        let exit = api::ExitStatus::from(&record);
         if let Err(e) = self.update(|s| s.exit = Some(record)) {
             tracing::error!(error = %e, "cannot persist the exit result");
         }
@@ -337,13 +279,13 @@ impl Shim {
         &self,
         signal: Option<TaskSignal>,
         timeout: Duration,
-    ) -> Result<api::ExitStatus, tonic::Status> {
+    ) -> Result<api::ExitStatus, TaskError> {
         if let Some(e) = self.exit() {
             return Ok(e);
         }
         let Some(pid) = self.runtime_pid() else {
-            return Err(tonic::Status::failed_precondition(
-                "the runtime was never started; nothing to stop (Shutdown removes the shim)",
+            return Err(TaskError::NeverStarted(
+                "nothing to stop (Shutdown removes the shim)",
             ));
         };
         if let Some(sig) = signal {
@@ -362,37 +304,29 @@ impl Shim {
         ));
         tracing::info!(pid, "stop timeout passed: SIGKILL to the process group");
         self.kill_everything(pid);
-        let e = self.wait_exit(KILL_WAIT).await.ok_or_else(|| {
-            tonic::Status::deadline_exceeded(format!(
-                "runtime pid {pid} survived SIGKILL for {KILL_WAIT:?}; it may be stuck in the kernel (D state), check /proc/{pid}/stack"
-            ))
-        })?;
+        let e = self
+            .wait_exit(KILL_WAIT)
+            .await
+            .ok_or(TaskError::SurvivedKill {
+                pid,
+                waited: KILL_WAIT,
+            })?;
         self.wait_group_gone(pid).await;
         Ok(e)
     }
 
     /// Delivers `signal` to the runtime's main process (`None` = existence check).
-    pub fn signal(&self, signal: Option<TaskSignal>) -> Result<(), tonic::Status> {
-        let not_running = |why: String| {
-            tonic::Status::failed_precondition(format!("the task is not running: {why}"))
-        };
+    pub fn signal(&self, signal: Option<TaskSignal>) -> Result<(), TaskError> {
         let Some(pid) = self.runtime_pid() else {
-            return Err(not_running("it was never started".into()));
+            return Err(TaskError::NotRunning("it was never started".into()));
         };
         if let Some(e) = self.exit() {
-            return Err(not_running(format!(
-                "it exited with code {}{}",
-                e.exit_code,
-                if e.signal != 0 {
-                    format!(" (signal {})", common::signals::name(e.signal))
-                } else {
-                    String::new()
-                }
+            return Err(TaskError::NotRunning(format!(
+                "it exited with {}",
+                ExitSummary::from(&e)
             )));
         }
-        common::signals::send(signal, pid).map_err(|e| {
-            tonic::Status::internal(format!("cannot signal runtime pid {pid}: {e}"))
-        })?;
+        common::signals::send(signal, pid).map_err(|source| TaskError::Signal { pid, source })?;
         tracing::info!(
             pid,
             signal = %signal.map(TaskSignal::name).unwrap_or_else(|| "SIGNULL".into()),
@@ -409,10 +343,13 @@ impl Shim {
     }
 
     /// Waits (bounded) until no live process of the task is left, so a Stop that returns
-    /// leaves nothing of the task behind.
+    /// leaves nothing of the task behind. Looks again whenever a child is reaped (the dying
+    /// processes are all re-parented to us), at the latest every [`GROUP_RECHECK`].
     async fn wait_group_gone(&self, pgid: i32) {
         let deadline = tokio::time::Instant::now() + GROUP_WAIT;
+        let mut reaped = self.reaped_tx.subscribe();
         loop {
+            reaped.mark_unchanged();
             let left = kill_leftovers(pgid);
             if left.is_empty() {
                 return;
@@ -421,7 +358,7 @@ impl Shim {
                 tracing::warn!(?left, "processes of the task survived SIGKILL");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = tokio::time::timeout(GROUP_RECHECK, reaped.changed()).await;
         }
     }
 
@@ -513,7 +450,7 @@ impl Shim {
         if dir.file_name().and_then(|n| n.to_str()) == Some(key.as_str()) {
             let _ = std::fs::remove_dir_all(dir);
         } else {
-            let _ = std::fs::remove_file(dir.join(crate::LOG_FILE));
+            let _ = std::fs::remove_file(dir.join(common::paths::LOG_FILE));
         }
     }
 }

@@ -2,24 +2,11 @@
 //! the task cgroup when there is one, else from `/proc` of the runtime's process tree and
 //! group); the [`Sampler`] turns CPU time deltas into percent of one core, as Nomad expects.
 
+pub use common::cgroup::Counters;
 use common::cgroup::TaskCgroup;
 use common::proto::executor::ResourceUsage;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// Cumulative counters at one instant; `None` = not measured by this source.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counters {
-    pub cpu_total_ns: Option<u64>,
-    pub cpu_user_ns: Option<u64>,
-    pub cpu_system_ns: Option<u64>,
-    pub throttled_periods: Option<u64>,
-    pub throttled_ns: Option<u64>,
-    pub memory_rss: Option<u64>,
-    pub memory_cache: Option<u64>,
-    pub memory_swap: Option<u64>,
-    pub memory_usage: Option<u64>,
-    pub memory_max_usage: Option<u64>,
-}
 
 /// Where usage numbers come from.
 pub trait UsageSource: Send {
@@ -35,7 +22,7 @@ pub struct ProcTree {
 
 impl UsageSource for ProcTree {
     fn read(&mut self) -> Counters {
-        let tick_ns = 1_000_000_000 / common::proc::clock_ticks_per_sec();
+        let tick_ns = common::proc::nanos_per_tick();
         let procs = common::proc::task_processes(self.root);
         let (user, sys) = cpu_ns(procs.iter().map(|p| (p.utime, p.stime)), tick_ns);
         let rss = procs
@@ -64,28 +51,16 @@ fn cpu_ns(ticks: impl Iterator<Item = (u64, u64)>, tick_ns: u64) -> (u64, u64) {
 }
 
 /// The task's cgroup (v1 or v2).
-pub struct Cgroup(pub TaskCgroup);
+pub struct Cgroup(pub Arc<TaskCgroup>);
 
 impl UsageSource for Cgroup {
     fn read(&mut self) -> Counters {
-        let s = self.0.stats();
-        Counters {
-            cpu_total_ns: s.cpu_usage_ns,
-            cpu_user_ns: s.cpu_user_ns,
-            cpu_system_ns: s.cpu_system_ns,
-            throttled_periods: s.throttled_periods,
-            throttled_ns: s.throttled_ns,
-            memory_rss: s.memory_rss,
-            memory_cache: s.memory_cache,
-            memory_swap: s.memory_swap,
-            memory_usage: s.memory_usage,
-            memory_max_usage: s.memory_max_usage,
-        }
+        self.0.counters()
     }
 }
 
 /// The best source for a task: its cgroup if it has one, else `/proc`.
-pub fn source_for(cgroup: Option<TaskCgroup>, runtime_pid: i32) -> Box<dyn UsageSource> {
+pub fn source_for(cgroup: Option<Arc<TaskCgroup>>, runtime_pid: i32) -> Box<dyn UsageSource> {
     match cgroup {
         Some(cg) => Box::new(Cgroup(cg)),
         None => Box::new(ProcTree { root: runtime_pid }),

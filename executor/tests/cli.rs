@@ -118,7 +118,10 @@ while :; do sleep 1000 & wait $!; done"#,
         &key,
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("exit code 137, signal SIGKILL"), "{stdout}");
+    assert!(
+        stdout.contains("exited with code 137 (signal SIGKILL)"),
+        "{stdout}"
+    );
     let exit = c
         .wait(api::WaitRequest {})
         .await

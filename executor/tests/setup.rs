@@ -268,3 +268,35 @@ fn run_mode_exits_with_the_runtime_code_and_prints_it() {
         "{stderr}"
     );
 }
+
+/// Nomad >= 1.7 on cgroup v2 hands over the task's scope: the runtime joins it between fork
+/// and exec; the shim never writes itself into it (the client kills everything in the scope
+/// at teardown, and the shim's memory must not count against the task). On a fake cgroupfs.
+#[test]
+fn the_runtime_joins_nomads_scope_before_exec_and_the_shim_stays_out() {
+    use common::cgroup::{TaskCgroup, Version};
+    let dir = short_dir();
+    let root = dir.path().join("cgroup");
+    let scope = root.join("nomad.slice/share.slice/a1.web.scope");
+    std::fs::create_dir_all(&scope).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpu memory pids").unwrap();
+    std::fs::write(scope.join("cgroup.procs"), "").unwrap();
+    let mut spec = spec(dir.path(), "exit 0");
+    spec.resources.nomad_cgroup = scope.display().to_string();
+    let cg = TaskCgroup::create_for(&root, Version::V2, &spec).unwrap();
+    assert_eq!(cg.dirs(), vec![scope.clone()]);
+    let null = || OwnedFd::from(std::fs::File::create("/dev/null").unwrap());
+    let pid = executor::runtime::spawn(&spec, null(), null(), cg.procs_files()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+    // "0" is how a process writes itself into cgroup.procs: only the child did.
+    assert_eq!(
+        std::fs::read_to_string(scope.join("cgroup.procs")).unwrap(),
+        "0"
+    );
+    assert!(
+        !root.join("elide.slice").exists(),
+        "no cgroup of our own next to Nomad's"
+    );
+}

@@ -106,13 +106,15 @@ pub fn argv(input: &CommandInput<'_>) -> Vec<String> {
 
 /// The runtime's environment: Nomad's task env (less dynamic-linker `LD_*` variables, which
 /// pass only when the task config's `env` sets them), the task config's `env`, then what
-/// Elide needs to behave under a supervisor (elide-cli.md §10): no colour, a UTF-8 locale, a
-/// PATH, and a writable HOME and TMPDIR inside the task dir.
+/// Elide needs to behave under a supervisor (the contract table in
+/// tests/elide-standin/README.md): no colour, a UTF-8 locale, a PATH, and a writable HOME and
+/// TMPDIR inside the task dir (`<task dir>/tmp` when `task_tmp_exists`, else `local`).
 pub fn environment(
     nomad_env: &BTreeMap<String, String>,
     task: &TaskConfig,
     task_dir: &Path,
     alloc_dir: &Path,
+    task_tmp_exists: bool,
 ) -> BTreeMap<String, String> {
     let mut env = common::env::without_loader_vars(nomad_env, &task.env);
     for (k, v) in &task.env {
@@ -129,7 +131,7 @@ pub fn environment(
     }
     if !task.env.contains_key("TMPDIR") {
         let tmp = task_dir.join("tmp");
-        let tmp = if tmp.is_dir() { tmp } else { local.clone() };
+        let tmp = if task_tmp_exists { tmp } else { local.clone() };
         env.insert("TMPDIR".into(), tmp.display().to_string());
     }
     if task.elide_opts.as_ref().is_some_and(|o| o.enable_ai) && !task.env.contains_key("HF_HOME") {
@@ -242,9 +244,11 @@ mod tests {
         t.guest_env = Some(GuestEnv::None);
         t.mode = Some(RunMode::Serve);
         t.flags = vec!["--js:esm".into()];
-        let mut p = PluginConfig::default();
-        p.run_flags = vec!["--timeout".into(), "3".into()];
-        p.runtime_options = vec!["-XX:+PrintGC".into()];
+        let p = PluginConfig {
+            run_flags: vec!["--timeout".into(), "3".into()],
+            runtime_options: vec!["-XX:+PrintGC".into()],
+            ..Default::default()
+        };
         let a = run(&p, &t, 0);
         assert_eq!(
             a,
@@ -292,10 +296,9 @@ mod tests {
     #[test]
     fn environment_sets_runtime_needs_and_keeps_task_values() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tmp")).unwrap();
         let mut t = task();
         t.env.insert("LOG_LEVEL".into(), "debug".into());
-        let e = environment(&env(), &t, dir.path(), Path::new("/alloc"));
+        let e = environment(&env(), &t, dir.path(), Path::new("/alloc"), true);
         assert_eq!(e["NO_COLOR"], "1");
         assert_eq!(e["LANG"], "C.UTF-8");
         assert_eq!(e["PATH"], "/bin");
@@ -304,6 +307,8 @@ mod tests {
         assert_eq!(e["HOME"], dir.path().join("local").display().to_string());
         assert_eq!(e["TMPDIR"], dir.path().join("tmp").display().to_string());
         assert!(!e.contains_key("HF_HOME"));
+        let e = environment(&env(), &t, dir.path(), Path::new("/alloc"), false);
+        assert_eq!(e["TMPDIR"], dir.path().join("local").display().to_string());
     }
 
     #[test]
@@ -313,11 +318,11 @@ mod tests {
         nomad.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
         nomad.insert("LD_LIBRARY_PATH".into(), "/agent/lib".into());
         let mut t = task();
-        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"));
+        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"), true);
         assert!(!e.contains_key("LD_PRELOAD"), "{e:?}");
         assert!(!e.contains_key("LD_LIBRARY_PATH"), "{e:?}");
         t.env.insert("LD_LIBRARY_PATH".into(), "/app/lib".into());
-        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"));
+        let e = environment(&nomad, &t, dir.path(), Path::new("/alloc"), true);
         assert_eq!(e["LD_LIBRARY_PATH"], "/app/lib");
         assert!(!e.contains_key("LD_PRELOAD"));
     }

@@ -1,6 +1,10 @@
 //! Starting a task's shim: write its spec, spawn `elide-executor serve` detached from the
 //! plugin (own session, no inherited fds), wait for its readiness line on a pipe.
+//!
+//! [`Launcher`] is the seam the lifecycle is tested through: the unit tests launch a fake
+//! shim (a gRPC server on the spec's socket) instead of a process.
 
+use common::paths::{LOG_FILE, SPEC_FILE};
 use common::spec::TaskSpec;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -49,6 +53,32 @@ pub struct Launched {
     pub shim_pid: i32,
 }
 
+/// Starts a shim for a task; returns once it serves the spec's socket.
+#[tonic::async_trait]
+pub trait Launcher: Send + Sync {
+    async fn launch(
+        &self,
+        executor: &Path,
+        spec: &TaskSpec,
+        timeout: Duration,
+    ) -> Result<Launched, LaunchError>;
+}
+
+/// The real thing: an `elide-executor serve` process.
+pub struct ProcessLauncher;
+
+#[tonic::async_trait]
+impl Launcher for ProcessLauncher {
+    async fn launch(
+        &self,
+        executor: &Path,
+        spec: &TaskSpec,
+        timeout: Duration,
+    ) -> Result<Launched, LaunchError> {
+        launch_shim(executor, spec, timeout).await
+    }
+}
+
 /// Writes the spec next to the state file and starts the shim. Returns once the shim is
 /// serving its socket (it said READY), or with the reason it gave up.
 pub async fn launch_shim(
@@ -61,13 +91,13 @@ pub async fn launch_shim(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let spec_path = dir.join("spec.json");
+    let spec_path = dir.join(SPEC_FILE);
     let body = serde_json::to_vec_pretty(spec).unwrap_or_default();
     std::fs::write(&spec_path, body).map_err(|source| LaunchError::Spec {
         path: spec_path.clone(),
         source,
     })?;
-    let log = dir.join("executor.log");
+    let log = dir.join(LOG_FILE);
 
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;

@@ -3,9 +3,58 @@
 
 use super::{CliError, DIAL_TIMEOUT};
 use common::proto::executor as api;
-use common::state::TaskState;
+use common::state::{ExitSummary, TaskState};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+/// What `status` says about a task (`state` in the table and in `--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RowState {
+    #[serde(rename = "running")]
+    Running,
+    #[serde(rename = "pending")]
+    Pending,
+    #[serde(rename = "exited")]
+    Exited,
+    /// The shim left after the exit; the result is in the state file.
+    #[serde(rename = "exited (shim gone)")]
+    ExitedShimGone,
+    /// No shim answers and no exit was recorded: the task is lost.
+    #[serde(rename = "unreachable")]
+    Unreachable,
+    #[serde(rename = "stale (other boot)")]
+    StaleOtherBoot,
+    #[serde(rename = "stale (no state file)")]
+    StaleNoStateFile,
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Running => "running",
+            RowState::Pending => "pending",
+            RowState::Exited => "exited",
+            RowState::ExitedShimGone => "exited (shim gone)",
+            RowState::Unreachable => "unreachable",
+            RowState::StaleOtherBoot => "stale (other boot)",
+            RowState::StaleNoStateFile => "stale (no state file)",
+            RowState::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<api::TaskState> for RowState {
+    fn from(s: api::TaskState) -> Self {
+        match s {
+            api::TaskState::Running => RowState::Running,
+            api::TaskState::Exited => RowState::Exited,
+            api::TaskState::Pending => RowState::Pending,
+            api::TaskState::Unspecified => RowState::Unknown,
+        }
+    }
+}
 
 /// One task. Also the JSON object `status --json` prints (field names are a contract with
 /// scripts and the E2E suite).
@@ -18,9 +67,7 @@ pub struct Row {
     pub key: String,
     pub shim_pid: i32,
     pub runtime_pid: i32,
-    /// running, pending, exited, "exited (shim gone)", unreachable, "stale (other boot)",
-    /// "stale (no state file)".
-    pub state: String,
+    pub state: RowState,
     pub uptime_secs: Option<i64>,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
@@ -45,23 +92,24 @@ impl Row {
 
     /// A shim that should be serving its task but cannot be reached: the task is lost.
     pub fn is_lost(&self) -> bool {
-        self.state == "unreachable"
+        self.state == RowState::Unreachable
     }
 
+    /// The recorded exit, if any.
+    pub fn exit_summary(&self) -> Option<ExitSummary<'_>> {
+        Some(ExitSummary {
+            exit_code: self.exit_code?,
+            signal: self.exit_signal.unwrap_or(0),
+            oom_killed: self.oom_killed,
+            message: &self.exit_message,
+        })
+    }
+
+    /// The EXIT column: `137 (SIGKILL) OOM`, or `-`.
     pub fn exit_text(&self) -> String {
-        match self.exit_code {
-            None => "-".into(),
-            Some(c) => {
-                let mut s = c.to_string();
-                if let Some(sig) = self.exit_signal.filter(|s| *s != 0) {
-                    s.push_str(&format!(" ({})", common::signals::name(sig)));
-                }
-                if self.oom_killed {
-                    s.push_str(" OOM");
-                }
-                s
-            }
-        }
+        self.exit_summary()
+            .map(|e| e.compact())
+            .unwrap_or_else(|| "-".into())
     }
 
     /// What the state file last recorded, for error messages.
@@ -114,7 +162,7 @@ async fn row(key: &str, link: &Path) -> Row {
         key: key.to_owned(),
         shim_pid: 0,
         runtime_pid: 0,
-        state: "unknown".into(),
+        state: RowState::Unknown,
         uptime_secs: None,
         exit_code: None,
         exit_signal: None,
@@ -132,7 +180,7 @@ async fn row(key: &str, link: &Path) -> Row {
     let st = match TaskState::read(&target) {
         Ok(s) => s,
         Err(e) => {
-            r.state = "stale (no state file)".into();
+            r.state = RowState::StaleNoStateFile;
             r.problem = format!(
                 "{e}; if the task is gone, remove the index link: rm {}",
                 link.display()
@@ -155,7 +203,7 @@ async fn row(key: &str, link: &Path) -> Row {
         r.exit_message = message.to_owned();
     };
     if let Some(e) = &st.exit {
-        r.state = "exited".into();
+        r.state = RowState::Exited;
         set_exit(&mut r, e.exit_code, e.signal, e.oom_killed, &e.message);
     }
     match ask(&st.spec.socket_path).await {
@@ -166,32 +214,26 @@ async fn row(key: &str, link: &Path) -> Row {
             if !s.cgroup.is_empty() {
                 r.cgroup = s.cgroup.clone();
             }
-            r.state = match api::TaskState::try_from(s.state).unwrap_or_default() {
-                api::TaskState::Running => "running",
-                api::TaskState::Exited => "exited",
-                api::TaskState::Pending => "pending",
-                api::TaskState::Unspecified => "unknown",
-            }
-            .into();
+            r.state = api::TaskState::try_from(s.state).unwrap_or_default().into();
             if let Some(e) = &s.exit {
                 set_exit(&mut r, e.exit_code, e.signal, e.oom_killed, &e.message);
             }
-            if s.started_at_unix_ms > 0 && r.state == "running" {
-                r.uptime_secs = Some((crate::shim::now_ms() - s.started_at_unix_ms) / 1000);
+            if s.started_at_unix_ms > 0 && r.state == RowState::Running {
+                r.uptime_secs = Some((common::state::now_ms() - s.started_at_unix_ms) / 1000);
             }
         }
         Err(problem) => {
             if st.exit.is_some() {
                 // The normal end of a lingering shim: the result is on disk.
-                r.state = "exited (shim gone)".into();
+                r.state = RowState::ExitedShimGone;
             } else if st.boot_id != common::proc::boot_id() {
-                r.state = "stale (other boot)".into();
+                r.state = RowState::StaleOtherBoot;
                 r.problem = format!(
                     "recorded before the last reboot; remove it: rm {}",
                     link.display()
                 );
             } else {
-                r.state = "unreachable".into();
+                r.state = RowState::Unreachable;
                 r.problem = format!(
                     "{problem}; its last state says {} (the plugin kills what is left of it and Nomad restarts the task)",
                     r.last_state()
@@ -252,7 +294,7 @@ pub fn table(rows: &[&Row]) -> String {
             r.task_name.clone(),
             dash(r.shim_pid),
             dash(r.runtime_pid),
-            r.state.clone(),
+            r.state.as_str().to_owned(),
             r.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
             r.exit_text(),
             human_bytes(r.memory_bytes),
@@ -335,7 +377,7 @@ mod tests {
             key: common::paths::task_key(task_id),
             shim_pid: 10,
             runtime_pid: 11,
-            state: "running".into(),
+            state: RowState::Running,
             uptime_secs: Some(3700),
             exit_code: None,
             exit_signal: None,
@@ -365,7 +407,7 @@ mod tests {
     fn table_is_aligned_and_shows_signals_and_oom() {
         let a = row("a/web/1", "aaaaaaaa-1111", "web");
         let mut b = row("b/worker/1", "bbbbbbbb-2222", "worker");
-        b.state = "exited".into();
+        b.state = RowState::Exited;
         b.exit_code = Some(137);
         b.exit_signal = Some(9);
         b.oom_killed = true;
@@ -386,6 +428,23 @@ mod tests {
             lines[1].starts_with("aaaaaaaa "),
             "alloc ids are shortened: {t}"
         );
+    }
+
+    #[test]
+    fn json_states_are_the_strings_scripts_read() {
+        let mut r = row("a/web/1", "a", "web");
+        for (state, text) in [
+            (RowState::Running, "running"),
+            (RowState::ExitedShimGone, "exited (shim gone)"),
+            (RowState::StaleOtherBoot, "stale (other boot)"),
+            (RowState::StaleNoStateFile, "stale (no state file)"),
+            (RowState::Unreachable, "unreachable"),
+        ] {
+            r.state = state;
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["state"], text);
+            assert_eq!(state.as_str(), text);
+        }
     }
 
     #[test]

@@ -11,12 +11,10 @@ pub async fn run(dir: &Path, task: &str, signal: &str, timeout: &str) -> Result<
     common::signals::parse(signal)?;
     let timeout = common::duration::parse(timeout)?;
     let row = find_one(dir, task).await?;
-    if row.exit_code.is_some() && !row.reachable {
+    if let Some(e) = row.exit_summary().filter(|_| !row.reachable) {
         println!(
-            "{} ({}) already exited: {}",
-            row.task_name,
-            row.task_id,
-            row.exit_text()
+            "{} ({}) already exited with {e}",
+            row.task_name, row.task_id
         );
         return Ok(0);
     }
@@ -34,20 +32,10 @@ pub async fn run(dir: &Path, task: &str, signal: &str, timeout: &str) -> Result<
         .into_inner();
     let e = r.exit.unwrap_or_default();
     println!(
-        "stopped {} ({}): exit code {}{}{}",
+        "stopped {} ({}): exited with {}",
         row.task_name,
         row.task_id,
-        e.exit_code,
-        if e.signal != 0 {
-            format!(", signal {}", common::signals::name(e.signal))
-        } else {
-            String::new()
-        },
-        if e.message.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", e.message)
-        }
+        common::state::ExitSummary::from(&e)
     );
     Ok(0)
 }

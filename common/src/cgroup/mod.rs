@@ -1,0 +1,444 @@
+//! Per-task cgroups on v1 and v2, through `cgroups-rs`: adopt the cgroups Nomad made for the
+//! task or create ours, apply limits, hand the runtime the `cgroup.procs` files to join before
+//! exec (the shim itself stays outside), read usage and OOM kills, kill everything inside,
+//! remove what we created.
+//!
+//! - v2: Nomad's scope when it passed one ([`nomad`]), else ours, `elide.slice/<task key>`.
+//! - v1: per controller, the cgroup Nomad >= 1.7 made (freezer, cpu, memory), else ours,
+//!   `nomad-elide/<task key>` (memory, cpu, cpuacct, pids, freezer); plus Nomad's cpuset,
+//!   joined only.
+//!
+//! [`hierarchy`] is the small hand-written part (a hierarchy at any root; see why there).
+
+mod hierarchy;
+mod nomad;
+
+pub use hierarchy::{detect, Version};
+
+use crate::spec::{ResourceSpec, TaskSpec};
+use cgroups_rs::cpu::CpuController;
+use cgroups_rs::cpuacct::CpuAcctController;
+use cgroups_rs::cpuset::CpuSetController;
+use cgroups_rs::freezer::FreezerController;
+use cgroups_rs::memory::MemController;
+use cgroups_rs::pid::PidController;
+use cgroups_rs::{Cgroup, CgroupPid, ControllIdentifier, Controller, MaxValue, Subsystem};
+use hierarchy::Rooted;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 controllers a task gets (each its own hierarchy on most hosts).
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
+/// v2 controllers delegated down to our own task cgroups.
+const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+
+/// Cumulative usage counters; `None` = not measured here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub cpu_total_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub throttled_periods: Option<u64>,
+    pub throttled_ns: Option<u64>,
+    pub memory_rss: Option<u64>,
+    pub memory_cache: Option<u64>,
+    pub memory_swap: Option<u64>,
+    pub memory_usage: Option<u64>,
+    pub memory_max_usage: Option<u64>,
+}
+
+/// One cgroup the runtime joins: v2 has one for everything, v1 one per controller.
+#[derive(Debug)]
+struct Member {
+    cgroup: Cgroup,
+    dir: PathBuf,
+    /// Created by us and so removed by us; Nomad's are never removed here.
+    owned: bool,
+}
+
+#[derive(Debug)]
+pub struct TaskCgroup {
+    version: Version,
+    members: Vec<Member>,
+}
+
+/// runc's conversion of cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000). Shares
+/// are clamped to at least 2 first: below that the formula underflows (Nomad #26081).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+/// The value of `key` in a flat-keyed cgroup file's text (`cpu.stat`, `memory.events`…).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+    })
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
+}
+
+impl TaskCgroup {
+    /// The task's cgroup under the host's cgroup root, if the host has one we can use.
+    pub fn for_task(spec: &TaskSpec) -> Option<io::Result<TaskCgroup>> {
+        let root = Path::new(DEFAULT_ROOT);
+        let version = detect(root)?;
+        Some(Self::create_for(root, version, spec))
+    }
+
+    /// [`TaskCgroup::create`] with the names of `spec`'s task.
+    pub fn create_for(root: &Path, version: Version, spec: &TaskSpec) -> io::Result<TaskCgroup> {
+        let key = crate::paths::task_key(&spec.task_id);
+        let own = match version {
+            Version::V2 => format!("elide.slice/{key}"),
+            Version::V1 => format!("nomad-elide/{key}"),
+        };
+        let alloc_task = format!("{}.{}", spec.alloc_id, spec.task_name);
+        Self::create(
+            root,
+            version,
+            &own,
+            &spec.resources.nomad_cgroup,
+            &alloc_task,
+        )
+    }
+
+    /// Creates the task's cgroup `own` (below the root, or below each v1 controller), or
+    /// adopts what Nomad made: `nomad_cgroup` is `LinuxResources.cpuset_cgroup`, `alloc_task`
+    /// `<alloc id>.<task name>`.
+    pub fn create(
+        root: &Path,
+        version: Version,
+        own: &str,
+        nomad_cgroup: &str,
+        alloc_task: &str,
+    ) -> io::Result<TaskCgroup> {
+        let handed = nomad::handed_over(root, nomad_cgroup);
+        let own = Path::new(own);
+        let mut members = Vec::new();
+        match version {
+            Version::V2 => {
+                let (rel, owned) = match handed {
+                    Some(rel) => (rel, false),
+                    None => {
+                        hierarchy::create_v2(root, own, V2_CONTROLLERS)?;
+                        (own.to_path_buf(), true)
+                    }
+                };
+                members.push(Member {
+                    cgroup: Rooted::load(root, version, &rel, &[]),
+                    dir: root.join(&rel),
+                    owned,
+                });
+            }
+            Version::V1 => {
+                let client = handed
+                    .as_deref()
+                    .map(|cpuset| nomad::v1_client_cgroups(root, cpuset, alloc_task))
+                    .unwrap_or_default();
+                for c in V1_CONTROLLERS {
+                    if !root.join(c).is_dir() {
+                        continue;
+                    }
+                    let adopted = client.iter().find(|(n, _)| n == c).map(|(_, r)| r);
+                    let rel = adopted.cloned().unwrap_or_else(|| own.to_path_buf());
+                    let cgroup = Rooted::load(root, version, &rel, &[c]);
+                    let dir = root.join(c).join(&rel);
+                    if adopted.is_none() {
+                        // cgroups-rs only logs a failed mkdir on v1: check the result here.
+                        cgroup
+                            .create()
+                            .map_err(|e| io_err(&dir.display().to_string(), e))?;
+                        if !dir.is_dir() {
+                            return Err(io_err(&dir.display().to_string(), "cannot create"));
+                        }
+                    }
+                    members.push(Member {
+                        cgroup,
+                        dir,
+                        owned: adopted.is_none(),
+                    });
+                }
+                // Nomad's cpuset (shared or reserved cores): joined, never ours to change.
+                if let Some(rel) = handed {
+                    let controller = rel.iter().next().and_then(|c| c.to_str()).unwrap_or("");
+                    let inner: PathBuf = rel.iter().skip(1).collect();
+                    members.push(Member {
+                        cgroup: Rooted::load(root, version, &inner, &[controller]),
+                        dir: root.join(&rel),
+                        owned: false,
+                    });
+                }
+            }
+        }
+        Ok(TaskCgroup { version, members })
+    }
+
+    /// Every distinct directory the runtime joins (co-mounted v1 controllers count once).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut seen: Vec<PathBuf> = Vec::new();
+        let mut out = Vec::new();
+        for m in &self.members {
+            let canonical = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
+            if !seen.contains(&canonical) {
+                seen.push(canonical);
+                out.push(m.dir.clone());
+            }
+        }
+        out
+    }
+
+    /// The dirs, comma-separated (the state file's and `status`'s `cgroup`).
+    pub fn describe(&self) -> String {
+        self.dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The cgroup (and its dir) holding controller `T`.
+    fn with<'a, T>(&'a self) -> Option<(&'a T, &'a Path)>
+    where
+        &'a T: From<&'a Subsystem>,
+        T: Controller + ControllIdentifier,
+    {
+        self.members
+            .iter()
+            .find_map(|m| Some((m.cgroup.controller_of::<T>()?, m.dir.as_path())))
+    }
+
+    /// Applies memory/cpu/cpuset/pids limits. Returns a note for each limit not applied.
+    pub fn apply(&self, r: &ResourceSpec) -> Vec<String> {
+        let v2 = self.version == Version::V2;
+        let mut notes = Vec::new();
+        // v1 files a kernel does not have (memsw without swap accounting) are skipped.
+        let mut set =
+            |dir: &Path, file: &str, value: String, result: cgroups_rs::error::Result<()>| {
+                if let Err(e) = result {
+                    notes.push(format!(
+                        "cannot set {file}={value} in {}: {e}",
+                        dir.display()
+                    ));
+                }
+            };
+        let present = |dir: &Path, file: &str| v2 || dir.join(file).exists();
+        let mib = |m: u64| (m * 1024 * 1024) as i64;
+        if let Some((mem, d)) = self.with::<MemController>() {
+            if r.memory_max_mb > 0 {
+                let max = mib(r.memory_max_mb);
+                let (limit, swap, soft) = if v2 {
+                    ("memory.max", "memory.swap.max", "memory.low")
+                } else {
+                    (
+                        "memory.limit_in_bytes",
+                        "memory.memsw.limit_in_bytes",
+                        "memory.soft_limit_in_bytes",
+                    )
+                };
+                if present(d, limit) {
+                    set(d, limit, max.to_string(), mem.set_limit(max));
+                }
+                // No swap, like Nomad's exec driver (v1: memory+swap = memory).
+                let swap_limit = if v2 { 0 } else { max };
+                if present(d, swap) {
+                    set(
+                        d,
+                        swap,
+                        swap_limit.to_string(),
+                        mem.set_memswap_limit(swap_limit),
+                    );
+                }
+                if !v2 && present(d, "memory.swappiness") {
+                    set(d, "memory.swappiness", "0".into(), mem.set_swappiness(0));
+                }
+                if r.memory_mb > 0 && r.memory_mb < r.memory_max_mb && present(d, soft) {
+                    let low = mib(r.memory_mb);
+                    set(d, soft, low.to_string(), mem.set_soft_limit(low));
+                }
+            }
+        }
+        if let Some((cpu, d)) = self.with::<CpuController>() {
+            if r.cpu_shares > 0 {
+                let (file, value) = if v2 {
+                    ("cpu.weight", shares_to_weight(r.cpu_shares))
+                } else {
+                    ("cpu.shares", r.cpu_shares.max(2))
+                };
+                if present(d, file) {
+                    set(d, file, value.to_string(), cpu.set_shares(value));
+                }
+            }
+        }
+        // v1 cpusets are Nomad's (joined as they are); on v2 the task's scope takes them.
+        if v2 && !r.cpuset_cpus.is_empty() {
+            if let Some((cpuset, d)) = self.with::<CpuSetController>() {
+                set(
+                    d,
+                    "cpuset.cpus",
+                    r.cpuset_cpus.clone(),
+                    cpuset.set_cpus(&r.cpuset_cpus),
+                );
+            }
+        }
+        if let Some((pids, d)) = self.with::<PidController>() {
+            if r.pids_limit > 0 && present(d, "pids.max") {
+                let n = r.pids_limit as i64;
+                set(
+                    d,
+                    "pids.max",
+                    n.to_string(),
+                    pids.set_pid_max(MaxValue::Value(n)),
+                );
+            }
+        }
+        notes
+    }
+
+    /// `cgroup.procs` of every dir, prepared before fork so the child can join with raw
+    /// `open`/`write` (no allocation between fork and exec).
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.dirs()
+            .iter()
+            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
+            .collect()
+    }
+
+    /// Pids inside the task cgroup.
+    pub fn procs(&self) -> Vec<i32> {
+        self.members
+            .first()
+            .map(|m| pids(m.cgroup.procs()))
+            .unwrap_or_default()
+    }
+
+    /// Kills every process in the cgroup so forks cannot escape: v2 `cgroup.kill` (or a
+    /// SIGKILL loop on kernels before 5.14), v1 freeze → SIGKILL all → thaw.
+    pub fn kill_all(&self) {
+        let sigkill = |pids: Vec<i32>| {
+            for p in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        };
+        match self.version {
+            Version::V2 => {
+                let Some(m) = self.members.first() else {
+                    return;
+                };
+                if m.cgroup.kill().is_err() {
+                    sigkill(self.procs());
+                }
+            }
+            Version::V1 => {
+                let freezer = self
+                    .members
+                    .iter()
+                    .find_map(|m| Some((m.cgroup.controller_of::<FreezerController>()?, m)));
+                match freezer {
+                    Some((f, m)) => {
+                        let _ = f.freeze();
+                        sigkill(pids(m.cgroup.procs()));
+                        let _ = f.thaw();
+                    }
+                    None => sigkill(self.procs()),
+                }
+            }
+        }
+    }
+
+    /// Kernel OOM kills so far (v2 `memory.events` oom_kill; v1 `memory.oom_control`
+    /// oom_kill, kernels >= 4.13).
+    pub fn oom_kills(&self) -> u64 {
+        let Some((mem, d)) = self.with::<MemController>() else {
+            return 0;
+        };
+        match self.version {
+            // cgroups-rs 0.3 has no reader for memory.events.
+            Version::V2 => std::fs::read_to_string(d.join("memory.events"))
+                .ok()
+                .and_then(|t| keyed(&t, "oom_kill"))
+                .unwrap_or(0),
+            Version::V1 => mem.memory_stat().oom_control.oom_kill,
+        }
+    }
+
+    /// Cumulative usage of everything in the cgroup.
+    pub fn counters(&self) -> Counters {
+        let mut s = Counters::default();
+        let v2 = self.version == Version::V2;
+        if let Some((cpu, _)) = self.with::<CpuController>() {
+            let stat = cpu.cpu().stat;
+            if v2 {
+                let usec = |k| keyed(&stat, k).map(|u| u * 1000);
+                s.cpu_total_ns = usec("usage_usec");
+                s.cpu_user_ns = usec("user_usec");
+                s.cpu_system_ns = usec("system_usec");
+                s.throttled_ns = usec("throttled_usec");
+            } else {
+                s.throttled_ns = keyed(&stat, "throttled_time");
+            }
+            s.throttled_periods = keyed(&stat, "nr_throttled");
+        }
+        if let Some((acct, d)) = self.with::<CpuAcctController>() {
+            let a = acct.cpuacct();
+            let ticks = |k| keyed(&a.stat, k).map(|t| t * crate::proc::nanos_per_tick());
+            s.cpu_total_ns = d.join("cpuacct.usage").exists().then_some(a.usage);
+            s.cpu_user_ns = ticks("user");
+            s.cpu_system_ns = ticks("system");
+        }
+        if let Some((mem, d)) = self.with::<MemController>() {
+            // On v2, cgroups-rs reads memory.{min,low,high,max} first and panics without them
+            // (a cgroup where the memory controller is not enabled).
+            if !v2
+                || ["memory.min", "memory.low", "memory.high", "memory.max"]
+                    .iter()
+                    .all(|f| d.join(f).exists())
+            {
+                let m = mem.memory_stat();
+                let raw = |k: &str| m.stat.raw.get(k).copied();
+                let has = |f: &str| d.join(f).exists();
+                s.memory_usage = Some(m.usage_in_bytes);
+                if v2 {
+                    s.memory_max_usage = has("memory.peak").then_some(m.max_usage_in_bytes);
+                    s.memory_rss = raw("anon");
+                    s.memory_cache = raw("file");
+                    // cgroups-rs 0.3 puts memory.swap.current in `swappiness` on v2.
+                    s.memory_swap = has("memory.swap.current").then_some(m.swappiness);
+                } else {
+                    s.memory_max_usage = Some(m.max_usage_in_bytes);
+                    s.memory_rss = raw("total_rss");
+                    s.memory_cache = raw("total_cache");
+                    s.memory_swap = raw("total_swap");
+                }
+            }
+        }
+        s
+    }
+
+    /// Removes the cgroups we created (after everything inside is gone); never Nomad's.
+    pub fn remove(&self) {
+        for m in self.members.iter().rev().filter(|m| m.owned) {
+            let _ = m.cgroup.delete();
+        }
+    }
+}
+
+fn pids(p: Vec<CgroupPid>) -> Vec<i32> {
+    p.into_iter().map(|p| p.pid as i32).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! RecoverTask: adopt a task from its `driver_state` in a plugin process that never saw it
+//! start. The shim must prove it is the same task (task id, runtime pid and start time);
+//! with the shim gone, the exit it recorded is enough; with neither, what is left of the
+//! runtime is killed and Nomad restarts the task.
+
+use super::entry::TaskEntry;
+use super::handle::DriverState;
+use super::Tasks;
+use common::proto::drivers::RecoverTaskRequest;
+use common::proto::executor as shim;
+use tonic::Status;
+
+impl Tasks {
+    pub async fn recover(&self, req: RecoverTaskRequest) -> Result<(), Status> {
+        let handle = req
+            .handle
+            .ok_or_else(|| Status::invalid_argument("RecoverTask without a task handle"))?;
+        let config = handle
+            .config
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("RecoverTask handle has no task config"))?;
+        if self.store.get(&config.id).is_some() {
+            return Ok(());
+        }
+        let state = DriverState::decode(&handle.driver_state).map_err(|e| {
+            Status::failed_precondition(format!("cannot recover task {}: {e}", config.id))
+        })?;
+        if state.task_id != config.id {
+            return Err(Status::failed_precondition(format!(
+                "task handle for {} holds the state of task {}; refusing to adopt it",
+                config.id, state.task_id
+            )));
+        }
+        let entry = TaskEntry::new(state);
+        match entry.client().await {
+            Ok(mut c) => {
+                let st = c
+                    .status(shim::StatusRequest {})
+                    .await
+                    .map_err(|s| {
+                        Status::unavailable(format!(
+                            "elide-executor of task {} does not answer Status: {}",
+                            entry.state.task_id,
+                            s.message()
+                        ))
+                    })?
+                    .into_inner();
+                check_identity(&entry, &st)?;
+                if let Some(e) = st.exit {
+                    entry.set_exit(e);
+                }
+                tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
+            }
+            Err(dial) => {
+                entry.forget_client().await;
+                let Some(e) = entry.exit_from_state_file().await else {
+                    let killed = entry.kill_orphaned_runtime().await;
+                    return Err(Status::failed_precondition(format!(
+                        "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
+                        entry.state.task_id,
+                        if killed { "; the orphaned Elide process was killed" } else { "" }
+                    )));
+                };
+                tracing::info!(task_id = %entry.state.task_id, exit_code = e.exit_code, "shim gone; exit result recovered from its state file");
+                entry.set_exit(e);
+            }
+        }
+        self.store.insert(entry);
+        Ok(())
+    }
+}
+
+/// Same task, same runtime process (never a reused pid).
+fn check_identity(entry: &TaskEntry, st: &shim::StatusResponse) -> Result<(), Status> {
+    let s = &entry.state;
+    let other_runtime = st.runtime_pid != 0
+        && (st.runtime_pid != s.runtime_pid || st.runtime_start_time != s.runtime_start_time);
+    if st.task_id != s.task_id || other_runtime {
+        return Err(Status::failed_precondition(format!(
+            "the shim at {} serves task {} (runtime pid {}), not task {} (runtime pid {}); refusing to adopt it",
+            s.socket_path.display(),
+            st.task_id,
+            st.runtime_pid,
+            s.task_id,
+            s.runtime_pid
+        )));
+    }
+    Ok(())
+}

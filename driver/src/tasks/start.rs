@@ -1,0 +1,255 @@
+//! StartTask: check the job's config and script, resolve the binaries, build the spec, launch
+//! the shim, ask it to Start the runtime, and hand Nomad the handle.
+
+use super::entry::TaskEntry;
+use super::handle::{DriverState, HANDLE_VERSION};
+use super::spec::{build_spec, task_dir, SpecInput};
+use super::{blocking, status, Tasks};
+use crate::fingerprint::{self, Located};
+use common::config::{PluginConfig, TaskConfig};
+use common::proto::drivers::{
+    start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
+};
+use common::proto::executor as shim;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// How long the shim may take from spawn to READY before StartTask gives up (recoverable).
+const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What StartTask learns from the node before it builds the spec.
+struct NodeFacts {
+    elide: PathBuf,
+    executor: PathBuf,
+    script: String,
+    task_tmp_exists: bool,
+    /// Task events to publish (e.g. execute bits cleared on the script).
+    events: Vec<String>,
+}
+
+impl Tasks {
+    pub async fn start(&self, req: StartTaskRequest) -> Result<StartTaskResponse, Status> {
+        let task = req
+            .task
+            .ok_or_else(|| Status::invalid_argument("StartTask without a task config"))?;
+        if self.store.get(&task.id).is_some() {
+            return Err(Status::already_exists(format!(
+                "task {} is already started",
+                task.id
+            )));
+        }
+        let cfg = self.plugin.config();
+        let tc = TaskConfig::from_msgpack(&task.msgpack_driver_config)
+            .map_err(|e| status::permanent(format!("invalid elide task config: {e}")))?;
+        let facts = {
+            let (cfg, tc, dir) = (cfg.clone(), tc.clone(), task_dir(&task));
+            blocking(move || node_facts(&cfg, &tc, &dir)).await?
+        };
+        let emit = |msg: String| self.plugin.emit(&task.id, &task.alloc_id, &task.name, msg);
+        facts.events.into_iter().for_each(emit);
+        let spec = build_spec(&SpecInput {
+            plugin: &cfg,
+            config: &tc,
+            task: &task,
+            elide: &facts.elide,
+            script: &facts.script,
+            task_tmp_exists: facts.task_tmp_exists,
+        })
+        .map_err(|e| status::permanent(e.to_string()))?;
+        spec.validate()
+            .map_err(|e| status::permanent(format!("cannot run this task: {e}")))?;
+        let dirs = [
+            (cfg.runtime_dir.clone(), "runtime_dir"),
+            (
+                spec.state_path.parent().unwrap_or(Path::new("/")).into(),
+                "task state dir",
+            ),
+        ];
+        blocking(move || make_private_dirs(&dirs)).await?;
+
+        let launch_started = std::time::Instant::now();
+        let launched = self
+            .launcher
+            .launch(&facts.executor, &spec, SHIM_READY_TIMEOUT)
+            .await
+            .map_err(|e| {
+                let msg = format!("cannot start the task's elide-executor: {e}");
+                if e.is_recoverable() {
+                    status::recoverable(msg)
+                } else {
+                    status::permanent(msg)
+                }
+            })?;
+        tracing::debug!(
+            task_id = %task.id,
+            shim_pid = launched.shim_pid,
+            shim_ready_us = launch_started.elapsed().as_micros() as u64,
+            "shim ready"
+        );
+        // The shim is up; ask it to start the runtime.
+        let mut client = common::client::connect(&spec.socket_path)
+            .await
+            .map_err(|e| {
+                status::recoverable(format!(
+                    "elide-executor (pid {}) reported ready but does not answer: {e}",
+                    launched.shim_pid
+                ))
+            })?;
+        let started = match client.start(shim::StartRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                // No orphaned shim: it goes away with its state.
+                let _ = client.shutdown(shim::ShutdownRequest {}).await;
+                let msg = s.message().to_owned();
+                return Err(if s.code() == Code::Unavailable {
+                    status::recoverable(msg)
+                } else {
+                    status::permanent(msg)
+                });
+            }
+        };
+        let shim_pid = launched.shim_pid;
+        let shim_start_time =
+            blocking(move || common::proc::start_time(shim_pid).unwrap_or(0)).await;
+        let version = self.plugin.elide_version().unwrap_or_default();
+        emit(if version.is_empty() {
+            format!("Starting Elide: {}", facts.script)
+        } else {
+            format!("Starting Elide {version}: {}", facts.script)
+        });
+        let state = DriverState {
+            version: HANDLE_VERSION,
+            task_id: task.id.clone(),
+            alloc_id: task.alloc_id.clone(),
+            task_name: task.name.clone(),
+            socket_path: spec.socket_path.clone(),
+            state_path: spec.state_path.clone(),
+            shim_pid,
+            shim_start_time,
+            runtime_pid: started.pid,
+            runtime_start_time: started.pid_start_time,
+            started_at_unix_ms: started.started_at_unix_ms,
+            elide_version: version,
+            script: facts.script,
+        };
+        let handle = TaskHandle {
+            version: HANDLE_VERSION,
+            config: Some(task.clone()),
+            state: common::proto::drivers::TaskState::Running as i32,
+            driver_state: state.encode(),
+        };
+        let entry = TaskEntry::new(state);
+        entry.keep_client(client).await;
+        self.store.insert(entry);
+        Ok(StartTaskResponse {
+            result: start_task_response::Result::Success as i32,
+            driver_error_msg: String::new(),
+            handle: Some(handle),
+            network_override: None,
+        })
+    }
+}
+
+/// The binaries (the task may pick its own Elide; the shim comes from the plugin config),
+/// the checked script, and whether the task dir has a `tmp`.
+fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<NodeFacts, Status> {
+    let mut events = Vec::new();
+    let script = check_script(&tc.script, task_dir, |m| events.push(m))?;
+    let bins = fingerprint::locate_binaries(cfg);
+    let own_elide = tc.elide_opts.as_ref().and_then(|o| o.elide_binary.clone());
+    let elide = match (own_elide, bins.elide) {
+        (Some(p), _) => {
+            let path = std::env::var("PATH").ok();
+            match fingerprint::locate(Some(&p), "elide", path.as_deref(), &[]) {
+                Located::Found(p) => p,
+                Located::Missing { .. } => return Err(status::permanent(format!(
+                    "elide_opts.elide_binary {} does not exist or is not executable; fix the job's elide_binary or remove it to use the node's Elide",
+                    p.display()
+                ))),
+            }
+        }
+        (None, Located::Found(p)) => p,
+        (None, Located::Missing { searched }) => {
+            return Err(status::recoverable(format!(
+                "Elide not found on this node (searched {}); install it or set elide_binary",
+                fingerprint::searched_list(&searched)
+            )))
+        }
+    };
+    let executor = match bins.executor {
+        Located::Found(p) => p,
+        Located::Missing { searched } => {
+            return Err(status::recoverable(format!(
+                "elide-executor not found (searched {}); install it or set executor_binary",
+                fingerprint::searched_list(&searched)
+            )))
+        }
+    };
+    Ok(NodeFacts {
+        elide,
+        executor,
+        script,
+        task_tmp_exists: task_dir.join("tmp").is_dir(),
+        events,
+    })
+}
+
+/// Creates each dir (mode 0700) or says which one could not be.
+fn make_private_dirs(dirs: &[(PathBuf, &str)]) -> Result<(), Status> {
+    for (dir, what) in dirs {
+        std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| {
+                status::recoverable(format!("cannot create the {what} {}: {e}", dir.display()))
+            })?;
+    }
+    Ok(())
+}
+
+/// Validates the script and returns the path to give Elide (relative to the task dir when
+/// it is inside it). Elide runs an *executable* file as a host program instead of
+/// interpreting it ("Runnable resolution" in tests/elide-standin/README.md), so execute bits
+/// on a script in the task dir are cleared.
+fn check_script(
+    script: &str,
+    task_dir: &Path,
+    mut event: impl FnMut(String),
+) -> Result<String, Status> {
+    let given = Path::new(script);
+    let abs = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        task_dir.join(given)
+    };
+    let meta = std::fs::metadata(&abs).map_err(|e| {
+        status::permanent(format!(
+            "script {script} not found ({}: {e}); create it in the task dir with a template or artifact block, or fix `script`",
+            abs.display()
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(status::permanent(format!(
+            "script {script} ({}) is not a regular file",
+            abs.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o111 != 0 && abs.starts_with(task_dir) {
+        let mode = meta.permissions().mode() & !0o111;
+        match std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => event(format!(
+                "Cleared the execute bits of {script}: Elide would run an executable file as a host program instead of interpreting it"
+            )),
+            Err(e) => {
+                return Err(status::permanent(format!(
+                    "script {script} is executable and its execute bits cannot be cleared ({e}); Elide would run it as a host program. Use perms = \"644\""
+                )))
+            }
+        }
+    }
+    Ok(match abs.strip_prefix(task_dir) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => abs.display().to_string(),
+    })
+}

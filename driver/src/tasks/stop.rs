@@ -1,0 +1,130 @@
+//! StopTask, SignalTask and DestroyTask. The shim does the work (signal → timeout → SIGKILL
+//! of the whole group/cgroup); without a shim, what is left of the runtime is killed here.
+
+use super::entry::TaskEntry;
+use super::{blocking, status, Tasks};
+use common::proto::drivers::{DestroyTaskRequest, SignalTaskRequest, StopTaskRequest};
+use common::proto::executor as shim;
+use common::spec::DEFAULT_STOP_SIGNAL;
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// Stop timeout when Nomad sends none.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Tasks {
+    pub async fn stop(&self, req: StopTaskRequest) -> Result<(), Status> {
+        let Some(entry) = self.store.get(&req.task_id) else {
+            // Unknown or already destroyed: nothing to stop (an error would only make Nomad retry).
+            return Ok(());
+        };
+        if entry.cached_exit().is_some() {
+            return Ok(());
+        }
+        let timeout = req
+            .timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
+        let signal = if req.signal.is_empty() {
+            DEFAULT_STOP_SIGNAL
+        } else {
+            req.signal.as_str()
+        };
+        tracing::info!(task_id = %req.task_id, signal, timeout_ms = timeout.as_millis() as u64, "stopping task");
+        let mut c = match entry.client().await {
+            Ok(c) => c,
+            Err(e) => return stop_without_shim(&entry, &e.to_string()).await,
+        };
+        let stopped = c
+            .stop(shim::StopRequest {
+                signal: signal.to_owned(),
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .await;
+        match stopped {
+            Ok(r) => {
+                if let Some(e) = r.into_inner().exit {
+                    entry.set_exit(e);
+                }
+                Ok(())
+            }
+            Err(s) if s.code() == Code::InvalidArgument => Err(Status::invalid_argument(format!(
+                "cannot stop task {}: {}",
+                req.task_id,
+                s.message()
+            ))),
+            Err(s) => {
+                entry.forget_client().await;
+                stop_without_shim(&entry, s.message()).await
+            }
+        }
+    }
+
+    pub async fn signal(&self, req: SignalTaskRequest) -> Result<(), Status> {
+        let entry = self
+            .store
+            .get(&req.task_id)
+            .ok_or_else(|| status::not_found(&req.task_id))?;
+        let mut c = entry.client().await.map_err(|e| {
+            Status::unavailable(format!("cannot reach the task's elide-executor: {e}"))
+        })?;
+        c.signal(shim::SignalRequest {
+            signal: req.signal.clone(),
+        })
+        .await
+        .map_err(|s| Status::new(s.code(), format!("cannot signal task: {}", s.message())))?;
+        Ok(())
+    }
+
+    pub async fn destroy(&self, req: DestroyTaskRequest) -> Result<(), Status> {
+        let Some(entry) = self.store.get(&req.task_id) else {
+            return Ok(());
+        };
+        let running = entry.exit_if_known().await.is_none();
+        if running && !req.force {
+            return Err(Status::failed_precondition(format!(
+                "cannot destroy running task {}; stop it first or destroy with force",
+                req.task_id
+            )));
+        }
+        match entry.client().await {
+            Ok(mut c) => {
+                if let Err(s) = c.shutdown(shim::ShutdownRequest {}).await {
+                    // The shim exits while answering; only a refusal while alive matters.
+                    tracing::debug!(task_id = %req.task_id, error = %s.message(), "shim shutdown");
+                }
+            }
+            Err(_) => {
+                entry.kill_orphaned_runtime().await;
+            }
+        }
+        // Whatever the shim did not get to: socket, index entry, state dir.
+        let s = entry.state.clone();
+        blocking(move || {
+            let _ = std::fs::remove_file(&s.socket_path);
+            if let Some(dir) = s.socket_path.parent() {
+                let _ = std::fs::remove_file(common::paths::index_link(dir, &s.task_id));
+            }
+            if let Some(dir) = s.state_path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        })
+        .await;
+        self.store.remove(&req.task_id);
+        Ok(())
+    }
+}
+
+/// Stop when the shim cannot be reached: retry later while it lives, else take the recorded
+/// exit (or kill the orphaned runtime and say the shim died).
+async fn stop_without_shim(entry: &TaskEntry, why: &str) -> Result<(), Status> {
+    if entry.shim_alive().await {
+        return Err(Status::unavailable(format!(
+            "elide-executor (pid {}) of task {} is alive but does not answer ({why}); retry",
+            entry.state.shim_pid, entry.state.task_id
+        )));
+    }
+    let e = entry.exit_without_shim(why).await;
+    entry.set_exit(e);
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The plugin's cache of tasks by id. Only a cache: a new plugin process rebuilds each entry
+//! from RecoverTask.
+
+use super::entry::TaskEntry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct TaskStore {
+    tasks: Mutex<HashMap<String, Arc<TaskEntry>>>,
+}
+
+impl TaskStore {
+    pub fn get(&self, id: &str) -> Option<Arc<TaskEntry>> {
+        self.tasks.lock().ok()?.get(id).cloned()
+    }
+
+    pub fn insert(&self, entry: Arc<TaskEntry>) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.insert(entry.state.task_id.clone(), entry);
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.remove(id);
+        }
+    }
+
+    /// How many tasks this plugin process tracks (for logs).
+    pub fn len(&self) -> usize {
+        self.tasks.lock().map(|t| t.len()).unwrap_or(0)
+    }
+}

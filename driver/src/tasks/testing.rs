@@ -1,0 +1,340 @@
+//! The lifecycle without a Nomad agent or a real shim: a fake shim serving the control API on
+//! the task's real Unix socket, a [`Launcher`] that starts it, and a harness with a plugin
+//! config, a task dir and a `TaskConfig` as Nomad sends it.
+
+use super::launch::{LaunchError, Launched, Launcher};
+use super::Tasks;
+use crate::plugin::Plugin;
+use common::config::PluginConfig;
+use common::proto::drivers::{
+    DriverTaskEvent, StartTaskRequest, TaskConfig as NomadTask, TaskHandle,
+};
+use common::proto::executor::{self as api, executor_server};
+use common::spec::TaskSpec;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tonic::{Request, Response, Status};
+
+pub const RUNTIME_PID: i32 = 4_000_000;
+
+/// What the fake shim answers, and what it was asked.
+pub struct Script {
+    pub start_error: Mutex<Option<Status>>,
+    pub stop_error: Mutex<Option<Status>>,
+    /// What Wait returns once set; Stop sets it to `stop_exit` when nothing has.
+    pub exit: watch::Sender<Option<api::ExitStatus>>,
+    pub stop_exit: api::ExitStatus,
+    pub status_task_id: Mutex<Option<String>>,
+    pub stops: Mutex<Vec<api::StopRequest>>,
+    pub signals: Mutex<Vec<String>>,
+    pub shutdowns: Mutex<u32>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            start_error: Mutex::new(None),
+            stop_error: Mutex::new(None),
+            exit: watch::channel(None).0,
+            stop_exit: api::ExitStatus {
+                exit_code: 143,
+                signal: 15,
+                ..Default::default()
+            },
+            status_task_id: Mutex::new(None),
+            stops: Mutex::new(Vec::new()),
+            signals: Mutex::new(Vec::new()),
+            shutdowns: Mutex::new(0),
+        }
+    }
+}
+
+struct FakeExecutor {
+    task_id: String,
+    script: Arc<Script>,
+}
+
+#[tonic::async_trait]
+impl executor_server::Executor for FakeExecutor {
+    async fn start(
+        &self,
+        _: Request<api::StartRequest>,
+    ) -> Result<Response<api::StartResponse>, Status> {
+        if let Some(e) = self.script.start_error.lock().unwrap().take() {
+            return Err(e);
+        }
+        Ok(Response::new(api::StartResponse {
+            pid: RUNTIME_PID,
+            pid_start_time: 77,
+            started_at_unix_ms: 1_700_000_000_000,
+        }))
+    }
+    async fn wait(
+        &self,
+        _: Request<api::WaitRequest>,
+    ) -> Result<Response<api::WaitResponse>, Status> {
+        let mut rx = self.script.exit.subscribe();
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| Status::unavailable("gone"))?
+            .clone();
+        Ok(Response::new(api::WaitResponse { exit }))
+    }
+    async fn stop(
+        &self,
+        r: Request<api::StopRequest>,
+    ) -> Result<Response<api::StopResponse>, Status> {
+        self.script.stops.lock().unwrap().push(r.into_inner());
+        if let Some(e) = self.script.stop_error.lock().unwrap().take() {
+            return Err(e);
+        }
+        let stop_exit = self.script.stop_exit.clone();
+        self.script.exit.send_if_modified(|e| {
+            let unset = e.is_none();
+            if unset {
+                *e = Some(stop_exit);
+            }
+            unset
+        });
+        let exit = self.script.exit.borrow().clone();
+        Ok(Response::new(api::StopResponse { exit }))
+    }
+    async fn signal(
+        &self,
+        r: Request<api::SignalRequest>,
+    ) -> Result<Response<api::SignalResponse>, Status> {
+        self.script
+            .signals
+            .lock()
+            .unwrap()
+            .push(r.into_inner().signal);
+        Ok(Response::new(api::SignalResponse {}))
+    }
+    async fn status(
+        &self,
+        _: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
+        let task_id = self.script.status_task_id.lock().unwrap().clone();
+        Ok(Response::new(api::StatusResponse {
+            task_id: task_id.unwrap_or_else(|| self.task_id.clone()),
+            runtime_pid: RUNTIME_PID,
+            runtime_start_time: 77,
+            exit: self.script.exit.borrow().clone(),
+            ..Default::default()
+        }))
+    }
+    type StatsStream = tonic::codegen::BoxStream<api::ResourceUsage>;
+    async fn stats(
+        &self,
+        _: Request<api::StatsRequest>,
+    ) -> Result<Response<Self::StatsStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn shutdown(
+        &self,
+        _: Request<api::ShutdownRequest>,
+    ) -> Result<Response<api::ShutdownResponse>, Status> {
+        *self.script.shutdowns.lock().unwrap() += 1;
+        Ok(Response::new(api::ShutdownResponse {}))
+    }
+}
+
+/// A fake shim serving on a socket from its own runtime, so that [`FakeShim::kill`] drops
+/// every connection at once, as a dying process would.
+pub struct FakeShim {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeShim {
+    pub fn serve(socket: &Path, task_id: &str, script: Arc<Script>) -> FakeShim {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = {
+            let _in = runtime.enter();
+            tokio::net::UnixListener::bind(socket).unwrap()
+        };
+        let svc = FakeExecutor {
+            task_id: task_id.to_owned(),
+            script,
+        };
+        runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(executor_server::ExecutorServer::new(svc))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        FakeShim {
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The shim dies: connections drop; the socket file stays behind, stale.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for FakeShim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Launches a [`FakeShim`]; a real `sleep` process stands for the shim's pid.
+#[derive(Default)]
+pub struct FakeLauncher {
+    pub script: Arc<Script>,
+    pub fail: Mutex<Option<LaunchError>>,
+    pub specs: Mutex<Vec<TaskSpec>>,
+    pub shims: Mutex<Vec<FakeShim>>,
+    pub processes: Mutex<Vec<Child>>,
+}
+
+#[tonic::async_trait]
+impl Launcher for FakeLauncher {
+    async fn launch(
+        &self,
+        _executor: &Path,
+        spec: &TaskSpec,
+        _timeout: Duration,
+    ) -> Result<Launched, LaunchError> {
+        if let Some(e) = self.fail.lock().unwrap().take() {
+            return Err(e);
+        }
+        self.specs.lock().unwrap().push(spec.clone());
+        let shim = FakeShim::serve(&spec.socket_path, &spec.task_id, self.script.clone());
+        self.shims.lock().unwrap().push(shim);
+        let process = Command::new("sleep").arg("600").spawn().unwrap();
+        let shim_pid = process.id() as i32;
+        self.processes.lock().unwrap().push(process);
+        Ok(Launched { shim_pid })
+    }
+}
+
+impl FakeLauncher {
+    /// Every shim launched so far dies (server and process).
+    pub fn kill_shims(&self) {
+        for s in self.shims.lock().unwrap().iter_mut() {
+            s.kill();
+        }
+        for p in self.processes.lock().unwrap().iter_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for FakeLauncher {
+    fn drop(&mut self) {
+        self.kill_shims();
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub plugin: Arc<Plugin>,
+    pub launcher: Arc<FakeLauncher>,
+    pub tasks: Tasks,
+    pub events: broadcast::Receiver<DriverTaskEvent>,
+}
+
+fn executable(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        executable(&bin.join("elide"));
+        executable(&bin.join("elide-executor"));
+        let cfg = PluginConfig {
+            elide_binary: Some(bin.join("elide")),
+            executor_binary: Some(bin.join("elide-executor")),
+            runtime_dir: dir.path().join("run"),
+            ..Default::default()
+        };
+        let plugin = Plugin::new();
+        plugin.set_config(cfg, None);
+        let events = plugin.events.subscribe();
+        let launcher = Arc::new(FakeLauncher::default());
+        let tasks = Tasks::with_launcher(plugin.clone(), launcher.clone());
+        Harness {
+            dir,
+            plugin,
+            launcher,
+            tasks,
+            events,
+        }
+    }
+
+    pub fn script(&self) -> &Script {
+        &self.launcher.script
+    }
+
+    /// Nomad's TaskConfig for task `name`, its script written into the task dir.
+    pub fn task(&self, name: &str) -> NomadTask {
+        let alloc_dir = self.dir.path().join("alloc");
+        let local = alloc_dir.join(name).join("local");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join("app.py"), "print('hi')\n").unwrap();
+        NomadTask {
+            id: format!("a1/{name}/0a1b2c3d"),
+            name: name.to_owned(),
+            alloc_id: "a1".into(),
+            alloc_dir: alloc_dir.display().to_string(),
+            msgpack_driver_config: driver_config(&[("script", "local/app.py")]),
+            ..Default::default()
+        }
+    }
+
+    pub async fn start(&self, task: NomadTask) -> Result<TaskHandle, Status> {
+        let r = self
+            .tasks
+            .start(StartTaskRequest { task: Some(task) })
+            .await?;
+        Ok(r.handle.unwrap())
+    }
+
+    /// The messages of the task events published so far.
+    pub fn event_messages(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e.message);
+        }
+        out
+    }
+
+    /// A second plugin process on the same node (shares nothing but the files).
+    pub fn restarted_plugin(&self) -> Tasks {
+        Tasks::with_launcher(self.plugin.clone(), self.launcher.clone())
+    }
+
+    pub fn state_dir(&self, task: &NomadTask) -> PathBuf {
+        common::paths::state_dir(Path::new(&task.alloc_dir), &task.id)
+    }
+}
+
+/// The job's `config {}` as cty msgpack: a map with the given string attributes.
+pub fn driver_config(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let map = rmpv::Value::Map(
+        pairs
+            .iter()
+            .map(|(k, v)| (rmpv::Value::from(*k), rmpv::Value::from(*v)))
+            .collect(),
+    );
+    let mut b = Vec::new();
+    rmpv::encode::write_value(&mut b, &map).unwrap();
+    b
+}

@@ -1,0 +1,556 @@
+//! The lifecycle against fake shims on real Unix sockets (see `testing`): start errors, wait
+//! after the shim is gone, recover, stop, signal and destroy.
+
+use super::handle::{DriverState, HANDLE_VERSION};
+use super::launch::LaunchError;
+use super::testing::{driver_config, Harness, RUNTIME_PID};
+use common::proto::drivers::{
+    DestroyTaskRequest, RecoverTaskRequest, SignalTaskRequest, StopTaskRequest, TaskHandle,
+    TaskState,
+};
+use common::proto::executor as api;
+use common::proto::google::rpc::Status as RpcStatus;
+use common::proto::structs::RecoverableError;
+use common::state::{ExitRecord, TaskState as ShimState, STATE_VERSION};
+use prost::Message;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tonic::{Code, Status};
+
+/// Whether Nomad may retry a failed StartTask (the RecoverableError detail).
+fn recoverable(s: &Status) -> bool {
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    let rpc = RpcStatus::decode(s.details()).unwrap();
+    RecoverableError::decode(rpc.details[0].value.as_slice())
+        .unwrap()
+        .recoverable
+}
+
+fn recover_req(handle: &TaskHandle) -> RecoverTaskRequest {
+    RecoverTaskRequest {
+        task_id: handle.config.as_ref().unwrap().id.clone(),
+        handle: Some(handle.clone()),
+    }
+}
+
+/// Writes the shim's state file with `exit`, as the shim does when it reaps the runtime.
+fn record_exit(h: &Harness, exit: ExitRecord) {
+    let spec = h.launcher.specs.lock().unwrap().last().unwrap().clone();
+    let path = spec.state_path.clone();
+    ShimState {
+        version: STATE_VERSION,
+        spec,
+        shim_pid: 1,
+        shim_start_time: 1,
+        boot_id: common::proc::boot_id(),
+        runtime_pid: Some(RUNTIME_PID),
+        runtime_start_time: Some(77),
+        started_at_unix_ms: Some(1),
+        cgroup: None,
+        exit: Some(exit),
+    }
+    .write(&path)
+    .unwrap();
+}
+
+fn exit(code: i32, message: &str) -> ExitRecord {
+    ExitRecord {
+        exit_code: code,
+        signal: 0,
+        oom_killed: false,
+        message: message.into(),
+        exited_at_unix_ms: 1_700_000_000_500,
+    }
+}
+
+/// A process standing for an orphaned runtime: its own process group, like the real one.
+fn orphan() -> (Child, u64) {
+    let child = Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let start = common::proc::start_time(child.id() as i32).unwrap();
+    (child, start)
+}
+
+/// Whether `child` dies of SIGKILL within a few seconds (reaping it either way).
+fn killed(mut child: Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return std::os::unix::process::ExitStatusExt::signal(&st) == Some(9);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+fn destroy(task_id: &str, force: bool) -> DestroyTaskRequest {
+    DestroyTaskRequest {
+        task_id: task_id.to_owned(),
+        force,
+    }
+}
+
+/// A handle whose shim is gone (no socket) and whose runtime is `runtime`.
+fn handle_without_shim(h: &Harness, runtime_pid: i32, runtime_start_time: u64) -> TaskHandle {
+    let task = h.task("gone");
+    let state = DriverState {
+        version: HANDLE_VERSION,
+        task_id: task.id.clone(),
+        alloc_id: task.alloc_id.clone(),
+        task_name: task.name.clone(),
+        socket_path: h.dir.path().join("run/gone.sock"),
+        state_path: h.state_dir(&task).join("state.json"),
+        shim_pid: 999_999_999,
+        shim_start_time: 1,
+        runtime_pid,
+        runtime_start_time,
+        started_at_unix_ms: 1,
+        elide_version: String::new(),
+        script: "local/app.py".into(),
+    };
+    TaskHandle {
+        version: HANDLE_VERSION,
+        config: Some(task),
+        state: TaskState::Running as i32,
+        driver_state: state.encode(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// StartTask
+
+#[tokio::test]
+async fn start_hands_nomad_a_handle_that_finds_the_shim_again() {
+    let mut h = Harness::new();
+    let task = h.task("web");
+    let handle = h.start(task.clone()).await.unwrap();
+    let state = DriverState::decode(&handle.driver_state).unwrap();
+    let spec = h.launcher.specs.lock().unwrap()[0].clone();
+    assert_eq!(state.task_id, task.id);
+    assert_eq!(state.socket_path, spec.socket_path);
+    assert_eq!(state.state_path, spec.state_path);
+    assert_eq!(
+        (state.runtime_pid, state.runtime_start_time),
+        (RUNTIME_PID, 77)
+    );
+    assert!(
+        state.shim_start_time > 0,
+        "the shim's /proc start time is recorded"
+    );
+    assert!(h
+        .event_messages()
+        .iter()
+        .any(|m| m == "Starting Elide: local/app.py"));
+    let i = h.tasks.inspect(&task.id).await.unwrap();
+    assert_eq!(i.task.unwrap().state, TaskState::Running as i32);
+    let again = h.start(task).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn start_without_the_script_is_permanent_and_names_the_fix() {
+    let h = Harness::new();
+    let mut task = h.task("web");
+    task.msgpack_driver_config = driver_config(&[("script", "local/missing.py")]);
+    let e = h.start(task).await.unwrap_err();
+    assert!(!recoverable(&e));
+    assert!(e.message().contains("local/missing.py not found"), "{e:?}");
+    assert!(e.message().contains("template or artifact"), "{e:?}");
+    assert!(
+        h.launcher.specs.lock().unwrap().is_empty(),
+        "no shim launched"
+    );
+}
+
+#[tokio::test]
+async fn start_with_a_bad_config_is_permanent() {
+    let h = Harness::new();
+    let mut task = h.task("web");
+    task.msgpack_driver_config = driver_config(&[("script", "local/app.py"), ("nope", "1")]);
+    let e = h.start(task).await.unwrap_err();
+    assert!(!recoverable(&e));
+    assert!(e.message().contains("invalid elide task config"), "{e:?}");
+}
+
+#[tokio::test]
+async fn start_clears_the_scripts_execute_bits_and_says_so() {
+    let mut h = Harness::new();
+    let task = h.task("web");
+    let script = std::path::Path::new(&task.alloc_dir).join("web/local/app.py");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.start(task).await.unwrap();
+    let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+    assert_eq!(mode & 0o111, 0);
+    assert!(h
+        .event_messages()
+        .iter()
+        .any(|m| m.starts_with("Cleared the execute bits of local/app.py")));
+}
+
+#[tokio::test]
+async fn start_without_elide_on_the_node_is_recoverable() {
+    let h = Harness::new();
+    let mut cfg = h.plugin.config();
+    cfg.elide_binary = Some(h.dir.path().join("nowhere/elide"));
+    h.plugin.set_config(cfg, None);
+    let e = h.start(h.task("web")).await.unwrap_err();
+    assert!(recoverable(&e), "installing Elide fixes it");
+    assert!(e.message().contains("Elide not found"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_shim_that_cannot_start_fails_recoverably_or_for_good() {
+    let h = Harness::new();
+    let log = h.dir.path().join("executor.log");
+    *h.launcher.fail.lock().unwrap() = Some(LaunchError::Timeout(Duration::from_secs(30), log));
+    let e = h.start(h.task("web")).await.unwrap_err();
+    assert!(recoverable(&e), "{e:?}");
+    *h.launcher.fail.lock().unwrap() = Some(LaunchError::Refused("bad spec".into()));
+    let e = h.start(h.task("web")).await.unwrap_err();
+    assert!(!recoverable(&e), "{e:?}");
+    assert!(e.message().contains("bad spec"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_refused_start_shuts_the_shim_down_and_keeps_the_retry_class() {
+    let h = Harness::new();
+    *h.script().start_error.lock().unwrap() =
+        Some(Status::unavailable("no reader on log FIFO after 10s"));
+    let e = h.start(h.task("web")).await.unwrap_err();
+    assert!(recoverable(&e), "logmon may come: retry");
+    assert!(e.message().contains("no reader on log FIFO"), "{e:?}");
+    assert_eq!(*h.script().shutdowns.lock().unwrap(), 1, "no orphaned shim");
+    *h.script().start_error.lock().unwrap() =
+        Some(Status::failed_precondition("cannot start /x: not found"));
+    let e = h.start(h.task("api")).await.unwrap_err();
+    assert!(!recoverable(&e), "{e:?}");
+    assert_eq!(*h.script().shutdowns.lock().unwrap(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// WaitTask
+
+#[tokio::test]
+async fn wait_returns_the_exit_and_publishes_its_explanation_once() {
+    let mut h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    let oom = api::ExitStatus {
+        exit_code: 137,
+        signal: 9,
+        oom_killed: true,
+        message: "OOM killed: the task exceeded its memory limit of 64 MiB".into(),
+        exited_at_unix_ms: 5,
+    };
+    h.script().exit.send_replace(Some(oom));
+    let (a, b) = tokio::join!(h.tasks.wait(&task.id), h.tasks.wait(&task.id));
+    for w in [a, b] {
+        let r = w.result.unwrap();
+        assert_eq!((r.exit_code, r.signal, r.oom_killed), (137, 9, true));
+        assert_eq!(w.err, "", "an OOM kill is an exit, not a driver error");
+    }
+    let oom_events = h
+        .event_messages()
+        .into_iter()
+        .filter(|m| m.starts_with("OOM killed"))
+        .count();
+    assert_eq!(oom_events, 1);
+    let i = h.tasks.inspect(&task.id).await.unwrap().task.unwrap();
+    assert_eq!(i.state, TaskState::Exited as i32);
+    assert_eq!(i.result.unwrap().exit_code, 137);
+}
+
+#[tokio::test]
+async fn wait_after_the_shim_is_gone_reads_the_exit_from_the_state_file() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    record_exit(&h, exit(3, ""));
+    h.launcher.kill_shims();
+    let w = h.tasks.wait(&task.id).await;
+    assert_eq!(w.result.unwrap().exit_code, 3);
+    assert_eq!(w.err, "");
+}
+
+#[tokio::test]
+async fn wait_when_the_shim_died_without_an_exit_fails_the_task_and_says_why() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    h.launcher.kill_shims();
+    let w = h.tasks.wait(&task.id).await;
+    assert_eq!(w.result.unwrap().exit_code, -1);
+    assert!(w.err.contains("died unexpectedly"), "{}", w.err);
+}
+
+#[tokio::test]
+async fn wait_for_an_unknown_task_says_so() {
+    let h = Harness::new();
+    let w = h.tasks.wait("a1/x/1").await;
+    assert!(w.err.contains("task not found"), "{}", w.err);
+}
+
+// ---------------------------------------------------------------------------------------
+// RecoverTask
+
+#[tokio::test]
+async fn recover_reattaches_to_the_running_shim_in_a_new_plugin_process() {
+    let h = Harness::new();
+    let task = h.task("web");
+    let handle = h.start(task.clone()).await.unwrap();
+    let fresh = h.restarted_plugin();
+    fresh.recover(recover_req(&handle)).await.unwrap();
+    fresh.recover(recover_req(&handle)).await.unwrap();
+    let i = fresh.inspect(&task.id).await.unwrap().task.unwrap();
+    assert_eq!(i.state, TaskState::Running as i32);
+    fresh
+        .signal(SignalTaskRequest {
+            task_id: task.id.clone(),
+            signal: "SIGHUP".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(*h.script().signals.lock().unwrap(), ["SIGHUP"]);
+}
+
+#[tokio::test]
+async fn recover_refuses_a_shim_that_serves_another_task() {
+    let h = Harness::new();
+    let handle = h.start(h.task("web")).await.unwrap();
+    *h.script().status_task_id.lock().unwrap() = Some("a9/other/1".into());
+    let e = h
+        .restarted_plugin()
+        .recover(recover_req(&handle))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("refusing to adopt"), "{e:?}");
+    // Nor a handle whose driver_state belongs to another task.
+    let mut other = handle.clone();
+    other.config.as_mut().unwrap().id = "a1/web/ffffffff".into();
+    let e = h
+        .restarted_plugin()
+        .recover(recover_req(&other))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("holds the state of task"), "{e:?}");
+}
+
+#[tokio::test]
+async fn recover_with_the_shim_gone_keeps_the_exit_it_recorded() {
+    let h = Harness::new();
+    let task = h.task("web");
+    let handle = h.start(task.clone()).await.unwrap();
+    record_exit(&h, exit(0, ""));
+    h.launcher.kill_shims();
+    let fresh = h.restarted_plugin();
+    fresh.recover(recover_req(&handle)).await.unwrap();
+    let w = fresh.wait(&task.id).await;
+    assert_eq!((w.result.unwrap().exit_code, w.err.as_str()), (0, ""));
+}
+
+#[tokio::test]
+async fn recover_with_the_shim_gone_and_no_exit_kills_the_orphaned_runtime() {
+    let h = Harness::new();
+    let (runtime, start) = orphan();
+    let handle = handle_without_shim(&h, runtime.id() as i32, start);
+    let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("orphaned Elide process was killed"),
+        "{e:?}"
+    );
+    assert!(killed(runtime), "the orphaned runtime's group got SIGKILL");
+}
+
+#[tokio::test]
+async fn recover_never_kills_a_process_that_only_reuses_the_runtimes_pid() {
+    let h = Harness::new();
+    let (stranger, start) = orphan();
+    let handle = handle_without_shim(&h, stranger.id() as i32, start + 1);
+    let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
+    assert!(!e.message().contains("killed"), "{e:?}");
+    let mut stranger = stranger;
+    assert!(stranger.try_wait().unwrap().is_none(), "still running");
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// StopTask, SignalTask, DestroyTask
+
+#[tokio::test]
+async fn stop_passes_nomads_signal_and_timeout_and_defaults_to_sigterm() {
+    let h = Harness::new();
+    let web = h.task("web");
+    let api_task = h.task("api");
+    h.start(web.clone()).await.unwrap();
+    h.start(api_task.clone()).await.unwrap();
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: web.id.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            signal: "SIGINT".into(),
+        })
+        .await
+        .unwrap();
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: api_task.id.clone(),
+            timeout: None,
+            signal: String::new(),
+        })
+        .await
+        .unwrap();
+    let stops = h.script().stops.lock().unwrap().clone();
+    assert_eq!(
+        (stops[0].signal.as_str(), stops[0].timeout_ms),
+        ("SIGINT", 3000)
+    );
+    assert_eq!(
+        (stops[1].signal.as_str(), stops[1].timeout_ms),
+        ("SIGTERM", 5000)
+    );
+    // A stopped task is not stopped again; the exit is known.
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: web.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.script().stops.lock().unwrap().len(), 2);
+    assert_eq!(h.tasks.wait(&web.id).await.result.unwrap().exit_code, 143);
+}
+
+#[tokio::test]
+async fn a_stop_escalated_to_sigkill_is_explained_in_a_task_event() {
+    let mut h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    let mut script_exit = h.script().stop_exit.clone();
+    script_exit.exit_code = 137;
+    script_exit.signal = 9;
+    script_exit.message = "killed with SIGKILL after the 5s stop timeout".into();
+    h.script().exit.send_replace(Some(script_exit));
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let w = h.tasks.wait(&task.id).await;
+    assert_eq!(w.result.unwrap().signal, 9);
+    assert!(h
+        .event_messages()
+        .iter()
+        .any(|m| m == "killed with SIGKILL after the 5s stop timeout"));
+}
+
+#[tokio::test]
+async fn stop_with_a_hung_shim_asks_for_a_retry_and_with_a_dead_one_settles_the_exit() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    *h.script().stop_error.lock().unwrap() = Some(Status::unavailable("transport"));
+    let req = StopTaskRequest {
+        task_id: task.id.clone(),
+        ..Default::default()
+    };
+    let e = h.tasks.stop(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("alive but does not answer"), "{e:?}");
+    h.launcher.kill_shims();
+    h.tasks.stop(req).await.unwrap();
+    let w = h.tasks.wait(&task.id).await;
+    assert_eq!(w.result.unwrap().exit_code, -1);
+    assert!(w.err.contains("died unexpectedly"), "{}", w.err);
+}
+
+#[tokio::test]
+async fn stop_with_a_signal_the_shim_rejects_is_invalid_argument() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    *h.script().stop_error.lock().unwrap() = Some(Status::invalid_argument("unknown signal"));
+    let e = h
+        .tasks
+        .stop(StopTaskRequest {
+            task_id: task.id.clone(),
+            signal: "SIGFOO".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains(&task.id), "{e:?}");
+}
+
+#[tokio::test]
+async fn destroy_refuses_a_running_task_unless_forced() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    let e = h.tasks.destroy(destroy(&task.id, false)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("stop it first or destroy with force"),
+        "{e:?}"
+    );
+    assert_eq!(*h.script().shutdowns.lock().unwrap(), 0);
+    h.tasks.destroy(destroy(&task.id, true)).await.unwrap();
+    assert_eq!(*h.script().shutdowns.lock().unwrap(), 1);
+    assert!(!h.state_dir(&task).exists(), "state dir removed");
+    let gone = h.tasks.inspect(&task.id).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn destroy_after_the_exit_needs_no_force_and_cleans_up_without_a_shim() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    record_exit(&h, exit(0, ""));
+    h.launcher.kill_shims();
+    h.tasks.destroy(destroy(&task.id, false)).await.unwrap();
+    let spec = h.launcher.specs.lock().unwrap()[0].clone();
+    assert!(!spec.socket_path.exists(), "the stale socket is removed");
+    assert!(!h.state_dir(&task).exists());
+    // Unknown tasks: nothing to do, no error for Nomad to retry.
+    h.tasks.destroy(destroy(&task.id, true)).await.unwrap();
+}
+
+#[tokio::test]
+async fn signal_reaches_the_shim_and_unknown_tasks_are_not_found() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    h.tasks
+        .signal(SignalTaskRequest {
+            task_id: task.id.clone(),
+            signal: "SIGUSR1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(*h.script().signals.lock().unwrap(), ["SIGUSR1"]);
+    let e = h
+        .tasks
+        .signal(SignalTaskRequest {
+            task_id: "a1/none/1".into(),
+            signal: "SIGUSR1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

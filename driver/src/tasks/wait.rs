@@ -1,0 +1,174 @@
+//! WaitTask, InspectTask and TaskStats: watching a task, through its shim while it answers
+//! and from its state file after.
+
+use super::entry::TaskEntry;
+use super::{blocking, status, Tasks};
+use common::proto::drivers::{
+    ExitResult, InspectTaskResponse, TaskDriverStatus, TaskState, TaskStatsRequest,
+    TaskStatsResponse, TaskStatus, WaitTaskResponse,
+};
+use common::proto::executor as shim;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::Status;
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Longest pause between attempts to reach a shim that is alive but does not answer.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+fn to_timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn exit_result(e: &shim::ExitStatus) -> ExitResult {
+    ExitResult {
+        exit_code: e.exit_code,
+        signal: e.signal,
+        oom_killed: e.oom_killed,
+    }
+}
+
+impl Tasks {
+    pub async fn wait(&self, task_id: &str) -> WaitTaskResponse {
+        let Some(entry) = self.store.get(task_id) else {
+            return WaitTaskResponse {
+                result: Some(ExitResult::default()),
+                err: format!("task not found for given id: {task_id}"),
+            };
+        };
+        let exit = wait_entry(&entry).await;
+        if !exit.message.is_empty() && entry.note_reported() {
+            // OOM kills, stop escalations and shim deaths, as a Driver event naming the cause.
+            self.plugin.emit(
+                &entry.state.task_id,
+                &entry.state.alloc_id,
+                &entry.state.task_name,
+                exit.message.clone(),
+            );
+        }
+        let err = if exit.exit_code == -1 && !exit.message.is_empty() {
+            exit.message.clone()
+        } else {
+            String::new()
+        };
+        WaitTaskResponse {
+            result: Some(exit_result(&exit)),
+            err,
+        }
+    }
+
+    pub async fn inspect(&self, task_id: &str) -> Result<InspectTaskResponse, Status> {
+        let entry = self
+            .store
+            .get(task_id)
+            .ok_or_else(|| status::not_found(task_id))?;
+        let exit = entry.exit_if_known().await;
+        let state = if exit.is_some() {
+            TaskState::Exited
+        } else {
+            TaskState::Running
+        };
+        let s = &entry.state;
+        let attributes = HashMap::from([
+            ("shim_pid".to_owned(), s.shim_pid.to_string()),
+            ("runtime_pid".to_owned(), s.runtime_pid.to_string()),
+            ("socket".to_owned(), s.socket_path.display().to_string()),
+        ]);
+        Ok(InspectTaskResponse {
+            task: Some(TaskStatus {
+                id: s.task_id.clone(),
+                name: s.task_name.clone(),
+                state: state as i32,
+                started_at: Some(to_timestamp(s.started_at_unix_ms)),
+                completed_at: Some(to_timestamp(
+                    exit.as_ref().map(|e| e.exited_at_unix_ms).unwrap_or(0),
+                )),
+                result: Some(exit.as_ref().map(exit_result).unwrap_or_default()),
+            }),
+            driver: Some(TaskDriverStatus { attributes }),
+            network_override: None,
+        })
+    }
+
+    pub async fn stats(
+        &self,
+        req: TaskStatsRequest,
+    ) -> Result<BoxStream<TaskStatsResponse>, Status> {
+        let entry = self
+            .store
+            .get(&req.task_id)
+            .ok_or_else(|| status::not_found(&req.task_id))?;
+        let interval = req
+            .collection_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(1));
+        let mut c = entry.client().await.map_err(|e| {
+            Status::unavailable(format!("cannot reach the task's elide-executor: {e}"))
+        })?;
+        let inbound = c
+            .stats(shim::StatsRequest {
+                interval_ms: interval.as_millis() as u64,
+            })
+            .await?
+            .into_inner();
+        let plugin = self.plugin.clone();
+        let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
+        let task_id = req.task_id.clone();
+        use tokio_stream::StreamExt;
+        let out = inbound.map(move |u| {
+            u.map(|u| TaskStatsResponse {
+                stats: Some(crate::stats::to_task_stats(&task_id, &u, mhz_per_core)),
+            })
+        });
+        Ok(Box::pin(out))
+    }
+}
+
+/// The task's exit: from the shim's Wait, else (shim gone) from its state file, else a
+/// failure that says the shim died. A transport error while the shim is alive is retried.
+pub async fn wait_entry(entry: &TaskEntry) -> shim::ExitStatus {
+    if let Some(e) = entry.cached_exit() {
+        return e;
+    }
+    let mut attempts = 0u32;
+    loop {
+        match entry.client().await {
+            Ok(mut c) => match c.wait(shim::WaitRequest {}).await {
+                Ok(r) => {
+                    if let Some(e) = r.into_inner().exit {
+                        entry.set_exit(e.clone());
+                        return e;
+                    }
+                }
+                Err(s) => {
+                    tracing::warn!(task_id = %entry.state.task_id, error = %s.message(), "wait on shim failed");
+                    entry.forget_client().await;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(task_id = %entry.state.task_id, error = %e, "cannot reach shim");
+            }
+        }
+        if let Some(e) = entry.exit_from_state_file().await {
+            entry.set_exit(e.clone());
+            return e;
+        }
+        if !entry.shim_alive().await {
+            let e = entry
+                .exit_without_shim("its control socket stopped answering")
+                .await;
+            entry.set_exit(e.clone());
+            return e;
+        }
+        attempts += 1;
+        let pause = Duration::from_millis(100) * attempts.min(20);
+        tokio::time::sleep(pause.min(MAX_RETRY_PAUSE)).await;
+    }
+}
