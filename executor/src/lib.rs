@@ -20,5 +20,10 @@ pub mod server;
 pub mod shim;
 pub mod stats;
 
+/// This build's version (`NDE_VERSION` at build time, else the workspace version) and git
+/// revision: see common/build_info.rs.
+pub const VERSION: &str = env!("NDE_BUILD_VERSION");
+pub const REVISION: &str = env!("NDE_BUILD_REVISION");
+
 /// The shim's own log file, next to the state file.
 pub const LOG_FILE: &str = "executor.log";
