@@ -11,6 +11,7 @@ pub mod hclspec;
 pub mod paths;
 pub mod proc;
 pub mod proto;
+pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;
