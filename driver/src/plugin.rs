@@ -25,6 +25,8 @@ pub struct Plugin {
     /// Fan-out of task events to every open TaskEvents stream.
     pub events: broadcast::Sender<DriverTaskEvent>,
     pub tasks: crate::tasks::TaskStore,
+    /// (task, feature) pairs already explained by a task event (crate::shim_compat).
+    refusals: std::sync::Mutex<std::collections::HashSet<(String, common::shim_api::Feature)>>,
 }
 
 impl Plugin {
@@ -36,6 +38,7 @@ impl Plugin {
             elide_version: RwLock::new(None),
             events,
             tasks: crate::tasks::TaskStore::default(),
+            refusals: Default::default(),
         })
     }
 
@@ -79,6 +82,14 @@ impl Plugin {
             Some(total) => total as f64 / cores,
             None => crate::stats::fingerprint_mhz_per_core(),
         }
+    }
+
+    /// True the first time `feature` is refused to `task_id`'s shim (one task event each).
+    pub fn first_refusal(&self, task_id: &str, feature: common::shim_api::Feature) -> bool {
+        self.refusals
+            .lock()
+            .map(|mut r| r.insert((task_id.to_owned(), feature)))
+            .unwrap_or(true)
     }
 
     /// Publishes a task event (a `Driver` event in `nomad alloc status`).

@@ -395,6 +395,8 @@ pub async fn start(plugin: &Plugin, req: StartTaskRequest) -> Result<StartTaskRe
         started_at_unix_ms: started.started_at_unix_ms,
         elide_version: version,
         script: script.clone(),
+        shim_api_level: started.api_level,
+        executor_version: started.executor_version.clone(),
     };
     let handle = TaskHandle {
         version: HANDLE_VERSION,
@@ -518,13 +520,7 @@ pub async fn recover(plugin: &Plugin, req: RecoverTaskRequest) -> Result<(), Sta
             let st = c
                 .status(shim::StatusRequest {})
                 .await
-                .map_err(|s| {
-                    Status::unavailable(format!(
-                        "elide-executor of task {} does not answer Status: {}",
-                        entry.state.task_id,
-                        s.message()
-                    ))
-                })?
+                .map_err(|s| crate::shim_compat::status_refused(&entry.state, &s))?
                 .into_inner();
             // Identity: same task, same runtime process (never a reused pid).
             if st.task_id != entry.state.task_id
