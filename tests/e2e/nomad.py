@@ -139,6 +139,8 @@ DEB_EXECUTOR = "usr/libexec/nomad-driver-elide/elide-executor"
 def read_release(dist: str) -> dict:
     """The packages `packaging/release` left in `dist`: {"deb", "tarball", "version"}. Fails
     unless there is exactly one of each."""
+    if not os.path.isdir(dist):
+        raise HarnessError(f"no release in {dist}: run packaging/release --out {dist}")
     debs = sorted(f for f in os.listdir(dist) if f.endswith(".deb"))
     tars = sorted(f for f in os.listdir(dist) if f.endswith(".tar.gz"))
     if len(debs) != 1 or len(tars) != 1:
