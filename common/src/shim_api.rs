@@ -24,6 +24,7 @@ pub const API_LEVEL: u32 = 1;
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
 pub const MIN_SUPPORTED_LEVEL: u32 = 1;
+const _: () = assert!(MIN_SUPPORTED_LEVEL >= 1 && MIN_SUPPORTED_LEVEL <= API_LEVEL);
 
 /// The level a shim really speaks, from what it reported: 0 is a shim that predates the
 /// `api_level` field, which speaks level 1.
@@ -321,6 +322,5 @@ mod tests {
             Some(API_LEVEL),
             "the newest level in api-levels.txt must be common::shim_api::API_LEVEL"
         );
-        assert!(MIN_SUPPORTED_LEVEL >= 1 && MIN_SUPPORTED_LEVEL <= API_LEVEL);
     }
 }

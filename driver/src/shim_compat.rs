@@ -58,6 +58,31 @@ fn refuse(plugin: &Plugin, state: &DriverState, feature: Feature, message: Strin
     Status::failed_precondition(message)
 }
 
+/// RecoverTask's first check: this plugin drives shims from `MIN_SUPPORTED_LEVEL` up.
+pub fn supported(state: &DriverState) -> Result<(), Status> {
+    supported_from(state, shim_api::MIN_SUPPORTED_LEVEL)
+}
+
+fn supported_from(state: &DriverState, min: u32) -> Result<(), Status> {
+    let level = shim_api::effective_level(state.shim_api_level);
+    if level >= min {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "task {} runs on elide-executor {} (shim API level {level}), which this plugin ({}) no \
+         longer drives (levels {min} to {}): install the plugin release before this one, which \
+         supports both, until the task has restarted on a newer shim",
+        state.task_id,
+        if state.executor_version.is_empty() {
+            "of an older release"
+        } else {
+            &state.executor_version
+        },
+        crate::VERSION,
+        shim_api::API_LEVEL
+    )))
+}
+
 /// Why RecoverTask could not ask a shim for its Status. `UNIMPLEMENTED` means the process on
 /// the socket does not speak `elide.executor.v1` at all: a shim of an incompatible release.
 pub fn status_refused(state: &DriverState, status: &Status) -> Status {
@@ -157,6 +182,18 @@ mod tests {
         assert!(e.message().contains("not implemented") && e.message().contains("9.0.0"));
         let e = unimplemented(&plugin, &st, FUTURE, Status::unavailable("gone"));
         assert_eq!((e.code(), e.message()), (Code::Unavailable, "gone"));
+    }
+
+    #[test]
+    fn recovery_refuses_shims_below_the_supported_level_with_the_way_out() {
+        assert!(supported(&state(0, "")).is_ok(), "level 1 is always driven");
+        let e = supported_from(&state(1, "0.1.0"), 2).unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            e.message().contains("0.1.0") && e.message().contains("release before this one"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

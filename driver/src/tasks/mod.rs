@@ -508,6 +508,7 @@ pub async fn recover(plugin: &Plugin, req: RecoverTaskRequest) -> Result<(), Sta
     let state = DriverState::decode(&handle.driver_state).map_err(|e| {
         Status::failed_precondition(format!("cannot recover task {}: {e}", config.id))
     })?;
+    crate::shim_compat::supported(&state)?;
     if state.task_id != config.id {
         return Err(Status::failed_precondition(format!(
             "task handle for {} holds the state of task {}; refusing to adopt it",
