@@ -181,8 +181,12 @@ mod tests {
 
     const LEDGER: &str = include_str!("../../proto/elide/executor/v1/api-levels.txt");
 
+    /// `.elide.executor.v1.ExitStatus` -> `ExitStatus`.
+    fn short(name: &str) -> String {
+        name.rsplit('.').next().unwrap_or(name).to_owned()
+    }
+
     fn type_name(f: &FieldDescriptorProto) -> String {
-        let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
         let base = match f.r#type() {
             Type::Message | Type::Enum => short(f.type_name()),
             Type::Double => "double".into(),
@@ -220,7 +224,6 @@ mod tests {
             .iter()
             .find(|f| f.package() == API_PACKAGE)
             .expect("the shim API is compiled");
-        let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
         let mut out = BTreeSet::new();
         for svc in &file.service {
             for m in &svc.method {
