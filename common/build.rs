@@ -22,9 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let include = protoc_bin_vendored::include_path()?;
     let files: Vec<PathBuf> = protos.iter().map(|p| root.join(p)).collect();
+    // The descriptors let a test hold the shim API to its ledger (common::shim_api).
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .file_descriptor_set_path(descriptors)
         .compile_protos(&files, &[root.clone(), include])?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Installs a built nomad-driver-elide into a Nomad client.
-#   packaging/install.sh [PLUGIN_DIR] [LIBEXEC_DIR]
+# Installs nomad-driver-elide on a Nomad client from the release tarball (run it from the
+# unpacked directory) or from a source tree after `cargo build --release`. The .deb does the
+# same for Debian/Ubuntu (docs/operator-guide.md).
+#   install.sh [PLUGIN_DIR] [LIBEXEC_DIR]
 # Defaults: /opt/nomad/data/plugins and /usr/local/libexec/nomad-driver-elide.
-# Build first with `cargo build --release`.
+# Files are replaced by rename, never rewritten in place: shims that are running keep their
+# binary (an in-place upgrade, see "Upgrading" in the operator guide).
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
 plugin_dir=${1:-/opt/nomad/data/plugins}
 libexec=${2:-/usr/local/libexec/nomad-driver-elide}
+if [ -x "$here/nomad-driver-elide" ] && [ -x "$here/elide-executor" ]; then
+  bin="$here"                       # the release tarball
+else
+  bin="$(cd "$here/.." && pwd)/target/release"   # a source tree
+fi
 for b in nomad-driver-elide elide-executor; do
-  [ -x "$here/target/release/$b" ] || { echo "target/release/$b is missing: run 'cargo build --release' first" >&2; exit 1; }
+  [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run 'cargo build --release' first (or use the release tarball)" >&2; exit 1; }
 done
 install -d -m 0755 "$plugin_dir" "$libexec"
 # The shim never goes into the top level of plugin_dir: Nomad launches every executable there
 # as a plugin, and one that fails the plugin handshake can keep the agent from starting.
-install -m 0755 "$here/target/release/nomad-driver-elide" "$plugin_dir/nomad-driver-elide"
-install -m 0755 "$here/target/release/elide-executor" "$libexec/elide-executor"
+put() {  # put SRC DEST: copy next to DEST, then rename over it (atomic, running copies unharmed)
+  install -m 0755 "$1" "$2.new.$$" && mv -f "$2.new.$$" "$2"
+}
+put "$bin/nomad-driver-elide" "$plugin_dir/nomad-driver-elide"
+put "$bin/elide-executor" "$libexec/elide-executor"
 ln -sf "$libexec/elide-executor" /usr/local/bin/elide-executor 2>/dev/null || true
-echo "installed: $plugin_dir/nomad-driver-elide, $libexec/elide-executor"
-echo "add packaging/nomad-agent.hcl's plugin block to the agent config and restart the agent"
+echo "installed: $plugin_dir/nomad-driver-elide, $libexec/elide-executor ($("$libexec/elide-executor" --version))"
+echo "next: the plugin block (nomad-agent.hcl) in the agent config, KillMode=process for the agent"
+echo "(nomad-driver-elide.conf as a systemd drop-in), then restart the agent"

@@ -1,8 +1,13 @@
-# Agent configuration for nomad-driver-elide (merge into your Nomad client config).
+# Agent configuration for nomad-driver-elide. The .deb installs it as
+# /etc/nomad.d/nomad-driver-elide.hcl (kept across upgrades once you edit it); from the tarball,
+# copy it into the agent's config dir. Reference: docs/driver.md; guide: docs/operator-guide.md.
 #
-# Layout (see install.sh):
-#   <plugin_dir>/nomad-driver-elide            the plugin (the only executable at this level)
-#   /usr/local/libexec/nomad-driver-elide/elide-executor   the per-task shim
+# Layout:
+#   <plugin_dir>/nomad-driver-elide     the plugin, the only executable at this level
+#                                       (.deb: /opt/nomad/data/plugins, Nomad's default
+#                                       plugin_dir for data_dir = "/opt/nomad/data")
+#   .../libexec/nomad-driver-elide/elide-executor   the per-task shim (.deb: /usr/libexec,
+#                                       install.sh: /usr/local/libexec); found there by default
 #
 # The block label must equal the plugin binary's file name. Nomad >= 1.10 does not load a
 # plugin binary that has no block, so keep this block even when `config` is empty.

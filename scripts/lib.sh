@@ -40,3 +40,15 @@ nomad_bin() {
 
 # Elapsed seconds since a `date +%s` value.
 since() { echo $(( $(date +%s) - $1 )); }
+
+# cargo-deb (builds the .deb of packaging/release), pinned; installed with `cargo install`
+# when missing. Built without its C LZMA library: the package is gzip-compressed.
+CARGO_DEB_VERSION="3.7.0"
+need_cargo_deb() {
+  local have
+  have="$(cargo deb --version 2>/dev/null | awk '{print $2}')"
+  [ "$have" = "$CARGO_DEB_VERSION" ] && return 0
+  say "installing cargo-deb $CARGO_DEB_VERSION (cargo install; a few minutes, once)"
+  cargo install --locked --version "$CARGO_DEB_VERSION" --no-default-features --features gzip cargo-deb ||
+    die "cannot install cargo-deb: check access to crates.io, or install it by hand: cargo install cargo-deb"
+}

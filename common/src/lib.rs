@@ -13,6 +13,7 @@ pub mod paths;
 pub mod proc;
 pub mod proto;
 pub mod runtime_args;
+pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;

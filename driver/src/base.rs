@@ -27,7 +27,7 @@ impl BasePlugin for Base {
         Ok(Response::new(PluginInfoResponse {
             r#type: PluginType::Driver as i32,
             plugin_api_versions: vec![PLUGIN_API_VERSION.to_owned()],
-            plugin_version: env!("CARGO_PKG_VERSION").to_owned(),
+            plugin_version: crate::VERSION.to_owned(),
             name: DRIVER_NAME.to_owned(),
         }))
     }

@@ -266,6 +266,54 @@ pub fn searched_list(searched: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// The shim's version and API level from `elide-executor --version`, probed once per binary
+/// (path, inode, mtime, size): the shim only changes when it is reinstalled.
+async fn executor_version(bin: &Path, timeout: Duration) -> Result<(String, u32), String> {
+    type Probe = (
+        Option<(u64, u64, i64, u64)>,
+        PathBuf,
+        Result<(String, u32), String>,
+    );
+    static LAST: std::sync::Mutex<Option<Probe>> = std::sync::Mutex::new(None);
+    let now = stamp(bin);
+    if let Ok(last) = LAST.lock() {
+        if let Some((s, p, r)) = last.as_ref() {
+            if *s == now && now.is_some() && p == bin {
+                return r.clone();
+            }
+        }
+    }
+    let result = run_probe(bin, &["--version"], timeout)
+        .await
+        .and_then(|out| {
+            common::shim_api::parse_version_line(&out).ok_or_else(|| {
+                format!(
+                    "`{} --version` printed {:?}, which is not an elide-executor version; is executor_binary really elide-executor?",
+                    bin.display(),
+                    out.trim().chars().take(80).collect::<String>()
+                )
+            })
+        });
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((now, bin.to_path_buf(), result.clone()));
+    }
+    result
+}
+
+/// New tasks run on the installed shim: it must speak at least this plugin's API level (an
+/// older shim would not understand what this plugin asks of it). Running tasks are not
+/// affected: they keep the shim they were started with.
+pub fn executor_too_old(bin: &Path, version: &str, level: u32) -> Option<String> {
+    use common::shim_api::API_LEVEL;
+    (level < API_LEVEL).then(|| {
+        format!(
+            "elide-executor {} is version {version} (shim API level {level}), older than this plugin ({}, level {API_LEVEL}): install the elide-executor of the same release (the package installs both) or fix executor_binary",
+            bin.display(),
+            crate::VERSION
+        )
+    })
+}
+
 /// Full detection: locate, run `--version` (bounded), `info` (best effort).
 pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
     if !cfg.enabled {
@@ -319,9 +367,40 @@ pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
             attributes.insert(format!("driver.elide.{k}"), v);
         }
     }
+    attributes.insert(
+        "driver.elide.plugin_version".to_owned(),
+        crate::VERSION.to_owned(),
+    );
+    attributes.insert(
+        "driver.elide.plugin_revision".to_owned(),
+        crate::REVISION.to_owned(),
+    );
     match bins.executor {
         Located::Found(p) => {
             attributes.insert("driver.elide.executor".to_owned(), p.display().to_string());
+            match executor_version(&p, cfg.version_timeout).await {
+                Ok((version, level)) => {
+                    attributes.insert("driver.elide.executor_version".to_owned(), version.clone());
+                    attributes.insert(
+                        "driver.elide.executor_api_level".to_owned(),
+                        level.to_string(),
+                    );
+                    if let Some(description) = executor_too_old(&p, &version, level) {
+                        return Fingerprint {
+                            health: HealthState::Unhealthy,
+                            description,
+                            attributes,
+                        };
+                    }
+                }
+                Err(description) => {
+                    return Fingerprint {
+                        health: HealthState::Unhealthy,
+                        description,
+                        attributes,
+                    }
+                }
+            }
         }
         Located::Missing { searched } => {
             return Fingerprint {
@@ -411,6 +490,53 @@ mod tests {
             locate(None, "x", None, &[plain]),
             Located::Missing { .. }
         ));
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn the_shim_version_and_level_come_from_its_version_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(10);
+        let current = script(
+            dir.path(),
+            "new",
+            &format!(
+                "echo '{}'",
+                common::shim_api::version_line("elide-executor", "0.3.0+b", "abc")
+            ),
+        );
+        assert_eq!(
+            executor_version(&current, t).await,
+            Ok(("0.3.0+b".to_owned(), common::shim_api::API_LEVEL))
+        );
+        // A shim from before the level was printed speaks level 1.
+        let old = script(dir.path(), "old", "echo 'elide-executor 0.0.9'");
+        assert_eq!(executor_version(&old, t).await, Ok(("0.0.9".to_owned(), 1)));
+        let wrong = script(dir.path(), "wrong", "echo 'Usage: something else'");
+        let e = executor_version(&wrong, t).await.unwrap_err();
+        assert!(e.contains("not an elide-executor version"), "{e}");
+        let broken = script(dir.path(), "broken", "echo boom >&2; exit 3");
+        let e = executor_version(&broken, t).await.unwrap_err();
+        assert!(e.contains("boom"), "{e}");
+    }
+
+    #[test]
+    fn an_installed_shim_older_than_the_plugin_makes_the_node_unhealthy() {
+        let bin = Path::new("/usr/libexec/nomad-driver-elide/elide-executor");
+        let level = common::shim_api::API_LEVEL;
+        assert_eq!(executor_too_old(bin, "9.9.9", level), None);
+        assert_eq!(executor_too_old(bin, "9.9.9", level + 1), None);
+        let msg = executor_too_old(bin, "0.0.1", level - 1).unwrap();
+        assert!(
+            msg.contains("0.0.1") && msg.contains("same release") && msg.contains(crate::VERSION),
+            "{msg}"
+        );
     }
 
     #[test]

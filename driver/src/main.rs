@@ -1,7 +1,17 @@
 //! nomad-driver-elide: the Nomad task driver plugin binary. Nomad launches it; by hand it only
-//! explains how to install it.
+//! explains how to install it, or prints its version with `--version`.
 
 fn main() {
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("--version" | "-V" | "version")
+    ) {
+        println!(
+            "{}",
+            common::shim_api::version_line("nomad-driver-elide", driver::VERSION, driver::REVISION)
+        );
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,6 +18,9 @@ pub struct Plugin {
     elide_version: RwLock<Option<String>>,
     /// Fan-out of task events to every open TaskEvents stream.
     pub events: broadcast::Sender<DriverTaskEvent>,
+    /// (task, feature) pairs already explained by a task event (crate::shim_compat).
+    #[allow(dead_code)]
+    refusals: std::sync::Mutex<std::collections::HashSet<(String, common::shim_api::Feature)>>,
 }
 
 impl Plugin {
@@ -28,6 +31,7 @@ impl Plugin {
             topology_mhz_per_core: RwLock::new(None),
             elide_version: RwLock::new(None),
             events,
+            refusals: Default::default(),
         })
     }
 
@@ -65,6 +69,15 @@ impl Plugin {
             Some(mhz) => mhz,
             None => crate::stats::fingerprint_mhz_per_core(),
         }
+    }
+
+    /// True the first time `feature` is refused to `task_id`'s shim (one task event each).
+    #[allow(dead_code)]
+    pub fn first_refusal(&self, task_id: &str, feature: common::shim_api::Feature) -> bool {
+        self.refusals
+            .lock()
+            .map(|mut r| r.insert((task_id.to_owned(), feature)))
+            .unwrap_or(true)
     }
 
     /// Publishes a task event (a `Driver` event in `nomad alloc status`).

@@ -19,3 +19,8 @@ pub mod serve;
 mod server;
 mod shim;
 mod stats;
+
+/// This build's version (`NDE_VERSION` at build time, else the workspace version) and git
+/// revision: see common/build_info.rs.
+pub const VERSION: &str = env!("NDE_BUILD_VERSION");
+pub const REVISION: &str = env!("NDE_BUILD_REVISION");

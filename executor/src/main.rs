@@ -6,10 +6,15 @@ use clap::{Parser, Subcommand};
 use executor::serve::{self, Mode, Ready};
 use std::path::{Path, PathBuf};
 
+/// `elide-executor --version`: version, git revision and shim API level.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    common::shim_api::version_text(executor::VERSION, executor::REVISION)
+});
+
 #[derive(Parser)]
 #[command(
     name = "elide-executor",
-    version,
+    version = VERSION.as_str(),
     about = "Per-task shim of nomad-driver-elide, and the operator's view of its tasks"
 )]
 struct Cli {

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long to wait for the runtime to die after SIGKILL before giving up (Nomad's executor
 /// waits 15 s too).
 pub const KILL_WAIT: Duration = Duration::from_secs(15);
@@ -193,6 +192,8 @@ impl Shim {
             pid,
             pid_start_time: start_time,
             started_at_unix_ms: started,
+            api_level: common::shim_api::API_LEVEL,
+            executor_version: crate::VERSION.to_owned(),
         })
     }
 
@@ -388,9 +389,11 @@ impl Shim {
             exit,
             socket_path: s.spec.socket_path.display().to_string(),
             state_path: s.spec.state_path.display().to_string(),
-            executor_version: VERSION.to_owned(),
+            executor_version: crate::VERSION.to_owned(),
             memory_bytes: memory,
             cgroup: s.cgroup.unwrap_or_default(),
+            api_level: common::shim_api::API_LEVEL,
+            executor_revision: crate::REVISION.to_owned(),
         }
     }
 

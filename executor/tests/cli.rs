@@ -77,7 +77,7 @@ while :; do sleep 1000 & wait $!; done"#,
         cols,
         [
             "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY",
-            "SOCKET"
+            "VERSION", "SOCKET"
         ]
     );
     assert!(
@@ -90,6 +90,8 @@ while :; do sleep 1000 & wait $!; done"#,
     let (_, stdout, _) = cli(&["status", "--json", "--state-dir", &run_dir, &name]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["executor_version"], executor::VERSION);
+    assert_eq!(rows[0]["api_level"], common::shim_api::API_LEVEL);
 
     let (code, stdout, stderr) = cli(&["signal", "SIGHUP", "--state-dir", &run_dir, &name]);
     assert_eq!(code, 0, "{stdout}{stderr}");

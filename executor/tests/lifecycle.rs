@@ -497,7 +497,14 @@ async fn status_and_stats_describe_the_running_task() {
     assert_eq!(st.task_name, shim.spec.task_name);
     assert_eq!(st.socket_path, shim.spec.socket_path.display().to_string());
     assert_eq!(st.state_path, shim.spec.state_path.display().to_string());
-    assert_eq!(st.executor_version, env!("CARGO_PKG_VERSION"));
+    // The build this shim is, and the API level the plugin records (docs: Compatibility).
+    assert_eq!(st.executor_version, executor::VERSION);
+    assert_eq!(st.executor_revision, executor::REVISION);
+    assert_eq!(st.api_level, common::shim_api::API_LEVEL);
+    assert_eq!(
+        (started.api_level, started.executor_version.as_str()),
+        (common::shim_api::API_LEVEL, executor::VERSION)
+    );
     assert!(st.memory_bytes > 0);
     assert!(st.exit.is_none());
     // The runtime has its own session and process group, and the shim as parent.

@@ -3,7 +3,14 @@
     python3 -m pytest -v tests/e2e            # builds the workspace (release) and Nomad first
 
 Fixtures:
-  binaries        {"plugin": path, "executor": path} from `cargo build --release` (once)
+  binaries        {"plugin": path, "executor": path} from `cargo build --release` (once),
+                  copied aside so a later rebuild (release_b) cannot change them mid-session
+  release         the release packages of those binaries ({"deb", "tarball", "version"}):
+                  NDE_E2E_DIST (scripts/test runs packaging/release first), else built
+  release_b       the same source released as version <version>+e2e.b (an incremental
+                  rebuild of the two binaries), for the in-place upgrade test
+  cluster         one server + three clients (c1, c2 with Elide; c3 without), the plugin
+                  installed on each from the release .deb (per module)
   nomad_bin       a real Nomad (NOMAD_BIN, else tests/nomad/build-nomad.sh, cached)
   standin_version what tests/elide-standin/elide --version prints
   nomad_agent     factory: nomad_agent(config_overrides, mode="dev"|"persistent", ...)
@@ -22,10 +29,12 @@ agent dirs and logs of passing tests too), NDE_E2E_LOG_DIR (copy every agent log
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,9 +50,47 @@ def pytest_configure(config):
     nm.become_subreaper()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def binaries(tmp_path_factory):
+    built = nm.build_workspace()
+    # A copy, taken before any test runs: release_b rebuilds target/release with another
+    # version, and every agent must still get the build under test.
+    keep = tmp_path_factory.mktemp("binaries")
+    out = {}
+    for key, path in built.items():
+        out[key] = os.path.join(keep, os.path.basename(path))
+        shutil.copy2(path, out[key])
+    return out
+
+
+def _version_of(binary: str) -> str:
+    line = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                          timeout=30).stdout.split()
+    if len(line) < 2:
+        raise nm.HarnessError(f"{binary} --version printed nothing usable")
+    return line[1]
+
+
 @pytest.fixture(scope="session")
-def binaries():
-    return nm.build_workspace()
+def release(binaries, tmp_path_factory):
+    dist = os.environ.get("NDE_E2E_DIST")
+    rel = (nm.read_release(dist) if dist
+           else nm.build_release(str(tmp_path_factory.mktemp("dist-a"))))
+    want = _version_of(binaries["plugin"])
+    if rel["version"] != want:
+        raise nm.HarnessError(f"the release in {os.path.dirname(rel['deb'])} is version "
+                              f"{rel['version']}, the binaries under test are {want}: run "
+                              "packaging/release again (scripts/test does)")
+    return rel
+
+
+@pytest.fixture(scope="session")
+def release_b(release, tmp_path_factory):
+    t0 = time.monotonic()
+    rel = nm.build_release(str(tmp_path_factory.mktemp("dist-b")),
+                           version=f"{release['version']}+e2e.b")
+    print(f"\nrelease B ({rel['version']}) built in {time.monotonic() - t0:.0f}s")
+    return rel
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +160,53 @@ class AgentFactory:
         for agent in self.agents:
             problems += teardown_agent(agent)
         return problems
+
+
+@pytest.fixture(scope="module")
+def cluster(nomad_bin, binaries, release, tmp_path_factory):
+    """One server and three clients: c1 and c2 with Elide (the stand-in), c3 without (its
+    elide_binary points where its root has none), each with the plugin and shim unpacked
+    from the release .deb into its own root."""
+    base = str(tmp_path_factory.mktemp("cluster"))
+    server = nm.NomadAgent(nomad_bin, os.path.join(base, "server"), plugin_bin=None,
+                           executor_bin=None, mode="server", name="server")
+    ports = nm.client_dynamic_ports(3)
+    clients = []
+    for i, (name, with_elide) in enumerate([("c1", True), ("c2", True), ("c3", False)]):
+        root = os.path.join(base, name, "root")
+        nm.install_deb(release["deb"], root)
+        c = nm.NomadAgent(nomad_bin, os.path.join(base, name), plugin_bin=None,
+                          executor_bin=None, mode="client", name=name, install_root=root,
+                          servers=[f"127.0.0.1:{server.rpc_port}"], dynamic_ports=ports[i])
+        # The .deb must hold exactly the build under test.
+        for key, path in (("plugin", c.plugin_path), ("executor", c.executor_path)):
+            if not filecmp.cmp(binaries[key], path, shallow=False):
+                raise nm.HarnessError(f"{release['deb']} holds another {key} binary than "
+                                      f"{binaries[key]}: run packaging/release again")
+        cfg = c.default_plugin_config()
+        if not with_elide:
+            cfg["elide_binary"] = os.path.join(root, "usr", "bin", "elide")
+        c.plugin_config = cfg
+        clients.append(c)
+    cl = nm.Cluster(server, clients)
+    try:
+        cl.start()
+        yield cl
+    finally:
+        problems = []
+        if server.running:
+            try:
+                server.stop_all_jobs()
+            except Exception as e:  # noqa: BLE001 - reported below, teardown continues
+                problems.append(f"stopping the cluster's jobs failed: {e}")
+        for a in cl.agents:
+            problems += teardown_agent(a)
+        for c in clients:
+            for d in nm.cgroup_dirs_of_parent(c.cgroup_parent):
+                problems += [f"client {c.name} left a cgroup: {f}"
+                             for f in nm.remove_cgroup_tree(d)]
+        if problems:
+            pytest.fail("teardown of the cluster:\n" + "\n".join(problems), pytrace=False)
 
 
 def teardown_agent(agent: nm.NomadAgent) -> list[str]:
@@ -202,9 +296,11 @@ def pytest_runtest_makereport(item, call):
     if not report.failed:
         return
     agents = list(item.stash.get(AGENTS, []))
-    shared = item.funcargs.get("shared_agent") if hasattr(item, "funcargs") else None
-    if shared is not None:
-        agents.append(shared)
+    funcargs = getattr(item, "funcargs", {})
+    if funcargs.get("shared_agent") is not None:
+        agents.append(funcargs["shared_agent"])
+    if funcargs.get("cluster") is not None:
+        agents += funcargs["cluster"].agents
     for a in agents:
         plugin_lines = a.plugin_log_lines()
         report.sections.append((

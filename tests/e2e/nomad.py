@@ -2,12 +2,16 @@
 
 `NomadAgent` starts `nomad agent` on 127.0.0.1 with its own free ports, data dir, plugin dir
 (holding only a copy of nomad-driver-elide) and an HCL config rendered from a Python dict, and
-talks to it over the HTTP API. Two modes:
+talks to it over the HTTP API. Modes:
 
 * ``dev``: ``nomad agent -dev`` (in-memory server; allocations are destroyed when it stops).
 * ``persistent``: a server+client agent with a ``data_dir``, restartable gracefully
   (``stop()``) or by crash (``kill()``) and started again on the same data dir (``start()``),
   so tasks keep running across agent restarts.
+* ``server`` / ``client``: the parts of a `Cluster` -- one server and several clients on this
+  machine, each client with its own data dir, ports, ``cgroup_parent``, dynamic port range,
+  plugin ``runtime_dir`` and, with ``install_root``, the plugin and shim installed from the
+  release .deb (``dpkg-deb -x`` into a per-client root, see `install_deb`).
 
 Waiting is done with Nomad's blocking queries (``?index=&wait=``) or by following a log
 stream, never with fixed sleeps. Every process the agent starts (plugin, shims, tasks) is
@@ -42,6 +46,8 @@ EXECUTOR_NAME = "elide-executor"
 DRIVER = "elide"
 STANDIN = os.path.join(REPO, "tests", "elide-standin", "elide")
 MARKER_ENV = "NDE_E2E_AGENT"
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_V2 = os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
 
 # Generous deadlines: they bound a wait that normally ends on an event within seconds.
 START_TIMEOUT = float(os.environ.get("NDE_E2E_START_TIMEOUT", "90"))
@@ -121,6 +127,57 @@ def _cached_nomad() -> Optional[str]:
         if os.access(p, os.X_OK):
             return p
     return None
+
+
+# --------------------------------------------------------------------------- release packages
+
+# Where the .deb puts the plugin and the shim (driver/Cargo.toml, [package.metadata.deb]).
+DEB_PLUGIN_DIR = "opt/nomad/data/plugins"
+DEB_EXECUTOR = "usr/libexec/nomad-driver-elide/elide-executor"
+
+
+def read_release(dist: str) -> dict:
+    """The packages `packaging/release` left in `dist`: {"deb", "tarball", "version"}. Fails
+    unless there is exactly one of each."""
+    if not os.path.isdir(dist):
+        raise HarnessError(f"no release in {dist}: run packaging/release --out {dist}")
+    debs = sorted(f for f in os.listdir(dist) if f.endswith(".deb"))
+    tars = sorted(f for f in os.listdir(dist) if f.endswith(".tar.gz"))
+    if len(debs) != 1 or len(tars) != 1:
+        raise HarnessError(f"{dist} must hold one .deb and one .tar.gz from packaging/release, "
+                           f"has {debs + tars}")
+    deb = os.path.join(dist, debs[0])
+    version = _run_logged(["dpkg-deb", "-f", deb, "Version"], "reading the .deb version").strip()
+    return {"deb": deb, "tarball": os.path.join(dist, tars[0]),
+            "version": version.rsplit("-", 1)[0]}
+
+
+def build_release(out_dir: str, version: Optional[str] = None) -> dict:
+    """`packaging/release --out out_dir`, with NDE_VERSION=version when given (the binaries
+    are then rebuilt with that version: only the two binary crates recompile)."""
+    if shutil.which("dpkg-deb") is None:
+        raise HarnessError("dpkg-deb is not installed: apt-get install dpkg (.ci/run does)")
+    env = {**os.environ}
+    if version:
+        env["NDE_VERSION"] = version
+    os.makedirs(out_dir, exist_ok=True)
+    _run_logged([os.path.join(REPO, "packaging", "release"), "--out", out_dir],
+                f"packaging/release{' (NDE_VERSION=' + version + ')' if version else ''}",
+                env=env)
+    rel = read_release(out_dir)
+    if version and rel["version"] != version:
+        raise HarnessError(f"packaging/release built {rel['version']}, not {version}")
+    return rel
+
+
+def install_deb(deb: str, root: str) -> None:
+    """Unpack a .deb into `root` like dpkg does: existing files are replaced by new inodes,
+    so processes running the old binaries (shims) keep them."""
+    os.makedirs(root, exist_ok=True)
+    _run_logged(["dpkg-deb", "-x", deb, root], f"unpacking {os.path.basename(deb)}")
+    for rel in (DEB_PLUGIN_DIR + "/" + PLUGIN_NAME, DEB_EXECUTOR):
+        if not os.access(os.path.join(root, rel), os.X_OK):
+            raise HarnessError(f"{deb} did not install /{rel}")
 
 
 # --------------------------------------------------------------------------- HCL
@@ -457,9 +514,17 @@ class NomadAgent:
                  executor_bin: Optional[str], plugin_config: Optional[dict] = None,
                  mode: str = "dev", plugin_args: Optional[list[str]] = None,
                  extra_hcl: str = "", env: Optional[dict] = None, name: str = "agent",
-                 log_level: str = "DEBUG"):
-        if mode not in ("dev", "persistent"):
-            raise ValueError(f"mode must be 'dev' or 'persistent', not {mode!r}")
+                 log_level: str = "DEBUG", install_root: Optional[str] = None,
+                 servers: Optional[list[str]] = None,
+                 dynamic_ports: Optional[tuple[int, int]] = None):
+        """install_root: a root the release .deb was unpacked into (install_deb); the plugin
+        and shim are used from there instead of plugin_bin/executor_bin. servers and
+        dynamic_ports are for mode="client"."""
+        if mode not in ("dev", "persistent", "server", "client"):
+            raise ValueError(f"mode must be 'dev', 'persistent', 'server' or 'client', "
+                             f"not {mode!r}")
+        if mode == "client" and not servers:
+            raise ValueError("a client agent needs servers=['127.0.0.1:<rpc port>']")
         self.nomad_bin = nomad_bin
         self.name = name
         self.mode = mode
@@ -476,13 +541,24 @@ class NomadAgent:
         for d in (self.plugin_dir, self.data_dir, self.bin_dir):
             os.makedirs(d, exist_ok=True)
         self.plugin_path = None
-        if plugin_bin:
+        self.executor_path = None
+        self.install_root = install_root
+        if install_root:
+            self.plugin_dir = os.path.join(install_root, DEB_PLUGIN_DIR)
+            self.plugin_path = os.path.join(self.plugin_dir, PLUGIN_NAME)
+            self.executor_path = os.path.join(install_root, DEB_EXECUTOR)
+        if plugin_bin and not install_root:
             self.plugin_path = os.path.join(self.plugin_dir, PLUGIN_NAME)
             shutil.copy2(plugin_bin, self.plugin_path)
-        self.executor_path = None
-        if executor_bin:
+        if executor_bin and not install_root:
             self.executor_path = os.path.join(self.bin_dir, EXECUTOR_NAME)
             shutil.copy2(executor_bin, self.executor_path)
+        self.node_name = f"nde-{name}-{self.id[:6]}"
+        self.servers = servers or []
+        self.dynamic_ports = dynamic_ports
+        # Each client its own cgroup parent (Nomad 1.6 keeps its cpuset partitions there).
+        self.cgroup_parent = (f"nde-{self.id[:8]}.slice" if CGROUP_V2
+                              else f"/nde-{self.id[:8]}") if mode == "client" else None
         self.plugin_config = plugin_config
         self.plugin_args = plugin_args
         self.extra_hcl = extra_hcl
@@ -509,7 +585,7 @@ class NomadAgent:
 
     def render_config(self) -> str:
         parts = [
-            f'name = "nde-{self.name}-{self.id[:6]}"',
+            f'name = "{self.node_name}"',
             'bind_addr = "127.0.0.1"',
             "disable_update_check = true",
             f"ports {{\n  http = {self.http_port}\n  rpc  = {self.rpc_port}\n"
@@ -522,6 +598,21 @@ class NomadAgent:
                 "server {\n  enabled = true\n  bootstrap_expect = 1\n}",
                 'client {\n  enabled = true\n  network_interface = "lo"\n}',
             ]
+        elif self.mode in ("server", "client"):
+            parts += [
+                f"data_dir = {hcl_string(self.data_dir)}",
+                'advertise {\n  http = "127.0.0.1"\n  rpc  = "127.0.0.1"\n  serf = "127.0.0.1"\n}',
+            ]
+            if self.mode == "server":
+                parts += ["server {\n  enabled = true\n  bootstrap_expect = 1\n}",
+                          "client {\n  enabled = false\n}"]
+            else:
+                client = {"enabled": True, "servers": self.servers, "network_interface": "lo",
+                          "cgroup_parent": self.cgroup_parent}
+                if self.dynamic_ports:
+                    client["min_dynamic_port"], client["max_dynamic_port"] = self.dynamic_ports
+                parts += ["server {\n  enabled = false\n}",
+                          "client {\n" + hcl_body(client, 1) + "}"]
         if self.plugin_path is not None:
             parts.append(plugin_block(self.plugin_config, self.plugin_args).rstrip())
         if self.extra_hcl:
@@ -605,8 +696,8 @@ class NomadAgent:
         return code
 
     def restart(self, graceful: bool = True) -> "NomadAgent":
-        if self.mode != "persistent":
-            raise HarnessError("restart() needs mode='persistent' (a dev agent has no state)")
+        if self.mode == "dev":
+            raise HarnessError("restart() needs a non-dev mode (a dev agent has no state)")
         self.stop() if graceful else self.kill()
         return self.start()
 
@@ -721,9 +812,16 @@ class NomadAgent:
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> dict:
         """Wait for the client node to register and be `ready`; returns the node. After a
-        restart, waits for this agent's node to re-register (its ModifyIndex to move)."""
+        restart, waits for this agent's node to re-register (its ModifyIndex to move). A
+        server-only agent: waits for a leader; returns {}."""
+        if self.mode == "server":
+            self.api.blocking("/v1/status/leader", lambda leader: bool(leader), timeout=timeout,
+                              what="a leader", check=self.check_alive)
+            return {}
+
         def ready(nodes):
             mine = [n for n in nodes or [] if n.get("Status") == "ready"
+                    and n.get("Name") == self.node_name
                     and (self.node_id is None or (n["ID"] == self.node_id
                                                   and n["ModifyIndex"] > self._node_index))]
             return mine[0] if mine else None
@@ -936,6 +1034,80 @@ class NomadAgent:
                 f"allocations of {j['ID']} to stop")
 
 
+# --------------------------------------------------------------------------- a cluster
+
+
+class Cluster:
+    """One server and several clients of one Nomad cluster on this machine. Each client has
+    its own data dir, ports, cgroup_parent, dynamic port range and plugin runtime_dir; the
+    plugin and shim come from the release .deb unpacked into the client's own root. Jobs go
+    through the server (`cluster.server.run_job(...)`); node-level checks through a client."""
+
+    def __init__(self, server: NomadAgent, clients: list[NomadAgent]):
+        self.server = server
+        self.clients = clients
+
+    @property
+    def agents(self) -> list[NomadAgent]:
+        return [*self.clients, self.server]
+
+    def start(self) -> "Cluster":
+        self.server.start()
+        for c in self.clients:        # all at once: they register in parallel
+            c.start(wait=False)
+        for c in self.clients:
+            c.wait_ready()
+        return self
+
+    def client(self, name: str) -> NomadAgent:
+        return next(c for c in self.clients if c.name == name)
+
+    def by_node(self, node_id: str) -> NomadAgent:
+        return next(c for c in self.clients if c.node_id == node_id)
+
+    def placement(self, allocs: list[dict]) -> dict[str, int]:
+        """Client name -> number of the given allocations on it (every client listed)."""
+        counts = {c.name: 0 for c in self.clients}
+        for a in allocs:
+            counts[self.by_node(a["NodeID"]).name] += 1
+        return counts
+
+
+def client_dynamic_ports(n: int, size: int = 100) -> list[tuple[int, int]]:
+    """n disjoint dynamic port ranges of `size` ports in 20000-29999 (Nomad's default range is
+    20000-32000), at a random offset so parallel clusters rarely share one."""
+    blocks = 10000 // size
+    first = uuid.uuid4().int % (blocks - n)
+    return [(20000 + (first + i) * size, 20000 + (first + i + 1) * size - 1) for i in range(n)]
+
+
+def cgroup_dirs_of_parent(parent: str) -> list[str]:
+    """The cgroup dirs a client with this cgroup_parent may have made (v1: per controller)."""
+    if CGROUP_V2:
+        return [os.path.join(CGROUP_ROOT, parent.lstrip("/"))]
+    roots = [os.path.join(CGROUP_ROOT, c) for c in sorted(os.listdir(CGROUP_ROOT))]
+    return [os.path.join(r, parent.lstrip("/")) for r in roots
+            if os.path.isdir(r) and not os.path.islink(r)]
+
+
+def cgroup_procs(dir: str) -> list[int]:
+    text = _read(os.path.join(dir, "cgroup.procs")) or ""
+    return [int(x) for x in text.split()]
+
+
+def remove_cgroup_tree(dir: str) -> list[str]:
+    """rmdir a cgroup and everything below it, deepest first; returns what could not go."""
+    failed = []
+    if not os.path.isdir(dir):
+        return failed
+    for root, dirs, _ in sorted(os.walk(dir), key=lambda t: t[0].count("/"), reverse=True):
+        try:
+            os.rmdir(root)
+        except OSError as e:
+            failed.append(f"{root}: {e.strerror}")
+    return failed
+
+
 # ------------------------------------------------------------------------ jobs for the tests
 
 #: Group stanzas for a task that must fail for good (no restart, no reschedule).
@@ -991,6 +1163,22 @@ def executor_status(agent: "NomadAgent") -> list[dict]:
     if not out.stdout.strip():
         raise HarnessError(f"elide-executor status printed nothing: {out.stderr}")
     return json.loads(out.stdout)
+
+
+def alloc_procs(alloc_id: str) -> list[Proc]:
+    """Live processes of an allocation: its shims (the spec path names the alloc) and
+    everything running in its task dirs."""
+    out = []
+    for p in all_procs().values():
+        if p.state in ("Z", "X"):
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{p.pid}/cwd")
+        except OSError:
+            cwd = ""
+        if alloc_id in p.cmdline or alloc_id in cwd:
+            out.append(p)
+    return out
 
 
 def describe_task(ts: dict) -> str:

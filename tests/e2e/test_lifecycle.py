@@ -12,19 +12,6 @@ import nomad as nm
 EXAMPLES = os.path.join(nm.REPO, "examples")
 
 
-def task_procs(agent, alloc_id: str):
-    """Processes that belong to an allocation: the shim and everything with its task dir."""
-    out = []
-    for p in nm.all_procs().values():
-        try:
-            cwd = os.readlink(f"/proc/{p.pid}/cwd")
-        except OSError:
-            cwd = ""
-        if alloc_id in p.cmdline or alloc_id in cwd:
-            out.append(p)
-    return out
-
-
 @pytest.mark.parametrize("example,task,marker", [
     ("hello-python.nomad", "hello", "Hello from Elide on Nomad!"),
     ("hello-javascript.nomad", "hello", "Hello from Elide"),
@@ -88,7 +75,7 @@ def test_service_signal_check_and_graceful_stop_leave_nothing_behind(shared_agen
     agent.api.blocking(f"/v1/client/allocation/{aid}/checks",
                        lambda c: c and all(v.get("Status") == "success" for v in c.values()),
                        what="the http-server's service check to pass")
-    procs = [p for p in task_procs(agent, aid)]
+    procs = [p for p in nm.alloc_procs(aid)]
     assert procs, "no process of the task found"
     # `nomad alloc signal` reaches the app.
     agent.cli("alloc", "signal", "-s", "SIGUSR1", aid, "server")
@@ -118,7 +105,7 @@ def test_stop_kills_runtime_and_grandchildren_after_kill_timeout(shared_agent):
     aid = alloc["ID"]
     agent.wait_task(aid, "t", "running")
     agent.wait_logs(aid, "t", "started grandchild")
-    procs = task_procs(agent, aid)
+    procs = nm.alloc_procs(aid)
     assert len(procs) >= 3, [p.describe() for p in procs]  # shim, runtime(s), grandchild
     agent.stop_job(job["ID"])
     ts = agent.wait_task(aid, "t", "dead")

@@ -23,6 +23,14 @@ pub struct DriverState {
     pub elide_version: String,
     #[serde(default)]
     pub script: String,
+    /// The shim's API level and version as it reported them at StartTask (0 / empty in
+    /// handles from before they were recorded: a level-1 shim). A shim never changes, so this
+    /// stays true for the task's life; the plugin checks it before calling anything newer
+    /// than level 1 (common::shim_api::require).
+    #[serde(default)]
+    pub shim_api_level: u32,
+    #[serde(default)]
+    pub executor_version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,8 @@ mod tests {
             started_at_unix_ms: 14,
             elide_version: "1.0.0-beta10".into(),
             script: "local/x.py".into(),
+            shim_api_level: 1,
+            executor_version: "0.1.0".into(),
         };
         assert_eq!(DriverState::decode(&s.encode()).unwrap(), s);
         assert!(matches!(DriverState::decode(b""), Err(HandleError::Empty)));
@@ -79,6 +89,10 @@ mod tests {
             DriverState::decode(b"{"),
             Err(HandleError::Decode(_))
         ));
+        // A handle written before the shim's level was recorded reads as level 0 (= 1).
+        let old = br#"{"version":1,"task_id":"a/b/c","alloc_id":"a","task_name":"b","socket_path":"/s","state_path":"/st","shim_pid":1,"shim_start_time":2,"runtime_pid":3,"runtime_start_time":4,"started_at_unix_ms":5}"#;
+        let old = DriverState::decode(old).unwrap();
+        assert_eq!((old.shim_api_level, old.executor_version.as_str()), (0, ""));
         let mut future = s.clone();
         future.version = 9;
         assert!(matches!(

@@ -16,7 +16,7 @@
 
 mod command;
 mod entry;
-mod handle;
+pub(crate) mod handle;
 mod launch;
 mod recover;
 mod spec;

@@ -25,6 +25,7 @@ impl Tasks {
         let state = DriverState::decode(&handle.driver_state).map_err(|e| {
             Status::failed_precondition(format!("cannot recover task {}: {e}", config.id))
         })?;
+        crate::shim_compat::supported(&state)?;
         if state.task_id != config.id {
             return Err(Status::failed_precondition(format!(
                 "task handle for {} holds the state of task {}; refusing to adopt it",
@@ -37,13 +38,7 @@ impl Tasks {
                 let st = c
                     .status(shim::StatusRequest {})
                     .await
-                    .map_err(|s| {
-                        Status::unavailable(format!(
-                            "elide-executor of task {} does not answer Status: {}",
-                            entry.state.task_id,
-                            s.message()
-                        ))
-                    })?
+                    .map_err(|s| crate::shim_compat::status_refused(&entry.state, &s))?
                     .into_inner();
                 check_identity(&entry, &st)?;
                 if let Some(e) = st.exit {

@@ -133,6 +133,8 @@ impl Tasks {
             started_at_unix_ms: started.started_at_unix_ms,
             elide_version: version,
             script: facts.script,
+            shim_api_level: started.api_level,
+            executor_version: started.executor_version.clone(),
         };
         let handle = TaskHandle {
             version: HANDLE_VERSION,

@@ -71,6 +71,8 @@ impl executor_server::Executor for FakeExecutor {
             pid: RUNTIME_PID,
             pid_start_time: 77,
             started_at_unix_ms: 1_700_000_000_000,
+            api_level: common::shim_api::API_LEVEL,
+            executor_version: "fake".into(),
         }))
     }
     async fn wait(

@@ -114,6 +114,8 @@ fn handle_without_shim(h: &Harness, runtime_pid: i32, runtime_start_time: u64) -
         started_at_unix_ms: 1,
         elide_version: String::new(),
         script: "local/app.py".into(),
+        shim_api_level: common::shim_api::API_LEVEL,
+        executor_version: String::new(),
     };
     TaskHandle {
         version: HANDLE_VERSION,

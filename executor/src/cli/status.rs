@@ -77,6 +77,10 @@ pub struct Row {
     pub socket: String,
     pub state_file: String,
     pub cgroup: String,
+    /// The shim's version and API level (from Status; empty/0 when it cannot be asked).
+    /// After a plugin upgrade, tasks started before it still show the old version.
+    pub executor_version: String,
+    pub api_level: u32,
     pub reachable: bool,
     pub problem: String,
 }
@@ -172,6 +176,8 @@ async fn row(key: &str, link: &Path) -> Row {
         socket: String::new(),
         state_file: target.display().to_string(),
         cgroup: String::new(),
+        executor_version: String::new(),
+        api_level: 0,
         reachable: false,
         problem: String::new(),
     };
@@ -211,6 +217,8 @@ async fn row(key: &str, link: &Path) -> Row {
             r.reachable = true;
             r.runtime_pid = s.runtime_pid;
             r.memory_bytes = s.memory_bytes;
+            r.executor_version = s.executor_version.clone();
+            r.api_level = common::shim_api::effective_level(s.api_level);
             if !s.cgroup.is_empty() {
                 r.cgroup = s.cgroup.clone();
             }
@@ -277,7 +285,8 @@ fn human_secs(s: i64) -> String {
 /// The aligned table, then one line per row with a problem.
 pub fn table(rows: &[&Row]) -> String {
     let header = [
-        "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "SOCKET",
+        "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "VERSION",
+        "SOCKET",
     ];
     let dash = |v: i32| {
         if v > 0 {
@@ -298,6 +307,11 @@ pub fn table(rows: &[&Row]) -> String {
             r.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
             r.exit_text(),
             human_bytes(r.memory_bytes),
+            if r.executor_version.is_empty() {
+                "-".into()
+            } else {
+                r.executor_version.clone()
+            },
             r.socket.clone(),
         ]);
     }
@@ -387,6 +401,8 @@ mod tests {
             socket: "/run/x.sock".into(),
             state_file: "/a/state.json".into(),
             cgroup: String::new(),
+            executor_version: "0.1.0".into(),
+            api_level: 1,
             reachable: true,
             problem: String::new(),
         }
@@ -428,6 +444,8 @@ mod tests {
             lines[1].starts_with("aaaaaaaa "),
             "alloc ids are shortened: {t}"
         );
+        let col = lines[0].find("VERSION").unwrap();
+        assert_eq!(&lines[1][col..col + 5], "0.1.0", "{t}");
     }
 
     #[test]
