@@ -2,10 +2,11 @@
 
 Only Nomad 1.6 can be built here, so this drives `nomad-driver-elide` the way a 2.0 agent
 does: go-plugin's handshake (magic cookie, `1|2|unix|<socket>|grpc|`), then gRPC with a
-client generated at test time (grpcio-tools) from Nomad v2.0.5's own protos, kept verbatim
-in tests/compat/proto2.0 (MPL-2.0; see PROVENANCE.md there). A real task runs through the
-real `elide-executor` with the Elide stand-in: start, inspect, signal, the agent's 2.0.4+
-Init/Shutdown, the plugin killed and recovered by a new plugin process, stop, wait, destroy.
+client generated at test time (grpcio-tools) from our proto/, whose wire contract
+test_wire_contract.py proves equal to Nomad v2.0.5's (nomad-2.0.5-wire.tsv, listed from
+Nomad's own protos). A real task runs through the real `elide-executor` with the Elide
+stand-in: start, inspect, signal, the agent's 2.0.4+ Init/Shutdown, the plugin killed and
+recovered by a new plugin process, stop, wait, destroy.
 
     python3 -m pytest -v tests/compat      # builds the release binaries first
                                            # (NDE_E2E_NO_BUILD=1: already built)
@@ -34,42 +35,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
 
 import nomad as nm  # noqa: E402  (the E2E harness: binaries, stand-in path)
+from protoset import NOMAD_PROTOS, PROTO_DIR, protoc  # noqa: E402
 
-PROTO2 = os.path.join(HERE, "proto2.0")
 MAGIC_COOKIE = "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255"
 RPC_TIMEOUT = 30.0
 TASK_TIMEOUT = 60.0
 
 
 # ------------------------------------------------------------------------------------------
-# The client, generated from Nomad 2.0's protos
+# The client, generated from our proto/ (checked against Nomad 2.0.5 by test_wire_contract.py)
 
 
 @pytest.fixture(scope="module")
 def pb(tmp_path_factory):
-    """Modules generated from tests/compat/proto2.0 (+ go-plugin's controller from proto/)."""
-    from grpc_tools import protoc
-    import grpc_tools
-
+    """Modules generated from proto/: Nomad's plugin services and go-plugin's controller."""
     out = str(tmp_path_factory.mktemp("stubs"))
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    # go-plugin's controller (package `plugin`, no imports) under a name Python can import.
+    # go-plugin's controller (package `plugin`, no imports) under a name Python can import
+    # (the generated *_pb2_grpc module imports its *_pb2 by directory: `go-plugin` is not one).
     goplugin = str(tmp_path_factory.mktemp("goplugin"))
     os.makedirs(os.path.join(goplugin, "goplugin"))
-    shutil.copy(os.path.join(nm.REPO, "proto/go-plugin/grpc_controller.proto"),
+    shutil.copy(os.path.join(PROTO_DIR, "go-plugin/grpc_controller.proto"),
                 os.path.join(goplugin, "goplugin"))
-    files = [
-        os.path.join(PROTO2, "plugins/shared/hclspec/hcl_spec.proto"),
-        os.path.join(PROTO2, "plugins/shared/structs/proto/attribute.proto"),
-        os.path.join(PROTO2, "plugins/base/proto/base.proto"),
-        os.path.join(PROTO2, "plugins/drivers/proto/driver.proto"),
-        os.path.join(goplugin, "goplugin/grpc_controller.proto"),
-    ]
-    # Only Nomad 2.0's copies are on the include path: every import of `plugins/...`
-    # resolves to them, never to our re-typed proto/.
-    rc = protoc.main(["protoc", f"-I{PROTO2}", f"-I{goplugin}", f"-I{well_known}",
-                      f"--python_out={out}", f"--grpc_python_out={out}", *files])
-    assert rc == 0, "grpc_tools.protoc failed on the Nomad 2.0 protos"
+    protoc(f"--python_out={out}", f"--grpc_python_out={out}", *NOMAD_PROTOS,
+           "goplugin/grpc_controller.proto", includes=(goplugin,))
     sys.path.insert(0, out)
     mods = {
         "base": "plugins.base.proto.base_pb2",
