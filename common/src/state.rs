@@ -284,6 +284,7 @@ mod tests {
                 netns_path: None,
                 resources: ResourceSpec::default(),
                 linger_after_exit_secs: 1,
+                sandbox: None,
             },
             shim_pid: 1,
             shim_start_time: 2,

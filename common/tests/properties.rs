@@ -454,6 +454,7 @@ fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
                 netns_path: netns.map(Into::into),
                 resources,
                 linger_after_exit_secs: linger,
+                sandbox: None,
             },
         )
 }

@@ -342,6 +342,7 @@ mod tests {
             netns_path: None,
             resources: Default::default(),
             linger_after_exit_secs: 1,
+            sandbox: None,
         }
     }
 
