@@ -25,6 +25,8 @@ struct NodeFacts {
     executor: PathBuf,
     script: String,
     task_tmp_exists: bool,
+    /// The real directory of the Elide binary (its install dir, with `resources/`).
+    elide_home: PathBuf,
     /// Task events to publish (e.g. execute bits cleared on the script).
     events: Vec<String>,
 }
@@ -56,6 +58,7 @@ impl Tasks {
             elide: &facts.elide,
             script: &facts.script,
             task_tmp_exists: facts.task_tmp_exists,
+            elide_home: &facts.elide_home,
         })
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
@@ -187,7 +190,13 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
             )))
         }
     };
+    let elide_home = std::fs::canonicalize(&elide)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| elide.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/"));
     Ok(NodeFacts {
+        elide_home,
         elide,
         executor,
         script,
