@@ -319,6 +319,7 @@ proptest! {
             exit: exit.map(|(exit_code, signal, oom_killed, message, exited_at_unix_ms)| ExitRecord {
                 exit_code, signal, oom_killed, message, exited_at_unix_ms,
             }),
+            sandbox: None,
         };
         state.write(&path).unwrap();
         prop_assert_eq!(TaskState::read(&path).unwrap(), state);
