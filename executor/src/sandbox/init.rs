@@ -141,34 +141,34 @@ fn pid1(mut cmd: Command) -> Result<i32, Failure> {
         // Not ptrace-able nor readable through /proc by the task, even as the same user.
         libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
-    // SAFETY: setsid is async-signal-safe; std resets the signal mask of the child itself.
+    // SAFETY: setsid and sigprocmask are async-signal-safe; the set is a local copy.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // The runtime starts with no signal blocked (it inherits the mask, not our job).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| Failure::new(Step::Exec, "", &e))?;
     let runtime = child.id() as libc::pid_t;
     drop(child);
+    // std's spawn does not leave our mask as it found it: block everything again. A SIGCHLD
+    // that came in between is caught by the first reaping pass below.
+    // SAFETY: as above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) };
     // Started: EOF on the error pipe tells the shim.
     // SAFETY: closing an fd this process owns.
     unsafe { libc::close(ERROR_FD) };
+    let mut sig = libc::SIGCHLD;
     loop {
-        // SAFETY: sigwaitinfo fills a zeroed siginfo_t for the blocked set.
-        let sig = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::sigwaitinfo(&all, &mut info)
-        };
-        if sig < 0 {
-            continue; // EINTR
-        }
-        if sig != libc::SIGCHLD {
+        if sig > 0 && sig != libc::SIGCHLD {
             // SAFETY: kill with integer arguments.
             unsafe { libc::kill(runtime, sig) };
-            continue;
         }
         loop {
             let mut status: libc::c_int = 0;
@@ -184,6 +184,11 @@ fn pid1(mut cmd: Command) -> Result<i32, Failure> {
                 return Ok(exit_code(status));
             }
         }
+        // SAFETY: sigwaitinfo fills a zeroed siginfo_t for the blocked set.
+        sig = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::sigwaitinfo(&all, &mut info)
+        };
     }
 }
 

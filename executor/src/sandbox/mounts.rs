@@ -331,7 +331,8 @@ fn set_tree(path: &Path, readonly: bool, nosuid_nodev: bool) -> io::Result<()> {
 
 /// The pre-5.12 way: remount every mount at or below `path`, keeping its other flags.
 fn remount_each(path: &Path, readonly: bool, nosuid_nodev: bool) -> io::Result<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // thread-self: a mount namespace belongs to a thread (it is what a test unshares).
+    let info = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
     for (mount_point, options) in parse_mountinfo(&info) {
         if !mount_point.starts_with(path) {
             continue;
@@ -380,7 +381,8 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The flags a bind remount must repeat so it does not clear them.
+/// The flags a bind remount must repeat so it does not clear them (read-only is decided by
+/// the caller).
 fn kept_flags(options: &str) -> MsFlags {
     options.split(',').fold(MsFlags::empty(), |f, o| {
         f | match o {
@@ -390,7 +392,6 @@ fn kept_flags(options: &str) -> MsFlags {
             "noatime" => MsFlags::MS_NOATIME,
             "nodiratime" => MsFlags::MS_NODIRATIME,
             "relatime" => MsFlags::MS_RELATIME,
-            "ro" => MsFlags::MS_RDONLY,
             _ => MsFlags::empty(),
         }
     })
@@ -933,6 +934,58 @@ mod tests {
         assert!(!p.devices[1].writable);
     }
 
+    /// Both ways of changing a whole tree (mount_setattr, and the remount of each mount that
+    /// kernels before 5.12 need), in a mount namespace of this test's thread only.
+    #[test]
+    fn a_tree_turns_read_only_and_back_with_submounts_and_both_methods() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                None,
+                Path::new("/"),
+                None,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None,
+            )
+            .unwrap();
+            tmpfs(&top, MsFlags::empty(), "size=1m").unwrap();
+            let sub = top.join("sub");
+            std::fs::create_dir(&sub).unwrap();
+            tmpfs(&sub, MsFlags::empty(), "size=1m").unwrap();
+            let writable = |p: &Path| std::fs::write(p.join("f"), "x").is_ok();
+            let flags_of = |p: &Path| {
+                let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+                parse_mountinfo(&info)
+                    .into_iter()
+                    .rfind(|(m, _)| m == p)
+                    .map(|(_, o)| o)
+                    .unwrap()
+            };
+            for legacy in [false, true] {
+                let set = |ro: bool, extra: bool| {
+                    if legacy {
+                        remount_each(&top, ro, extra)
+                    } else {
+                        set_tree(&top, ro, extra)
+                    }
+                };
+                set(true, false).unwrap();
+                assert!(!writable(&top) && !writable(&sub), "legacy={legacy}");
+                set(false, true).unwrap();
+                assert!(writable(&top) && writable(&sub), "legacy={legacy}");
+                assert!(flags_of(&sub).contains("nosuid") && flags_of(&sub).contains("nodev"));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn mountinfo_lines_give_mount_points_and_their_flags() {
         let info = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n\
@@ -943,6 +996,7 @@ mod tests {
         let f = kept_flags(&m[0].1);
         assert!(f.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC));
         assert!(!f.contains(MsFlags::MS_RDONLY));
-        assert!(kept_flags(&m[1].1).contains(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME));
+        assert!(kept_flags(&m[1].1).contains(MsFlags::MS_NOATIME));
+        assert!(!kept_flags(&m[1].1).contains(MsFlags::MS_RDONLY));
     }
 }
