@@ -42,6 +42,8 @@ EXECUTOR_NAME = "elide-executor"
 DRIVER = "elide"
 STANDIN = os.path.join(REPO, "tests", "elide-standin", "elide")
 MARKER_ENV = "NDE_E2E_AGENT"
+# Debian's containernetworking-plugins (.ci/run installs them): bridge networking works.
+CNI_PATH = "/usr/lib/cni"
 
 # Generous deadlines: they bound a wait that normally ends on an event within seconds.
 START_TIMEOUT = float(os.environ.get("NDE_E2E_START_TIMEOUT", "90"))
@@ -457,7 +459,7 @@ class NomadAgent:
                  executor_bin: Optional[str], plugin_config: Optional[dict] = None,
                  mode: str = "dev", plugin_args: Optional[list[str]] = None,
                  extra_hcl: str = "", env: Optional[dict] = None, name: str = "agent",
-                 log_level: str = "DEBUG"):
+                 log_level: str = "DEBUG", client_hcl: str = ""):
         if mode not in ("dev", "persistent"):
             raise ValueError(f"mode must be 'dev' or 'persistent', not {mode!r}")
         self.nomad_bin = nomad_bin
@@ -486,6 +488,8 @@ class NomadAgent:
         self.plugin_config = plugin_config
         self.plugin_args = plugin_args
         self.extra_hcl = extra_hcl
+        # Extra lines of the (single) client block, e.g. host_volume blocks.
+        self.client_hcl = client_hcl
         self.log_level = log_level
         self.env = {**os.environ, **(env or {}), MARKER_ENV: self.id}
         self.env.pop("NOMAD_ADDR", None)
@@ -515,13 +519,17 @@ class NomadAgent:
             f"ports {{\n  http = {self.http_port}\n  rpc  = {self.rpc_port}\n"
             f"  serf = {self.serf_port}\n}}",
         ]
+        client = [f"cni_path = {hcl_string(CNI_PATH)}"]
         if self.mode == "persistent":
             parts += [
                 f"data_dir = {hcl_string(self.data_dir)}",
                 'advertise {\n  http = "127.0.0.1"\n  rpc  = "127.0.0.1"\n  serf = "127.0.0.1"\n}',
                 "server {\n  enabled = true\n  bootstrap_expect = 1\n}",
-                'client {\n  enabled = true\n  network_interface = "lo"\n}',
             ]
+            client = ["enabled = true", 'network_interface = "lo"'] + client
+        if self.client_hcl:
+            client.append(self.client_hcl.strip())
+        parts.append("client {\n" + textwrap.indent("\n".join(client), "  ") + "\n}")
         if self.plugin_path is not None:
             parts.append(plugin_block(self.plugin_config, self.plugin_args).rstrip())
         if self.extra_hcl:
