@@ -280,7 +280,8 @@ def test_handshake_identity_schemas_capabilities_fingerprint(pb, plugins):
     c = caps.capabilities
     assert c.send_signals and not c.exec
     assert c.fs_isolation == pb.driver.DriverCapabilities.NONE
-    assert c.mount_configs == pb.driver.DriverCapabilities.NO_MOUNTS
+    # Host and CSI volumes are bound beneath the task dir (ANY_MOUNTS, the zero value).
+    assert c.mount_configs == pb.driver.DriverCapabilities.ANY_MOUNTS
     assert not c.dynamic_workload_users and not c.disable_log_collection
     modes = pb.driver.NetworkIsolationSpec
     assert set(c.network_isolation_modes) == {modes.HOST, modes.GROUP}

@@ -313,6 +313,11 @@ http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
 
 
 def test_bridge_mode_app_answers_on_the_mapped_port_inside_the_allocs_netns(shared_agent):
+    for plugin in ("bridge", "portmap", "firewall", "host-local", "loopback"):
+        if not os.access(os.path.join(nm.CNI_PATH, plugin), os.X_OK):
+            raise nm.HarnessError(
+                f"no CNI plugin {plugin} in {nm.CNI_PATH}: install Debian's containernetworking-plugins "
+                "and iptables (apt-get install containernetworking-plugins iptables; .ci/run does)")
     agent = shared_agent
     job = agent.run_job(nm.elide_job("bridged", HTTP_APP, group="""
     network {
