@@ -143,7 +143,10 @@ impl Default for PluginConfig {
             default_pid_mode: NamespaceMode::Private,
             default_ipc_mode: NamespaceMode::Private,
             fs_isolation: FsIsolation::Readonly,
-            hidden_paths: Vec::new(),
+            hidden_paths: crate::sandbox::DEFAULT_HIDDEN_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             denied_host_uids: String::new(),
             denied_host_gids: String::new(),
         }
@@ -359,19 +362,16 @@ impl PluginConfig {
             defaulted(
                 "allow_caps",
                 "list(string)",
-                literal(&format!(
-                    "[{}]",
-                    capabilities::NOMAD_DEFAULTS
-                        .iter()
-                        .map(|c| format!("{c:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                literal(&quoted_list(capabilities::NOMAD_DEFAULTS)),
             ),
             defaulted("default_pid_mode", "string", literal_string("private")),
             defaulted("default_ipc_mode", "string", literal_string("private")),
             defaulted("fs_isolation", "string", literal_string("readonly")),
-            defaulted("hidden_paths", "list(string)", literal("[]")),
+            defaulted(
+                "hidden_paths",
+                "list(string)",
+                literal(&quoted_list(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+            ),
             defaulted("denied_host_uids", "string", literal_string("")),
             defaulted("denied_host_gids", "string", literal_string("")),
         ])
@@ -477,11 +477,21 @@ impl PluginConfig {
                     )
                 })?,
             },
-            hidden_paths: hidden_paths(o.string_list("hidden_paths")?)?,
+            // Present but empty hides nothing more; absent is the default list.
+            hidden_paths: match o.get("hidden_paths") {
+                Some(_) => hidden_paths(o.string_list("hidden_paths")?)?,
+                None => d.hidden_paths,
+            },
             denied_host_uids: id_ranges("denied_host_uids", o.string("denied_host_uids")?)?,
             denied_host_gids: id_ranges("denied_host_gids", o.string("denied_host_gids")?)?,
         })
     }
+}
+
+/// An HCL list literal of strings.
+fn quoted_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|c| format!("{c:?}")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A list of capability names (`allow_caps`, `cap_add`, `cap_drop`), normalised.
@@ -827,7 +837,7 @@ mod tests {
             ("default_pid_mode", s("private")),
             ("default_ipc_mode", s("private")),
             ("fs_isolation", s("readonly")),
-            ("hidden_paths", Value::Array(vec![])),
+            ("hidden_paths", strs(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
             ("denied_host_uids", s("")),
             ("denied_host_gids", s("")),
         ]

@@ -5,6 +5,26 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
+/// The plugin's default `hidden_paths`: what a root task could otherwise read or reach on a
+/// typical Nomad client, beyond what the driver always hides (Nomad's and other tasks' dirs,
+/// the plugin's runtime dir). `/run` holds the sockets of dockerd, containerd and the system
+/// D-Bus (each a way to root on the host); `/var/lib` the state of Consul, Vault, Docker…;
+/// `/etc/nomad.d` & co. the agents' keys and tokens; `/root` and `/home` SSH keys. Paths that do
+/// not exist are skipped; Elide's install dir and the host's resolv.conf stay visible below
+/// them.
+pub const DEFAULT_HIDDEN_PATHS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/nomad.d",
+    "/etc/consul.d",
+    "/etc/vault.d",
+    "/home",
+    "/root",
+    "/run",
+    "/var/lib",
+    "/var/log",
+];
+
 /// `pid_mode` / `ipc_mode`: a namespace of the task's own, or the host's (as in Nomad exec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -549,3 +549,45 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
         assert!(f.exited().await, "a process of the task outlived its shim");
     }
 }
+
+/// A hidden dir (like /run) keeps visible what the plugin lists as readable (Elide's home,
+/// the target of /etc/resolv.conf), and only that: a file is bound over an empty file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readable_paths_stay_visible_below_a_hidden_dir() {
+    if !root() {
+        return;
+    }
+    let mut l = layout(
+        r#"
+echo "resolv=$(cat $RUNLIKE/resolve/stub-resolv.conf)"
+echo "listing=$(ls $RUNLIKE | tr '\n' ' ')"
+echo "sock=$(test -e $RUNLIKE/docker.sock && echo present || echo absent)"
+echo "home=$(cat $RUNLIKE/elide/resources/x)"
+"#,
+    );
+    let runlike = l.outside.join("run");
+    mkdirs(&[&runlike.join("resolve"), &runlike.join("elide/resources")]);
+    std::fs::write(
+        runlike.join("resolve/stub-resolv.conf"),
+        "nameserver 10.0.0.53",
+    )
+    .unwrap();
+    std::fs::write(runlike.join("docker.sock"), "not for tasks").unwrap();
+    std::fs::write(runlike.join("elide/resources/x"), "resources").unwrap();
+    l.spec
+        .env
+        .insert("RUNLIKE".into(), runlike.display().to_string());
+    let sb = l.spec.sandbox.as_mut().unwrap();
+    sb.hidden_paths.push(runlike.clone());
+    sb.readable_paths = vec![
+        runlike.join("resolve/stub-resolv.conf"),
+        runlike.join("elide"),
+        runlike.join("missing-is-skipped"),
+    ];
+    let (exit, kv, text) = run(&l).await;
+    assert_eq!(exit.exit_code, 0, "{text}");
+    assert_eq!(kv["resolv"], "nameserver 10.0.0.53", "{text}");
+    assert_eq!(kv["home"], "resources", "{text}");
+    assert_eq!(kv["listing"], "elide resolve", "{text}");
+    assert_eq!(kv["sock"], "absent", "{text}");
+}

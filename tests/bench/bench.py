@@ -12,7 +12,11 @@ measures:
     left out);
   * time from job registration to all N tasks running;
   * for ours: shim spawn → socket ready (from the plugin's debug log), and the plugin's RSS;
-  * recovery: time from an agent restart to every task reattached (persistent agent).
+  * recovery: time from an agent restart to every task reattached (persistent agent);
+  * the sandbox's cost: the same N tasks under the plugin's defaults, with
+    fs_isolation = "none", and with nothing but the capability drop (fs_isolation = "none",
+    host PID and IPC namespaces), one agent each in turn: the shim's Start (log FIFOs, cgroup,
+    sandbox setup, exec; from the plugin's debug log) and the time to all N running.
 """
 from __future__ import annotations
 
@@ -106,12 +110,45 @@ def run_driver(agent, driver: str, n: int) -> dict:
     return res
 
 
+SANDBOX_CONFIGS = [
+    ("sandbox (defaults)", {}),
+    ("fs_isolation=none", {"fs_isolation": "none"}),
+    ("none+host pid/ipc", {"fs_isolation": "none", "default_pid_mode": "host",
+                           "default_ipc_mode": "host"}),
+]
+
+
+def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int) -> list[dict]:
+    """Start latency per sandbox configuration, one fresh dev agent each."""
+    out = []
+    for i, (label, cfg) in enumerate(SANDBOX_CONFIGS):
+        agent = nm.NomadAgent(nomad_bin, os.path.join(base, f"sandbox{i}"),
+                              plugin_bin=bins["plugin"], executor_bin=bins["executor"],
+                              name=f"sandbox{i}")
+        agent.plugin_config = {**agent.default_plugin_config(), **cfg}
+        try:
+            agent.start()
+            agent.wait_driver_healthy()
+            r = run_driver(agent, "elide", n)
+            starts = [int(x) / 1000 for x in
+                      re.findall(r"runtime started: .*?runtime_start_us=(\d+)", agent.log())]
+        finally:
+            agent.stop()
+        out.append({"label": label, "start_all_s": r["start_all_s"],
+                    "start_ms": statistics.median(starts) if starts else 0.0,
+                    "start_p90_ms": sorted(starts)[int(len(starts) * 0.9) - 1] if starts else 0.0,
+                    "starts": len(starts)})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--nomad", default=None)
     ap.add_argument("--exec", action="store_true", help="also measure the exec driver (chroot: slow)")
     ap.add_argument("--recovery", type=int, nargs="*", default=[10, 50])
+    ap.add_argument("--no-sandbox-cost", action="store_true",
+                    help="skip the sandbox on/off start-latency comparison")
     a = ap.parse_args()
     nomad_bin = a.nomad or nm.find_nomad()
     bins = nm.build_workspace()
@@ -133,6 +170,7 @@ def main() -> int:
         plugin_rss = mem(plugin[0])[0] if plugin else 0
     finally:
         agent.stop()
+    sandbox = [] if a.no_sandbox_cost else sandbox_cost(nomad_bin, bins, base, a.tasks)
     rec = []
     for n in a.recovery:
         p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
@@ -177,6 +215,20 @@ def main() -> int:
     print(f"plugin RSS: {plugin_rss} KiB")
     for n, s in rec:
         print(f"recovery after an agent restart: {n} tasks reattached in {s:.2f}s")
+    if sandbox:
+        print()
+        print(f"==== the sandbox's start cost ({a.tasks} tasks per configuration, one agent each)")
+        print(f"{'configuration':20} {'Start median (ms)':>18} {'p90 (ms)':>9} {'start all (s)':>14}")
+        for r in sandbox:
+            print(f"{r['label']:20} {r['start_ms']:18.1f} {r['start_p90_ms']:9.1f} "
+                  f"{r['start_all_s']:14.2f}")
+        on, off = sandbox[0], sandbox[1]
+        if off["start_ms"]:
+            print(f"ratio sandbox/fs_isolation=none: Start {on['start_ms'] / off['start_ms']:.2f}x, "
+                  f"start-all time {on['start_all_s'] / off['start_all_s']:.2f}x")
+        bare = sandbox[2]
+        if bare["start_ms"]:
+            print(f"ratio sandbox/(none + host pid/ipc): Start {on['start_ms'] / bare['start_ms']:.2f}x")
     return 0
 
 

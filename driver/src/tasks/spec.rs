@@ -26,6 +26,10 @@ pub struct SpecInput<'a> {
     /// Elide's install dir (the real directory of the binary, with its `resources/`): kept
     /// visible in the sandbox even below a hidden path.
     pub elide_home: &'a Path,
+    /// Where the host's `/etc/resolv.conf` really is when it is a symlink (systemd-resolved's
+    /// `/run/systemd/resolve/…`, resolvconf's `/run/resolvconf/…`): kept visible too, or a
+    /// hidden `/run` would take DNS away.
+    pub resolv_conf: Option<&'a Path>,
 }
 
 /// Why a task cannot be turned into a spec; every case is the job's or the operator's to fix.
@@ -177,7 +181,11 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         ipc_mode: config.ipc_mode.unwrap_or(plugin.default_ipc_mode),
         fs_isolation: plugin.fs_isolation,
         writable_paths: vec![task_dir, alloc_dir.join("alloc")],
-        readable_paths: vec![i.elide_home.to_path_buf()],
+        readable_paths: [Some(i.elide_home), i.resolv_conf]
+            .into_iter()
+            .flatten()
+            .map(Path::to_path_buf)
+            .collect(),
         hidden_paths,
         volumes,
         devices,
@@ -316,6 +324,7 @@ mod tests {
             script: "local/app.py",
             task_tmp_exists: false,
             elide_home: Path::new("/usr/bin"),
+            resolv_conf: None,
         };
         let s = build_spec(&input).unwrap();
         assert_eq!(s.cwd, Path::new("/var/nomad/alloc/a1/web"));
@@ -364,6 +373,7 @@ mod tests {
             script: "local/app.py",
             task_tmp_exists: true,
             elide_home: Path::new("/usr/bin"),
+            resolv_conf: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("runtime_dir"), "{e}");
@@ -382,6 +392,7 @@ mod tests {
             script: "local/app.py",
             task_tmp_exists: true,
             elide_home: Path::new("/opt/elide/1.0"),
+            resolv_conf: Some(Path::new("/run/systemd/resolve/stub-resolv.conf")),
         })
     }
 
@@ -402,9 +413,15 @@ mod tests {
                 PathBuf::from("/var/lib/nomad/alloc/a1/alloc")
             ]
         );
-        assert_eq!(s.readable_paths, [PathBuf::from("/opt/elide/1.0")]);
         assert_eq!(
-            s.hidden_paths,
+            s.readable_paths,
+            [
+                PathBuf::from("/opt/elide/1.0"),
+                PathBuf::from("/run/systemd/resolve/stub-resolv.conf")
+            ]
+        );
+        assert_eq!(
+            s.hidden_paths[..4],
             [
                 PathBuf::from("/var/lib/nomad/alloc"),
                 PathBuf::from("/var/lib/nomad"),
@@ -412,8 +429,23 @@ mod tests {
                 PathBuf::from("/var/lib/nomad/alloc/a1/web/private"),
             ]
         );
+        // Then the plugin's hidden_paths, by default the sockets of /run, /var/lib, homes…
+        for p in [
+            "/run",
+            "/var/lib",
+            "/root",
+            "/home",
+            "/etc/shadow",
+            "/etc/nomad.d",
+        ] {
+            assert!(s.hidden_paths.contains(&PathBuf::from(p)), "{p}: {s:?}");
+        }
         // A custom client alloc_dir: its parent is hidden, nothing above it is guessed.
         task.alloc_dir = "/srv/allocs/a1".into();
+        let plugin = PluginConfig {
+            hidden_paths: vec![],
+            ..Default::default()
+        };
         let s = sandbox_for(&plugin, &config, &task).unwrap();
         assert_eq!(s.hidden_paths[0], Path::new("/srv/allocs"));
         assert_eq!(s.hidden_paths[1], plugin.runtime_dir);

@@ -422,10 +422,11 @@ const HIDE_FLAGS: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// Creates `path` (a dir) inside the deepest of our tmpfs mounts above it; the components are
-/// fresh dirs we make, so nothing is followed.
-fn make_dir_in(roots: &[PathBuf], path: &Path) -> io::Result<()> {
-    if path.is_dir() {
+/// Creates `path` (a dir, or an empty file when `file`) inside the deepest of our tmpfs
+/// mounts above it, unless it is there; the components are fresh dirs we make, so nothing is
+/// followed.
+fn make_mount_point_in(roots: &[PathBuf], path: &Path, file: bool) -> io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir() != file) {
         return Ok(());
     }
     let root = roots
@@ -436,7 +437,7 @@ fn make_dir_in(roots: &[PathBuf], path: &Path) -> io::Result<()> {
     let rel = path
         .strip_prefix(root)
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    walk_beneath(root, rel, false).map(|_| ())
+    walk_beneath(root, rel, file).map(|_| ())
 }
 
 /// Resolves `rel` beneath `base` one component at a time without following any symlink,
@@ -631,7 +632,7 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
             }
             Overlay::Bind { path, writable, .. } => {
                 let Some(src) = src else { continue };
-                make_dir_in(&tmpfs_roots, path)
+                make_mount_point_in(&tmpfs_roots, path, !src.is_dir())
                     .map_err(|e| fail(format!("creating the mount point {}", display(path)), e))?;
                 bind(&src, path).map_err(|e| fail(format!("binding {}", display(path)), e))?;
                 set_tree(path, !writable, *writable).map_err(|e| {
