@@ -27,7 +27,9 @@ plugin "nomad-driver-elide" {
     # default_pid_mode   = "private"   # private | host
     # default_ipc_mode   = "private"   # private | host
     # fs_isolation       = "readonly"  # readonly | none (raw_exec-like file system access)
-    # hidden_paths       = []          # e.g. ["/etc/nomad.d", "/opt/consul"]: no task sees them
+    # hidden_paths       = ["/etc/shadow", "/etc/gshadow", "/etc/nomad.d", "/etc/consul.d",
+    #                       "/etc/vault.d", "/home", "/root", "/run", "/var/lib", "/var/log"]
+    #                                  # replace it to add yours, e.g. "/opt/consul"
     # denied_host_uids   = ""          # e.g. "0" to refuse tasks running as root
     # denied_host_gids   = ""
   }
