@@ -349,6 +349,14 @@ impl Shim {
                 ExitSummary::from(&e)
             )));
         }
+        // SIGSTOP cannot be blocked, so a namespace init would stop itself instead of
+        // forwarding it: it goes to the runtime directly (every other signal is forwarded).
+        let pid = match signal {
+            Some(s) if s.number() == libc::SIGSTOP && self.runs_under_init() => {
+                first_child(pid).unwrap_or(pid)
+            }
+            _ => pid,
+        };
         common::signals::send(signal, pid).map_err(|source| TaskError::Signal { pid, source })?;
         tracing::info!(
             pid,
@@ -356,6 +364,14 @@ impl Shim {
             "signal delivered"
         );
         Ok(())
+    }
+
+    /// Whether `runtime_pid` is the init of the task's PID namespace.
+    fn runs_under_init(&self) -> bool {
+        lock(&self.state)
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.pid_init)
     }
 
     fn kill_everything(&self, pid: i32) {
@@ -484,6 +500,16 @@ impl Shim {
             let _ = std::fs::remove_file(dir.join(common::paths::LOG_FILE));
         }
     }
+}
+
+/// The oldest child of `pid` (a namespace init's: the runtime).
+fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The namespaces of `pid` by name, with their identities (`mnt:[4026532871]`).

@@ -532,6 +532,28 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
         .unwrap();
     assert_eq!((exit.exit_code, exit.signal), (7, 0), "{exit:?}");
 
+    // SIGSTOP cannot be forwarded by an init (it cannot be blocked): it reaches the runtime.
+    let l = layout("exec sleep 1000");
+    let shim = launch(l.spec.clone(), &dir);
+    let mut c = shim.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    c.signal(api::SignalRequest {
+        signal: "SIGSTOP".into(),
+    })
+    .await
+    .unwrap();
+    let runtime =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", started.pid)).unwrap();
+    let runtime: i32 = runtime.split_whitespace().next().unwrap().parse().unwrap();
+    let state = |pid: i32| common::proc::stat(pid).unwrap().state;
+    let deadline = std::time::Instant::now() + GUARD;
+    while state(runtime) != 'T' && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10)); // no event for a stop
+    }
+    assert_eq!(state(runtime), 'T', "the runtime is stopped");
+    assert_ne!(state(started.pid), 'T', "the init is not");
+    drop(shim);
+
     let l = layout("sleep 1000 & exec sleep 1000");
     let mut shim = launch(l.spec.clone(), &dir);
     let mut c = shim.client().await;
