@@ -108,17 +108,24 @@ fn layout(script: &str) -> Layout {
     }
 }
 
+impl Layout {
+    /// Starts a shim for the spec (not the runtime).
+    fn launch(&self) -> Shim {
+        let dir = self.spec.socket_path.parent().unwrap().parent().unwrap();
+        launch(self.spec.clone(), dir)
+    }
+
+    /// Start's error: the sandbox refused to run the spec.
+    async fn start_error(&self) -> tonic::Status {
+        let shim = self.launch();
+        let e = shim.client().await.start(api::StartRequest {}).await;
+        e.expect_err("Start should fail")
+    }
+}
+
 /// Runs the spec to its exit; returns (exit, output as key=value lines).
 async fn run(l: &Layout) -> (api::ExitStatus, BTreeMap<String, String>, String) {
-    let dir = l
-        .spec
-        .socket_path
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let shim = launch(l.spec.clone(), &dir);
+    let shim = l.launch();
     let mut c = shim.client().await;
     c.start(api::StartRequest {}).await.expect("start");
     let exit = within("wait", c.wait(api::WaitRequest {}))
@@ -386,17 +393,7 @@ async fn a_symlink_at_a_volume_destination_fails_the_start_with_the_step_named()
         task_path: "/srv/data".into(),
         read_only: false,
     }];
-    let dir = l
-        .spec
-        .socket_path
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let shim = launch(l.spec.clone(), &dir);
-    let mut c = shim.client().await;
-    let e = c.start(api::StartRequest {}).await.unwrap_err();
+    let e = l.start_error().await;
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     let msg = e.message();
     assert!(
@@ -416,9 +413,7 @@ async fn a_symlink_at_a_volume_destination_fails_the_start_with_the_step_named()
         task_path: "/data".into(),
         read_only: true,
     }];
-    let shim = launch(l.spec.clone(), &dir);
-    let mut c = shim.client().await;
-    let e = c.start(api::StartRequest {}).await.unwrap_err();
+    let e = l.start_error().await;
     assert!(
         e.message()
             .contains("opening the host volume /nonexistent/volume"),
@@ -433,21 +428,7 @@ async fn denied_host_ids_and_unknown_users_fail_the_start_clearly() {
     }
     let mut l = layout("exit 0");
     l.spec.sandbox.as_mut().unwrap().denied_uids = "0".into();
-    let dir = l
-        .spec
-        .socket_path
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let shim = launch(l.spec.clone(), &dir);
-    let e = shim
-        .client()
-        .await
-        .start(api::StartRequest {})
-        .await
-        .unwrap_err();
+    let e = l.start_error().await;
     assert!(
         e.message().starts_with(
             "running as uid 0 is not allowed on this node (the plugin's denied_host_uids = \"0\")"
@@ -456,13 +437,7 @@ async fn denied_host_ids_and_unknown_users_fail_the_start_clearly() {
     );
     let mut l = layout("exit 0");
     l.spec.user = "no-such-user-x8".into();
-    let shim = launch(l.spec.clone(), &dir);
-    let e = shim
-        .client()
-        .await
-        .start(api::StartRequest {})
-        .await
-        .unwrap_err();
+    let e = l.start_error().await;
     assert!(
         e.message()
             .contains("task user \"no-such-user-x8\" does not exist"),
@@ -479,15 +454,7 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
         return;
     }
     let l = layout("exec sleep 1000");
-    let dir = l
-        .spec
-        .socket_path
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let shim = launch(l.spec.clone(), &dir);
+    let shim = l.launch();
     let mut c = shim.client().await;
     let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
     let init = common::proc::stat(started.pid).unwrap();
@@ -516,7 +483,7 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
     );
 
     let l = layout("trap 'exit 7' USR1; while :; do sleep 0.1; done");
-    let shim = launch(l.spec.clone(), &dir);
+    let shim = l.launch();
     let mut c = shim.client().await;
     c.start(api::StartRequest {}).await.unwrap();
     c.signal(api::SignalRequest {
@@ -534,7 +501,7 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
 
     // SIGSTOP cannot be forwarded by an init (it cannot be blocked): it reaches the runtime.
     let l = layout("exec sleep 1000");
-    let shim = launch(l.spec.clone(), &dir);
+    let shim = l.launch();
     let mut c = shim.client().await;
     let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
     c.signal(api::SignalRequest {
@@ -555,7 +522,7 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
     drop(shim);
 
     let l = layout("sleep 1000 & exec sleep 1000");
-    let mut shim = launch(l.spec.clone(), &dir);
+    let mut shim = l.launch();
     let mut c = shim.client().await;
     let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
     let tree = common::proc::task_processes(started.pid);

@@ -16,17 +16,9 @@ import nomad as nm
 # NET_BIND_SERVICE(10), SYS_CHROOT(18), MKNOD(27), AUDIT_WRITE(29), SETFCAP(31).
 DEFAULT_CAPS = sum(1 << b for b in (0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31))
 
-PROBE = r'''
-import json, os
-
-def status():
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = " ".join(v.split())
-    return {k: out.get(k, "") for k in
-            ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Uid", "Gid", "Groups")}
+# What the probe and the volume script share.
+CAN = r'''
+import os
 
 def can(fn):
     try:
@@ -40,6 +32,19 @@ def write(path):
         with open(path, "w") as fh:
             fh.write("probe")
     return f
+'''
+
+PROBE = CAN + r'''
+import json
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = " ".join(v.split())
+    return {k: out.get(k, "") for k in
+            ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Uid", "Gid", "Groups")}
 
 def read(path):
     def f():
@@ -118,6 +123,15 @@ def run_probe(agent, name: str, **kw) -> tuple[dict, dict]:
                 os.unlink(leaked)  # keep the host clean even when the sandbox failed
 
 
+def failed_probe(agent, name: str, **kw) -> str:
+    """Runs a probe that must fail before it starts; returns its task's events."""
+    job = agent.run_job(probe_job(name, **kw))
+    alloc = agent.first_alloc(job["ID"])
+    ts = agent.wait_task(alloc["ID"], "t", "dead")
+    assert ts["Failed"], nm.describe_task(ts)
+    return nm.describe_task(ts)
+
+
 def task_dir(agent, alloc: dict, task: str = "t") -> str:
     return os.path.join(agent.data_dir, "alloc", alloc["ID"], task)
 
@@ -182,12 +196,7 @@ def test_cap_drop_all_leaves_no_capability(shared_agent):
 
 
 def test_cap_add_outside_allow_caps_fails_naming_it(shared_agent):
-    agent = shared_agent
-    job = agent.run_job(probe_job("sysadmin", config='cap_add = ["sys_admin"]'))
-    alloc = agent.first_alloc(job["ID"])
-    ts = agent.wait_task(alloc["ID"], "t", "dead")
-    assert ts["Failed"], nm.describe_task(ts)
-    text = nm.describe_task(ts)
+    text = failed_probe(shared_agent, "sysadmin", config='cap_add = ["sys_admin"]')
     assert "does not allow the capabilities sys_admin" in text, text
     assert "allow_caps" in text, text
 
@@ -209,12 +218,7 @@ def test_user_nobody_runs_as_65534_without_root_groups(shared_agent):
 
 
 def test_an_unknown_user_fails_the_task_clearly(shared_agent):
-    agent = shared_agent
-    job = agent.run_job(probe_job("ghost", task='user = "no-such-user-e2e"'))
-    alloc = agent.first_alloc(job["ID"])
-    ts = agent.wait_task(alloc["ID"], "t", "dead")
-    assert ts["Failed"], nm.describe_task(ts)
-    text = nm.describe_task(ts)
+    text = failed_probe(shared_agent, "ghost", task='user = "no-such-user-e2e"')
     assert 'task user "no-such-user-e2e" does not exist on this node' in text, text
 
 
@@ -233,19 +237,7 @@ host_volume "rw-vol" {{
   read_only = false
 }}""")
     agent.wait_driver_healthy()
-    script = r'''
-import os
-def can(fn):
-    try:
-        fn()
-        return True
-    except OSError:
-        return False
-def write(p):
-    def f():
-        with open(p, "w") as fh:
-            fh.write("task")
-    return f
+    script = CAN + r'''
 print("seed=" + open("srv/ro/seed.txt").read(), flush=True)
 print("ro_write=" + str(can(write("srv/ro/x.txt"))), flush=True)
 print("rw_write=" + str(can(write("data/x.txt"))), flush=True)
@@ -277,7 +269,7 @@ print("rw_write=" + str(can(write("data/x.txt"))), flush=True)
     assert "seed=from-the-host" in out, out
     assert "ro_write=False" in out, out
     assert "rw_write=True" in out, out
-    assert (rw / "x.txt").read_text() == "task"
+    assert (rw / "x.txt").read_text() == "probe"
     assert not (ro / "x.txt").exists()
 
 

@@ -529,9 +529,8 @@ fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Carries out the plan (as root, in a new mount namespace).
-pub fn apply(p: &MountPlan) -> Result<(), Failure> {
-    // 1. Nothing we do may reach the host.
+/// `mount --make-rprivate /`: no mount event goes to or comes from the host any more.
+fn make_rprivate() -> io::Result<()> {
     mount(
         None,
         Path::new("/"),
@@ -539,7 +538,12 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )
-    .map_err(|e| fail("making every mount private (mount --make-rprivate /)", e))?;
+}
+
+/// Carries out the plan (as root, in a new mount namespace).
+pub fn apply(p: &MountPlan) -> Result<(), Failure> {
+    // 1. Nothing we do may reach the host.
+    make_rprivate().map_err(|e| fail("making every mount private (mount --make-rprivate /)", e))?;
 
     // 2. Sources, while the host view is complete.
     let mut overlay_src: Vec<Option<Handle>> = Vec::new();
@@ -594,23 +598,26 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
     }
     // 4. Private /tmp and /dev.
     let mut tmpfs_roots: Vec<PathBuf> = Vec::new();
-    if p.private_tmp {
-        tmpfs(
-            Path::new("/tmp"),
+    for (wanted, path, flags, data) in [
+        // Executable: Elide extracts its native libraries to /tmp.
+        (
+            p.private_tmp,
+            "/tmp",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             "mode=1777",
-        )
-        .map_err(|e| fail("mounting a private /tmp", e))?;
-        tmpfs_roots.push("/tmp".into());
-    }
-    if p.private_dev {
-        tmpfs(
-            Path::new("/dev"),
+        ),
+        (
+            p.private_dev,
+            "/dev",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             "mode=755,size=64k",
-        )
-        .map_err(|e| fail("mounting a private /dev", e))?;
-        tmpfs_roots.push("/dev".into());
+        ),
+    ] {
+        if wanted {
+            tmpfs(Path::new(path), flags, data)
+                .map_err(|e| fail(format!("mounting a private {path}"), e))?;
+            tmpfs_roots.push(path.into());
+        }
     }
 
     // 5. Hides and same-path binds.
@@ -947,14 +954,7 @@ mod tests {
         let top = dir.path().to_path_buf();
         std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-            mount(
-                None,
-                Path::new("/"),
-                None,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None,
-            )
-            .unwrap();
+            make_rprivate().unwrap();
             tmpfs(&top, MsFlags::empty(), "size=1m").unwrap();
             let sub = top.join("sub");
             std::fs::create_dir(&sub).unwrap();
