@@ -317,7 +317,11 @@ pub fn spawn(
         add(n, sandbox::NETNS_FD)?;
     }
     let moves: Vec<(RawFd, RawFd)> = sources.iter().map(|(s, t)| (s.as_raw_fd(), *t)).collect();
-    let err_fd = sources[4].0.as_raw_fd();
+    let err_fd = moves
+        .iter()
+        .find(|(_, to)| *to == sandbox::ERROR_FD)
+        .map(|(from, _)| *from)
+        .unwrap_or(-1);
     let init_path = CString::new(init_binary().as_os_str().as_bytes()).map_err(|_| {
         setup_err(program, "naming elide-executor")(std::io::ErrorKind::InvalidInput.into())
     })?;

@@ -19,7 +19,20 @@ use std::process::Command;
 
 /// Runs `sandbox-init` and exits; never returns.
 pub fn main() -> ! {
-    let code = match run() {
+    // A panic must not look like success (EOF on the error pipe) to the shim.
+    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Failure::new(
+            Step::Plan,
+            format!("sandbox-init panicked: {what}"),
+            &io::Error::from_raw_os_error(libc::EINVAL),
+        ))
+    });
+    let code = match outcome {
         Ok(code) => code,
         Err(f) => {
             f.send(ERROR_FD);
