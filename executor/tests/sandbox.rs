@@ -46,6 +46,12 @@ fn layout(script: &str) -> Layout {
         .prefix("eesb")
         .tempdir_in("/var/tmp")
         .unwrap();
+    // Traversable, like Nomad's data dir, so a task user without capabilities gets to its dir.
+    std::fs::set_permissions(
+        data_tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let run = short_dir();
     let data = data_tmp.path().join("data");
     let alloc = data.join("alloc").join("a1");
@@ -297,6 +303,15 @@ async fn cap_drop_all_leaves_nothing_and_nobody_gets_its_own_groups() {
         want,
         "{text}"
     );
+
+    // Without any capability (no DAC override) the user still reaches its dir: the mount
+    // points the sandbox made on the way are traversable.
+    let mut l = layout(STATUS);
+    l.spec.user = "nobody".into();
+    l.spec.sandbox.as_mut().unwrap().capabilities = vec![];
+    let (exit, kv, text) = run(&l).await;
+    assert_eq!(exit.exit_code, 0, "{text}");
+    assert_eq!(kv["CapEff"], "0000000000000000", "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,10 @@ fn run() -> Result<i32, Failure> {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     let plan = read_plan()?;
+    // The shim's umask (077) came along: the mount points made in the hiding tmpfs dirs must
+    // be traversable by the task user. The task's own umask is set at the end.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o022) };
     if plan.netns {
         // SAFETY: setns on the fd the shim passed; closed right after.
         let r = unsafe { libc::setns(NETNS_FD, libc::CLONE_NEWNET) };
