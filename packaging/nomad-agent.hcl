@@ -25,5 +25,23 @@ plugin "nomad-driver-elide" {
     # pids_limit         = 0         # 0 = unlimited
     # heap_percent       = 75        # -Xmx = this share of the task's memory limit
     # fifo_open_timeout  = "10s"
+    # The task sandbox (docs/driver.md, "Sandbox"); these are the defaults:
+    # allow_caps         = ["audit_write", "chown", "dac_override", "fowner", "fsetid", "kill",
+    #                       "mknod", "net_bind_service", "setfcap", "setgid", "setpcap",
+    #                       "setuid", "sys_chroot"]
+    # default_pid_mode   = "private"   # private | host
+    # default_ipc_mode   = "private"   # private | host
+    # fs_isolation       = "readonly"  # readonly | none (raw_exec-like file system access)
+    # hidden_paths       = ["/etc/shadow", "/etc/gshadow", "/etc/nomad.d", "/etc/consul.d",
+    #                       "/etc/vault.d", "/home", "/root", "/run", "/var/lib", "/var/log"]
+    #                                  # replace it to add yours, e.g. "/opt/consul"
+    # denied_host_uids   = ""          # e.g. "0" to refuse tasks running as root
+    # denied_host_gids   = ""
   }
 }
+
+# Bridge networking (network { mode = "bridge" }) needs the CNI plugins; Debian/Ubuntu's
+# containernetworking-plugins install them in /usr/lib/cni:
+# client {
+#   cni_path = "/usr/lib/cni"
+# }

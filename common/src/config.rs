@@ -2,11 +2,13 @@
 //! (job `config {…}`): their hclspec schemas, cty-msgpack decoding and validation.
 //! Reference: docs/driver.md.
 
+use crate::capabilities::{self, CapName};
 use crate::cty::{self, CtyError, Obj};
 use crate::hclspec::{attr, block, default_, literal, literal_string, object};
 use crate::paths::{DEFAULT_RUNTIME_DIR, MAX_SOCKET_PATH};
 use crate::proto::hclspec::Spec;
 use crate::runtime_args::{self, RuntimeArg};
+use crate::sandbox::{FsIsolation, IdRanges, NamespaceMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,6 +112,16 @@ pub struct PluginConfig {
     pub pids_limit: u64,
     pub heap_percent: u64,
     pub fifo_open_timeout: Duration,
+    /// Capabilities a task may have (Nomad exec's `allow_caps`).
+    pub allow_caps: Vec<CapName>,
+    pub default_pid_mode: NamespaceMode,
+    pub default_ipc_mode: NamespaceMode,
+    pub fs_isolation: FsIsolation,
+    /// Host paths no task may see (on top of Nomad's data dir and the runtime dir).
+    pub hidden_paths: Vec<PathBuf>,
+    /// raw_exec's `denied_host_uids` / `denied_host_gids` (`"0,1000-1999"`).
+    pub denied_host_uids: String,
+    pub denied_host_gids: String,
 }
 
 impl Default for PluginConfig {
@@ -127,6 +139,16 @@ impl Default for PluginConfig {
             pids_limit: 0,
             heap_percent: 75,
             fifo_open_timeout: crate::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
+            allow_caps: capabilities::nomad_defaults(),
+            default_pid_mode: NamespaceMode::Private,
+            default_ipc_mode: NamespaceMode::Private,
+            fs_isolation: FsIsolation::Readonly,
+            hidden_paths: crate::sandbox::DEFAULT_HIDDEN_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            denied_host_uids: String::new(),
+            denied_host_gids: String::new(),
         }
     }
 }
@@ -144,6 +166,13 @@ const PLUGIN_KEYS: &[&str] = &[
     "pids_limit",
     "heap_percent",
     "fifo_open_timeout",
+    "allow_caps",
+    "default_pid_mode",
+    "default_ipc_mode",
+    "fs_isolation",
+    "hidden_paths",
+    "denied_host_uids",
+    "denied_host_gids",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -330,6 +359,21 @@ impl PluginConfig {
             defaulted("pids_limit", "number", literal("0")),
             defaulted("heap_percent", "number", literal("75")),
             defaulted("fifo_open_timeout", "string", literal_string("10s")),
+            defaulted(
+                "allow_caps",
+                "list(string)",
+                literal(&quoted_list(capabilities::NOMAD_DEFAULTS)),
+            ),
+            defaulted("default_pid_mode", "string", literal_string("private")),
+            defaulted("default_ipc_mode", "string", literal_string("private")),
+            defaulted("fs_isolation", "string", literal_string("readonly")),
+            defaulted(
+                "hidden_paths",
+                "list(string)",
+                literal(&quoted_list(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+            ),
+            defaulted("denied_host_uids", "string", literal_string("")),
+            defaulted("denied_host_gids", "string", literal_string("")),
         ])
     }
 
@@ -414,8 +458,77 @@ impl PluginConfig {
                 d.fifo_open_timeout,
                 FIFO_OPEN_TIMEOUT_RANGE,
             )?,
+            // Present but empty allows nothing; absent (no schema defaults applied) is the
+            // default list.
+            allow_caps: match o.get("allow_caps") {
+                Some(_) => cap_names("allow_caps", &o.string_list("allow_caps")?)?,
+                None => d.allow_caps,
+            },
+            default_pid_mode: namespace_mode("default_pid_mode", o.string("default_pid_mode")?)?
+                .unwrap_or(d.default_pid_mode),
+            default_ipc_mode: namespace_mode("default_ipc_mode", o.string("default_ipc_mode")?)?
+                .unwrap_or(d.default_ipc_mode),
+            fs_isolation: match o.string("fs_isolation")? {
+                None => d.fs_isolation,
+                Some(v) => FsIsolation::parse(&v).ok_or_else(|| {
+                    invalid(
+                        "fs_isolation",
+                        format!("{v:?} is not one of \"readonly\", \"none\""),
+                    )
+                })?,
+            },
+            // Present but empty hides nothing more; absent is the default list.
+            hidden_paths: match o.get("hidden_paths") {
+                Some(_) => hidden_paths(o.string_list("hidden_paths")?)?,
+                None => d.hidden_paths,
+            },
+            denied_host_uids: id_ranges("denied_host_uids", o.string("denied_host_uids")?)?,
+            denied_host_gids: id_ranges("denied_host_gids", o.string("denied_host_gids")?)?,
         })
     }
+}
+
+/// An HCL list literal of strings.
+fn quoted_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|c| format!("{c:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A list of capability names (`allow_caps`, `cap_add`, `cap_drop`), normalised.
+fn cap_names(field: &str, names: &[String]) -> Result<Vec<CapName>, ConfigError> {
+    capabilities::parse_names(names).map_err(|(i, e)| invalid(&format!("{field}[{i}]"), e))
+}
+
+fn namespace_mode(field: &str, v: Option<String>) -> Result<Option<NamespaceMode>, ConfigError> {
+    v.map(|v| {
+        NamespaceMode::parse(&v)
+            .ok_or_else(|| invalid(field, format!("{v:?} is not one of \"private\", \"host\"")))
+    })
+    .transpose()
+}
+
+fn hidden_paths(list: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("hidden_paths[{i}]");
+            no_nul(&field, &p)?;
+            let path = PathBuf::from(&p);
+            if !path.is_absolute() || path.parent().is_none() {
+                return Err(invalid(
+                    &field,
+                    format!("{p:?} must be an absolute path other than \"/\""),
+                ));
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+fn id_ranges(field: &str, v: Option<String>) -> Result<String, ConfigError> {
+    let v = v.unwrap_or_default();
+    IdRanges::parse(&v).map_err(|e| invalid(field, e))?;
+    Ok(v.trim().to_owned())
 }
 
 /// `elide_opts { … }` in the task config.
@@ -442,6 +555,12 @@ pub struct TaskConfig {
     pub flags: Vec<String>,
     pub pids_limit: Option<u64>,
     pub elide_opts: Option<ElideOpts>,
+    /// Nomad exec's `cap_add` / `cap_drop` (checked against `allow_caps` at start).
+    pub cap_add: Vec<CapName>,
+    pub cap_drop: Vec<CapName>,
+    /// Overrides `default_pid_mode` / `default_ipc_mode`.
+    pub pid_mode: Option<NamespaceMode>,
+    pub ipc_mode: Option<NamespaceMode>,
 }
 
 const TASK_KEYS: &[&str] = &[
@@ -454,6 +573,10 @@ const TASK_KEYS: &[&str] = &[
     "flags",
     "pids_limit",
     "elide_opts",
+    "cap_add",
+    "cap_drop",
+    "pid_mode",
+    "ipc_mode",
 ];
 const ELIDE_OPTS_KEYS: &[&str] = &[
     "languages",
@@ -530,6 +653,10 @@ impl TaskConfig {
             ),
             ("flags", attr("flags", "list(string)", false)),
             ("pids_limit", attr("pids_limit", "number", false)),
+            ("cap_add", attr("cap_add", "list(string)", false)),
+            ("cap_drop", attr("cap_drop", "list(string)", false)),
+            ("pid_mode", attr("pid_mode", "string", false)),
+            ("ipc_mode", attr("ipc_mode", "string", false)),
             (
                 "elide_opts",
                 block(
@@ -659,6 +786,10 @@ impl TaskConfig {
             flags,
             pids_limit: o.integer("pids_limit", 0, MAX_PIDS)?.map(|n| n as u64),
             elide_opts,
+            cap_add: cap_names("config.cap_add", &o.string_list("cap_add")?)?,
+            cap_drop: cap_names("config.cap_drop", &o.string_list("cap_drop")?)?,
+            pid_mode: namespace_mode("config.pid_mode", o.string("pid_mode")?)?,
+            ipc_mode: namespace_mode("config.ipc_mode", o.string("ipc_mode")?)?,
         })
     }
 }
@@ -702,6 +833,13 @@ mod tests {
             ("pids_limit", Value::from(0u8)),
             ("heap_percent", Value::from(75u8)),
             ("fifo_open_timeout", s("10s")),
+            ("allow_caps", strs(capabilities::NOMAD_DEFAULTS)),
+            ("default_pid_mode", s("private")),
+            ("default_ipc_mode", s("private")),
+            ("fs_isolation", s("readonly")),
+            ("hidden_paths", strs(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+            ("denied_host_uids", s("")),
+            ("denied_host_gids", s("")),
         ]
         .into_iter()
         .collect();
@@ -788,6 +926,75 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("at most 85 bytes"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_options_decode_and_name_the_field_when_wrong() {
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![
+            ("allow_caps", strs(&["CAP_KILL", "chown", "kill"])),
+            ("default_pid_mode", s("host")),
+            ("default_ipc_mode", s("host")),
+            ("fs_isolation", s("none")),
+            ("hidden_paths", strs(&["/root", "/etc/nomad.d"])),
+            ("denied_host_uids", s(" 0,1000-1999 ")),
+            ("denied_host_gids", s("0")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.allow_caps.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            ["kill", "chown"]
+        );
+        assert_eq!(c.default_pid_mode, NamespaceMode::Host);
+        assert_eq!(c.default_ipc_mode, NamespaceMode::Host);
+        assert_eq!(c.fs_isolation, FsIsolation::None);
+        assert_eq!(
+            c.hidden_paths,
+            [PathBuf::from("/root"), PathBuf::from("/etc/nomad.d")]
+        );
+        assert_eq!(c.denied_host_uids, "0,1000-1999");
+        assert_eq!(c.denied_host_gids, "0");
+        let none =
+            PluginConfig::from_msgpack(&plugin_payload(vec![("allow_caps", Value::Array(vec![]))]))
+                .unwrap();
+        assert!(
+            none.allow_caps.is_empty(),
+            "an empty allow_caps allows nothing"
+        );
+        for (over, want) in [
+            (
+                ("allow_caps", strs(&["chown", "sys_admn"])),
+                "allow_caps[1]: \"sys_admn\" is not a Linux capability",
+            ),
+            (
+                ("default_pid_mode", s("shared")),
+                "default_pid_mode: \"shared\" is not one of \"private\", \"host\"",
+            ),
+            (
+                ("fs_isolation", s("chroot")),
+                "fs_isolation: \"chroot\" is not one of \"readonly\", \"none\"",
+            ),
+            (
+                ("hidden_paths", strs(&["relative"])),
+                "hidden_paths[0]: \"relative\" must be an absolute path",
+            ),
+            (
+                ("hidden_paths", strs(&["/"])),
+                "hidden_paths[0]: \"/\" must be",
+            ),
+            (
+                ("denied_host_uids", s("0-x")),
+                "denied_host_uids: \"0-x\" is not an id or a range",
+            ),
+            (
+                ("denied_host_gids", s("9-1")),
+                "denied_host_gids: \"9-1\": the lower bound is greater",
+            ),
+        ] {
+            let e = PluginConfig::from_msgpack(&plugin_payload(vec![over]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
+        }
     }
 
     #[test]
@@ -984,8 +1191,16 @@ mod tests {
                 ("flags", strs(&["--js:esm"])),
                 ("pids_limit", Value::from(100u8)),
                 ("elide_opts", elide_opts),
+                ("cap_add", strs(&["NET_RAW"])),
+                ("cap_drop", strs(&["all"])),
+                ("pid_mode", s("host")),
+                ("ipc_mode", s("private")),
             ]))
             .unwrap();
+            assert_eq!(t.cap_add[0].as_str(), "net_raw");
+            assert!(t.cap_drop[0].is_all());
+            assert_eq!(t.pid_mode, Some(NamespaceMode::Host));
+            assert_eq!(t.ipc_mode, Some(NamespaceMode::Private));
             assert_eq!(t.script, "/abs/app.mjs");
             assert_eq!(t.args, ["--port", "8080", ""]);
             assert_eq!(t.env.len(), 2);
@@ -1172,6 +1387,22 @@ mod tests {
             (
                 vec![("runtime_options", strs(&["-"]))],
                 "config.runtime_options[0]: \"-\" is not an option",
+            ),
+            (
+                vec![("cap_add", strs(&["sys_admin", "bogus"]))],
+                "config.cap_add[1]: \"bogus\" is not a Linux capability",
+            ),
+            (
+                vec![("cap_drop", s("all"))],
+                "config.cap_drop: expected a list of strings",
+            ),
+            (
+                vec![("pid_mode", s("container"))],
+                "config.pid_mode: \"container\" is not one of \"private\", \"host\"",
+            ),
+            (
+                vec![("ipc_mode", s("none"))],
+                "config.ipc_mode: \"none\" is not one of",
             ),
             (vec![("colour", s("x"))], "config.colour: unknown key"),
         ];

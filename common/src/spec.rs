@@ -1,6 +1,7 @@
 //! The task spec: everything a shim needs to run one task, written by the plugin (or by an
 //! operator for `elide-executor run --spec FILE`) as JSON. Documented in docs/executor.md.
 
+use crate::sandbox::SandboxSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +62,11 @@ pub struct TaskSpec {
     /// The exit result stays on disk afterwards, so nothing is lost when it goes.
     #[serde(default = "default_linger_secs")]
     pub linger_after_exit_secs: u64,
+    /// How the runtime is confined (capabilities, namespaces, file system view, volumes).
+    /// The plugin always sets it; absent (a hand-written `run` spec) means no sandbox: the
+    /// runtime gets the shim's privileges and namespaces.
+    #[serde(default)]
+    pub sandbox: Option<SandboxSpec>,
 }
 
 /// Limits and cgroup placement for the runtime process.
@@ -181,6 +187,10 @@ impl TaskSpec {
             MAX_LINGER_SECS,
             "seconds (7 days)",
         )?;
+        if let Some(s) = &self.sandbox {
+            s.validate()
+                .map_err(|(field, message)| spec_err(&field, message))?;
+        }
         crate::env::check_exec(&self.argv, &self.env, crate::env::arg_max()).map_err(|e| {
             let field = match e {
                 crate::env::EnvError::NulArg { .. } => "argv",

@@ -37,6 +37,20 @@ pub struct TaskState {
     pub cgroup: Option<String>,
     #[serde(default)]
     pub exit: Option<ExitRecord>,
+    /// The runtime's sandbox while it runs (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxState>,
+}
+
+/// Where a running task's sandbox is, for whatever must later run inside it (`nomad alloc
+/// exec`): join the namespaces of `runtime_pid` after checking they are still these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxState {
+    /// `runtime_pid` is the init of the task's PID namespace (it forwards signals to the
+    /// runtime), not the runtime itself.
+    pub pid_init: bool,
+    /// `ns` name → the link text of `/proc/<runtime_pid>/ns/<name>` (e.g. `mnt:[4026532871]`).
+    pub namespaces: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +298,7 @@ mod tests {
                 netns_path: None,
                 resources: ResourceSpec::default(),
                 linger_after_exit_secs: 1,
+                sandbox: None,
             },
             shim_pid: 1,
             shim_start_time: 2,
@@ -293,6 +308,7 @@ mod tests {
             started_at_unix_ms: Some(5),
             cgroup: None,
             exit: None,
+            sandbox: None,
         }
     }
 

@@ -319,6 +319,7 @@ proptest! {
             exit: exit.map(|(exit_code, signal, oom_killed, message, exited_at_unix_ms)| ExitRecord {
                 exit_code, signal, oom_killed, message, exited_at_unix_ms,
             }),
+            sandbox: None,
         };
         state.write(&path).unwrap();
         prop_assert_eq!(TaskState::read(&path).unwrap(), state);
@@ -454,6 +455,7 @@ fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
                 netns_path: netns.map(Into::into),
                 resources,
                 linger_after_exit_secs: linger,
+                sandbox: None,
             },
         )
 }

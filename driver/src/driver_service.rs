@@ -31,8 +31,9 @@ pub fn capabilities() -> DriverCapabilities {
     DriverCapabilities {
         send_signals: true,
         exec: false,
-        // No chroot: the task dir is a plain host dir (like raw_exec and Nomad's java driver
-        // without isolation); Elide needs its install dir next to the binary anyway.
+        // No chroot: the task sees the host root read-only with Nomad's and other tasks' dirs
+        // hidden, and its own dirs at their host paths, so every NOMAD_*_DIR stays the host
+        // path Nomad computes for NONE (docs/driver.md, "Sandbox").
         fs_isolation: FsIsolation::None as i32,
         // The shim enters the group network namespace when Nomad hands one over.
         network_isolation_modes: vec![
@@ -40,7 +41,9 @@ pub fn capabilities() -> DriverCapabilities {
             NetworkIsolationMode::Group as i32,
         ],
         must_create_network: false,
-        mount_configs: MountConfigs::NoMounts as i32,
+        // Host volumes are bound beneath the task dir inside the task's mount namespace.
+        // ANY_MOUNTS: 0, an alias prost only generates under its first name.
+        mount_configs: MountConfigs::UnknownMounts as i32,
         disable_log_collection: false,
         dynamic_workload_users: false,
     }

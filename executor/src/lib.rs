@@ -3,7 +3,8 @@
 //! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
 //! - [`server`]: the tonic control API on top of it;
-//! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG);
+//! - [`runtime`]: spawning the runtime (setsid, cgroup, PDEATHSIG, then `sandbox-init`);
+//! - [`sandbox`]: the task sandbox (namespaces, mounts, credentials, capabilities, PID 1);
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
 //! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
 //! - [`stats`]: usage samples (cgroup or `/proc`);
@@ -15,6 +16,7 @@ mod fifo;
 pub mod logging;
 mod reaper;
 pub mod runtime;
+pub mod sandbox;
 pub mod serve;
 mod server;
 mod shim;

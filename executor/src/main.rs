@@ -75,6 +75,11 @@ enum Cmd {
 }
 
 fn main() {
+    // The sandbox set-up process the shim starts for each runtime: single-threaded, before
+    // any runtime or parser exists (docs/executor.md, "Sandbox"). Not for operators.
+    if std::env::args_os().nth(1).as_deref() == Some(executor::sandbox::INIT_COMMAND.as_ref()) {
+        executor::sandbox::init::main();
+    }
     let cli = Cli::parse();
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
     // forked it, so the spawn must happen on this (main) thread; one thread also keeps the

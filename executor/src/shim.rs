@@ -10,7 +10,9 @@ use common::cgroup::TaskCgroup;
 use common::proto::executor as api;
 use common::signals::TaskSignal;
 use common::spec::TaskSpec;
-use common::state::{now_ms, ExitRecord, ExitSummary, StateError, TaskState, STATE_VERSION};
+use common::state::{
+    now_ms, ExitRecord, ExitSummary, SandboxState, StateError, TaskState, STATE_VERSION,
+};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
@@ -43,6 +45,9 @@ pub struct Shim {
     cgroup: Mutex<Option<Arc<TaskCgroup>>>,
     /// Our never-read read ends of the log FIFOs (see fifo.rs).
     keepalive: Mutex<Vec<OwnedFd>>,
+    /// PID-namespace mode: the pipe on which the namespace's init reports the runtime's raw
+    /// wait status (the init's own exit cannot carry a signal death).
+    init_status: Mutex<Option<OwnedFd>>,
     /// Set when Stop escalated to SIGKILL, to explain the exit.
     kill_note: Mutex<Option<String>>,
     starting: AtomicBool,
@@ -64,6 +69,7 @@ impl Shim {
             started_at_unix_ms: None,
             cgroup: None,
             exit: None,
+            sandbox: None,
         };
         let (exit_tx, _) = watch::channel(None);
         let (reaped_tx, _) = watch::channel(0);
@@ -74,6 +80,7 @@ impl Shim {
             reaped_tx,
             cgroup: Mutex::new(None),
             keepalive: Mutex::new(Vec::new()),
+            init_status: Mutex::new(None),
             kill_note: Mutex::new(None),
             starting: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -162,7 +169,10 @@ impl Shim {
         let procs = cg.as_ref().map(|c| c.procs_files()).unwrap_or_default();
         // On the main thread (current_thread runtime): see runtime.rs about PDEATHSIG.
         let pid = match runtime::spawn(&self.spec, out.write, err.write, procs) {
-            Ok(pid) => pid,
+            Ok(spawned) => {
+                *lock(&self.init_status) = spawned.status;
+                spawned.pid
+            }
             Err(e) => {
                 if let Some(c) = &cg {
                     c.remove();
@@ -175,11 +185,16 @@ impl Shim {
         let started = now_ms();
         let cg_desc = cg.as_ref().map(|c| c.describe());
         *lock(&self.cgroup) = cg;
+        let sandbox = self.spec.sandbox.as_ref().map(|s| SandboxState {
+            pid_init: s.pid_mode.is_private(),
+            namespaces: namespaces_of(pid),
+        });
         if let Err(source) = self.update(|s| {
             s.runtime_pid = Some(pid);
             s.runtime_start_time = Some(start_time);
             s.started_at_unix_ms = Some(started);
             s.cgroup = cg_desc;
+            s.sandbox = sandbox;
         }) {
             // Nobody could recover an unrecorded runtime: do not leave it behind.
             self.kill_everything(pid);
@@ -250,6 +265,14 @@ impl Shim {
             let limit = self.spec.resources.memory_max_mb;
             message = format!("OOM killed: the task exceeded its memory limit of {limit} MiB");
         }
+        // A namespace init reports how the runtime itself ended; without a report (the init
+        // was SIGKILLed: stop timeout, OOM, kill -9) its own death is the task's.
+        let status = lock(&self.init_status).take();
+        let r = status
+            .as_ref()
+            .and_then(runtime::read_status)
+            .and_then(|raw| reaper::decode(r.pid, raw))
+            .unwrap_or(r);
         let record = ExitRecord {
             exit_code: r.exit_code,
             signal: r.signal,
@@ -327,6 +350,14 @@ impl Shim {
                 ExitSummary::from(&e)
             )));
         }
+        // SIGSTOP cannot be blocked, so a namespace init would stop itself instead of
+        // forwarding it: it goes to the runtime directly (every other signal is forwarded).
+        let pid = match signal {
+            Some(s) if s.number() == libc::SIGSTOP && self.runs_under_init() => {
+                first_child(pid).unwrap_or(pid)
+            }
+            _ => pid,
+        };
         common::signals::send(signal, pid).map_err(|source| TaskError::Signal { pid, source })?;
         tracing::info!(
             pid,
@@ -334,6 +365,14 @@ impl Shim {
             "signal delivered"
         );
         Ok(())
+    }
+
+    /// Whether `runtime_pid` is the init of the task's PID namespace.
+    fn runs_under_init(&self) -> bool {
+        lock(&self.state)
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.pid_init)
     }
 
     fn kill_everything(&self, pid: i32) {
@@ -373,6 +412,14 @@ impl Shim {
             (None, None) => api::TaskState::Pending,
         };
         let memory = match (s.runtime_pid, &exit) {
+            (Some(p), None) if s.sandbox.as_ref().is_some_and(|b| b.pid_init) => {
+                // What runs below the namespace's init (its own few pages are not the task's).
+                common::proc::task_processes(p)
+                    .iter()
+                    .filter(|q| q.pid != p)
+                    .map(|q| common::proc::rss_bytes(q.pid).unwrap_or(0))
+                    .fold(0u64, u64::saturating_add)
+            }
             (Some(p), None) => common::proc::rss_bytes(p).unwrap_or(0),
             _ => 0,
         };
@@ -456,6 +503,27 @@ impl Shim {
             let _ = std::fs::remove_file(dir.join(common::paths::LOG_FILE));
         }
     }
+}
+
+/// The oldest child of `pid` (a namespace init's: the runtime).
+fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The namespaces of `pid` by name, with their identities (`mnt:[4026532871]`).
+fn namespaces_of(pid: i32) -> std::collections::BTreeMap<String, String> {
+    ["mnt", "pid", "ipc", "net", "uts", "cgroup", "user"]
+        .into_iter()
+        .filter_map(|ns| {
+            let link = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()?;
+            Some((ns.to_owned(), link.display().to_string()))
+        })
+        .collect()
 }
 
 /// SIGKILLs every live process of the task: the runtime's process group (`pgid`) and every

@@ -286,7 +286,10 @@ fn the_runtime_joins_nomads_scope_before_exec_and_the_shim_stays_out() {
     let cg = TaskCgroup::create_for(&root, Version::V2, &spec).unwrap();
     assert_eq!(cg.dirs(), vec![scope.clone()]);
     let null = || OwnedFd::from(std::fs::File::create("/dev/null").unwrap());
-    let pid = executor::runtime::spawn(&spec, null(), null(), cg.procs_files()).unwrap();
+    executor::runtime::set_init_binary(BIN.into());
+    let pid = executor::runtime::spawn(&spec, null(), null(), cg.procs_files())
+        .unwrap()
+        .pid;
     let pid = nix::unistd::Pid::from_raw(pid);
     let status = nix::sys::wait::waitpid(pid, None).unwrap();
     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
@@ -299,4 +302,31 @@ fn the_runtime_joins_nomads_scope_before_exec_and_the_shim_stays_out() {
         !root.join("elide.slice").exists(),
         "no cgroup of our own next to Nomad's"
     );
+}
+
+/// What execve refuses is reported by sandbox-init with the errno: E2BIG is not blamed on
+/// elide_binary; a missing binary is.
+#[test]
+fn exec_errors_name_their_cause() {
+    use executor::runtime::{spawn, SpawnError};
+    executor::runtime::set_init_binary(BIN.into());
+    let dir = short_dir();
+    let null = || OwnedFd::from(std::fs::File::create("/dev/null").unwrap());
+    let mut s = spec(dir.path(), "");
+    s.argv = vec!["/bin/true".into()];
+    // 3 MiB in one variable: execve says E2BIG.
+    s.env.insert("BIG".into(), "x".repeat(3 << 20));
+    let e = spawn(&s, null(), null(), vec![]).unwrap_err();
+    assert!(matches!(e, SpawnError::TooBig { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("E2BIG") && msg.contains("shorten env values"),
+        "{msg}"
+    );
+    assert!(!msg.contains("elide_binary"), "{msg}");
+
+    let mut s = spec(dir.path(), "");
+    s.argv = vec!["/no/such/elide".into()];
+    let e = spawn(&s, null(), null(), vec![]).unwrap_err();
+    assert!(e.to_string().contains("check elide_binary"), "{e}");
 }

@@ -12,7 +12,11 @@ measures:
     left out);
   * time from job registration to all N tasks running;
   * for ours: shim spawn → socket ready (from the plugin's debug log), and the plugin's RSS;
-  * recovery: time from an agent restart to every task reattached (persistent agent).
+  * recovery: time from an agent restart to every task reattached (persistent agent);
+  * the sandbox's cost: the plugin's defaults, fs_isolation = "none", and nothing but the
+    capability drop (fs_isolation = "none", host PID and IPC namespaces), one agent each: the
+    shim's Start of one task at a time (log FIFOs, cgroup, sandbox setup, exec; from the
+    plugin's debug log), and the time until N tasks started at once run.
 """
 from __future__ import annotations
 
@@ -106,12 +110,68 @@ def run_driver(agent, driver: str, n: int) -> dict:
     return res
 
 
+SANDBOX_CONFIGS = [
+    ("sandbox (defaults)", {}),
+    ("fs_isolation=none", {"fs_isolation": "none"}),
+    ("none+host pid/ipc", {"fs_isolation": "none", "default_pid_mode": "host",
+                           "default_ipc_mode": "host"}),
+]
+
+
+def start_latencies(agent) -> list[float]:
+    """The shim's Start RPC durations (ms) in this agent's log, in order."""
+    return [int(x) / 1000 for x in
+            re.findall(r"runtime started: .*?runtime_start_us=(\d+)", agent.log())]
+
+
+def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> list[dict]:
+    """The sandbox's start cost: one dev agent per configuration, all up at once. First
+    `rounds` single tasks started one at a time, the configurations taking turns (so each sees
+    the same background load): the Start latency of one task. Then N tasks at once per
+    configuration: the time until all run."""
+    agents = []
+    try:
+        for i, (label, cfg) in enumerate(SANDBOX_CONFIGS):
+            agent = nm.NomadAgent(nomad_bin, os.path.join(base, f"sandbox{i}"),
+                                  plugin_bin=bins["plugin"], executor_bin=bins["executor"],
+                                  name=f"sandbox{i}")
+            agent.plugin_config = {**agent.default_plugin_config(), **cfg}
+            agent.start()
+            agent.wait_driver_healthy()
+            agents.append((label, agent))
+        for r in range(rounds):
+            for label, agent in agents:
+                j = agent.run_job(job(f"one{r}", "elide", 1))
+                agent.wait_allocs(j["ID"], lambda a: a and all(
+                    (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a),
+                    timeout=120, what=f"{label}: one task running")
+                agent.stop_job(j["ID"], purge=True)
+        single = {label: start_latencies(agent) for label, agent in agents}
+        out = []
+        for label, agent in agents:
+            r = run_driver(agent, "elide", n)
+            one = single[label]
+            out.append({"label": label,
+                        "start_ms": statistics.median(one) if one else 0.0,
+                        "start_p90_ms": sorted(one)[max(int(len(one) * 0.9) - 1, 0)] if one else 0.0,
+                        "starts": len(one),
+                        "start_all_s": r["start_all_s"]})
+        return out
+    finally:
+        for _, agent in agents:
+            agent.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--nomad", default=None)
     ap.add_argument("--exec", action="store_true", help="also measure the exec driver (chroot: slow)")
     ap.add_argument("--recovery", type=int, nargs="*", default=[10, 50])
+    ap.add_argument("--no-sandbox-cost", action="store_true",
+                    help="skip the sandbox on/off start-latency comparison")
+    ap.add_argument("--sandbox-rounds", type=int, default=15,
+                    help="single-task starts per sandbox configuration")
     a = ap.parse_args()
     nomad_bin = a.nomad or nm.find_nomad()
     bins = nm.build_workspace()
@@ -133,6 +193,8 @@ def main() -> int:
         plugin_rss = mem(plugin[0])[0] if plugin else 0
     finally:
         agent.stop()
+    sandbox = [] if a.no_sandbox_cost else sandbox_cost(nomad_bin, bins, base, a.tasks,
+                                                         a.sandbox_rounds)
     rec = []
     for n in a.recovery:
         p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
@@ -177,6 +239,21 @@ def main() -> int:
     print(f"plugin RSS: {plugin_rss} KiB")
     for n, s in rec:
         print(f"recovery after an agent restart: {n} tasks reattached in {s:.2f}s")
+    if sandbox:
+        print()
+        print(f"==== the sandbox's start cost (one agent per configuration, same run): the shim's "
+              f"Start of one task ({a.sandbox_rounds} each, taking turns), and {a.tasks} tasks at once")
+        print(f"{'configuration':20} {'Start median (ms)':>18} {'p90 (ms)':>9} {f'{a.tasks} running (s)':>14}")
+        for r in sandbox:
+            print(f"{r['label']:20} {r['start_ms']:18.1f} {r['start_p90_ms']:9.1f} "
+                  f"{r['start_all_s']:14.2f}")
+        on, off = sandbox[0], sandbox[1]
+        if off["start_ms"]:
+            print(f"ratio sandbox/fs_isolation=none: Start {on['start_ms'] / off['start_ms']:.2f}x, "
+                  f"start-all time {on['start_all_s'] / off['start_all_s']:.2f}x")
+        bare = sandbox[2]
+        if bare["start_ms"]:
+            print(f"ratio sandbox/(none + host pid/ipc): Start {on['start_ms'] / bare['start_ms']:.2f}x")
     return 0
 
 

@@ -268,7 +268,8 @@ def test_handshake_identity_schemas_capabilities_fingerprint(pb, plugins):
     c = caps.capabilities
     assert c.send_signals and not c.exec
     assert c.fs_isolation == pb.driver.DriverCapabilities.NONE
-    assert c.mount_configs == pb.driver.DriverCapabilities.NO_MOUNTS
+    # Host and CSI volumes are bound beneath the task dir (ANY_MOUNTS, the zero value).
+    assert c.mount_configs == pb.driver.DriverCapabilities.ANY_MOUNTS
     assert not c.dynamic_workload_users and not c.disable_log_collection
     modes = pb.driver.NetworkIsolationSpec
     assert set(c.network_isolation_modes) == {modes.HOST, modes.GROUP}
@@ -307,6 +308,11 @@ def test_task_survives_agent_shutdown_and_is_recovered_stopped_destroyed(pb, plu
     for stream in ("stdout", "stderr"):
         open(os.path.join(alloc_dir, "alloc", "logs", f"web.{stream}.0"), "w").close()
     marker = os.path.join(task_dir, "local", "events")
+    # A host volume (Mount), bound read-only beneath the task dir by the sandbox.
+    volume = os.path.join(workdir, "volume")
+    os.makedirs(volume)
+    with open(os.path.join(volume, "seed"), "w") as f:
+        f.write("seeded")
     with open(os.path.join(task_dir, "local", "app.py"), "w") as f:
         f.write(
             "import os, signal, time\n"
@@ -314,6 +320,7 @@ def test_task_survives_agent_shutdown_and_is_recovered_stopped_destroyed(pb, plu
             "    with open(os.path.join(os.path.dirname(__file__), 'events'), 'a') as f:\n"
             "        f.write(text + '\\n')\n"
             "signal.signal(signal.SIGRTMIN + 3, lambda *_: note('rtmin+3'))\n"
+            "note('volume ' + open('data/seed').read())\n"
             "note('started ' + os.environ.get('GREETING', '-'))\n"
             "while True:\n"
             "    time.sleep(1)\n")
@@ -338,9 +345,9 @@ def test_task_survives_agent_shutdown_and_is_recovered_stopped_destroyed(pb, plu
                 cpu=d.AllocatedCpuResources(cpu_shares=250),
                 memory=d.AllocatedMemoryResources(memory_mb=256, memory_max_mb=512)),
             linux_resources=d.LinuxResources(cpu_shares=250, memory_limit_bytes=512 << 20)),
-        # Mounts never reach a NO_MOUNTS driver from a real agent; here they prove the 2.0
-        # fields survive the round trip through the returned handle.
-        mounts=[d.Mount(task_path="/data", host_path="/srv/data", readonly=True,
+        # The 2.0 fields survive the round trip through the returned handle, and the volume
+        # is there for the task.
+        mounts=[d.Mount(task_path="/data", host_path=volume, readonly=True,
                         selinux_label="z", request_name="data-volume")],
         alloc_dir=alloc_dir,
         stdout_path=os.path.join(alloc_dir, "alloc", "logs", "web.stdout.0"),
@@ -360,7 +367,15 @@ def test_task_survives_agent_shutdown_and_is_recovered_stopped_destroyed(pb, plu
         state = json.loads(handle.driver_state)
         shim_pid, runtime_pid = state["shim_pid"], state["runtime_pid"]
         wait_for("the app to start", lambda: "started hi" in events())
-        with open(f"/proc/{runtime_pid}/environ", "rb") as f:
+        assert "volume seeded" in events(), events()
+        # In its PID namespace the shim's child is the namespace's init; Elide runs below it.
+        with open(f"/proc/{runtime_pid}/cmdline", "rb") as f:
+            if f.read().startswith(b"elide-executor\0sandbox-init"):
+                with open(f"/proc/{runtime_pid}/task/{runtime_pid}/children") as c:
+                    elide_pid = int(c.read().split()[0])
+            else:
+                elide_pid = runtime_pid
+        with open(f"/proc/{elide_pid}/environ", "rb") as f:
             environ = f.read().split(b"\0")
         assert not any(e.startswith(b"LD_PRELOAD=") for e in environ), \
             "LD_* from Nomad's env must not reach the runtime"

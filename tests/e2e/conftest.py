@@ -134,7 +134,7 @@ class AgentFactory:
         config: plugin config keys; merged over the defaults (elide_binary = the stand-in,
         executor_binary, a private runtime_dir) unless merge=False. A value of None removes
         a default key. plugin=False gives an empty plugin dir (no plugin block).
-        kwargs go to NomadAgent (plugin_args, extra_hcl, env, log_level).
+        kwargs go to NomadAgent (plugin_args, extra_hcl, client_hcl, env, log_level).
         """
         name = name or f"a{len(self.agents)}"
         agent = nm.NomadAgent(

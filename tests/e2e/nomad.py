@@ -48,6 +48,8 @@ STANDIN = os.path.join(REPO, "tests", "elide-standin", "elide")
 MARKER_ENV = "NDE_E2E_AGENT"
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_V2 = os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
+# Debian's containernetworking-plugins (.ci/run installs them): bridge networking works.
+CNI_PATH = "/usr/lib/cni"
 
 # Generous deadlines: they bound a wait that normally ends on an event within seconds.
 START_TIMEOUT = float(os.environ.get("NDE_E2E_START_TIMEOUT", "90"))
@@ -516,10 +518,10 @@ class NomadAgent:
                  extra_hcl: str = "", env: Optional[dict] = None, name: str = "agent",
                  log_level: str = "DEBUG", install_root: Optional[str] = None,
                  servers: Optional[list[str]] = None,
-                 dynamic_ports: Optional[tuple[int, int]] = None):
+                 dynamic_ports: Optional[tuple[int, int]] = None, client_hcl: str = ""):
         """install_root: a root the release .deb was unpacked into (install_deb); the plugin
         and shim are used from there instead of plugin_bin/executor_bin. servers and
-        dynamic_ports are for mode="client"."""
+        dynamic_ports are for mode="client". client_hcl is added to the client {} block."""
         if mode not in ("dev", "persistent", "server", "client"):
             raise ValueError(f"mode must be 'dev', 'persistent', 'server' or 'client', "
                              f"not {mode!r}")
@@ -562,6 +564,8 @@ class NomadAgent:
         self.plugin_config = plugin_config
         self.plugin_args = plugin_args
         self.extra_hcl = extra_hcl
+        # Extra lines of the (single) client block, e.g. host_volume blocks.
+        self.client_hcl = client_hcl
         self.log_level = log_level
         self.env = {**os.environ, **(env or {}), MARKER_ENV: self.id}
         self.env.pop("NOMAD_ADDR", None)
@@ -591,28 +595,32 @@ class NomadAgent:
             f"ports {{\n  http = {self.http_port}\n  rpc  = {self.rpc_port}\n"
             f"  serf = {self.serf_port}\n}}",
         ]
+        client = [f"cni_path = {hcl_string(CNI_PATH)}"]
         if self.mode == "persistent":
             parts += [
                 f"data_dir = {hcl_string(self.data_dir)}",
                 'advertise {\n  http = "127.0.0.1"\n  rpc  = "127.0.0.1"\n  serf = "127.0.0.1"\n}',
                 "server {\n  enabled = true\n  bootstrap_expect = 1\n}",
-                'client {\n  enabled = true\n  network_interface = "lo"\n}',
             ]
+            client = ["enabled = true", 'network_interface = "lo"'] + client
         elif self.mode in ("server", "client"):
             parts += [
                 f"data_dir = {hcl_string(self.data_dir)}",
                 'advertise {\n  http = "127.0.0.1"\n  rpc  = "127.0.0.1"\n  serf = "127.0.0.1"\n}',
             ]
             if self.mode == "server":
-                parts += ["server {\n  enabled = true\n  bootstrap_expect = 1\n}",
-                          "client {\n  enabled = false\n}"]
+                parts += ["server {\n  enabled = true\n  bootstrap_expect = 1\n}"]
+                client = ["enabled = false"]
             else:
-                client = {"enabled": True, "servers": self.servers, "network_interface": "lo",
-                          "cgroup_parent": self.cgroup_parent}
+                settings = {"enabled": True, "servers": self.servers, "network_interface": "lo",
+                            "cgroup_parent": self.cgroup_parent}
                 if self.dynamic_ports:
-                    client["min_dynamic_port"], client["max_dynamic_port"] = self.dynamic_ports
-                parts += ["server {\n  enabled = false\n}",
-                          "client {\n" + hcl_body(client, 1) + "}"]
+                    settings["min_dynamic_port"], settings["max_dynamic_port"] = self.dynamic_ports
+                parts += ["server {\n  enabled = false\n}"]
+                client = [hcl_body(settings).rstrip()] + client
+        if self.client_hcl:
+            client.append(self.client_hcl.strip())
+        parts.append("client {\n" + textwrap.indent("\n".join(client), "  ") + "\n}")
         if self.plugin_path is not None:
             parts.append(plugin_block(self.plugin_config, self.plugin_args).rstrip())
         if self.extra_hcl:

@@ -65,6 +65,7 @@ fn spec(nomad_cgroup: &str) -> TaskSpec {
             ..Default::default()
         },
         linger_after_exit_secs: 1,
+        sandbox: None,
     }
 }
 

@@ -7,6 +7,7 @@ use super::command;
 use common::config::{PluginConfig, TaskConfig};
 use common::paths::{self, PathError};
 use common::proto::drivers::{Resources, TaskConfig as NomadTask};
+use common::sandbox::{self, DeviceSpec, FsIsolation, SandboxSpec, VolumeSpec};
 use common::spec::{ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,24 @@ pub struct SpecInput<'a> {
     /// The script as Elide gets it (relative to the task dir when inside it).
     pub script: &'a str,
     pub task_tmp_exists: bool,
+    /// Elide's install dir (the real directory of the binary, with its `resources/`): kept
+    /// visible in the sandbox even below a hidden path.
+    pub elide_home: &'a Path,
+    /// Where the host's `/etc/resolv.conf` really is when it is a symlink (systemd-resolved's
+    /// `/run/systemd/resolve/…`, resolvconf's `/run/resolvconf/…`): kept visible too, or a
+    /// hidden `/run` would take DNS away.
+    pub resolv_conf: Option<&'a Path>,
+}
+
+/// Why a task cannot be turned into a spec; every case is the job's or the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("config.cap_add: {0}")]
+    Capabilities(#[from] common::capabilities::NotAllowed),
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 /// The task dir: `<alloc dir>/<task name>`.
@@ -29,7 +48,7 @@ pub fn task_dir(task: &NomadTask) -> PathBuf {
     Path::new(&task.alloc_dir).join(&task.name)
 }
 
-pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, PathError> {
+pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
     let task = i.task;
     let alloc_dir = PathBuf::from(&task.alloc_dir);
     let task_dir = task_dir(task);
@@ -79,7 +98,103 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, PathError> {
         netns_path,
         resources,
         linger_after_exit_secs: DEFAULT_LINGER.as_secs(),
+        sandbox: Some(sandbox_of(i)?),
     })
+}
+
+/// The sandbox (docs/driver.md, "Sandbox"): exec's capability rules, the PID/IPC modes, and
+/// the file system view: the task dir and the alloc's `alloc/` writable at their host paths;
+/// hidden: the allocations root (other allocations, this alloc's other tasks and the shims'
+/// state in `<alloc>/.elide`), Nomad's data dir when the alloc dir sits in its default place
+/// (`<data_dir>/alloc/<id>`: the client state DB), the plugin's runtime dir (shim sockets),
+/// the task's `private/` dir, and the operator's `hidden_paths`.
+pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
+    let (plugin, config, task) = (i.plugin, i.config, i.task);
+    let capabilities =
+        common::capabilities::calculate(&plugin.allow_caps, &config.cap_add, &config.cap_drop)?;
+    let alloc_dir = PathBuf::from(&task.alloc_dir);
+    let task_dir = task_dir(task);
+    let allocs_root = alloc_dir.parent().filter(|p| p.parent().is_some());
+    let data_dir = allocs_root
+        .filter(|r| r.file_name().is_some_and(|n| n == "alloc"))
+        .and_then(Path::parent)
+        .filter(|p| p.parent().is_some());
+    let mut hidden_paths: Vec<PathBuf> = [allocs_root, data_dir]
+        .into_iter()
+        .flatten()
+        .map(Path::to_path_buf)
+        .collect();
+    hidden_paths.push(plugin.runtime_dir.clone());
+    hidden_paths.push(task_dir.join("private"));
+    hidden_paths.extend(plugin.hidden_paths.iter().cloned());
+    let volumes = task
+        .mounts
+        .iter()
+        .map(|m| {
+            let dest = &m.task_path;
+            if !matches!(m.propagation_mode.as_str(), "" | "private") {
+                return Err(BuildError::Sandbox(format!(
+                    "volume_mount at {dest:?}: propagation_mode {:?} is not supported by the elide driver (a task cannot mount anything); use \"private\"",
+                    m.propagation_mode
+                )));
+            }
+            sandbox::relative_task_path(dest)
+                .map_err(|e| BuildError::Sandbox(format!("volume_mount destination {e}")))?;
+            if !Path::new(&m.host_path).is_absolute() {
+                return Err(BuildError::Sandbox(format!(
+                    "volume_mount at {dest:?}: the host path {:?} is not absolute; check the client's host_volume",
+                    m.host_path
+                )));
+            }
+            Ok(VolumeSpec {
+                host_path: PathBuf::from(&m.host_path),
+                task_path: dest.clone(),
+                read_only: m.readonly,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = task
+        .devices
+        .iter()
+        .map(|d| {
+            let device = DeviceSpec {
+                host_path: PathBuf::from(&d.host_path),
+                task_path: PathBuf::from(if d.task_path.is_empty() {
+                    &d.host_path
+                } else {
+                    &d.task_path
+                }),
+                permissions: d.cgroup_permissions.clone(),
+            };
+            if plugin.fs_isolation == FsIsolation::None && device.task_path != device.host_path {
+                return Err(BuildError::Sandbox(format!(
+                    "device {} cannot appear at {} with fs_isolation = \"none\" (the task sees the host's /dev); use the readonly file system isolation",
+                    d.host_path, d.task_path
+                )));
+            }
+            Ok(device)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = SandboxSpec {
+        capabilities,
+        pid_mode: config.pid_mode.unwrap_or(plugin.default_pid_mode),
+        ipc_mode: config.ipc_mode.unwrap_or(plugin.default_ipc_mode),
+        fs_isolation: plugin.fs_isolation,
+        writable_paths: vec![task_dir, alloc_dir.join("alloc")],
+        readable_paths: [Some(i.elide_home), i.resolv_conf]
+            .into_iter()
+            .flatten()
+            .map(Path::to_path_buf)
+            .collect(),
+        hidden_paths,
+        volumes,
+        devices,
+        denied_uids: plugin.denied_host_uids.clone(),
+        denied_gids: plugin.denied_host_gids.clone(),
+    };
+    spec.validate()
+        .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
+    Ok(spec)
 }
 
 /// Nomad's log FIFO, or /dev/null when it gave none (`logs { disabled = true }`).
@@ -208,6 +323,8 @@ mod tests {
             elide: Path::new("/usr/bin/elide"),
             script: "local/app.py",
             task_tmp_exists: false,
+            elide_home: Path::new("/usr/bin"),
+            resolv_conf: None,
         };
         let s = build_spec(&input).unwrap();
         assert_eq!(s.cwd, Path::new("/var/nomad/alloc/a1/web"));
@@ -232,6 +349,7 @@ mod tests {
         assert_eq!(s.env["TMPDIR"], "/var/nomad/alloc/a1/web/local");
         assert_eq!(s.fifo_open_timeout_ms, 10_000);
         assert_eq!(s.linger_after_exit_secs, 300);
+        assert!(s.sandbox.is_some(), "the plugin always sandboxes");
         // The same input gives the same spec: nothing depends on the node.
         assert_eq!(build_spec(&input).unwrap(), s);
     }
@@ -254,8 +372,211 @@ mod tests {
             elide: Path::new("/usr/bin/elide"),
             script: "local/app.py",
             task_tmp_exists: true,
+            elide_home: Path::new("/usr/bin"),
+            resolv_conf: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("runtime_dir"), "{e}");
+    }
+
+    fn sandbox_for(
+        plugin: &PluginConfig,
+        config: &TaskConfig,
+        task: &NomadTask,
+    ) -> Result<SandboxSpec, BuildError> {
+        sandbox_of(&SpecInput {
+            plugin,
+            config,
+            task,
+            elide: Path::new("/opt/elide/1.0/elide"),
+            script: "local/app.py",
+            task_tmp_exists: true,
+            elide_home: Path::new("/opt/elide/1.0"),
+            resolv_conf: Some(Path::new("/run/systemd/resolve/stub-resolv.conf")),
+        })
+    }
+
+    #[test]
+    fn the_default_sandbox_hides_nomads_and_other_tasks_dirs_and_keeps_the_task_writable() {
+        let plugin = PluginConfig::default();
+        let config = TaskConfig::default();
+        let mut task = nomad_task();
+        task.alloc_dir = "/var/lib/nomad/alloc/a1".into();
+        let s = sandbox_for(&plugin, &config, &task).unwrap();
+        assert_eq!(s.capabilities.len(), 13);
+        assert!(s.pid_mode.is_private() && s.ipc_mode.is_private());
+        assert_eq!(s.fs_isolation, FsIsolation::Readonly);
+        assert_eq!(
+            s.writable_paths,
+            [
+                PathBuf::from("/var/lib/nomad/alloc/a1/web"),
+                PathBuf::from("/var/lib/nomad/alloc/a1/alloc")
+            ]
+        );
+        assert_eq!(
+            s.readable_paths,
+            [
+                PathBuf::from("/opt/elide/1.0"),
+                PathBuf::from("/run/systemd/resolve/stub-resolv.conf")
+            ]
+        );
+        assert_eq!(
+            s.hidden_paths[..4],
+            [
+                PathBuf::from("/var/lib/nomad/alloc"),
+                PathBuf::from("/var/lib/nomad"),
+                plugin.runtime_dir.clone(),
+                PathBuf::from("/var/lib/nomad/alloc/a1/web/private"),
+            ]
+        );
+        // Then the plugin's hidden_paths, by default the sockets of /run, /var/lib, homes…
+        for p in [
+            "/run",
+            "/var/lib",
+            "/root",
+            "/home",
+            "/etc/shadow",
+            "/etc/nomad.d",
+        ] {
+            assert!(s.hidden_paths.contains(&PathBuf::from(p)), "{p}: {s:?}");
+        }
+        // A custom client alloc_dir: its parent is hidden, nothing above it is guessed.
+        task.alloc_dir = "/srv/allocs/a1".into();
+        let plugin = PluginConfig {
+            hidden_paths: vec![],
+            ..Default::default()
+        };
+        let s = sandbox_for(&plugin, &config, &task).unwrap();
+        assert_eq!(s.hidden_paths[0], Path::new("/srv/allocs"));
+        assert_eq!(s.hidden_paths[1], plugin.runtime_dir);
+        // Never "/" itself.
+        task.alloc_dir = "/a1".into();
+        let s = sandbox_for(&plugin, &config, &task).unwrap();
+        assert!(s.hidden_paths.iter().all(|p| p.parent().is_some()), "{s:?}");
+    }
+
+    #[test]
+    fn task_options_override_the_plugin_and_caps_follow_exec() {
+        use common::capabilities::parse_name;
+        use common::sandbox::NamespaceMode;
+        let plugin = PluginConfig {
+            default_pid_mode: NamespaceMode::Host,
+            hidden_paths: vec!["/etc/nomad.d".into()],
+            denied_host_uids: "0".into(),
+            ..Default::default()
+        };
+        let config = TaskConfig {
+            cap_drop: vec![parse_name("all").unwrap()],
+            cap_add: vec![parse_name("net_bind_service").unwrap()],
+            pid_mode: Some(NamespaceMode::Private),
+            ipc_mode: Some(NamespaceMode::Host),
+            ..Default::default()
+        };
+        let s = sandbox_for(&plugin, &config, &nomad_task()).unwrap();
+        assert_eq!(s.capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(s.pid_mode, NamespaceMode::Private);
+        assert_eq!(s.ipc_mode, NamespaceMode::Host);
+        assert_eq!(s.hidden_paths.last().unwrap(), Path::new("/etc/nomad.d"));
+        assert_eq!(s.denied_uids, "0");
+
+        let config = TaskConfig {
+            cap_add: vec![parse_name("SYS_ADMIN").unwrap()],
+            ..Default::default()
+        };
+        let e = sandbox_for(&plugin, &config, &nomad_task())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config.cap_add: the driver does not allow the capabilities sys_admin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn volumes_and_devices_are_passed_on_or_refused_with_the_reason() {
+        use common::proto::drivers::{Device, Mount};
+        let plugin = PluginConfig::default();
+        let config = TaskConfig::default();
+        let mut task = nomad_task();
+        task.mounts = vec![
+            Mount {
+                task_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                ..Default::default()
+            },
+            Mount {
+                task_path: "cache".into(),
+                host_path: "/srv/cache".into(),
+                propagation_mode: "private".into(),
+                ..Default::default()
+            },
+        ];
+        task.devices = vec![Device {
+            task_path: "/dev/nvidia0".into(),
+            host_path: "/dev/nvidia0".into(),
+            cgroup_permissions: "rwm".into(),
+        }];
+        let s = sandbox_for(&plugin, &config, &task).unwrap();
+        assert_eq!(
+            s.volumes,
+            [
+                VolumeSpec {
+                    host_path: "/srv/data".into(),
+                    task_path: "/data".into(),
+                    read_only: true
+                },
+                VolumeSpec {
+                    host_path: "/srv/cache".into(),
+                    task_path: "cache".into(),
+                    read_only: false
+                }
+            ]
+        );
+        assert_eq!(s.devices[0].task_path, Path::new("/dev/nvidia0"));
+        assert_eq!(s.devices[0].permissions, "rwm");
+
+        for (m, want) in [
+            (
+                Mount {
+                    task_path: "/data".into(),
+                    host_path: "/srv/data".into(),
+                    propagation_mode: "bidirectional".into(),
+                    ..Default::default()
+                },
+                "propagation_mode \"bidirectional\" is not supported",
+            ),
+            (
+                Mount {
+                    task_path: "/../etc".into(),
+                    host_path: "/srv/data".into(),
+                    ..Default::default()
+                },
+                "leaves the task dir",
+            ),
+        ] {
+            task.mounts = vec![m];
+            let e = sandbox_for(&plugin, &config, &task)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        task.mounts.clear();
+        task.devices = vec![Device {
+            task_path: "/etc/gpu".into(),
+            host_path: "/dev/nvidia0".into(),
+            cgroup_permissions: "rw".into(),
+        }];
+        let e = sandbox_for(&plugin, &config, &task)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a task path under /dev"), "{e}");
+        let none = PluginConfig {
+            fs_isolation: FsIsolation::None,
+            ..Default::default()
+        };
+        task.devices[0].task_path = "/dev/gpu0".into();
+        let e = sandbox_for(&none, &config, &task).unwrap_err().to_string();
+        assert!(e.contains("fs_isolation = \"none\""), "{e}");
     }
 }

@@ -25,6 +25,10 @@ struct NodeFacts {
     executor: PathBuf,
     script: String,
     task_tmp_exists: bool,
+    /// The real directory of the Elide binary (its install dir, with `resources/`).
+    elide_home: PathBuf,
+    /// The target of `/etc/resolv.conf` when it is a symlink.
+    resolv_conf: Option<PathBuf>,
     /// Task events to publish (e.g. execute bits cleared on the script).
     events: Vec<String>,
 }
@@ -56,6 +60,8 @@ impl Tasks {
             elide: &facts.elide,
             script: &facts.script,
             task_tmp_exists: facts.task_tmp_exists,
+            elide_home: &facts.elide_home,
+            resolv_conf: facts.resolv_conf.as_deref(),
         })
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
@@ -97,6 +103,7 @@ impl Tasks {
                     launched.shim_pid
                 ))
             })?;
+        let start_began = std::time::Instant::now();
         let started = match client.start(shim::StartRequest {}).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
@@ -110,6 +117,12 @@ impl Tasks {
                 });
             }
         };
+        // Log FIFOs, cgroup, sandbox setup, exec: what tests/bench/bench.py compares.
+        tracing::debug!(
+            task_id = %task.id,
+            runtime_start_us = start_began.elapsed().as_micros() as u64,
+            "runtime started"
+        );
         let shim_pid = launched.shim_pid;
         let shim_start_time =
             blocking(move || common::proc::start_time(shim_pid).unwrap_or(0)).await;
@@ -189,7 +202,17 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
             )))
         }
     };
+    let elide_home = std::fs::canonicalize(&elide)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| elide.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let resolv_conf = std::fs::canonicalize("/etc/resolv.conf")
+        .ok()
+        .filter(|p| p != Path::new("/etc/resolv.conf"));
     Ok(NodeFacts {
+        elide_home,
+        resolv_conf,
         elide,
         executor,
         script,

@@ -50,6 +50,7 @@ fn record_exit(h: &Harness, exit: ExitRecord) {
         started_at_unix_ms: Some(1),
         cgroup: None,
         exit: Some(exit),
+        sandbox: None,
     }
     .write(&path)
     .unwrap();

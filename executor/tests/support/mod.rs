@@ -71,6 +71,7 @@ pub fn spec(dir: &Path, script: &str) -> TaskSpec {
         netns_path: None,
         resources: ResourceSpec::default(),
         linger_after_exit_secs: 300,
+        sandbox: None,
     }
 }
 
