@@ -110,6 +110,9 @@ pub struct PluginConfig {
     pub pids_limit: u64,
     pub heap_percent: u64,
     pub fifo_open_timeout: Duration,
+    /// Directories whose files a job may name as an absolute `script` (outside its task
+    /// dir). Empty: absolute scripts outside the task dir are refused.
+    pub absolute_script_dirs: Vec<PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -127,6 +130,7 @@ impl Default for PluginConfig {
             pids_limit: 0,
             heap_percent: 75,
             fifo_open_timeout: crate::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
+            absolute_script_dirs: Vec::new(),
         }
     }
 }
@@ -144,6 +148,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "pids_limit",
     "heap_percent",
     "fifo_open_timeout",
+    "absolute_script_dirs",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -330,6 +335,7 @@ impl PluginConfig {
             defaulted("pids_limit", "number", literal("0")),
             defaulted("heap_percent", "number", literal("75")),
             defaulted("fifo_open_timeout", "string", literal_string("10s")),
+            defaulted("absolute_script_dirs", "list(string)", literal("[]")),
         ])
     }
 
@@ -377,7 +383,24 @@ impl PluginConfig {
                 runtime_field: "runtime_options",
             },
         )?;
+        let mut absolute_script_dirs = Vec::new();
+        for (i, dir) in o.string_list("absolute_script_dirs")?.iter().enumerate() {
+            let field = format!("absolute_script_dirs[{i}]");
+            no_nul(&field, dir)?;
+            let p = PathBuf::from(dir);
+            let plain = p
+                .components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir));
+            if !p.is_absolute() || !plain || p.parent().is_none() {
+                return Err(invalid(
+                    &field,
+                    format!("{dir:?} must be an absolute directory other than \"/\", without \"..\", e.g. \"/opt/elide-apps\""),
+                ));
+            }
+            absolute_script_dirs.push(p);
+        }
         Ok(PluginConfig {
+            absolute_script_dirs,
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
             elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
             executor_binary: optional_path("executor_binary", o.string("executor_binary")?)?,
@@ -571,12 +594,6 @@ impl TaskConfig {
                 format!("{script:?} has no file extension; Elide picks the language from it (.py, .js, .ts, .jar, …)"),
             ));
         }
-        if script.starts_with('-') {
-            return Err(invalid(
-                "config.script",
-                format!("{script:?} starts with \"-\", so Elide would read it as an option; rename the file or write the path as \"./{script}\""),
-            ));
-        }
         if script.contains('=') {
             // Elide's `--env` (picocli, arity 0..N) takes every following KEY=VALUE word.
             return Err(invalid(
@@ -702,6 +719,7 @@ mod tests {
             ("pids_limit", Value::from(0u8)),
             ("heap_percent", Value::from(75u8)),
             ("fifo_open_timeout", s("10s")),
+            ("absolute_script_dirs", Value::Array(vec![])),
         ]
         .into_iter()
         .collect();
@@ -750,9 +768,11 @@ mod tests {
                 strs(&["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]),
             ),
             ("run_flags", strs(&["--js:esm", "--python:engine=native"])),
+            ("absolute_script_dirs", strs(&["/opt/apps"])),
         ]))
         .unwrap();
         assert!(!c.enabled);
+        assert_eq!(c.absolute_script_dirs, [PathBuf::from("/opt/apps")]);
         assert_eq!(
             c.elide_binary.as_deref(),
             Some(std::path::Path::new("/opt/elide/elide"))
@@ -832,6 +852,18 @@ mod tests {
             (
                 vec![("runtime_dir", s("relative"))],
                 "runtime_dir: relative must be an absolute path",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/opt/ok", "apps"]))],
+                "absolute_script_dirs[1]: \"apps\" must be an absolute directory",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/"]))],
+                "absolute_script_dirs[0]: \"/\" must be an absolute directory other than",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/opt/../etc"]))],
+                "absolute_script_dirs[0]: \"/opt/../etc\" must be",
             ),
             (
                 vec![("elide_binary", s("/x\0y"))],
@@ -987,6 +1019,9 @@ mod tests {
             ]))
             .unwrap();
             assert_eq!(t.script, "/abs/app.mjs");
+            // A name starting with "-" is fine: Elide gets it as "./-x.py" (tasks/script.rs).
+            let dash = TaskConfig::from_msgpack(&task_payload(vec![("script", s("-Xmx1g.py"))]));
+            assert_eq!(dash.unwrap().script, "-Xmx1g.py");
             assert_eq!(t.args, ["--port", "8080", ""]);
             assert_eq!(t.env.len(), 2);
             assert_eq!(t.env["LOG_LEVEL"], "info");
@@ -1049,10 +1084,6 @@ mod tests {
             (
                 vec![("args", strs(&["-Dmode=fast", "--flag", "-XX:+X", "--use-version=1.0.0"]))],
                 "config.args: 3 arguments would never reach the guest: [0] \"-Dmode=fast\": GraalVM's runtime takes every -D<name>=<value> word out of Elide's command line as a Java system property of Elide itself, even after \"--\"; [2] \"-XX:+X\": ",
-            ),
-            (
-                vec![("script", s("-Xmx1g.py"))],
-                "config.script: \"-Xmx1g.py\" starts with \"-\"",
             ),
             (
                 vec![("script", s("local/a=b.py"))],

@@ -2,6 +2,7 @@
 //! wire contract, go-plugin's services and the shim's own API) and the types that the plugin
 //! and the `elide-executor` shim both read and write.
 
+pub mod beneath;
 pub mod cgroup;
 pub mod client;
 pub mod config;

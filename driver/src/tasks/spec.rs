@@ -19,7 +19,7 @@ pub struct SpecInput<'a> {
     pub task: &'a NomadTask,
     /// The Elide binary, resolved.
     pub elide: &'a Path,
-    /// The script as Elide gets it (relative to the task dir when inside it).
+    /// The script as Elide gets it (`./<path>` inside the task dir; see `script`).
     pub script: &'a str,
     pub task_tmp_exists: bool,
 }
