@@ -222,6 +222,22 @@ impl TaskCgroup {
     pub fn apply(&self, r: &ResourceSpec) -> Vec<String> {
         let v2 = self.version == Version::V2;
         let mut notes = Vec::new();
+        // Bytes as the cgroup files take them (i64), or None when they do not fit.
+        let mib = |m: u64| crate::spec::mib_to_bytes(m).and_then(|b| i64::try_from(b).ok());
+        if let Some((_, d)) = self.with::<MemController>() {
+            if r.memory_max_mb > 0 && mib(r.memory_max_mb).is_none() {
+                let file = if v2 {
+                    "memory.max"
+                } else {
+                    "memory.limit_in_bytes"
+                };
+                notes.push(format!(
+                    "cannot set {file} in {}: {} MiB is too large to express in bytes",
+                    d.display(),
+                    r.memory_max_mb
+                ));
+            }
+        }
         // v1 files a kernel does not have (memsw without swap accounting) are skipped.
         let mut set =
             |dir: &Path, file: &str, value: String, result: cgroups_rs::error::Result<()>| {
@@ -233,10 +249,9 @@ impl TaskCgroup {
                 }
             };
         let present = |dir: &Path, file: &str| v2 || dir.join(file).exists();
-        let mib = |m: u64| (m * 1024 * 1024) as i64;
         if let Some((mem, d)) = self.with::<MemController>() {
-            if r.memory_max_mb > 0 {
-                let max = mib(r.memory_max_mb);
+            let max = mib(r.memory_max_mb);
+            if let Some(max) = max.filter(|_| r.memory_max_mb > 0) {
                 let (limit, swap, soft) = if v2 {
                     ("memory.max", "memory.swap.max", "memory.low")
                 } else {
@@ -263,8 +278,9 @@ impl TaskCgroup {
                     set(d, "memory.swappiness", "0".into(), mem.set_swappiness(0));
                 }
                 if r.memory_mb > 0 && r.memory_mb < r.memory_max_mb && present(d, soft) {
-                    let low = mib(r.memory_mb);
-                    set(d, soft, low.to_string(), mem.set_soft_limit(low));
+                    if let Some(low) = mib(r.memory_mb) {
+                        set(d, soft, low.to_string(), mem.set_soft_limit(low));
+                    }
                 }
             }
         }
@@ -382,7 +398,7 @@ impl TaskCgroup {
         if let Some((cpu, _)) = self.with::<CpuController>() {
             let stat = cpu.cpu().stat;
             if v2 {
-                let usec = |k| keyed(&stat, k).map(|u| u * 1000);
+                let usec = |k| keyed(&stat, k).map(|u| u.saturating_mul(1000));
                 s.cpu_total_ns = usec("usage_usec");
                 s.cpu_user_ns = usec("user_usec");
                 s.cpu_system_ns = usec("system_usec");
@@ -394,7 +410,8 @@ impl TaskCgroup {
         }
         if let Some((acct, d)) = self.with::<CpuAcctController>() {
             let a = acct.cpuacct();
-            let ticks = |k| keyed(&a.stat, k).map(|t| t * crate::proc::nanos_per_tick());
+            let ticks =
+                |k| keyed(&a.stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
             s.cpu_total_ns = d.join("cpuacct.usage").exists().then_some(a.usage);
             s.cpu_user_ns = ticks("user");
             s.cpu_system_ns = ticks("system");

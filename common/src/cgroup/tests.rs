@@ -368,3 +368,41 @@ fn v1_with_nomad_16s_cpuset_creates_ours_and_joins_the_cpuset() {
     cg.remove();
     assert!(given.is_dir());
 }
+
+/// `apply` takes any `ResourceSpec` (validation caps specs at 1 PiB, but nothing here may
+/// rely on it): a size whose bytes do not fit is a note, never a wrapped limit.
+#[test]
+fn memory_sizes_that_do_not_fit_in_bytes_are_noted_not_wrapped() {
+    let root = fake_v2();
+    let cg = TaskCgroup::create(root.path(), Version::V2, "elide.slice/big", "", "a.t").unwrap();
+    let d = root.path().join("elide.slice/big");
+    kernel_v2_files(&d);
+    let huge = ResourceSpec {
+        memory_mb: (1 << 44) + 1,
+        memory_max_mb: (1 << 44) + 1,
+        ..Default::default()
+    };
+    let notes = cg.apply(&huge);
+    // 2^44 + 1 MiB = 2^64 + 2^20 bytes: it used to wrap to a 1 MiB limit.
+    assert_eq!(rd(&d, "memory.max"), "max", "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("memory.max") && n.contains("too large")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn cpu_microseconds_saturate_instead_of_overflowing() {
+    let root = fake_v2();
+    let cg = TaskCgroup::create(root.path(), Version::V2, "elide.slice/us", "", "a.t").unwrap();
+    let d = root.path().join("elide.slice/us");
+    kernel_v2_files(&d);
+    fs::write(
+        d.join("cpu.stat"),
+        format!("usage_usec {}\nuser_usec 1\nsystem_usec 0\n", u64::MAX / 10),
+    )
+    .unwrap();
+    assert_eq!(cg.counters().cpu_total_ns, Some(u64::MAX));
+}
