@@ -72,7 +72,7 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, PathError> {
         cwd: task_dir,
         stdout_path: log_sink(&task.stdout_path),
         stderr_path: log_sink(&task.stderr_path),
-        fifo_open_timeout_ms: i.plugin.fifo_open_timeout.as_millis() as u64,
+        fifo_open_timeout_ms: common::duration::millis(i.plugin.fifo_open_timeout),
         user: task.user.clone(),
         socket_path,
         state_path: state_dir.join(paths::STATE_FILE),

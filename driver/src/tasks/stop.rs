@@ -30,7 +30,7 @@ impl Tasks {
         } else {
             req.signal.as_str()
         };
-        tracing::info!(task_id = %req.task_id, signal, timeout_ms = timeout.as_millis() as u64, "stopping task");
+        tracing::info!(task_id = %req.task_id, signal, timeout_ms = common::duration::millis(timeout), "stopping task");
         let mut c = match entry.client().await {
             Ok(c) => c,
             Err(e) => return stop_without_shim(&entry, &e.to_string()).await,
@@ -38,7 +38,7 @@ impl Tasks {
         let stopped = c
             .stop(shim::StopRequest {
                 signal: signal.to_owned(),
-                timeout_ms: timeout.as_millis() as u64,
+                timeout_ms: common::duration::millis(timeout),
             })
             .await;
         match stopped {

@@ -430,6 +430,21 @@ async fn stop_passes_nomads_signal_and_timeout_and_defaults_to_sigterm() {
         .await
         .unwrap();
     assert_eq!(h.script().stops.lock().unwrap().len(), 2);
+    // A timeout whose milliseconds overflow a u64 waits "forever", not a truncated while.
+    let huge = h.task("huge");
+    h.start(huge.clone()).await.unwrap();
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: huge.id.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            signal: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.script().stops.lock().unwrap()[2].timeout_ms, u64::MAX);
     assert_eq!(h.tasks.wait(&web.id).await.result.unwrap().exit_code, 143);
 }
 

@@ -114,7 +114,7 @@ impl Tasks {
         })?;
         let inbound = c
             .stats(shim::StatsRequest {
-                interval_ms: interval.as_millis() as u64,
+                interval_ms: common::duration::millis(interval),
             })
             .await?
             .into_inner();
