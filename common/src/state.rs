@@ -1,8 +1,10 @@
 //! The shim's state file: the spec it runs, its own and the runtime's pids with their `/proc`
 //! start times (the PID-reuse guard), and — as soon as the runtime is reaped — the exit result.
 //!
-//! Written as temp file → fsync → rename → fsync(dir), under an exclusive `fs2` lock on a
-//! sibling `.lock` file, so a reader never sees a torn file and two writers never interleave.
+//! Written as temp file → fsync → rename → fsync(dir), so a reader never sees a torn file,
+//! under an exclusive `fs2` lock on a sibling `.lock` file, so two writers never interleave.
+//! Readers take no lock and create nothing: the rename makes every read whole, and a reader
+//! (the operator's `status`, the plugin) must not leave files behind where it looks.
 
 use crate::proto::executor as api;
 use crate::spec::TaskSpec;
@@ -222,13 +224,9 @@ impl TaskState {
         result
     }
 
-    /// Reads the state file under a shared lock.
+    /// Reads the state file (whole, thanks to the writer's rename; no lock, no file created).
     pub fn read(path: &Path) -> Result<TaskState, StateError> {
-        let lock = open_lock(path)?;
-        lock.lock_shared().map_err(io_err("lock", path))?;
-        let body = fs::read(path).map_err(io_err("read", path));
-        let _ = FileExt::unlock(&lock);
-        let body = body?;
+        let body = fs::read(path).map_err(io_err("read", path))?;
         let state: TaskState = serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             source: e,
@@ -321,6 +319,9 @@ mod tests {
         TaskState::remove(&path).unwrap();
         assert!(!path.exists());
         TaskState::remove(&path).unwrap();
+        // Reading a missing state file creates nothing (no lock file either).
+        assert!(TaskState::read(&path).is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
