@@ -2,7 +2,7 @@
 //!
 //! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
-//! - [`server`]: the tonic control API on top of it;
+//! - [`server`]: the tonic control API on top of it; [`listener`]: its bounded accept loop;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG);
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
 //! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
@@ -12,6 +12,7 @@
 pub mod cli;
 mod error;
 mod fifo;
+mod listener;
 pub mod logging;
 mod reaper;
 pub mod runtime;

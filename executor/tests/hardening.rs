@@ -1,0 +1,266 @@
+//! The shim under hostile or careless conditions: what it finds at its socket path, a
+//! readiness fd that is not what it should be, fds inherited in `run` mode, more idle
+//! connections than it has fds, and signals nobody meant for it.
+
+mod support;
+
+use common::proto::executor as api;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Waits (bounded) until something accepts on `socket`; for shims that have no readiness
+/// pipe to say so.
+async fn until_serving(socket: &Path) {
+    within("the shim to serve its socket", async {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// CPU time (user + system, clock ticks) a process has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_file_at_the_socket_path_that_is_not_a_socket_is_kept_and_named() {
+    let dir = short_dir();
+    let s = spec(dir.path(), "exit 0");
+    std::fs::create_dir_all(s.socket_path.parent().unwrap()).unwrap();
+    std::fs::write(&s.socket_path, "precious").unwrap();
+    let p = write_spec(&s, dir.path());
+    let (mut child, line) = launch_raw(&p, None);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(
+        line.starts_with("ERROR ") && line.contains("not a socket"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_to_string(&s.socket_path).unwrap(), "precious");
+}
+
+/// `serve --ready-fd 3` with fd 3 closed: the shim must not take the fd its async runtime
+/// opens next (epoll) for the readiness pipe, write to it and close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_ready_fd_is_not_adopted() {
+    let dir = short_dir();
+    let s = spec(dir.path(), "exit 7");
+    let p = write_spec(&s, dir.path());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--spec"])
+        .arg(&p)
+        .args(["--ready-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(3);
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let shim = Shim {
+        spec: s,
+        spec_path: p,
+        child: Some(child),
+        ready_line: String::new(),
+    };
+    until_serving(&shim.spec.socket_path).await;
+    let mut c = shim.client().await;
+    c.start(api::StartRequest {}).await.unwrap();
+    let exit = within("wait", c.wait(api::WaitRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .exit
+        .unwrap();
+    assert_eq!(exit.exit_code, 7);
+}
+
+/// A `--ready-fd` that is open but not a pipe (a file here) is left alone: no line is
+/// written into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_fd_that_is_not_a_pipe_is_left_alone() {
+    let dir = short_dir();
+    let s = spec(dir.path(), "exit 0");
+    let p = write_spec(&s, dir.path());
+    let victim = dir.path().join("victim.txt");
+    let file = OwnedFd::from(std::fs::File::create(&victim).unwrap());
+    let raw = file.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--spec"])
+        .arg(&p)
+        .args(["--ready-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(file);
+    let shim = Shim {
+        spec: s,
+        spec_path: p,
+        child: Some(child),
+        ready_line: String::new(),
+    };
+    until_serving(&shim.spec.socket_path).await;
+    shim.client()
+        .await
+        .status(api::StatusRequest {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+}
+
+/// `run` is started by an operator's shell, which may leave fds open: the runtime gets
+/// only 0, 1 and 2, as under `serve`.
+#[test]
+fn run_mode_passes_no_inherited_fds_to_the_runtime() {
+    let dir = short_dir();
+    let out = dir.path().join("out.txt");
+    std::fs::write(&out, "").unwrap();
+    let mut s = spec(dir.path(), "exec ls /proc/self/fd");
+    s.stdout_path = out.clone();
+    let p = write_spec(&s, dir.path());
+    let (_r, leaked): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+    let raw = leaked.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--spec"])
+        .arg(&p)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    let fds: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // 3 is ls's own handle on /proc/self/fd.
+    assert_eq!(fds, ["0", "1", "2", "3"], "the runtime inherited fds");
+}
+
+/// More idle connections than the shim has fds for: it must neither spin on EMFILE nor stop
+/// serving. Measured as the shim's CPU time while the connections sit there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_fd_limit_neither_spin_nor_lock_out_a_client() {
+    let dir = short_dir();
+    let s = spec(dir.path(), "exec sleep 1000");
+    let p = write_spec(&s, dir.path());
+    let (r, w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let w_raw = w.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--spec"])
+        .arg(&p)
+        .args(["--ready-fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setsid() < 0
+                || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0
+                || libc::dup2(w_raw, 3) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(w);
+    let mut line = String::new();
+    std::fs::File::from(r).read_to_string(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    let shim = Shim {
+        spec: s,
+        spec_path: p,
+        child: Some(child),
+        ready_line: line,
+    };
+    let mut idle: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&shim.spec.socket_path).unwrap())
+        .collect();
+    // Let the shim accept what it will, then measure a quiet second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(shim.pid());
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(shim.pid()) - before;
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    let budget = ticks_per_sec * t.elapsed().as_millis() as u64 / 1000 / 10;
+    assert!(
+        used <= budget,
+        "the shim used {used} ticks of CPU in {:?} with idle connections (budget {budget})",
+        t.elapsed()
+    );
+    // Keep the ones the shim accepted first (they hold every slot it has): the shim closes
+    // them once they never speak, and a real client gets its answer.
+    idle.truncate(32);
+    let mut c = shim.client().await;
+    within("status", c.status(api::StatusRequest {}))
+        .await
+        .unwrap();
+    drop(idle);
+}
+
+/// SIGHUP, SIGUSR1, SIGUSR2, SIGALRM and SIGPIPE kill a process that does not handle them;
+/// a shim must survive them (they come from careless scripts, `kill -HUP` of a process
+/// group, a closed terminal) and keep its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_signals_do_not_kill_the_shim() {
+    let dir = short_dir();
+    let shim = launch(spec(dir.path(), "exec sleep 1000"), dir.path());
+    let mut c = shim.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    let pid = nix::unistd::Pid::from_raw(shim.pid());
+    use nix::sys::signal::Signal::*;
+    for sig in [SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGPIPE] {
+        nix::sys::signal::kill(pid, sig).unwrap();
+        let st = within("status", c.status(api::StatusRequest {}))
+            .await
+            .unwrap_or_else(|e| panic!("the shim died of {sig}: {e}"))
+            .into_inner();
+        assert_eq!(st.runtime_pid, started.pid);
+        assert_eq!(st.state, api::TaskState::Running as i32, "{sig}");
+    }
+}
