@@ -20,6 +20,9 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskState {
     pub version: u32,
+    /// The spec the shim runs, without its `env` (the task's environment holds secrets such
+    /// as NOMAD_TOKEN and VAULT_TOKEN; it stays in the shim's memory, never on disk:
+    /// [`TaskState::write`] always writes an empty `env`).
     pub spec: TaskSpec,
     pub shim_pid: i32,
     /// `/proc/<pid>/stat` field 22 (clock ticks since boot) of the shim.
@@ -205,7 +208,9 @@ impl TaskState {
                 .write(true)
                 .open(&tmp)
                 .map_err(io_err("create", &tmp))?;
-            let body = serde_json::to_vec_pretty(self).map_err(|e| StateError::Corrupt {
+            let mut on_disk = self.clone();
+            on_disk.spec.env.clear();
+            let body = serde_json::to_vec_pretty(&on_disk).map_err(|e| StateError::Corrupt {
                 path: path.to_path_buf(),
                 source: e,
             })?;
@@ -292,6 +297,20 @@ mod tests {
             cgroup: None,
             exit: None,
         }
+    }
+
+    #[test]
+    fn the_env_never_reaches_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = sample(dir.path());
+        s.spec
+            .env
+            .insert("NOMAD_TOKEN".into(), "s3cr3t-value".into());
+        s.write(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(TaskState::read(&path).unwrap().spec.env.is_empty());
     }
 
     #[test]

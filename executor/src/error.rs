@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
-    #[error("cannot read the task spec {path}: {source}; the plugin writes it before starting the shim (for `run`, pass an existing file)")]
+    #[error("cannot read the task spec {path}: {source}; the plugin passes it on stdin (`--spec -`); for `run`, pass an existing file")]
     SpecRead {
         path: PathBuf,
         #[source]

@@ -21,7 +21,8 @@ struct Cli {
 enum Cmd {
     /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use).
     Serve {
-        /// The task spec (JSON, docs/executor.md).
+        /// The task spec (JSON, docs/executor.md); `-` reads it from stdin, as the plugin
+        /// passes it (the task's environment never touches the disk).
         #[arg(long)]
         spec: PathBuf,
         /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.

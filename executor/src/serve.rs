@@ -26,9 +26,16 @@ const DRAIN: Duration = Duration::from_secs(2);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads and checks a task spec.
+/// Reads and checks a task spec: from a file, or from stdin when `path` is `-` (how the
+/// plugin hands it over, so the task's environment is never written to disk). Stdin is
+/// read to its end and then replaced by /dev/null.
 pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
-    let body = std::fs::read(path).map_err(|source| ShimError::SpecRead {
+    let body = if path == Path::new("-") {
+        read_stdin_to_end()
+    } else {
+        std::fs::read(path)
+    }
+    .map_err(|source| ShimError::SpecRead {
         path: path.into(),
         source,
     })?;
@@ -41,6 +48,15 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
         message,
     })?;
     Ok(spec)
+}
+
+fn read_stdin_to_end() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut body)?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    Ok(body)
 }
 
 /// The checks `read_spec` makes beyond the JSON shape.

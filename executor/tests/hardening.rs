@@ -264,3 +264,96 @@ async fn stray_signals_do_not_kill_the_shim() {
         assert_eq!(st.state, api::TaskState::Running as i32, "{sig}");
     }
 }
+
+/// Everything under a directory, as one string (file names and contents).
+fn everything_under(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            out.push_str(&p.display().to_string());
+            out.push('\n');
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+                out.push('\n');
+            } else if t.is_symlink() {
+                out.push_str(&std::fs::read_link(&p).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The plugin hands the spec over on the shim's stdin (`--spec -`): the task's environment
+/// (NOMAD_TOKEN, VAULT_TOKEN…) lives in the shim's memory and the runtime's environ only,
+/// never in the state dir, the runtime dir or `status --json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_env_reaches_the_runtime_but_never_the_disk() {
+    const SECRET: &str = "s3cr3t-t0ken-value";
+    let dir = short_dir();
+    let mut out = LogFifo::new(dir.path(), "out");
+    let mut s = spec(dir.path(), "echo \"token=$NOMAD_TOKEN\"; exec sleep 1000");
+    s.env.insert("NOMAD_TOKEN".into(), SECRET.into());
+    s.env.insert("VAULT_TOKEN".into(), SECRET.into());
+    s.stdout_path = out.path.clone();
+    let (r, w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let w_raw = w.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--spec", "-", "--ready-fd", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(w);
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&serde_json::to_vec(&s).unwrap()).unwrap();
+    }
+    let mut line = String::new();
+    std::fs::File::from(r).read_to_string(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    let shim = Shim {
+        spec: s,
+        spec_path: "-".into(),
+        child: Some(child),
+        ready_line: line,
+    };
+    // The shim keeps nothing of the pipe it read the spec from.
+    let stdin = std::fs::read_link(format!("/proc/{}/fd/0", shim.pid())).unwrap();
+    assert_eq!(stdin, Path::new("/dev/null"));
+    let mut c = shim.client().await;
+    c.start(api::StartRequest {}).await.unwrap();
+    assert_eq!(out.line().await, format!("token={SECRET}"));
+    let run_dir = shim.spec.socket_path.parent().unwrap();
+    let state_dir = shim.spec.state_path.parent().unwrap();
+    for d in [run_dir, state_dir] {
+        let all = everything_under(d);
+        assert!(
+            !all.contains(SECRET),
+            "the secret is on disk under {}:\n{all}",
+            d.display()
+        );
+    }
+    let (code, json, err) = cli(&["status", "--json", "--state-dir", run_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!json.contains(SECRET), "{json}");
+    // The state file still says what runs (names the operator needs), without values.
+    let st = shim.state();
+    assert_eq!(st.spec.argv, shim.spec.argv);
+    assert!(st.spec.env.is_empty(), "{:?}", st.spec.env);
+}
