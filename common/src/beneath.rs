@@ -181,6 +181,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     type Opener = fn(&Path, &Path) -> Result<OwnedFd, BeneathError>;
+    type Expect = fn(&BeneathError) -> bool;
 
     /// The walk alone, as on a kernel without openat2.
     fn walk_only(base: &Path, rel: &Path) -> Result<OwnedFd, BeneathError> {
@@ -210,7 +211,7 @@ mod tests {
         for (name, open) in OPENERS {
             let ok = open(&base, Path::new("./local//sub/app.py"));
             assert!(ok.is_ok(), "{name}: {ok:?}");
-            let cases: [(&str, fn(&BeneathError) -> bool); 8] = [
+            let cases: [(&str, Expect); 8] = [
                 ("../outside.py", |e| {
                     matches!(e, BeneathError::Escapes { .. })
                 }),

@@ -13,6 +13,7 @@ pub mod hclspec;
 pub mod paths;
 pub mod proc;
 pub mod proto;
+pub mod remains;
 pub mod runtime_args;
 pub mod signals;
 pub mod spec;

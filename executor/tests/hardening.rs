@@ -357,3 +357,99 @@ async fn the_task_env_reaches_the_runtime_but_never_the_disk() {
     assert_eq!(st.spec.argv, shim.spec.argv);
     assert!(st.spec.env.is_empty(), "{:?}", st.spec.env);
 }
+
+/// `kill -9` of a shim: the runtime dies of PDEATHSIG, but what it started lives on with
+/// parent 1 — in the runtime's process group, or (after setsid) only in the task cgroup.
+/// What the plugin runs when it finds the shim dead (common::remains) kills both and removes
+/// the task's own cgroups, which used to pile up empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_shim_leaves_is_killed_and_its_cgroups_removed() {
+    let dir = short_dir();
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "sleep 1000 & echo $! >> {p}; setsid sleep 1000 & echo $! >> {p}; echo done >> {p}; exec sleep 1000",
+        p = pids.display()
+    );
+    let mut shim = launch(spec(dir.path(), &script), dir.path());
+    let mut c = shim.client().await;
+    let started = c.start(api::StartRequest {}).await.unwrap().into_inner();
+    within("the runtime's children", async {
+        while !std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .contains("done")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let children: Vec<(i32, u64)> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .map(|p| (p, common::proc::start_time(p).unwrap()))
+        .collect();
+    assert_eq!(children.len(), 2);
+    let st = shim.state();
+    let root = nix::unistd::Uid::effective().is_root();
+    let cgroups: Vec<String> = st
+        .cgroup
+        .clone()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if root {
+        assert!(!cgroups.is_empty(), "a root shim puts its task in a cgroup");
+    }
+    shim.child.as_mut().unwrap().kill().unwrap();
+    shim.exited().await;
+    // The setsid'd child is outside the group: only the cgroup holds it (root only).
+    let survivors = |from: &[(i32, u64)]| -> Vec<i32> {
+        from.iter()
+            .filter(|(p, s)| common::proc::is_same_process(*p, *s))
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    assert_eq!(survivors(&children).len(), 2, "both outlive the shim");
+    let spec = &shim.spec;
+    let cleaned = common::remains::clean_up(
+        &common::remains::Remains {
+            names: common::cgroup::TaskNames {
+                task_id: &spec.task_id,
+                alloc_id: &spec.alloc_id,
+                task_name: &spec.task_name,
+            },
+            runtime_pid: started.pid,
+            runtime_start_time: started.pid_start_time,
+            state_path: &spec.state_path,
+            socket_path: &spec.socket_path,
+        },
+        Path::new(common::cgroup::DEFAULT_ROOT),
+    );
+    assert!(cleaned.group_killed, "{cleaned:?}");
+    let expect_gone = if root { &children[..] } else { &children[..1] };
+    within("the leftovers to die", async {
+        while !survivors(expect_gone).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let key = common::paths::task_key(&spec.task_id);
+    for d in cgroups.iter().filter(|d| d.ends_with(&key)) {
+        assert!(!Path::new(d).exists(), "{d} was left behind");
+    }
+    assert!(cleaned.kept_cgroups.is_empty(), "{cleaned:?}");
+    assert!(
+        !spec.socket_path.exists(),
+        "the dead shim's socket is removed"
+    );
+    assert!(std::fs::symlink_metadata(shim.index_link()).is_err());
+    if !root {
+        // Not root: no cgroup, and the setsid'd child escaped; clean it up ourselves.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(children[1].0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

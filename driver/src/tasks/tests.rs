@@ -364,10 +364,48 @@ async fn recover_with_the_shim_gone_and_no_exit_kills_the_orphaned_runtime() {
     let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("orphaned Elide process was killed"),
+        e.message()
+            .contains("what was left of the task (its process group and cgroup) was killed"),
         "{e:?}"
     );
     assert!(killed(runtime), "the orphaned runtime's group got SIGKILL");
+}
+
+/// The runtime died with its shim (PDEATHSIG), but what it started lives on in its process
+/// group with parent 1: recovery kills the group all the same (the group id cannot have been
+/// reused while members are left).
+#[tokio::test]
+async fn recover_with_shim_and_runtime_gone_kills_what_the_runtime_left_in_its_group() {
+    let h = Harness::new();
+    let mut runtime = Command::new("sh")
+        .args(["-c", "sleep 600 & echo $!"])
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime_pid = runtime.id() as i32;
+    let start = common::proc::start_time(runtime_pid).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(runtime.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let child: i32 = line.trim().parse().unwrap();
+    let child_start = common::proc::start_time(child).unwrap();
+    runtime.wait().unwrap();
+    assert!(common::proc::is_same_process(child, child_start));
+    let handle = handle_without_shim(&h, runtime_pid, start);
+    let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
+    assert!(e.message().contains("killed"), "{e:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::proc::is_same_process(child, child_start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !common::proc::is_same_process(child, child_start),
+        "the runtime's child outlived the cleanup"
+    );
 }
 
 #[tokio::test]

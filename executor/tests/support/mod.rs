@@ -224,6 +224,26 @@ impl Drop for Shim {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // What the plugin does for a dead shim removes the rest (tests that kill shims would
+        // otherwise pile up empty cgroups on the host).
+        {
+            let st = common::state::TaskState::read(&self.spec.state_path).ok();
+            let spec = &self.spec;
+            common::remains::clean_up(
+                &common::remains::Remains {
+                    names: common::cgroup::TaskNames {
+                        task_id: &spec.task_id,
+                        alloc_id: &spec.alloc_id,
+                        task_name: &spec.task_name,
+                    },
+                    runtime_pid: st.as_ref().and_then(|s| s.runtime_pid).unwrap_or(0),
+                    runtime_start_time: st.and_then(|s| s.runtime_start_time).unwrap_or(0),
+                    state_path: &spec.state_path,
+                    socket_path: &spec.socket_path,
+                },
+                Path::new(common::cgroup::DEFAULT_ROOT),
+            );
+        }
     }
 }
 
