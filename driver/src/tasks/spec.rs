@@ -82,6 +82,19 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, PathError> {
     })
 }
 
+/// `elide_opts.memory_limit` (the heap) must fit in the task's hard memory limit: a heap
+/// above it gets the runtime OOM-killed once it grows, long after a start that looked fine.
+pub fn check_heap(config: &TaskConfig, resources: &ResourceSpec) -> Result<(), String> {
+    let heap = config.elide_opts.as_ref().and_then(|o| o.memory_limit);
+    match heap {
+        Some(h) if resources.memory_max_mb > 0 && h > resources.memory_max_mb => Err(format!(
+            "elide_opts.memory_limit ({h} MiB) is more than the task's memory limit ({} MiB): the runtime would be OOM-killed once its heap grows; lower memory_limit or raise the task's resources.memory (or memory_max)",
+            resources.memory_max_mb
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Nomad's log FIFO, or /dev/null when it gave none (`logs { disabled = true }`).
 fn log_sink(p: &str) -> PathBuf {
     if p.is_empty() {

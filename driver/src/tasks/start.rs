@@ -3,7 +3,7 @@
 
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
-use super::spec::{build_spec, task_dir, SpecInput};
+use super::spec::{build_spec, check_heap, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{PluginConfig, TaskConfig};
@@ -58,6 +58,7 @@ impl Tasks {
             task_tmp_exists: facts.task_tmp_exists,
         })
         .map_err(|e| status::permanent(e.to_string()))?;
+        check_heap(&tc, &spec.resources).map_err(status::permanent)?;
         spec.validate()
             .map_err(|e| status::permanent(format!("cannot run this task: {e}")))?;
         let dirs = [

@@ -179,6 +179,46 @@ async fn start_with_a_bad_config_is_permanent() {
     assert!(e.message().contains("invalid elide task config"), "{e:?}");
 }
 
+/// A heap bigger than the task's memory would get the runtime OOM-killed once the heap
+/// grows: refused at start, naming both numbers.
+#[tokio::test]
+async fn a_heap_larger_than_the_task_memory_is_refused() {
+    use common::proto::drivers::{AllocatedMemoryResources, AllocatedTaskResources, Resources};
+    use rmpv::Value;
+    let h = Harness::new();
+    let mut task = h.task("web");
+    let config = Value::Map(vec![
+        (Value::from("script"), Value::from("local/app.py")),
+        (
+            Value::from("elide_opts"),
+            Value::Array(vec![Value::Map(vec![(
+                Value::from("memory_limit"),
+                Value::from(4096),
+            )])]),
+        ),
+    ]);
+    task.msgpack_driver_config.clear();
+    rmpv::encode::write_value(&mut task.msgpack_driver_config, &config).unwrap();
+    task.resources = Some(Resources {
+        allocated_resources: Some(AllocatedTaskResources {
+            memory: Some(AllocatedMemoryResources {
+                memory_mb: 64,
+                memory_max_mb: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = h.start(task).await.unwrap_err();
+    assert!(!recoverable(&e));
+    assert!(
+        e.message().contains(
+            "elide_opts.memory_limit (4096 MiB) is more than the task's memory limit (64 MiB)"
+        ),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn start_clears_the_scripts_execute_bits_and_says_so() {
     let mut h = Harness::new();
