@@ -20,5 +20,6 @@ plugin "nomad-driver-elide" {
     # pids_limit         = 0         # 0 = unlimited
     # heap_percent       = 75        # -Xmx = this share of the task's memory limit
     # fifo_open_timeout  = "10s"
+    # absolute_script_dirs = []      # dirs whose files jobs may name as an absolute `script`
   }
 }

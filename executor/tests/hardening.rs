@@ -5,7 +5,6 @@
 mod support;
 
 use common::proto::executor as api;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -54,30 +53,8 @@ async fn a_closed_ready_fd_is_not_adopted() {
     let dir = short_dir();
     let s = spec(dir.path(), "exit 7");
     let p = write_spec(&s, dir.path());
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--spec"])
-        .arg(&p)
-        .args(["--ready-fd", "3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::close(3);
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    let shim = Shim {
-        spec: s,
-        spec_path: p,
-        child: Some(child),
-        ready_line: String::new(),
-    };
+    let child = spawn_serve(&p, ServeFds::default());
+    let shim = Shim::of(s, &p, child, String::new());
     until_serving(&shim.spec.socket_path).await;
     let mut c = shim.client().await;
     c.start(api::StartRequest {}).await.unwrap();
@@ -99,31 +76,15 @@ async fn a_ready_fd_that_is_not_a_pipe_is_left_alone() {
     let p = write_spec(&s, dir.path());
     let victim = dir.path().join("victim.txt");
     let file = OwnedFd::from(std::fs::File::create(&victim).unwrap());
-    let raw = file.as_raw_fd();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--spec"])
-        .arg(&p)
-        .args(["--ready-fd", "3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
+    let child = spawn_serve(
+        &p,
+        ServeFds {
+            fd3: Some(file.as_raw_fd()),
+            ..Default::default()
+        },
+    );
     drop(file);
-    let shim = Shim {
-        spec: s,
-        spec_path: p,
-        child: Some(child),
-        ready_line: String::new(),
-    };
+    let shim = Shim::of(s, &p, child, String::new());
     until_serving(&shim.spec.socket_path).await;
     shim.client()
         .await
@@ -178,43 +139,19 @@ async fn idle_connections_beyond_the_fd_limit_neither_spin_nor_lock_out_a_client
     let dir = short_dir();
     let s = spec(dir.path(), "exec sleep 1000");
     let p = write_spec(&s, dir.path());
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let w_raw = w.as_raw_fd();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--spec"])
-        .arg(&p)
-        .args(["--ready-fd", "3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setsid() < 0
-                || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0
-                || libc::dup2(w_raw, 3) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
+    let (r, w) = ready_pipe();
+    let child = spawn_serve(
+        &p,
+        ServeFds {
+            fd3: Some(w.as_raw_fd()),
+            nofile: Some(64),
+            ..Default::default()
+        },
+    );
     drop(w);
-    let mut line = String::new();
-    std::fs::File::from(r).read_to_string(&mut line).unwrap();
+    let line = read_ready(r);
     assert_eq!(line, "READY\n");
-    let shim = Shim {
-        spec: s,
-        spec_path: p,
-        child: Some(child),
-        ready_line: line,
-    };
+    let shim = Shim::of(s, &p, child, line);
     let mut idle: Vec<std::os::unix::net::UnixStream> = (0..100)
         .map(|_| std::os::unix::net::UnixStream::connect(&shim.spec.socket_path).unwrap())
         .collect();
@@ -300,39 +237,24 @@ async fn the_task_env_reaches_the_runtime_but_never_the_disk() {
     s.env.insert("NOMAD_TOKEN".into(), SECRET.into());
     s.env.insert("VAULT_TOKEN".into(), SECRET.into());
     s.stdout_path = out.path.clone();
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let w_raw = w.as_raw_fd();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--spec", "-", "--ready-fd", "3"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(w_raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
+    let (r, w) = ready_pipe();
+    let mut child = spawn_serve(
+        Path::new("-"),
+        ServeFds {
+            fd3: Some(w.as_raw_fd()),
+            piped_stdin: true,
+            ..Default::default()
+        },
+    );
     drop(w);
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(&serde_json::to_vec(&s).unwrap()).unwrap();
     }
-    let mut line = String::new();
-    std::fs::File::from(r).read_to_string(&mut line).unwrap();
+    let line = read_ready(r);
     assert_eq!(line, "READY\n");
-    let shim = Shim {
-        spec: s,
-        spec_path: "-".into(),
-        child: Some(child),
-        ready_line: line,
-    };
+    let shim = Shim::of(s, Path::new("-"), child, line);
     // The shim keeps nothing of the pipe it read the spec from.
     let stdin = std::fs::read_link(format!("/proc/{}/fd/0", shim.pid())).unwrap();
     assert_eq!(stdin, Path::new("/dev/null"));
