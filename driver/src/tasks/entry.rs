@@ -1,6 +1,6 @@
 //! One task as the plugin knows it: its `driver_state`, a cached client to its shim, and its
 //! exit once known. When the shim is gone, the exit comes from the state file it wrote, and
-//! what is left of the runtime is killed so it is never orphaned.
+//! what is left of the task (process group, cgroups) is killed so nothing is orphaned.
 
 use super::blocking;
 use super::handle::DriverState;
