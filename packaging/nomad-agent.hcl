@@ -37,6 +37,7 @@ plugin "nomad-driver-elide" {
     #                                  # replace it to add yours, e.g. "/opt/consul"
     # denied_host_uids   = ""          # e.g. "0" to refuse tasks running as root
     # denied_host_gids   = ""
+    # absolute_script_dirs = []      # dirs whose files jobs may name as an absolute `script`
   }
 }
 

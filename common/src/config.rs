@@ -122,6 +122,9 @@ pub struct PluginConfig {
     /// raw_exec's `denied_host_uids` / `denied_host_gids` (`"0,1000-1999"`).
     pub denied_host_uids: String,
     pub denied_host_gids: String,
+    /// Directories whose files a job may name as an absolute `script` (outside its task
+    /// dir). Empty: absolute scripts outside the task dir are refused.
+    pub absolute_script_dirs: Vec<PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -149,6 +152,7 @@ impl Default for PluginConfig {
                 .collect(),
             denied_host_uids: String::new(),
             denied_host_gids: String::new(),
+            absolute_script_dirs: Vec::new(),
         }
     }
 }
@@ -173,6 +177,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "hidden_paths",
     "denied_host_uids",
     "denied_host_gids",
+    "absolute_script_dirs",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -374,6 +379,7 @@ impl PluginConfig {
             ),
             defaulted("denied_host_uids", "string", literal_string("")),
             defaulted("denied_host_gids", "string", literal_string("")),
+            defaulted("absolute_script_dirs", "list(string)", literal("[]")),
         ])
     }
 
@@ -421,7 +427,24 @@ impl PluginConfig {
                 runtime_field: "runtime_options",
             },
         )?;
+        let mut absolute_script_dirs = Vec::new();
+        for (i, dir) in o.string_list("absolute_script_dirs")?.iter().enumerate() {
+            let field = format!("absolute_script_dirs[{i}]");
+            no_nul(&field, dir)?;
+            let p = PathBuf::from(dir);
+            let plain = p
+                .components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir));
+            if !p.is_absolute() || !plain || p.parent().is_none() {
+                return Err(invalid(
+                    &field,
+                    format!("{dir:?} must be an absolute directory other than \"/\", without \"..\", e.g. \"/opt/elide-apps\""),
+                ));
+            }
+            absolute_script_dirs.push(p);
+        }
         Ok(PluginConfig {
+            absolute_script_dirs,
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
             elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
             executor_binary: optional_path("executor_binary", o.string("executor_binary")?)?,
@@ -698,12 +721,6 @@ impl TaskConfig {
                 format!("{script:?} has no file extension; Elide picks the language from it (.py, .js, .ts, .jar, …)"),
             ));
         }
-        if script.starts_with('-') {
-            return Err(invalid(
-                "config.script",
-                format!("{script:?} starts with \"-\", so Elide would read it as an option; rename the file or write the path as \"./{script}\""),
-            ));
-        }
         if script.contains('=') {
             // Elide's `--env` (picocli, arity 0..N) takes every following KEY=VALUE word.
             return Err(invalid(
@@ -840,6 +857,7 @@ mod tests {
             ("hidden_paths", strs(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
             ("denied_host_uids", s("")),
             ("denied_host_gids", s("")),
+            ("absolute_script_dirs", Value::Array(vec![])),
         ]
         .into_iter()
         .collect();
@@ -888,9 +906,11 @@ mod tests {
                 strs(&["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]),
             ),
             ("run_flags", strs(&["--js:esm", "--python:engine=native"])),
+            ("absolute_script_dirs", strs(&["/opt/apps"])),
         ]))
         .unwrap();
         assert!(!c.enabled);
+        assert_eq!(c.absolute_script_dirs, [PathBuf::from("/opt/apps")]);
         assert_eq!(
             c.elide_binary.as_deref(),
             Some(std::path::Path::new("/opt/elide/elide"))
@@ -1039,6 +1059,18 @@ mod tests {
             (
                 vec![("runtime_dir", s("relative"))],
                 "runtime_dir: relative must be an absolute path",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/opt/ok", "apps"]))],
+                "absolute_script_dirs[1]: \"apps\" must be an absolute directory",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/"]))],
+                "absolute_script_dirs[0]: \"/\" must be an absolute directory other than",
+            ),
+            (
+                vec![("absolute_script_dirs", strs(&["/opt/../etc"]))],
+                "absolute_script_dirs[0]: \"/opt/../etc\" must be",
             ),
             (
                 vec![("elide_binary", s("/x\0y"))],
@@ -1202,6 +1234,9 @@ mod tests {
             assert_eq!(t.pid_mode, Some(NamespaceMode::Host));
             assert_eq!(t.ipc_mode, Some(NamespaceMode::Private));
             assert_eq!(t.script, "/abs/app.mjs");
+            // A name starting with "-" is fine: Elide gets it as "./-x.py" (tasks/script.rs).
+            let dash = TaskConfig::from_msgpack(&task_payload(vec![("script", s("-Xmx1g.py"))]));
+            assert_eq!(dash.unwrap().script, "-Xmx1g.py");
             assert_eq!(t.args, ["--port", "8080", ""]);
             assert_eq!(t.env.len(), 2);
             assert_eq!(t.env["LOG_LEVEL"], "info");
@@ -1264,10 +1299,6 @@ mod tests {
             (
                 vec![("args", strs(&["-Dmode=fast", "--flag", "-XX:+X", "--use-version=1.0.0"]))],
                 "config.args: 3 arguments would never reach the guest: [0] \"-Dmode=fast\": GraalVM's runtime takes every -D<name>=<value> word out of Elide's command line as a Java system property of Elide itself, even after \"--\"; [2] \"-XX:+X\": ",
-            ),
-            (
-                vec![("script", s("-Xmx1g.py"))],
-                "config.script: \"-Xmx1g.py\" starts with \"-\"",
             ),
             (
                 vec![("script", s("local/a=b.py"))],

@@ -112,6 +112,13 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_nanos(total as u64))
 }
 
+/// Whole milliseconds of `d` as the `*_ms` fields of the shim API and the spec carry them,
+/// saturating at `u64::MAX` ("forever") instead of truncating the u128 that
+/// `Duration::as_millis` returns (which could turn a huge timeout into a short one).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Formats a duration the way Go prints one: "1h2m3.5s", "1m30s", "500ms", "1.5µs", "0s".
 pub fn format(d: Duration) -> String {
     // `is_multiple_of` is newer than the workspace's rust-version.
@@ -159,6 +166,13 @@ pub fn format(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_saturate() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::from_secs(i64::MAX as u64)), u64::MAX);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn parses_go_durations() {

@@ -2,6 +2,7 @@
 //! wire contract, go-plugin's services and the shim's own API) and the types that the plugin
 //! and the `elide-executor` shim both read and write.
 
+pub mod beneath;
 pub mod capabilities;
 pub mod cgroup;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod hclspec;
 pub mod paths;
 pub mod proc;
 pub mod proto;
+pub mod remains;
 pub mod runtime_args;
 pub mod sandbox;
 pub mod shim_api;

@@ -39,9 +39,8 @@ pub fn index_link(runtime_dir: &Path, task_id: &str) -> PathBuf {
     runtime_dir.join(format!("{}.state", task_key(task_id)))
 }
 
-/// The files of a task's state dir: the spec the plugin writes, the shim's state file and
-/// the shim's own log.
-pub const SPEC_FILE: &str = "spec.json";
+/// The files of a task's state dir: the shim's state file and its own log. (The spec is
+/// not among them: the plugin hands it to the shim on a pipe, since its env holds secrets.)
 pub const STATE_FILE: &str = "state.json";
 pub const LOG_FILE: &str = "executor.log";
 

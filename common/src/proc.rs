@@ -145,6 +145,30 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// SIGKILLs the process group `pgid` of a runtime that started at `leader_start` (clock
+/// ticks), when it provably is that runtime's group: its leader is that very process, or the
+/// leader is gone and members are left — the kernel never hands out a pid that is still some
+/// group's id, so a group without its leader is still the original one. A leader pid now
+/// held by another process (different start time) means the group is someone else's: left
+/// alone. Returns whether a signal was sent.
+pub fn kill_group_if_ours(pgid: i32, leader_start: u64) -> bool {
+    if pgid <= 1 || leader_start == 0 {
+        return false;
+    }
+    // The leader as it is, zombies included: a zombie that reused the pid is not ours.
+    match stat(pgid) {
+        Ok(leader) if leader.start_time != leader_start => return false,
+        Ok(_) => {}
+        Err(_) if group_members(pgid).is_empty() => return false,
+        Err(_) => {}
+    }
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
+}
+
 /// `root` and all its live descendants, from a list of processes.
 pub fn tree_of(procs: &[Stat], root: i32) -> Vec<i32> {
     let mut out = Vec::new();

@@ -205,7 +205,7 @@ impl TaskSpec {
 }
 
 fn default_fifo_timeout_ms() -> u64 {
-    DEFAULT_FIFO_OPEN_TIMEOUT.as_millis() as u64
+    crate::duration::millis(DEFAULT_FIFO_OPEN_TIMEOUT)
 }
 
 fn default_linger_secs() -> u64 {

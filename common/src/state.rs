@@ -1,8 +1,10 @@
 //! The shim's state file: the spec it runs, its own and the runtime's pids with their `/proc`
 //! start times (the PID-reuse guard), and — as soon as the runtime is reaped — the exit result.
 //!
-//! Written as temp file → fsync → rename → fsync(dir), under an exclusive `fs2` lock on a
-//! sibling `.lock` file, so a reader never sees a torn file and two writers never interleave.
+//! Written as temp file → fsync → rename → fsync(dir), so a reader never sees a torn file,
+//! under an exclusive `fs2` lock on a sibling `.lock` file, so two writers never interleave.
+//! Readers take no lock and create nothing: the rename makes every read whole, and a reader
+//! (the operator's `status`, the plugin) must not leave files behind where it looks.
 
 use crate::proto::executor as api;
 use crate::spec::TaskSpec;
@@ -18,6 +20,9 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskState {
     pub version: u32,
+    /// The spec the shim runs, without its `env` (the task's environment holds secrets such
+    /// as NOMAD_TOKEN and VAULT_TOKEN; it stays in the shim's memory, never on disk:
+    /// [`TaskState::write`] always writes an empty `env`).
     pub spec: TaskSpec,
     pub shim_pid: i32,
     /// `/proc/<pid>/stat` field 22 (clock ticks since boot) of the shim.
@@ -217,7 +222,9 @@ impl TaskState {
                 .write(true)
                 .open(&tmp)
                 .map_err(io_err("create", &tmp))?;
-            let body = serde_json::to_vec_pretty(self).map_err(|e| StateError::Corrupt {
+            let mut on_disk = self.clone();
+            on_disk.spec.env.clear();
+            let body = serde_json::to_vec_pretty(&on_disk).map_err(|e| StateError::Corrupt {
                 path: path.to_path_buf(),
                 source: e,
             })?;
@@ -236,13 +243,9 @@ impl TaskState {
         result
     }
 
-    /// Reads the state file under a shared lock.
+    /// Reads the state file (whole, thanks to the writer's rename; no lock, no file created).
     pub fn read(path: &Path) -> Result<TaskState, StateError> {
-        let lock = open_lock(path)?;
-        lock.lock_shared().map_err(io_err("lock", path))?;
-        let body = fs::read(path).map_err(io_err("read", path));
-        let _ = FileExt::unlock(&lock);
-        let body = body?;
+        let body = fs::read(path).map_err(io_err("read", path))?;
         let state: TaskState = serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             source: e,
@@ -313,6 +316,20 @@ mod tests {
     }
 
     #[test]
+    fn the_env_never_reaches_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = sample(dir.path());
+        s.spec
+            .env
+            .insert("NOMAD_TOKEN".into(), "s3cr3t-value".into());
+        s.write(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(TaskState::read(&path).unwrap().spec.env.is_empty());
+    }
+
+    #[test]
     fn write_then_read_round_trips_and_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
@@ -337,6 +354,9 @@ mod tests {
         TaskState::remove(&path).unwrap();
         assert!(!path.exists());
         TaskState::remove(&path).unwrap();
+        // Reading a missing state file creates nothing (no lock file either).
+        assert!(TaskState::read(&path).is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
-    #[error("cannot read the task spec {path}: {source}; the plugin writes it before starting the shim (for `run`, pass an existing file)")]
+    #[error("cannot read the task spec {path}: {source}; the plugin passes it on stdin (`--spec -`); for `run`, pass an existing file")]
     SpecRead {
         path: PathBuf,
         #[source]
@@ -15,6 +15,8 @@ pub enum ShimError {
     SpecInvalid { path: PathBuf, message: String },
     #[error("another elide-executor already serves {0}; stop it first (elide-executor stop TASK) or use another socket_path")]
     SocketBusy(PathBuf),
+    #[error("{path} exists and is not a socket (it is a {kind}); the shim only replaces a stale socket there: move the file away or use another runtime_dir")]
+    NotASocket { path: PathBuf, kind: &'static str },
     #[error("cannot bind the control socket {path}: {source}; check that its directory is writable by this user")]
     Bind {
         path: PathBuf,

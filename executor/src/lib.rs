@@ -2,7 +2,7 @@
 //!
 //! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
-//! - [`server`]: the tonic control API on top of it;
+//! - [`server`]: the tonic control API on top of it; [`listener`]: its bounded accept loop;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, PDEATHSIG, then `sandbox-init`);
 //! - [`sandbox`]: the task sandbox (namespaces, mounts, credentials, capabilities, PID 1);
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
@@ -13,6 +13,7 @@
 pub mod cli;
 mod error;
 mod fifo;
+mod listener;
 pub mod logging;
 mod reaper;
 pub mod runtime;

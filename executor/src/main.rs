@@ -26,7 +26,8 @@ struct Cli {
 enum Cmd {
     /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use).
     Serve {
-        /// The task spec (JSON, docs/executor.md).
+        /// The task spec (JSON, docs/executor.md); `-` reads it from stdin, as the plugin
+        /// passes it (the task's environment never touches the disk).
         #[arg(long)]
         spec: PathBuf,
         /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.
@@ -81,6 +82,25 @@ fn main() {
         executor::sandbox::init::main();
     }
     let cli = Cli::parse();
+    // Before anything opens an fd (the async runtime's epoll would take a closed
+    // --ready-fd's number): the readiness pipe, the signals a shim must survive, and no
+    // inherited fd passed on to the runtime.
+    let ready = match &cli.cmd {
+        Cmd::Serve { ready_fd, .. } => {
+            let ready = Ready::from_fd(*ready_fd);
+            serve::ignore_stray_signals(&Mode::Serve {
+                ready_fd: ready.raw_fd(),
+            });
+            serve::cloexec_inherited_fds();
+            ready
+        }
+        Cmd::Run { .. } => {
+            serve::ignore_stray_signals(&Mode::Run);
+            serve::cloexec_inherited_fds();
+            Ready::none()
+        }
+        _ => Ready::none(),
+    };
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
     // forked it, so the spawn must happen on this (main) thread; one thread also keeps the
     // shim's RSS small.
@@ -95,7 +115,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match rt.block_on(run(cli)) {
+    let code = match rt.block_on(run(cli, ready)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("elide-executor: {e:#}");
@@ -108,17 +128,7 @@ fn main() {
 }
 
 /// `serve`: everything before READY that can fail reports `ERROR <message>` on the ready fd.
-async fn serve_cmd(spec_path: &Path, ready_fd: Option<i32>) -> anyhow::Result<i32> {
-    // A Ctrl-C in the agent's terminal reaches its whole foreground process group; like
-    // go-plugin servers, ignore it (we are in our own session anyway). SIGPIPE: errors, not
-    // death, on a closed socket.
-    // SAFETY: setting dispositions to SIG_IGN installs no handler.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-    let mut ready = Ready::from_fd(ready_fd);
-    serve::cloexec_inherited_fds();
+async fn serve_cmd(spec_path: &Path, mut ready: Ready) -> anyhow::Result<i32> {
     let spec = match serve::read_spec(spec_path) {
         Ok(s) => s,
         Err(e) => {
@@ -145,18 +155,19 @@ async fn serve_cmd(spec_path: &Path, ready_fd: Option<i32>) -> anyhow::Result<i3
         ready.error(&msg);
         anyhow::bail!(msg);
     }
+    let ready_fd = ready.raw_fd();
     Ok(serve::run(spec, Mode::Serve { ready_fd }, ready).await?)
 }
 
 use std::os::unix::fs::DirBuilderExt;
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(cli: Cli, ready: Ready) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::Serve { spec, ready_fd } => serve_cmd(&spec, ready_fd).await,
+        Cmd::Serve { spec, .. } => serve_cmd(&spec, ready).await,
         Cmd::Run { spec } => {
             executor::logging::to_stderr();
             let spec = serve::read_spec(&spec)?;
-            let code = serve::run(spec, Mode::Run, Ready::from_fd(None))
+            let code = serve::run(spec, Mode::Run, ready)
                 .await
                 .context("the shim failed")?;
             Ok(code)

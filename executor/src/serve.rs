@@ -22,10 +22,20 @@ pub const START_DEADLINE: Duration = Duration::from_secs(60);
 pub const SELF_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight replies (e.g. Shutdown's) get to reach their callers at exit.
 const DRAIN: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on idle connections, and how long an unanswered one keeps the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads and checks a task spec.
+/// Reads and checks a task spec: from a file, or from stdin when `path` is `-` (how the
+/// plugin hands it over, so the task's environment is never written to disk). Stdin is
+/// read to its end and then replaced by /dev/null.
 pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
-    let body = std::fs::read(path).map_err(|source| ShimError::SpecRead {
+    let body = if path == Path::new("-") {
+        read_stdin_to_end()
+    } else {
+        std::fs::read(path)
+    }
+    .map_err(|source| ShimError::SpecRead {
         path: path.into(),
         source,
     })?;
@@ -38,6 +48,15 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
         message,
     })?;
     Ok(spec)
+}
+
+fn read_stdin_to_end() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut body)?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    Ok(body)
 }
 
 /// The checks `read_spec` makes beyond the JSON shape.
@@ -99,12 +118,30 @@ fn make_dir(dir: &Path) -> Result<(), ShimError> {
         })
 }
 
-/// Binds the control socket with mode 0600, replacing a stale socket file nobody answers on.
+/// Binds the control socket with mode 0600, replacing a stale socket file nobody answers on
+/// (and nothing else: any other file there is refused, never deleted).
 fn bind(path: &Path) -> Result<tokio::net::UnixListener, ShimError> {
+    use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent() {
         make_dir(dir)?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let t = meta.file_type();
+        if !t.is_socket() {
+            let kind = if t.is_symlink() {
+                "symlink"
+            } else if t.is_dir() {
+                "directory"
+            } else if t.is_file() {
+                "regular file"
+            } else {
+                "special file"
+            };
+            return Err(ShimError::NotASocket {
+                path: path.into(),
+                kind,
+            });
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ShimError::SocketBusy(path.into()));
         }
@@ -128,6 +165,25 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener, ShimError> {
         }
     })?;
     Ok(l)
+}
+
+/// Signals a shim must survive: SIGHUP (a closed terminal, `kill -HUP` of a process group),
+/// SIGUSR1/SIGUSR2/SIGALRM (careless scripts) and SIGPIPE (a peer gone; errors, not death,
+/// as in Nomad's own executor) all kill a process that does not handle them. `serve` also
+/// ignores SIGINT (a Ctrl-C in the agent's terminal reaches its whole foreground group, as
+/// go-plugin servers do); `run` handles SIGINT and SIGHUP as a stop instead (see `prepare`).
+/// The runtime gets default dispositions back before exec (runtime.rs). Call first thing.
+pub fn ignore_stray_signals(mode: &Mode) {
+    let mut ignored = vec![libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGPIPE];
+    if matches!(mode, Mode::Serve { .. }) {
+        ignored.extend([libc::SIGHUP, libc::SIGINT]);
+    }
+    for sig in ignored {
+        // SAFETY: setting a disposition to SIG_IGN installs no handler.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
 }
 
 /// Marks every inherited fd above 2 close-on-exec, so the runtime inherits nothing of the
@@ -164,18 +220,27 @@ pub enum Mode {
 pub struct Ready(Option<std::fs::File>);
 
 impl Ready {
-    /// Takes ownership of `fd` (the plugin passed it for exactly this). Call it before
-    /// opening anything: an fd number that is not open is ignored rather than adopted, so a
-    /// wrong `--ready-fd` can never close a file the shim opens later.
+    /// Takes ownership of `fd` (the plugin passed it for exactly this) when it is an open
+    /// pipe. Call it first thing in `main`, before the async runtime or anything else opens
+    /// an fd: a `--ready-fd` that is not open would otherwise name the next fd opened (the
+    /// runtime's epoll), which the shim would then write to and close. An fd that is open
+    /// but not a pipe is not ours either: it is left alone.
     pub fn from_fd(fd: Option<i32>) -> Ready {
         Ready(
             fd.filter(|fd| *fd > 2)
-                // SAFETY: F_GETFD only reads the fd's flags.
-                .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
-                // SAFETY: the fd is open and was handed to us on the command line for our
+                .filter(|fd| {
+                    nix::sys::stat::fstat(*fd)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+                })
+                // SAFETY: the fd is an open pipe handed to us on the command line for our
                 // exclusive use; nothing else in this process owns it.
                 .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })),
         )
+    }
+
+    /// No readiness pipe (`run`).
+    pub fn none() -> Ready {
+        Ready(None)
     }
 
     pub fn raw_fd(&self) -> Option<i32> {
@@ -209,7 +274,9 @@ pub struct Prepared {
 struct Signals {
     child: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    /// `run` only: SIGINT (Ctrl-C) and SIGHUP (the terminal closed) stop the runtime.
     int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
@@ -228,6 +295,10 @@ pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
         term: signal(SignalKind::terminate()).map_err(ShimError::Signals)?,
         int: match mode {
             Mode::Run => Some(signal(SignalKind::interrupt()).map_err(ShimError::Signals)?),
+            Mode::Serve { .. } => None,
+        },
+        hup: match mode {
+            Mode::Run => Some(signal(SignalKind::hangup()).map_err(ShimError::Signals)?),
             Mode::Serve { .. } => None,
         },
     };
@@ -280,8 +351,14 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let svc = Service { shim: shim.clone() };
     let mut server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let incoming = crate::listener::bounded(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            crate::listener::max_connections(),
+        );
         let r = tonic::transport::Server::builder()
+            // Peers that died without closing are found and their slots freed.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(ExecutorServer::new(svc))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -331,7 +408,12 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
                     let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
                 });
             }
-            Some(_) = async { match signals.int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+            Some(_) = async {
+                match (signals.int.as_mut(), signals.hup.as_mut()) {
+                    (Some(i), Some(h)) => tokio::select! { r = i.recv() => r, r = h.recv() => r },
+                    _ => std::future::pending().await,
+                }
+            } => {
                 eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
                 let s = shim.clone();
                 tokio::spawn(async move {

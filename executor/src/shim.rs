@@ -58,9 +58,12 @@ pub struct Shim {
 impl Shim {
     pub fn new(spec: TaskSpec) -> Arc<Self> {
         let me = std::process::id() as i32;
+        // The env stays in `Shim::spec` (memory) only: the state is what goes to disk.
+        let mut recorded = spec.clone();
+        recorded.env.clear();
         let state = TaskState {
             version: STATE_VERSION,
-            spec: spec.clone(),
+            spec: recorded,
             shim_pid: me,
             shim_start_time: common::proc::start_time(me).unwrap_or(0),
             boot_id: common::proc::boot_id(),

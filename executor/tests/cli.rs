@@ -143,3 +143,93 @@ fn status_on_a_missing_dir_names_the_fix() {
         "{stderr}"
     );
 }
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Index entries left half-removed (a task ending while `status` runs) or broken: the CLI
+/// reports them and creates nothing, neither in the runtime dir nor next to a state file.
+#[test]
+fn status_creates_no_files_for_broken_or_dangling_index_entries() {
+    let dir = short_dir();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let kept = dir.path().join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    // Not a link at all.
+    std::fs::write(run.join("0000000000000001.state"), "").unwrap();
+    // A link to a state dir that is gone.
+    std::os::unix::fs::symlink(
+        dir.path().join("gone/state.json"),
+        run.join("0000000000000002.state"),
+    )
+    .unwrap();
+    // A link to a state file that is gone from a dir that is still there.
+    std::os::unix::fs::symlink(kept.join("state.json"), run.join("0000000000000003.state"))
+        .unwrap();
+    let (before, kept_before) = (listing(&run), listing(&kept));
+    let (code, stdout, stderr) = cli(&["status", "--json", "--state-dir", run.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert!(
+        rows.iter().all(|r| r["state"] == "stale (no state file)"),
+        "{stdout}"
+    );
+    assert_eq!(listing(&run), before, "status wrote into the runtime dir");
+    assert_eq!(
+        listing(&kept),
+        kept_before,
+        "status wrote next to a state file"
+    );
+}
+
+/// A shim whose socket file was deleted still runs its task: `status` says so (and where to
+/// look) instead of calling it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_shim_without_its_socket_is_told_apart_from_a_dead_one() {
+    let dir = short_dir();
+    let alive = launch(spec(dir.path(), "exec sleep 1000"), dir.path());
+    let mut dead = launch(spec(dir.path(), "exec sleep 1000"), dir.path());
+    for s in [&alive, &dead] {
+        s.client().await.start(api::StartRequest {}).await.unwrap();
+    }
+    std::fs::remove_file(&alive.spec.socket_path).unwrap();
+    dead.child.as_mut().unwrap().kill().unwrap();
+    dead.exited().await;
+    let run_dir = alive
+        .spec
+        .socket_path
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (code, stdout, stderr) = cli(&["status", "--json", "--state-dir", &run_dir]);
+    assert_eq!(
+        code, 1,
+        "a task nobody can reach is a problem: {stdout}{stderr}"
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let row = |s: &common::spec::TaskSpec| {
+        rows.iter()
+            .find(|r| r["task_id"] == s.task_id.as_str())
+            .unwrap()
+            .clone()
+    };
+    let a = row(&alive.spec);
+    assert_eq!(a["state"], "alive (socket missing)", "{stdout}");
+    assert_eq!(a["shim_pid"], alive.pid());
+    let problem = a["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("is alive") && problem.contains(&alive.pid().to_string()),
+        "{problem}"
+    );
+    assert_eq!(row(&dead.spec)["state"], "unreachable", "{stdout}");
+}

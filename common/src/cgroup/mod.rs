@@ -222,6 +222,22 @@ impl TaskCgroup {
     pub fn apply(&self, r: &ResourceSpec) -> Vec<String> {
         let v2 = self.version == Version::V2;
         let mut notes = Vec::new();
+        // Bytes as the cgroup files take them (i64), or None when they do not fit.
+        let mib = |m: u64| crate::spec::mib_to_bytes(m).and_then(|b| i64::try_from(b).ok());
+        if let Some((_, d)) = self.with::<MemController>() {
+            if r.memory_max_mb > 0 && mib(r.memory_max_mb).is_none() {
+                let file = if v2 {
+                    "memory.max"
+                } else {
+                    "memory.limit_in_bytes"
+                };
+                notes.push(format!(
+                    "cannot set {file} in {}: {} MiB is too large to express in bytes",
+                    d.display(),
+                    r.memory_max_mb
+                ));
+            }
+        }
         // v1 files a kernel does not have (memsw without swap accounting) are skipped.
         let mut set =
             |dir: &Path, file: &str, value: String, result: cgroups_rs::error::Result<()>| {
@@ -233,10 +249,9 @@ impl TaskCgroup {
                 }
             };
         let present = |dir: &Path, file: &str| v2 || dir.join(file).exists();
-        let mib = |m: u64| (m * 1024 * 1024) as i64;
         if let Some((mem, d)) = self.with::<MemController>() {
-            if r.memory_max_mb > 0 {
-                let max = mib(r.memory_max_mb);
+            let max = mib(r.memory_max_mb);
+            if let Some(max) = max.filter(|_| r.memory_max_mb > 0) {
                 let (limit, swap, soft) = if v2 {
                     ("memory.max", "memory.swap.max", "memory.low")
                 } else {
@@ -263,8 +278,9 @@ impl TaskCgroup {
                     set(d, "memory.swappiness", "0".into(), mem.set_swappiness(0));
                 }
                 if r.memory_mb > 0 && r.memory_mb < r.memory_max_mb && present(d, soft) {
-                    let low = mib(r.memory_mb);
-                    set(d, soft, low.to_string(), mem.set_soft_limit(low));
+                    if let Some(low) = mib(r.memory_mb) {
+                        set(d, soft, low.to_string(), mem.set_soft_limit(low));
+                    }
                 }
             }
         }
@@ -382,7 +398,7 @@ impl TaskCgroup {
         if let Some((cpu, _)) = self.with::<CpuController>() {
             let stat = cpu.cpu().stat;
             if v2 {
-                let usec = |k| keyed(&stat, k).map(|u| u * 1000);
+                let usec = |k| keyed(&stat, k).map(|u| u.saturating_mul(1000));
                 s.cpu_total_ns = usec("usage_usec");
                 s.cpu_user_ns = usec("user_usec");
                 s.cpu_system_ns = usec("system_usec");
@@ -394,7 +410,8 @@ impl TaskCgroup {
         }
         if let Some((acct, d)) = self.with::<CpuAcctController>() {
             let a = acct.cpuacct();
-            let ticks = |k| keyed(&a.stat, k).map(|t| t * crate::proc::nanos_per_tick());
+            let ticks =
+                |k| keyed(&a.stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
             s.cpu_total_ns = d.join("cpuacct.usage").exists().then_some(a.usage);
             s.cpu_user_ns = ticks("user");
             s.cpu_system_ns = ticks("system");
@@ -433,6 +450,120 @@ impl TaskCgroup {
         for m in self.members.iter().rev().filter(|m| m.owned) {
             let _ = m.cgroup.delete();
         }
+    }
+}
+
+/// Who a task is, to find the cgroups it may have left behind.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskNames<'a> {
+    pub task_id: &'a str,
+    pub alloc_id: &'a str,
+    pub task_name: &'a str,
+}
+
+impl TaskNames<'_> {
+    /// Whether a cgroup dir's name is this task's: ours (the task key) or a cgroup Nomad
+    /// made for exactly this task (`<alloc>.<task>.scope` on v2, `<alloc>.<task>` on v1
+    /// since Nomad 1.7, `<alloc>-<task>` for 1.6's reserved cpusets). Nomad's shared
+    /// cpusets (`shared`, `share`) hold every task of the node and never match.
+    fn owns(&self, dir_name: &str) -> bool {
+        let at = format!("{}.{}", self.alloc_id, self.task_name);
+        let nomads = !self.alloc_id.is_empty()
+            && !self.task_name.is_empty()
+            && (dir_name == format!("{at}.scope")
+                || dir_name == at
+                || dir_name == format!("{}-{}", self.alloc_id, self.task_name));
+        nomads || dir_name == crate::paths::task_key(self.task_id)
+    }
+}
+
+impl TaskCgroup {
+    /// The cgroups at `root` a task whose shim died may have left: our own
+    /// (`elide.slice/<key>`, `<controller>/nomad-elide/<key>`) and those its state file
+    /// recorded (`recorded`, the comma-separated `cgroup` field) — but only a recorded dir
+    /// whose name is this task's (see [`TaskNames`]) and whose canonical path lies under the
+    /// canonical root: a stale or tampered state file can never name another cgroup. Nomad's
+    /// are killed but never removed. None when none exists.
+    pub fn leftovers(
+        root: &Path,
+        task: TaskNames<'_>,
+        recorded: Option<&str>,
+    ) -> Option<TaskCgroup> {
+        let version = detect(root)?;
+        let real_root = root.canonicalize().ok()?;
+        let key = crate::paths::task_key(task.task_id);
+        let own: Vec<PathBuf> = match version {
+            Version::V2 => vec![PathBuf::from(format!("elide.slice/{key}"))],
+            Version::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|c| PathBuf::from(format!("{c}/nomad-elide/{key}")))
+                .collect(),
+        };
+        let recorded_rels = recorded
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|d| Some(Path::new(d.trim()).strip_prefix(root).ok()?.to_path_buf()))
+            .filter(|rel| {
+                rel.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    && rel
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| task.owns(n))
+            });
+        let mut seen: Vec<PathBuf> = Vec::new();
+        let mut members = Vec::new();
+        for rel in own.iter().cloned().chain(recorded_rels) {
+            let Ok(real) = root.join(&rel).canonicalize() else {
+                continue;
+            };
+            if !real.starts_with(&real_root) || !real.is_dir() || seen.contains(&real) {
+                continue;
+            }
+            seen.push(real);
+            let owned = own.contains(&rel);
+            let cgroup = match version {
+                Version::V2 => Rooted::load(root, version, &rel, &[]),
+                Version::V1 => {
+                    let controller = rel.iter().next().and_then(|c| c.to_str()).unwrap_or("");
+                    let inner: PathBuf = rel.iter().skip(1).collect();
+                    Rooted::load(root, version, &inner, &[controller])
+                }
+            };
+            members.push(Member {
+                cgroup,
+                dir: root.join(&rel),
+                owned,
+            });
+        }
+        (!members.is_empty()).then_some(TaskCgroup { version, members })
+    }
+
+    /// Kills everything inside ([`TaskCgroup::kill_all`]), waits up to `wait` for every dir
+    /// to empty, then removes the ones we created. Returns the pids that were inside, and
+    /// the dirs of ours that could not be removed.
+    pub fn kill_and_remove(&self, wait: std::time::Duration) -> (Vec<i32>, Vec<PathBuf>) {
+        let inside = |m: &Member| pids(m.cgroup.procs());
+        let mut killed: Vec<i32> = self.members.iter().flat_map(inside).collect();
+        killed.sort_unstable();
+        killed.dedup();
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            self.kill_all();
+            let left = self.members.iter().any(|m| !inside(m).is_empty());
+            if !left || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.remove();
+        let kept = self
+            .members
+            .iter()
+            .filter(|m| m.owned && m.dir.exists())
+            .map(|m| m.dir.clone())
+            .collect();
+        (killed, kept)
     }
 }
 

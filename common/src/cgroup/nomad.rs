@@ -13,16 +13,18 @@ use std::path::{Component, Path, PathBuf};
 /// The v1 controllers whose task cgroups Nomad >= 1.7 creates next to the cpuset.
 pub const V1_CLIENT_CONTROLLERS: &[&str] = &["freezer", "cpu", "memory"];
 
-/// `nomad_cgroup` relative to `root`, when it names an existing directory inside it (plain
-/// components only: nothing Nomad passes can point us outside the cgroup tree).
+/// `nomad_cgroup` relative to `root`, when it names an existing directory inside it. Checked
+/// on the canonical paths (symlinks and `..` resolved), not on the text: nothing Nomad passes
+/// can point us outside the cgroup tree. What comes back is where the path really leads.
 pub fn handed_over(root: &Path, nomad_cgroup: &str) -> Option<PathBuf> {
-    if nomad_cgroup.is_empty() {
+    if nomad_cgroup.is_empty() || !Path::new(nomad_cgroup).starts_with(root) {
         return None;
     }
-    let rel = Path::new(nomad_cgroup).strip_prefix(root).ok()?;
+    let real_root = root.canonicalize().ok()?;
+    let real = Path::new(nomad_cgroup).canonicalize().ok()?;
+    let rel = real.strip_prefix(&real_root).ok()?;
     let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    (plain && rel.components().next().is_some() && root.join(rel).is_dir())
-        .then(|| rel.to_path_buf())
+    (plain && rel.components().next().is_some() && real.is_dir()).then(|| rel.to_path_buf())
 }
 
 /// Nomad >= 1.7 on v1: the task's freezer, cpu and memory cgroups the client made next to the
@@ -83,6 +85,25 @@ mod tests {
         let escape = format!("{}/nomad.slice/../../etc", r.display());
         assert_eq!(handed_over(r, &escape), None);
         assert_eq!(handed_over(r, &format!("{}/missing", r.display())), None);
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_cgroup_root_is_never_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cgroup");
+        fs::create_dir_all(root.join("nomad.slice")).unwrap();
+        fs::create_dir_all(t.path().join("tmp/x")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("tmp"), root.join("nomad.slice/up")).unwrap();
+        let via_link = format!("{}/nomad.slice/up/x", root.display());
+        assert_eq!(handed_over(&root, &via_link), None);
+        // A symlink that stays inside (v1's cpu -> cpu,cpuacct) is resolved to where it leads.
+        fs::create_dir_all(root.join("cpu,cpuacct/nomad/a.t")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+        let inside = format!("{}/cpu/nomad/a.t", root.display());
+        assert_eq!(
+            handed_over(&root, &inside),
+            Some(PathBuf::from("cpu,cpuacct/nomad/a.t"))
+        );
     }
 
     #[test]

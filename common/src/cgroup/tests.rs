@@ -369,3 +369,130 @@ fn v1_with_nomad_16s_cpuset_creates_ours_and_joins_the_cpuset() {
     cg.remove();
     assert!(given.is_dir());
 }
+
+/// `apply` takes any `ResourceSpec` (validation caps specs at 1 PiB, but nothing here may
+/// rely on it): a size whose bytes do not fit is a note, never a wrapped limit.
+#[test]
+fn memory_sizes_that_do_not_fit_in_bytes_are_noted_not_wrapped() {
+    let root = fake_v2();
+    let cg = TaskCgroup::create(root.path(), Version::V2, "elide.slice/big", "", "a.t").unwrap();
+    let d = root.path().join("elide.slice/big");
+    kernel_v2_files(&d);
+    let huge = ResourceSpec {
+        memory_mb: (1 << 44) + 1,
+        memory_max_mb: (1 << 44) + 1,
+        ..Default::default()
+    };
+    let notes = cg.apply(&huge);
+    // 2^44 + 1 MiB = 2^64 + 2^20 bytes: it used to wrap to a 1 MiB limit.
+    assert_eq!(rd(&d, "memory.max"), "max", "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("memory.max") && n.contains("too large")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn cpu_microseconds_saturate_instead_of_overflowing() {
+    let root = fake_v2();
+    let cg = TaskCgroup::create(root.path(), Version::V2, "elide.slice/us", "", "a.t").unwrap();
+    let d = root.path().join("elide.slice/us");
+    kernel_v2_files(&d);
+    fs::write(
+        d.join("cpu.stat"),
+        format!("usage_usec {}\nuser_usec 1\nsystem_usec 0\n", u64::MAX / 10),
+    )
+    .unwrap();
+    assert_eq!(cg.counters().cpu_total_ns, Some(u64::MAX));
+}
+
+const NAMES: TaskNames<'static> = TaskNames {
+    task_id: "a1/web/0a1b2c3d",
+    alloc_id: "a1",
+    task_name: "web",
+};
+
+fn members_of(cg: &TaskCgroup, root: &Path) -> Vec<(String, bool)> {
+    cg.members
+        .iter()
+        .map(|m| {
+            let rel = m.dir.strip_prefix(root).unwrap().display().to_string();
+            (rel, m.owned)
+        })
+        .collect()
+}
+
+/// What a dead shim's task left: our own cgroup and Nomad's scope are found (only ours is
+/// removable); whatever else a stale or tampered state file names is ignored.
+#[test]
+fn v2_leftovers_are_ours_and_this_tasks_scope_and_nothing_else() {
+    let root = fake_v2();
+    let r = root.path();
+    let key = crate::paths::task_key(NAMES.task_id);
+    fs::create_dir_all(r.join("elide.slice").join(&key)).unwrap();
+    fs::create_dir_all(r.join("nomad.slice/share.slice/a1.web.scope")).unwrap();
+    fs::create_dir_all(r.join("nomad.slice/share.slice/a2.db.scope")).unwrap();
+    fs::create_dir_all(r.join("system.slice/sshd.service")).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir_all(outside.path().join(&key)).unwrap();
+    std::os::unix::fs::symlink(outside.path(), r.join("escape")).unwrap();
+    let recorded = [
+        r.join("nomad.slice/share.slice/a1.web.scope"),
+        r.join("nomad.slice/share.slice/a2.db.scope"),
+        r.join("system.slice/sshd.service"),
+        r.join("escape").join(&key),
+        r.join("nomad.slice/../system.slice/sshd.service"),
+        PathBuf::from("/elsewhere/a1.web.scope"),
+    ]
+    .iter()
+    .map(|p| p.display().to_string())
+    .collect::<Vec<_>>()
+    .join(",");
+    let cg = TaskCgroup::leftovers(r, NAMES, Some(&recorded)).unwrap();
+    assert_eq!(
+        members_of(&cg, r),
+        [
+            (format!("elide.slice/{key}"), true),
+            ("nomad.slice/share.slice/a1.web.scope".into(), false),
+        ]
+    );
+    let (killed, kept) = cg.kill_and_remove(std::time::Duration::from_millis(50));
+    assert!(killed.is_empty() && kept.is_empty(), "{killed:?} {kept:?}");
+    assert!(!r.join("elide.slice").join(&key).exists(), "ours removed");
+    assert!(
+        r.join("nomad.slice/share.slice/a1.web.scope").exists(),
+        "Nomad's kept"
+    );
+    assert!(
+        TaskCgroup::leftovers(r, NAMES, None).is_none(),
+        "nothing left of ours"
+    );
+}
+
+#[test]
+fn v1_leftovers_never_include_nomads_shared_cpusets() {
+    let root = fake_v1();
+    let r = root.path();
+    let key = crate::paths::task_key(NAMES.task_id);
+    for c in ["memory", "freezer"] {
+        fs::create_dir_all(r.join(c).join("nomad-elide").join(&key)).unwrap();
+    }
+    fs::create_dir_all(r.join("cpuset/nomad/shared")).unwrap();
+    fs::create_dir_all(r.join("cpuset/nomad/share")).unwrap();
+    fs::create_dir_all(r.join("cpu/nomad/a1.web")).unwrap();
+    let recorded = format!(
+        "{0}/memory/nomad-elide/{key},{0}/cpuset/nomad/shared,{0}/cpuset/nomad/share,{0}/cpu/nomad/a1.web",
+        r.display()
+    );
+    let cg = TaskCgroup::leftovers(r, NAMES, Some(&recorded)).unwrap();
+    assert_eq!(
+        members_of(&cg, r),
+        [
+            (format!("memory/nomad-elide/{key}"), true),
+            (format!("freezer/nomad-elide/{key}"), true),
+            ("cpu/nomad/a1.web".into(), false),
+        ]
+    );
+}

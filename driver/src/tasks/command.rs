@@ -2,7 +2,7 @@
 //!
 //! `elide [-Xmx<heap>m] [runtime_options…] <mode> --no-pretty -p <task dir>
 //!        [--host:allow-env | --env K=V…] [--env:dotenv=false]
-//!        [run_flags…] [flags…] <script relative to the task dir> -- [args…]`
+//!        [run_flags…] [flags…] ./<script in the task dir> -- [args…]`
 
 use common::config::{GuestEnv, PluginConfig, TaskConfig};
 use std::collections::BTreeMap;

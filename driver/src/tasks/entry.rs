@@ -1,6 +1,6 @@
 //! One task as the plugin knows it: its `driver_state`, a cached client to its shim, and its
 //! exit once known. When the shim is gone, the exit comes from the state file it wrote, and
-//! what is left of the runtime is killed so it is never orphaned.
+//! what is left of the task (process group, cgroups) is killed so nothing is orphaned.
 
 use super::blocking;
 use super::handle::DriverState;
@@ -86,29 +86,58 @@ impl TaskEntry {
         blocking(move || common::proc::is_same_process(pid, start)).await
     }
 
-    /// Kills what is left of the runtime when its shim is gone (never a reused pid).
-    pub async fn kill_orphaned_runtime(&self) -> bool {
-        let (pid, start) = (self.state.runtime_pid, self.state.runtime_start_time);
+    /// Kills the shim when it is alive but out of reach (its socket deleted, hung), so that a
+    /// task the plugin gives up on has no shim left running it. Never a reused pid.
+    pub async fn kill_unreachable_shim(&self) {
+        let (pid, start) = (self.state.shim_pid, self.state.shim_start_time);
         blocking(move || {
-            if pid > 0 && common::proc::is_same_process(pid, start) {
-                // The runtime leads its own process group (setsid in the shim).
-                let _ = nix::sys::signal::killpg(
+            if pid > 1 && common::proc::is_same_process(pid, start) {
+                let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                return true;
             }
-            false
         })
         .await
     }
 
-    /// What happened when the shim cannot be reached: its recorded exit, or a clear failure.
+    /// Kills what is left of the task once its shim is gone — the runtime's process group
+    /// and everything in the task's cgroups — and removes the cgroups we made and the shim's
+    /// socket and index link (common::remains). Returns whether anything was killed.
+    pub async fn clean_up_remains(&self) -> bool {
+        let s = self.state.clone();
+        let cleaned = blocking(move || {
+            let remains = common::remains::Remains {
+                names: common::cgroup::TaskNames {
+                    task_id: &s.task_id,
+                    alloc_id: &s.alloc_id,
+                    task_name: &s.task_name,
+                },
+                runtime_pid: s.runtime_pid,
+                runtime_start_time: s.runtime_start_time,
+                state_path: &s.state_path,
+                socket_path: &s.socket_path,
+            };
+            common::remains::clean_up(&remains, std::path::Path::new(common::cgroup::DEFAULT_ROOT))
+        })
+        .await;
+        if !cleaned.kept_cgroups.is_empty() {
+            tracing::warn!(task_id = %self.state.task_id, kept = ?cleaned.kept_cgroups, "task cgroups could not be removed");
+        }
+        if cleaned.killed_anything() {
+            tracing::info!(task_id = %self.state.task_id, group = cleaned.group_killed, cgroup_pids = ?cleaned.cgroup_pids, "killed what was left of a task whose shim is gone");
+        }
+        cleaned.killed_anything()
+    }
+
+    /// What happened when the shim is gone: its recorded exit, or a clear failure. Either
+    /// way what is left of the task is cleaned up first.
     pub async fn exit_without_shim(&self, why: &str) -> shim::ExitStatus {
-        if let Some(e) = self.exit_from_state_file().await {
+        let recorded = self.exit_from_state_file().await;
+        let killed = self.clean_up_remains().await;
+        if let Some(e) = recorded {
             return e;
         }
-        let killed = self.kill_orphaned_runtime().await;
         shim::ExitStatus {
             exit_code: -1,
             signal: 0,
@@ -117,9 +146,9 @@ impl TaskEntry {
                 "elide-executor (pid {}) for this task died unexpectedly ({why}) before recording the exit; {}",
                 self.state.shim_pid,
                 if killed {
-                    "its Elide process was killed so it is not left orphaned"
+                    "what was left of the task (its process group and cgroup) was killed so nothing is left orphaned"
                 } else {
-                    "its Elide process is gone too"
+                    "nothing of the task was left running"
                 }
             ),
             exited_at_unix_ms: common::state::now_ms(),

@@ -1,10 +1,12 @@
-//! Starting a task's shim: write its spec, spawn `elide-executor serve` detached from the
-//! plugin (own session, no inherited fds), wait for its readiness line on a pipe.
+//! Starting a task's shim: spawn `elide-executor serve --spec -` detached from the plugin
+//! (own session, no inherited fds), hand it the spec on its stdin (a pipe: the task's
+//! environment holds secrets and is never written to disk), wait for its readiness line on
+//! another pipe.
 //!
 //! [`Launcher`] is the seam the lifecycle is tested through: the unit tests launch a fake
 //! shim (a gRPC server on the spec's socket) instead of a process.
 
-use common::paths::{LOG_FILE, SPEC_FILE};
+use common::paths::LOG_FILE;
 use common::spec::TaskSpec;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,12 +19,8 @@ pub const READY_FD: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot write the task spec {path}: {source}")]
-    Spec {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot encode the task spec: {0}")]
+    Spec(serde_json::Error),
     #[error("cannot start the shim {path}: {source}; check executor_binary in the plugin config")]
     Spawn {
         path: PathBuf,
@@ -79,8 +77,8 @@ impl Launcher for ProcessLauncher {
     }
 }
 
-/// Writes the spec next to the state file and starts the shim. Returns once the shim is
-/// serving its socket (it said READY), or with the reason it gave up.
+/// Starts the shim and hands it the spec. Returns once the shim is serving its socket (it
+/// said READY), or with the reason it gave up.
 pub async fn launch_shim(
     executor: &Path,
     spec: &TaskSpec,
@@ -91,12 +89,7 @@ pub async fn launch_shim(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let spec_path = dir.join(SPEC_FILE);
-    let body = serde_json::to_vec_pretty(spec).unwrap_or_default();
-    std::fs::write(&spec_path, body).map_err(|source| LaunchError::Spec {
-        path: spec_path.clone(),
-        source,
-    })?;
+    let body = serde_json::to_vec(spec).map_err(LaunchError::Spec)?;
     let log = dir.join(LOG_FILE);
 
     let (read_end, write_end): (OwnedFd, OwnedFd) =
@@ -106,12 +99,13 @@ pub async fn launch_shim(
     let mut cmd = tokio::process::Command::new(executor);
     cmd.arg("serve")
         .arg("--spec")
-        .arg(&spec_path)
+        .arg("-")
         .arg("--ready-fd")
         .arg(READY_FD.to_string())
         // Never the plugin's stdio: go-plugin waits for EOF on our stderr pipe to notice that
-        // the plugin died, and a shim holding it would hide that forever.
-        .stdin(Stdio::null())
+        // the plugin died, and a shim holding it would hide that forever. Stdin is a pipe of
+        // its own for the spec (the shim swaps it for /dev/null once read).
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .env_clear()
@@ -144,6 +138,7 @@ pub async fn launch_shim(
     })?;
     drop(write_end);
     let shim_pid = child.id().map(|p| p as i32).unwrap_or(-1);
+    let stdin = child.stdin.take();
     // Reap the shim whenever it exits, so it never lingers as our zombie.
     tokio::spawn(async move {
         let _ = child.wait().await;
@@ -152,7 +147,16 @@ pub async fn launch_shim(
     let pipe = tokio::fs::File::from(std::fs::File::from(read_end));
     let mut reader = tokio::io::BufReader::new(pipe);
     let mut line = String::new();
-    let read = tokio::time::timeout(timeout, reader.read_line(&mut line)).await;
+    let handshake = async {
+        // A shim that dies before reading it all makes the write fail (EPIPE): what it said
+        // on the ready pipe, or its early death, is the error to report.
+        if let Some(mut stdin) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&body).await;
+        }
+        reader.read_line(&mut line).await
+    };
+    let read = tokio::time::timeout(timeout, handshake).await;
     let line = line.trim().to_owned();
     match read {
         Err(_) => Err(LaunchError::Timeout(timeout, log)),

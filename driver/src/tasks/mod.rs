@@ -6,7 +6,7 @@
 //!
 //! - [`spec`] — Nomad's task config + ours → the shim's `TaskSpec` (pure; new task options
 //!   land here), with [`command`] for Elide's command line and environment;
-//! - [`start`] — StartTask (checks, the spec, launching the shim through [`launch`], its
+//! - [`start`] — StartTask (checks — the script through [`script`] —, the spec, launching the shim through [`launch`], its
 //!   Start RPC, the handle);
 //! - [`wait`] — WaitTask, InspectTask and TaskStats;
 //! - [`stop`] — StopTask, SignalTask and DestroyTask;
@@ -19,6 +19,7 @@ mod entry;
 pub(crate) mod handle;
 mod launch;
 mod recover;
+mod script;
 mod spec;
 mod start;
 mod status;

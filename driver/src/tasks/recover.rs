@@ -1,7 +1,7 @@
 //! RecoverTask: adopt a task from its `driver_state` in a plugin process that never saw it
 //! start. The shim must prove it is the same task (task id, runtime pid and start time);
 //! with the shim gone, the exit it recorded is enough; with neither, what is left of the
-//! runtime is killed and Nomad restarts the task.
+//! task is killed (process group and cgroup, entry.rs) and Nomad restarts the task.
 
 use super::entry::TaskEntry;
 use super::handle::DriverState;
@@ -48,12 +48,16 @@ impl Tasks {
             }
             Err(dial) => {
                 entry.forget_client().await;
-                let Some(e) = entry.exit_from_state_file().await else {
-                    let killed = entry.kill_orphaned_runtime().await;
+                // Out of reach is as good as gone: a shim left alive would run the task on
+                // beside the one Nomad restarts.
+                entry.kill_unreachable_shim().await;
+                let recorded = entry.exit_from_state_file().await;
+                let killed = entry.clean_up_remains().await;
+                let Some(e) = recorded else {
                     return Err(Status::failed_precondition(format!(
                         "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
                         entry.state.task_id,
-                        if killed { "; the orphaned Elide process was killed" } else { "" }
+                        if killed { "; what was left of the task (its process group and cgroup) was killed" } else { "" }
                     )));
                 };
                 tracing::info!(task_id = %entry.state.task_id, exit_code = e.exit_code, "shim gone; exit result recovered from its state file");

@@ -20,7 +20,7 @@ pub struct SpecInput<'a> {
     pub task: &'a NomadTask,
     /// The Elide binary, resolved.
     pub elide: &'a Path,
-    /// The script as Elide gets it (relative to the task dir when inside it).
+    /// The script as Elide gets it (`./<path>` inside the task dir; see `script`).
     pub script: &'a str,
     pub task_tmp_exists: bool,
     /// Elide's install dir (the real directory of the binary, with its `resources/`): kept
@@ -41,6 +41,8 @@ pub enum BuildError {
     Capabilities(#[from] common::capabilities::NotAllowed),
     #[error("{0}")]
     Sandbox(String),
+    #[error("elide_opts.memory_limit ({heap} MiB) is more than the task's memory limit ({limit} MiB): the runtime would be OOM-killed once its heap grows; lower memory_limit or raise the task's resources.memory (or memory_max)")]
+    HeapOverLimit { heap: u64, limit: u64 },
 }
 
 /// The task dir: `<alloc dir>/<task name>`.
@@ -55,6 +57,7 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
     let nomad_env: BTreeMap<String, String> = task.env.clone().into_iter().collect();
     let pids_limit = i.config.pids_limit.unwrap_or(i.plugin.pids_limit);
     let resources = resources_of(task.resources.as_ref(), pids_limit);
+    check_heap(i.config, &resources)?;
     let argv = command::argv(&command::CommandInput {
         elide: i.elide,
         plugin: i.plugin,
@@ -91,7 +94,7 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
         cwd: task_dir,
         stdout_path: log_sink(&task.stdout_path),
         stderr_path: log_sink(&task.stderr_path),
-        fifo_open_timeout_ms: i.plugin.fifo_open_timeout.as_millis() as u64,
+        fifo_open_timeout_ms: common::duration::millis(i.plugin.fifo_open_timeout),
         user: task.user.clone(),
         socket_path,
         state_path: state_dir.join(paths::STATE_FILE),
@@ -195,6 +198,20 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
     Ok(spec)
+}
+
+/// `elide_opts.memory_limit` (the heap) must fit in the task's hard memory limit: a heap
+/// above it gets the runtime OOM-killed once it grows, long after a start that looked fine.
+fn check_heap(config: &TaskConfig, resources: &ResourceSpec) -> Result<(), BuildError> {
+    match config.elide_opts.as_ref().and_then(|o| o.memory_limit) {
+        Some(heap) if resources.memory_max_mb > 0 && heap > resources.memory_max_mb => {
+            Err(BuildError::HeapOverLimit {
+                heap,
+                limit: resources.memory_max_mb,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Nomad's log FIFO, or /dev/null when it gave none (`logs { disabled = true }`).

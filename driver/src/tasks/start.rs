@@ -4,7 +4,7 @@
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
 use super::spec::{build_spec, task_dir, SpecInput};
-use super::{blocking, status, Tasks};
+use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{PluginConfig, TaskConfig};
 use common::proto::drivers::{
@@ -128,9 +128,9 @@ impl Tasks {
             blocking(move || common::proc::start_time(shim_pid).unwrap_or(0)).await;
         let version = self.plugin.elide_version().unwrap_or_default();
         emit(if version.is_empty() {
-            format!("Starting Elide: {}", facts.script)
+            format!("Starting Elide: {}", tc.script)
         } else {
-            format!("Starting Elide {version}: {}", facts.script)
+            format!("Starting Elide {version}: {}", tc.script)
         });
         let state = DriverState {
             version: HANDLE_VERSION,
@@ -145,7 +145,7 @@ impl Tasks {
             runtime_start_time: started.pid_start_time,
             started_at_unix_ms: started.started_at_unix_ms,
             elide_version: version,
-            script: facts.script,
+            script: tc.script.clone(),
             shim_api_level: started.api_level,
             executor_version: started.executor_version.clone(),
         };
@@ -171,7 +171,15 @@ impl Tasks {
 /// the checked script, and whether the task dir has a `tmp`.
 fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<NodeFacts, Status> {
     let mut events = Vec::new();
-    let script = check_script(&tc.script, task_dir, |m| events.push(m))?;
+    let checked = script::check(&tc.script, task_dir, &cfg.absolute_script_dirs)
+        .map_err(|e| status::permanent(e.to_string()))?;
+    if checked.cleared_exec_bits {
+        events.push(format!(
+            "Cleared the execute bits of {}: Elide would run an executable file as a host program instead of interpreting it",
+            tc.script
+        ));
+    }
+    let script = checked.arg;
     let bins = fingerprint::locate_binaries(cfg);
     let own_elide = tc.elide_opts.as_ref().and_then(|o| o.elide_binary.clone());
     let elide = match (own_elide, bins.elide) {
@@ -231,50 +239,4 @@ fn make_private_dirs(dirs: &[(PathBuf, &str)]) -> Result<(), Status> {
             })?;
     }
     Ok(())
-}
-
-/// Validates the script and returns the path to give Elide (relative to the task dir when
-/// it is inside it). Elide runs an *executable* file as a host program instead of
-/// interpreting it ("Runnable resolution" in tests/elide-standin/README.md), so execute bits
-/// on a script in the task dir are cleared.
-fn check_script(
-    script: &str,
-    task_dir: &Path,
-    mut event: impl FnMut(String),
-) -> Result<String, Status> {
-    let given = Path::new(script);
-    let abs = if given.is_absolute() {
-        given.to_path_buf()
-    } else {
-        task_dir.join(given)
-    };
-    let meta = std::fs::metadata(&abs).map_err(|e| {
-        status::permanent(format!(
-            "script {script} not found ({}: {e}); create it in the task dir with a template or artifact block, or fix `script`",
-            abs.display()
-        ))
-    })?;
-    if !meta.is_file() {
-        return Err(status::permanent(format!(
-            "script {script} ({}) is not a regular file",
-            abs.display()
-        )));
-    }
-    if meta.permissions().mode() & 0o111 != 0 && abs.starts_with(task_dir) {
-        let mode = meta.permissions().mode() & !0o111;
-        match std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)) {
-            Ok(()) => event(format!(
-                "Cleared the execute bits of {script}: Elide would run an executable file as a host program instead of interpreting it"
-            )),
-            Err(e) => {
-                return Err(status::permanent(format!(
-                    "script {script} is executable and its execute bits cannot be cleared ({e}); Elide would run it as a host program. Use perms = \"644\""
-                )))
-            }
-        }
-    }
-    Ok(match abs.strip_prefix(task_dir) {
-        Ok(rel) => rel.display().to_string(),
-        Err(_) => abs.display().to_string(),
-    })
 }

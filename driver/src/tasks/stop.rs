@@ -1,5 +1,6 @@
 //! StopTask, SignalTask and DestroyTask. The shim does the work (signal → timeout → SIGKILL
-//! of the whole group/cgroup); without a shim, what is left of the runtime is killed here.
+//! of the whole group/cgroup); without a shim, what is left of the task is killed here
+//! (entry.rs, common::remains).
 
 use super::entry::TaskEntry;
 use super::{blocking, status, Tasks};
@@ -30,7 +31,7 @@ impl Tasks {
         } else {
             req.signal.as_str()
         };
-        tracing::info!(task_id = %req.task_id, signal, timeout_ms = timeout.as_millis() as u64, "stopping task");
+        tracing::info!(task_id = %req.task_id, signal, timeout_ms = common::duration::millis(timeout), "stopping task");
         let mut c = match entry.client().await {
             Ok(c) => c,
             Err(e) => return stop_without_shim(&entry, &e.to_string()).await,
@@ -38,7 +39,7 @@ impl Tasks {
         let stopped = c
             .stop(shim::StopRequest {
                 signal: signal.to_owned(),
-                timeout_ms: timeout.as_millis() as u64,
+                timeout_ms: common::duration::millis(timeout),
             })
             .await;
         match stopped {
@@ -87,24 +88,26 @@ impl Tasks {
                 req.task_id
             )));
         }
-        match entry.client().await {
-            Ok(mut c) => {
-                if let Err(s) = c.shutdown(shim::ShutdownRequest {}).await {
-                    // The shim exits while answering; only a refusal while alive matters.
+        let shut_down = match entry.client().await {
+            Ok(mut c) => match c.shutdown(shim::ShutdownRequest {}).await {
+                Ok(_) => true,
+                Err(s) => {
+                    // The shim may exit while answering; then it did its work, and the
+                    // clean-up below finds nothing.
                     tracing::debug!(task_id = %req.task_id, error = %s.message(), "shim shutdown");
+                    false
                 }
-            }
-            Err(_) => {
-                entry.kill_orphaned_runtime().await;
-            }
+            },
+            Err(_) => false,
+        };
+        if !shut_down {
+            // Destroy leaves nothing: a shim out of reach goes too, then what it left.
+            entry.kill_unreachable_shim().await;
+            entry.clean_up_remains().await;
         }
-        // Whatever the shim did not get to: socket, index entry, state dir.
+        // Whatever the shim did not get to: its state dir.
         let s = entry.state.clone();
         blocking(move || {
-            let _ = std::fs::remove_file(&s.socket_path);
-            if let Some(dir) = s.socket_path.parent() {
-                let _ = std::fs::remove_file(common::paths::index_link(dir, &s.task_id));
-            }
             if let Some(dir) = s.state_path.parent() {
                 let _ = std::fs::remove_dir_all(dir);
             }

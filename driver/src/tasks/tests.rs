@@ -182,6 +182,46 @@ async fn start_with_a_bad_config_is_permanent() {
     assert!(e.message().contains("invalid elide task config"), "{e:?}");
 }
 
+/// A heap bigger than the task's memory would get the runtime OOM-killed once the heap
+/// grows: refused at start, naming both numbers.
+#[tokio::test]
+async fn a_heap_larger_than_the_task_memory_is_refused() {
+    use common::proto::drivers::{AllocatedMemoryResources, AllocatedTaskResources, Resources};
+    use rmpv::Value;
+    let h = Harness::new();
+    let mut task = h.task("web");
+    let config = Value::Map(vec![
+        (Value::from("script"), Value::from("local/app.py")),
+        (
+            Value::from("elide_opts"),
+            Value::Array(vec![Value::Map(vec![(
+                Value::from("memory_limit"),
+                Value::from(4096),
+            )])]),
+        ),
+    ]);
+    task.msgpack_driver_config.clear();
+    rmpv::encode::write_value(&mut task.msgpack_driver_config, &config).unwrap();
+    task.resources = Some(Resources {
+        allocated_resources: Some(AllocatedTaskResources {
+            memory: Some(AllocatedMemoryResources {
+                memory_mb: 64,
+                memory_max_mb: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = h.start(task).await.unwrap_err();
+    assert!(!recoverable(&e));
+    assert!(
+        e.message().contains(
+            "elide_opts.memory_limit (4096 MiB) is more than the task's memory limit (64 MiB)"
+        ),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn start_clears_the_scripts_execute_bits_and_says_so() {
     let mut h = Harness::new();
@@ -367,10 +407,48 @@ async fn recover_with_the_shim_gone_and_no_exit_kills_the_orphaned_runtime() {
     let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("orphaned Elide process was killed"),
+        e.message()
+            .contains("what was left of the task (its process group and cgroup) was killed"),
         "{e:?}"
     );
     assert!(killed(runtime), "the orphaned runtime's group got SIGKILL");
+}
+
+/// The runtime died with its shim (PDEATHSIG), but what it started lives on in its process
+/// group with parent 1: recovery kills the group all the same (the group id cannot have been
+/// reused while members are left).
+#[tokio::test]
+async fn recover_with_shim_and_runtime_gone_kills_what_the_runtime_left_in_its_group() {
+    let h = Harness::new();
+    let mut runtime = Command::new("sh")
+        .args(["-c", "sleep 600 & echo $!"])
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime_pid = runtime.id() as i32;
+    let start = common::proc::start_time(runtime_pid).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(runtime.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let child: i32 = line.trim().parse().unwrap();
+    let child_start = common::proc::start_time(child).unwrap();
+    runtime.wait().unwrap();
+    assert!(common::proc::is_same_process(child, child_start));
+    let handle = handle_without_shim(&h, runtime_pid, start);
+    let e = h.tasks.recover(recover_req(&handle)).await.unwrap_err();
+    assert!(e.message().contains("killed"), "{e:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::proc::is_same_process(child, child_start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !common::proc::is_same_process(child, child_start),
+        "the runtime's child outlived the cleanup"
+    );
 }
 
 #[tokio::test]
@@ -433,6 +511,21 @@ async fn stop_passes_nomads_signal_and_timeout_and_defaults_to_sigterm() {
         .await
         .unwrap();
     assert_eq!(h.script().stops.lock().unwrap().len(), 2);
+    // A timeout whose milliseconds overflow a u64 waits "forever", not a truncated while.
+    let huge = h.task("huge");
+    h.start(huge.clone()).await.unwrap();
+    h.tasks
+        .stop(StopTaskRequest {
+            task_id: huge.id.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            signal: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.script().stops.lock().unwrap()[2].timeout_ms, u64::MAX);
     assert_eq!(h.tasks.wait(&web.id).await.result.unwrap().exit_code, 143);
 }
 

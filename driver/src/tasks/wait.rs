@@ -114,7 +114,7 @@ impl Tasks {
         })?;
         let inbound = c
             .stats(shim::StatsRequest {
-                interval_ms: interval.as_millis() as u64,
+                interval_ms: common::duration::millis(interval),
             })
             .await?
             .into_inner();
@@ -156,14 +156,15 @@ pub async fn wait_entry(entry: &TaskEntry) -> shim::ExitStatus {
                 tracing::warn!(task_id = %entry.state.task_id, error = %e, "cannot reach shim");
             }
         }
-        if let Some(e) = entry.exit_from_state_file().await {
-            entry.set_exit(e.clone());
-            return e;
-        }
         if !entry.shim_alive().await {
+            // Its recorded exit if any, and what it left is cleaned up either way.
             let e = entry
                 .exit_without_shim("its control socket stopped answering")
                 .await;
+            entry.set_exit(e.clone());
+            return e;
+        }
+        if let Some(e) = entry.exit_from_state_file().await {
             entry.set_exit(e.clone());
             return e;
         }

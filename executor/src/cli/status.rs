@@ -22,6 +22,13 @@ pub enum RowState {
     /// No shim answers and no exit was recorded: the task is lost.
     #[serde(rename = "unreachable")]
     Unreachable,
+    /// The shim process still runs its task, but its socket file is gone: nobody (the plugin
+    /// included) can reach it.
+    #[serde(rename = "alive (socket missing)")]
+    AliveSocketMissing,
+    /// The shim process still runs but does not answer on its socket (hung).
+    #[serde(rename = "alive (not answering)")]
+    AliveNotAnswering,
     #[serde(rename = "stale (other boot)")]
     StaleOtherBoot,
     #[serde(rename = "stale (no state file)")]
@@ -38,6 +45,8 @@ impl RowState {
             RowState::Exited => "exited",
             RowState::ExitedShimGone => "exited (shim gone)",
             RowState::Unreachable => "unreachable",
+            RowState::AliveSocketMissing => "alive (socket missing)",
+            RowState::AliveNotAnswering => "alive (not answering)",
             RowState::StaleOtherBoot => "stale (other boot)",
             RowState::StaleNoStateFile => "stale (no state file)",
             RowState::Unknown => "unknown",
@@ -94,9 +103,12 @@ impl Row {
             || self.task_name == t
     }
 
-    /// A shim that should be serving its task but cannot be reached: the task is lost.
+    /// A task with no recorded exit whose shim cannot be reached: lost, or out of reach.
     pub fn is_lost(&self) -> bool {
-        self.state == RowState::Unreachable
+        matches!(
+            self.state,
+            RowState::Unreachable | RowState::AliveSocketMissing | RowState::AliveNotAnswering
+        )
     }
 
     /// The recorded exit, if any.
@@ -157,7 +169,9 @@ pub async fn collect(dir: &Path) -> Result<Vec<Row>, CliError> {
 }
 
 async fn row(key: &str, link: &Path) -> Row {
-    let target = std::fs::read_link(link).unwrap_or_else(|_| link.to_path_buf());
+    // Only ever the link's target is read: an entry that is not a link (or one removed
+    // since the listing) is reported, never opened as a state file.
+    let target = std::fs::read_link(link);
     let mut r = Row {
         task_id: String::new(),
         alloc_id: String::new(),
@@ -174,15 +188,25 @@ async fn row(key: &str, link: &Path) -> Row {
         exit_message: String::new(),
         memory_bytes: 0,
         socket: String::new(),
-        state_file: target.display().to_string(),
+        state_file: String::new(),
         cgroup: String::new(),
         executor_version: String::new(),
         api_level: 0,
         reachable: false,
         problem: String::new(),
     };
-    // Read the target, not the link: the state's lock file lives next to the state file,
-    // and must not appear in the index dir.
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            r.state = RowState::StaleNoStateFile;
+            r.problem = format!(
+                "the index entry is not a link to a state file ({e}); if the task is gone, remove it: rm {}",
+                link.display()
+            );
+            return r;
+        }
+    };
+    r.state_file = target.display().to_string();
     let st = match TaskState::read(&target) {
         Ok(s) => s,
         Err(e) => {
@@ -239,6 +263,23 @@ async fn row(key: &str, link: &Path) -> Row {
                 r.problem = format!(
                     "recorded before the last reboot; remove it: rm {}",
                     link.display()
+                );
+            } else if common::proc::is_same_process(st.shim_pid, st.shim_start_time) {
+                let socket_missing = std::fs::symlink_metadata(&st.spec.socket_path).is_err();
+                r.state = if socket_missing {
+                    RowState::AliveSocketMissing
+                } else {
+                    RowState::AliveNotAnswering
+                };
+                r.problem = format!(
+                    "the shim (pid {pid}) is alive and still runs the task, but {why}, so neither this command nor the plugin can reach it; `kill -TERM {pid}` makes it stop the task and record the exit (Nomad then restarts it); its last state says {last}",
+                    pid = st.shim_pid,
+                    why = if socket_missing {
+                        format!("its socket {} was deleted", st.spec.socket_path.display())
+                    } else {
+                        problem
+                    },
+                    last = r.last_state()
                 );
             } else {
                 r.state = RowState::Unreachable;
@@ -457,6 +498,8 @@ mod tests {
             (RowState::StaleOtherBoot, "stale (other boot)"),
             (RowState::StaleNoStateFile, "stale (no state file)"),
             (RowState::Unreachable, "unreachable"),
+            (RowState::AliveSocketMissing, "alive (socket missing)"),
+            (RowState::AliveNotAnswering, "alive (not answering)"),
         ] {
             r.state = state;
             let v = serde_json::to_value(&r).unwrap();

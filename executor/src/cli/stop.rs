@@ -22,7 +22,7 @@ pub async fn run(dir: &Path, task: &str, signal: &str, timeout: &str) -> Result<
     let r = c
         .stop(api::StopRequest {
             signal: signal.to_owned(),
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: common::duration::millis(timeout),
         })
         .await
         .map_err(|s| CliError::Rpc {

@@ -132,47 +132,103 @@ pub fn write_spec(spec: &TaskSpec, dir: &Path) -> PathBuf {
     p
 }
 
-/// Starts `elide-executor serve` like the plugin does and reads its readiness line.
-/// `extra_fd`: an fd left open (not CLOEXEC) in the shim as fd 7, to check the shim does not
-/// pass inherited fds on to the runtime.
-pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, String) {
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    let w_raw = w.as_raw_fd();
-    let extra = extra_fd.map(|f| f.as_raw_fd());
+/// How [`spawn_serve`] sets up the shim's fds and limits.
+#[derive(Default, Clone, Copy)]
+pub struct ServeFds {
+    /// Fd 3 (`--ready-fd 3`): this fd dup'ed there, or fd 3 left closed.
+    pub fd3: Option<i32>,
+    /// An fd left open (not CLOEXEC) in the shim as fd 7.
+    pub fd7: Option<i32>,
+    /// `RLIMIT_NOFILE` of the shim.
+    pub nofile: Option<u64>,
+    /// Stdin on a pipe (for `--spec -`) instead of /dev/null.
+    pub piped_stdin: bool,
+}
+
+/// Spawns `elide-executor serve --spec <spec> --ready-fd 3` the way the plugin does (own
+/// session, stdout/stderr on /dev/null), with `fds` arranged in the child.
+pub fn spawn_serve(spec: &Path, fds: ServeFds) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--spec"])
-        .arg(spec_path)
+        .arg(spec)
         .args(["--ready-fd", "3"])
-        .stdin(Stdio::null())
+        .stdin(if fds.piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
             if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+                return fail();
             }
-            if let Some(e) = extra {
-                if libc::dup2(e, 7) < 0 {
-                    return Err(std::io::Error::last_os_error());
+            if let Some(n) = fds.nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                    return fail();
                 }
             }
-            if w_raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(w_raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            if let Some(e) = fds.fd7 {
+                if libc::dup2(e, 7) < 0 {
+                    return fail();
+                }
+            }
+            match fds.fd3 {
+                None => {
+                    libc::close(3);
+                }
+                Some(3) => {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                }
+                Some(fd) => {
+                    if libc::dup2(fd, 3) < 0 {
+                        return fail();
+                    }
+                }
             }
             Ok(())
         });
     }
-    let child = cmd.spawn().expect("spawn elide-executor");
-    drop(w);
+    cmd.spawn().expect("spawn elide-executor")
+}
+
+/// A readiness pipe: (read end, write end's raw number for [`ServeFds::fd3`]). Keep the
+/// write end until the shim is spawned, then drop it.
+pub fn ready_pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+}
+
+/// Reads the readiness line (to EOF: the shim closes the pipe after it).
+pub fn read_ready(r: OwnedFd) -> String {
     let mut line = String::new();
     std::fs::File::from(r)
         .read_to_string(&mut line)
         .expect("read the ready pipe");
-    (child, line)
+    line
+}
+
+/// Starts `elide-executor serve` like the plugin does and reads its readiness line.
+/// `extra_fd`: an fd left open (not CLOEXEC) in the shim as fd 7, to check the shim does not
+/// pass inherited fds on to the runtime.
+pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, String) {
+    let (r, w) = ready_pipe();
+    let child = spawn_serve(
+        spec_path,
+        ServeFds {
+            fd3: Some(w.as_raw_fd()),
+            fd7: extra_fd.map(|f| f.as_raw_fd()),
+            ..Default::default()
+        },
+    );
+    drop(w);
+    (child, read_ready(r))
 }
 
 pub fn launch(spec: TaskSpec, dir: &Path) -> Shim {
@@ -188,6 +244,16 @@ pub fn launch(spec: TaskSpec, dir: &Path) -> Shim {
 }
 
 impl Shim {
+    /// A shim spawned by hand (see [`spawn_serve`]).
+    pub fn of(spec: TaskSpec, spec_path: &Path, child: Child, ready_line: String) -> Shim {
+        Shim {
+            spec,
+            spec_path: spec_path.to_path_buf(),
+            child: Some(child),
+            ready_line,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
@@ -224,6 +290,26 @@ impl Drop for Shim {
             // Killing the shim takes its runtime along (PDEATHSIG).
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // What the plugin does for a dead shim removes the rest (tests that kill shims would
+        // otherwise pile up empty cgroups on the host).
+        {
+            let st = common::state::TaskState::read(&self.spec.state_path).ok();
+            let spec = &self.spec;
+            common::remains::clean_up(
+                &common::remains::Remains {
+                    names: common::cgroup::TaskNames {
+                        task_id: &spec.task_id,
+                        alloc_id: &spec.alloc_id,
+                        task_name: &spec.task_name,
+                    },
+                    runtime_pid: st.as_ref().and_then(|s| s.runtime_pid).unwrap_or(0),
+                    runtime_start_time: st.and_then(|s| s.runtime_start_time).unwrap_or(0),
+                    state_path: &spec.state_path,
+                    socket_path: &spec.socket_path,
+                },
+                Path::new(common::cgroup::DEFAULT_ROOT),
+            );
         }
     }
 }
