@@ -80,6 +80,10 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(executor::sandbox::INIT_COMMAND.as_ref()) {
         executor::sandbox::init::main();
     }
+    // The same for a command run inside the task (docs/executor.md, "Exec").
+    if std::env::args_os().nth(1).as_deref() == Some(executor::exec::EXEC_COMMAND.as_ref()) {
+        executor::exec::helper::main();
+    }
     let cli = Cli::parse();
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
     // forked it, so the spawn must happen on this (main) thread; one thread also keeps the

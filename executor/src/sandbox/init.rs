@@ -52,7 +52,7 @@ fn run() -> Result<i32, Failure> {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let plan = read_plan()?;
+    let plan: Plan = read_plan()?;
     // The shim's umask (077) came along: the mount points made in the hiding tmpfs dirs must
     // be traversable by the task user. The task's own umask is set at the end.
     // SAFETY: umask has no preconditions.
@@ -103,7 +103,8 @@ fn run() -> Result<i32, Failure> {
     Err(Failure::new(Step::Exec, "", &e))
 }
 
-fn read_plan() -> Result<Plan, Failure> {
+/// Reads the plan (JSON) from [`PLAN_FD`]; `sandbox-exec` reads its own the same way.
+pub(crate) fn read_plan<T: serde::de::DeserializeOwned>() -> Result<T, Failure> {
     // SAFETY: PLAN_FD was passed for this process alone; the File owns and closes it.
     let mut f = unsafe { std::fs::File::from_raw_fd(PLAN_FD) };
     let mut body = Vec::new();

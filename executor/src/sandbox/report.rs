@@ -26,10 +26,13 @@ pub enum Step {
     ParentGone = 16,
     Cwd = 17,
     Exec = 18,
+    // In `sandbox-exec` (a command run inside the task).
+    Enter = 19,
+    Terminal = 20,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 16] = [
         Step::Session,
         Step::Cgroup,
         Step::Fds,
@@ -44,6 +47,8 @@ impl Step {
         Step::ParentGone,
         Step::Cwd,
         Step::Exec,
+        Step::Enter,
+        Step::Terminal,
     ];
 
     pub fn from_byte(b: u8) -> Option<Step> {
@@ -67,6 +72,8 @@ impl Step {
             Step::ParentGone => "checking that the shim is still there",
             Step::Cwd => "entering the working directory",
             Step::Exec => "exec",
+            Step::Enter => "entering the task's namespaces",
+            Step::Terminal => "setting up the terminal",
         }
     }
 }
