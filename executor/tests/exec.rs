@@ -602,3 +602,66 @@ async fn a_task_without_a_sandbox_runs_commands_on_the_host_in_its_cgroup_dir_an
         ("o1\no2\no3\n", "e1\ne2\ne3\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_runs_a_command_in_a_task_by_name() {
+    if !root() {
+        return;
+    }
+    let t = task().await;
+    let dir = t
+        .shim
+        .spec
+        .socket_path
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let name = t.shim.spec.task_name.clone();
+    let run = move |args: &[&str], input: &[u8]| {
+        let mut child = std::process::Command::new(BIN)
+            .args(["exec", "--state-dir", &dir])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let a = run(
+            &[
+                &name,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo $MARK; cat; echo e >&2; exit 4",
+            ],
+            b"piped in\n",
+        );
+        let b = run(&[&name, "--", "no-such-command"], b"");
+        let c = run(&["-t", &name, "--", "tty"], b"");
+        (a, b, c)
+    })
+    .await
+    .map(|(a, b, c)| {
+        assert_eq!(b.0, Some(127), "{b:?}");
+        assert!(b.2.contains("was not found inside the task"), "{b:?}");
+        assert_eq!(c.0, Some(0), "{c:?}");
+        assert!(c.1.starts_with("/dev/pts/"), "{c:?}");
+        a
+    })
+    .unwrap();
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(4), "the-task's-env\npiped in\n", "e\n")
+    );
+}
