@@ -43,11 +43,11 @@ fn task_status(e: TaskError) -> Status {
 fn exec_status(e: ExecError) -> Status {
     let code = match &e {
         ExecError::NoSetup | ExecError::EmptyCommand | ExecError::Nul(_) => Code::InvalidArgument,
-        ExecError::NotRunning(_) | ExecError::Exec { .. } | ExecError::User(_) => {
-            Code::FailedPrecondition
-        }
+        ExecError::NotRunning(_) | ExecError::User(_) => Code::FailedPrecondition,
+        // The command itself cannot run (the plugin tells `nomad alloc exec` in-band, with
+        // a shell's 127 or 126).
         ExecError::NotFound { .. } => Code::NotFound,
-        ExecError::NotExecutable { .. } => Code::PermissionDenied,
+        ExecError::NotExecutable { .. } | ExecError::Exec { .. } => Code::PermissionDenied,
         ExecError::Setup { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -37,6 +37,47 @@ pub type ResponseStream =
 
 type ShimReplies = tonic::Streaming<shim::ExecResponse>;
 
+/// Why an exec did not start.
+enum NotStarted {
+    /// The shim refused the command itself (missing, not executable, empty…).
+    Command(Status),
+    /// The task's shim is too old for exec (the task event says so in full).
+    OldShim(Status),
+    /// Anything else: the task is unknown or gone, the shim unreachable.
+    Other(Status),
+}
+
+impl NotStarted {
+    fn status(self) -> Status {
+        match self {
+            NotStarted::Command(s) | NotStarted::OldShim(s) | NotStarted::Other(s) => s,
+        }
+    }
+}
+
+/// The longest message an ExecTaskStreaming error may carry to reach `nomad alloc exec`: the
+/// agent closes the CLI's websocket with `rpc error: code = <Code> desc = <message>` as the
+/// close reason, and a WebSocket close frame holds at most 123 bytes of reason (a longer one
+/// is not sent at all, and the CLI only says "unexpected EOF").
+const CLI_ERROR_BUDGET: usize = 123 - "rpc error: code = FailedPrecondition desc = ".len();
+
+/// A streaming error the CLI can show: the message cut to [`CLI_ERROR_BUDGET`] bytes.
+fn for_cli(s: Status) -> Status {
+    let msg = s.message();
+    if msg.len() <= CLI_ERROR_BUDGET {
+        return s;
+    }
+    let mut cut = CLI_ERROR_BUDGET - "…".len();
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Status::new(s.code(), format!("{}…", &msg[..cut]))
+}
+
+/// Shown by `nomad alloc exec` for a task on a shim older than exec (the task event has the
+/// whole explanation).
+const OLD_SHIM_CLI: &str = "the task's elide-executor predates exec: see the task's events";
+
 impl Tasks {
     /// Opens the shim's Exec for `task_id` with `setup` as its first message; returns the
     /// sender for the next messages and the replies after the first (the command's pid).
@@ -44,14 +85,17 @@ impl Tasks {
         &self,
         task_id: &str,
         setup: shim::ExecSetup,
-    ) -> Result<(mpsc::Sender<shim::ExecRequest>, ShimReplies), Status> {
+    ) -> Result<(mpsc::Sender<shim::ExecRequest>, ShimReplies), NotStarted> {
         let entry = self
             .store
             .get(task_id)
-            .ok_or_else(|| status::not_found(task_id))?;
-        shim_compat::require(&self.plugin, &entry.state, shim_api::EXEC)?;
+            .ok_or_else(|| NotStarted::Other(status::not_found(task_id)))?;
+        shim_compat::require(&self.plugin, &entry.state, shim_api::EXEC)
+            .map_err(NotStarted::OldShim)?;
         let mut client = entry.client().await.map_err(|e| {
-            Status::failed_precondition(format!("cannot reach the task's elide-executor: {e}"))
+            NotStarted::Other(Status::failed_precondition(format!(
+                "cannot reach the task's elide-executor: {e}"
+            )))
         })?;
         let (tx, rx) = mpsc::channel(16);
         let command = setup.command.clone();
@@ -63,7 +107,18 @@ impl Tasks {
             .await;
         let refused = |s: Status| {
             tracing::info!(task_id, ?command, error = %s.message(), "exec refused");
-            shim_compat::unimplemented(&self.plugin, &entry.state, shim_api::EXEC, relayed(s))
+            match s.code() {
+                Code::Unimplemented => NotStarted::OldShim(shim_compat::unimplemented(
+                    &self.plugin,
+                    &entry.state,
+                    shim_api::EXEC,
+                    s,
+                )),
+                Code::InvalidArgument | Code::NotFound | Code::PermissionDenied => {
+                    NotStarted::Command(s)
+                }
+                _ => NotStarted::Other(relayed(s)),
+            }
         };
         let mut replies = client
             .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -75,9 +130,9 @@ impl Tasks {
                 tracing::debug!(task_id, pid = first.pid, ?command, "exec started");
                 Ok((tx, replies))
             }
-            Ok(None) => Err(Status::internal(
+            Ok(None) => Err(NotStarted::Other(Status::internal(
                 "the task's elide-executor ended the exec before the command started",
-            )),
+            ))),
             Err(s) => Err(refused(s)),
         }
     }
@@ -98,7 +153,7 @@ impl Tasks {
                 ))
             }
         };
-        let (shim_tx, mut replies) = self
+        let opened = self
             .open_exec(
                 &setup.task_id,
                 shim::ExecSetup {
@@ -107,7 +162,19 @@ impl Tasks {
                     tty_size: None,
                 },
             )
-            .await?;
+            .await;
+        let (shim_tx, mut replies) = match opened {
+            Ok(o) => o,
+            // A command that cannot run is told on its stderr, with a shell's exit code:
+            // the whole explanation reaches the user (see CLI_ERROR_BUDGET).
+            Err(NotStarted::Command(s)) if s.code() != Code::InvalidArgument => {
+                return Ok(Box::pin(tokio_stream::iter(cannot_run(&s, setup.tty))))
+            }
+            Err(NotStarted::OldShim(_)) => {
+                return Err(Status::failed_precondition(OLD_SHIM_CLI));
+            }
+            Err(other) => return Err(for_cli(other.status())),
+        };
         let (tx, rx) = mpsc::channel::<Result<ExecTaskStreamingResponse, Status>>(16);
         // Nomad → shim. A broken stream ends the whole call (the output side drops the
         // shim's replies, which cancels the shim call); an ended one only ends the input.
@@ -182,7 +249,8 @@ impl Tasks {
                         tty_size: None,
                     },
                 )
-                .await?;
+                .await
+                .map_err(NotStarted::status)?;
             let _ = tx
                 .send(shim::ExecRequest {
                     stdin_close: true,
@@ -231,6 +299,25 @@ fn relayed(s: Status) -> Status {
         }
         _ => s,
     }
+}
+
+/// The messages for a command the shim could not run: its explanation on stderr (on the
+/// terminal with a tty) and the exit code a shell gives: 127 not found, 126 not runnable.
+fn cannot_run(s: &Status, tty: bool) -> Vec<Result<ExecTaskStreamingResponse, Status>> {
+    let code = if s.code() == Code::NotFound { 127 } else { 126 };
+    let eol = if tty { "\r\n" } else { "\n" };
+    let text = format!("elide: {}{eol}", s.message()).into_bytes();
+    from_shim(shim::ExecResponse {
+        stdout: if tty { text.clone() } else { Vec::new() },
+        stderr: if tty { Vec::new() } else { text },
+        stdout_closed: true,
+        stderr_closed: true,
+        exit: Some(shim::ExitStatus {
+            exit_code: code,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn result_of(e: &shim::ExitStatus) -> ExitResult {
@@ -490,13 +577,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_command_is_the_calls_error_and_bad_requests_are_named() {
+    async fn a_command_that_cannot_run_is_told_on_stderr_and_bad_requests_are_named() {
         let h = Harness::new();
         let id = started(&h).await;
         let (_tx, r) = open(&h, setup(&id, &["nope"], false)).await;
-        let e = r.err().unwrap();
-        assert_eq!(e.code(), Code::NotFound);
-        assert!(e.message().contains("\"nope\" was not found"), "{e:?}");
+        let out: Vec<_> = collect(r.unwrap())
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let stderr = out[0].stderr.as_ref().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stderr.data),
+            "elide: \"nope\" was not found inside the task\n"
+        );
+        let last = out.last().unwrap();
+        assert!(last.exited, "{out:?}");
+        assert_eq!(last.result.as_ref().unwrap().exit_code, 127);
+        // On a terminal, the terminal gets it.
+        let (_tx, r) = open(&h, setup(&id, &["nope"], true)).await;
+        let out = collect(r.unwrap()).await;
+        let first = out[0].as_ref().unwrap();
+        assert!(
+            first.stdout.as_ref().unwrap().data.ends_with(b"task\r\n"),
+            "{out:?}"
+        );
         let (_tx, r) = open(&h, stdin(b"x", false)).await;
         assert_eq!(r.err().unwrap().code(), Code::InvalidArgument);
         let (_tx, r) = open(&h, setup("no/such/task", &["echo"], false)).await;
@@ -589,19 +694,51 @@ mod tests {
                 .await
                 .err()
                 .unwrap();
-            assert_eq!(e.code(), Code::FailedPrecondition);
-            assert!(
-                e.message().contains("exec into the task")
-                    && e.message().contains("level 2")
-                    && e.message().contains("0.1.0"),
-                "{e:?}"
+            // Short enough for the CLI; the task event explains.
+            assert_eq!(
+                (e.code(), e.message()),
+                (Code::FailedPrecondition, OLD_SHIM_CLI)
             );
         }
+        // ExecTask (a change script, a script check) gets the whole explanation.
+        let e = fresh
+            .exec_once(ExecTaskRequest {
+                task_id: task.id.clone(),
+                command: vec!["echo".into()],
+                timeout: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("exec into the task")
+                && e.message().contains("level 2")
+                && e.message().contains("0.1.0"),
+            "{e:?}"
+        );
         let events = h.event_messages();
         assert_eq!(events.len(), 1, "{events:?}");
-        assert!(events[0].contains("nomad alloc restart"), "{events:?}");
+        assert!(
+            events[0].contains("nomad alloc restart") && events[0].contains("level 2"),
+            "{events:?}"
+        );
         // The shim was never asked.
         assert!(h.script().exec_requests.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_for_the_cli_fit_a_websocket_close_frame() {
+        assert!(OLD_SHIM_CLI.len() <= CLI_ERROR_BUDGET);
+        let short = for_cli(Status::not_found("gone"));
+        assert_eq!((short.code(), short.message()), (Code::NotFound, "gone"));
+        let long = for_cli(Status::internal("é".repeat(200)));
+        assert!(
+            long.message().len() <= CLI_ERROR_BUDGET,
+            "{}",
+            long.message()
+        );
+        assert!(long.message().ends_with("é…"));
+        let close_reason = format!("rpc error: code = FailedPrecondition desc = {OLD_SHIM_CLI}");
+        assert!(close_reason.len() <= 123);
     }
 
     #[test]
