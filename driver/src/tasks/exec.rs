@@ -163,7 +163,7 @@ impl Tasks {
                 },
             )
             .await;
-        let (shim_tx, mut replies) = match opened {
+        let (shim_tx, replies) = match opened {
             Ok(o) => o,
             // A command that cannot run is told on its stderr, with a shell's exit code:
             // the whole explanation reaches the user (see CLI_ERROR_BUDGET).
@@ -175,58 +175,104 @@ impl Tasks {
             }
             Err(other) => return Err(for_cli(other.status())),
         };
-        let (tx, rx) = mpsc::channel::<Result<ExecTaskStreamingResponse, Status>>(16);
-        // Nomad → shim. A broken stream ends the whole call (the output side drops the
-        // shim's replies, which cancels the shim call); an ended one only ends the input.
-        let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
-        let feeder = tokio::spawn(async move {
-            while let Some(m) = inbound.next().await {
-                let Ok(m) = m else {
-                    let _ = gone_tx.send(());
-                    return;
-                };
-                let Some(req) = to_shim(m) else { continue };
-                if shim_tx.send(req).await.is_err() {
-                    return;
-                }
-            }
-        });
-        // Shim → Nomad. Whichever way this ends, the input side goes too: the shim's call is
-        // only cancelled once both its request stream and its replies are dropped.
-        let task_id = setup.task_id;
-        tokio::spawn(async move {
-            let _feeder = AbortOnDrop(feeder);
-            let mut exited = false;
-            loop {
-                let reply = tokio::select! {
-                    r = replies.message() => r,
-                    _ = tx.closed() => return,
-                    _ = &mut gone => return,
-                };
-                let out = match reply {
-                    Ok(Some(m)) => from_shim(m),
-                    Ok(None) => break,
-                    Err(s) => vec![Err(relayed(s))],
-                };
-                for m in out {
-                    exited |= matches!(&m, Ok(r) if r.exited);
-                    if tx.send(m).await.is_err() {
+        Ok(relay_streaming(
+            setup.task_id,
+            inbound,
+            shim_tx,
+            replies,
+            HEARTBEATS_LOST,
+        ))
+    }
+}
+
+/// After Nomad's first heartbeat, how long without any message from it means its client is
+/// gone. `nomad alloc exec` (Nomad's api package) sends an empty message every 10 s; Nomad
+/// (1.6 at least) does not cancel the exec when the CLI's connection drops, it only stops
+/// forwarding them. Callers that send no heartbeats are never timed out.
+const HEARTBEATS_LOST: Duration = Duration::from_secs(35);
+
+/// Relays between Nomad's stream and the shim's once the command runs.
+fn relay_streaming<S>(
+    task_id: String,
+    mut inbound: S,
+    shim_tx: mpsc::Sender<shim::ExecRequest>,
+    mut replies: ShimReplies,
+    heartbeats_lost: Duration,
+) -> ResponseStream
+where
+    S: Stream<Item = Result<ExecTaskStreamingRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<ExecTaskStreamingResponse, Status>>(16);
+    // Nomad → shim. A broken stream, or heartbeats that stop, end the whole call (the
+    // output side drops the shim's replies, which cancels the shim call); an ended one
+    // only ends the input.
+    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+    let feeder_task = task_id.clone();
+    let feeder = tokio::spawn(async move {
+        let mut heartbeats = false;
+        loop {
+            let next = if heartbeats {
+                match tokio::time::timeout(heartbeats_lost, inbound.next()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        tracing::info!(task_id = feeder_task, lost_after = ?heartbeats_lost, "exec: Nomad's heartbeats stopped (its client is gone); killing the command");
+                        let _ = gone_tx.send(());
                         return;
                     }
                 }
+            } else {
+                inbound.next().await
+            };
+            let Some(m) = next else { return };
+            let Ok(m) = m else {
+                let _ = gone_tx.send(());
+                return;
+            };
+            let Some(req) = to_shim(m) else {
+                heartbeats = true;
+                continue;
+            };
+            if shim_tx.send(req).await.is_err() {
+                return;
             }
-            if !exited {
-                tracing::warn!(task_id, "the shim ended an exec without the command's exit");
-                let _ = tx
-                    .send(Err(Status::internal(
-                        "the task's elide-executor ended the exec without the command's exit",
-                    )))
-                    .await;
+        }
+    });
+    // Shim → Nomad. Whichever way this ends, the input side goes too: the shim's call is
+    // only cancelled once both its request stream and its replies are dropped.
+    tokio::spawn(async move {
+        let _feeder = AbortOnDrop(feeder);
+        let mut exited = false;
+        loop {
+            let reply = tokio::select! {
+                r = replies.message() => r,
+                _ = tx.closed() => return,
+                _ = &mut gone => return,
+            };
+            let out = match reply {
+                Ok(Some(m)) => from_shim(m),
+                Ok(None) => break,
+                Err(s) => vec![Err(relayed(s))],
+            };
+            for m in out {
+                exited |= matches!(&m, Ok(r) if r.exited);
+                if tx.send(m).await.is_err() {
+                    return;
+                }
             }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
+        }
+        if !exited {
+            tracing::warn!(task_id, "the shim ended an exec without the command's exit");
+            let _ = tx
+                .send(Err(Status::internal(
+                    "the task's elide-executor ended the exec without the command's exit",
+                )))
+                .await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
+impl Tasks {
     /// ExecTask: runs the command to its end (or its timeout) with no input.
     pub async fn exec_once(&self, req: ExecTaskRequest) -> Result<ExecTaskResponse, Status> {
         if req.command.first().is_none_or(|c| c.is_empty()) {
@@ -628,6 +674,44 @@ mod tests {
         let (_tx, r) = open(&h, setup(&id, &["sleep"], false)).await;
         drop(r.unwrap());
         abandoned(&h, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_client_whose_heartbeats_stop_is_gone_and_one_that_sends_none_is_not() {
+        let h = Harness::new();
+        let id = started(&h).await;
+        let lost = Duration::from_millis(300);
+        let relay = |beat: bool| {
+            let (h, id) = (&h, id.clone());
+            async move {
+                let sleep = shim::ExecSetup {
+                    command: vec!["sleep".into()],
+                    ..Default::default()
+                };
+                let (shim_tx, replies) = h.tasks.open_exec(&id, sleep).await.ok().unwrap();
+                let (tx, rx) = mpsc::channel(4);
+                if beat {
+                    tx.send(Ok(ExecTaskStreamingRequest::default()))
+                        .await
+                        .unwrap();
+                }
+                let stream = relay_streaming(
+                    id,
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    shim_tx,
+                    replies,
+                    lost,
+                );
+                (tx, stream)
+            }
+        };
+        // No heartbeat ever: a caller that does not send them is not timed out.
+        let (_quiet_tx, _quiet) = relay(false).await;
+        // One heartbeat, then silence: the command is killed.
+        let (_tx, _stream) = relay(true).await;
+        abandoned(&h, 1).await;
+        tokio::time::sleep(lost * 3).await;
+        assert_eq!(*h.script().exec_abandoned.borrow(), 1);
     }
 
     #[tokio::test]
