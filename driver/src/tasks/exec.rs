@@ -206,7 +206,8 @@ where
     // Nomad → shim. A broken stream, or heartbeats that stop, end the whole call (the
     // output side drops the shim's replies, which cancels the shim call); an ended one
     // only ends the input.
-    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+    let gone = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gone_tx = gone.clone();
     let feeder_task = task_id.clone();
     let feeder = tokio::spawn(async move {
         let mut heartbeats = false;
@@ -216,7 +217,7 @@ where
                     Ok(m) => m,
                     Err(_) => {
                         tracing::info!(task_id = feeder_task, lost_after = ?heartbeats_lost, "exec: Nomad's heartbeats stopped (its client is gone); killing the command");
-                        let _ = gone_tx.send(());
+                        gone_tx.notify_one();
                         return;
                     }
                 }
@@ -225,7 +226,7 @@ where
             };
             let Some(m) = next else { return };
             let Ok(m) = m else {
-                let _ = gone_tx.send(());
+                gone_tx.notify_one();
                 return;
             };
             let Some(req) = to_shim(m) else {
@@ -246,7 +247,7 @@ where
             let reply = tokio::select! {
                 r = replies.message() => r,
                 _ = tx.closed() => return,
-                _ = &mut gone => return,
+                _ = gone.notified() => return,
             };
             let out = match reply {
                 Ok(Some(m)) => from_shim(m),
@@ -581,9 +582,15 @@ mod tests {
                 },
             ]
         );
-        let setup = h.script().exec_requests.lock().unwrap()[0].clone();
-        let s = setup.setup.unwrap();
+        let first = h.script().exec_requests.lock().unwrap()[0].clone();
+        let s = first.setup.unwrap();
         assert_eq!((s.command.len(), s.tty), (3, false));
+        // Nomad's side ending (no more input) is not its going away: the rest still comes.
+        let (tx, r) = open(&h, setup(&id, &["echo", "again"], false)).await;
+        drop(tx);
+        let out = collect(r.unwrap()).await;
+        let last = out.last().unwrap().as_ref().unwrap();
+        assert_eq!(last.result.as_ref().map(|r| r.exit_code), Some(3), "{out:?}");
     }
 
     #[tokio::test]
