@@ -437,6 +437,22 @@ pub(crate) fn fork_helper(
     Ok(pid as i32)
 }
 
+/// Every signal back to its default action and none blocked, for a process about to exec
+/// something that must not inherit the shim's (or a helper's) signal state.
+///
+/// # Safety
+/// Async-signal-safe calls only; it changes the calling process's signal state.
+pub(crate) unsafe fn default_signals() {
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+}
+
 /// What the forked child needs, all prepared before the fork.
 struct Child<'a> {
     err_fd: RawFd,
@@ -484,14 +500,7 @@ impl Child<'_> {
         }
         // A clean signal state: the shim ignores SIGINT and SIGPIPE, and ignored dispositions
         // survive exec.
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        default_signals();
         libc::execve(self.init.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
         self.fail(report::Step::ExecInit)
     }

@@ -25,20 +25,7 @@ use std::process::Command;
 
 /// Runs `sandbox-exec` and exits; never returns.
 pub fn main() -> ! {
-    // A panic must not look like a started command (EOF on the error pipe) to the shim.
-    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Failure::new(
-            Step::Plan,
-            format!("sandbox-exec panicked: {what}"),
-            &io::Error::from_raw_os_error(libc::EINVAL),
-        ))
-    });
-    match outcome {
+    match crate::sandbox::report::catch_panic("sandbox-exec", run) {
         Ok(status) => end_like(status),
         Err(f) => {
             f.send(ERROR_FD);
@@ -311,17 +298,8 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
         return Failure::new(Step::Cwd, plan.cwd.display().to_string(), &e);
     }
     // Default dispositions and no blocked signal (ours are all blocked).
-    // SAFETY: signal and sigprocmask on this single-threaded child.
-    unsafe {
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
+    // SAFETY: this single-threaded child only changes its own signal state.
+    unsafe { crate::runtime::default_signals() };
     let Some((program, args)) = plan.argv.split_first() else {
         return Failure::new(
             Step::Plan,

@@ -19,20 +19,7 @@ use std::process::Command;
 
 /// Runs `sandbox-init` and exits; never returns.
 pub fn main() -> ! {
-    // A panic must not look like success (EOF on the error pipe) to the shim.
-    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Failure::new(
-            Step::Plan,
-            format!("sandbox-init panicked: {what}"),
-            &io::Error::from_raw_os_error(libc::EINVAL),
-        ))
-    });
-    let code = match outcome {
+    let code = match super::report::catch_panic("sandbox-init", run) {
         Ok(code) => code,
         Err(f) => {
             f.send(ERROR_FD);

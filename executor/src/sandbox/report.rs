@@ -127,6 +127,26 @@ impl Failure {
     }
 }
 
+/// Runs `f` (the body of `sandbox-init` or `sandbox-exec`), turning a panic into a failed
+/// [`Step::Plan`]: a panic must never look like success (EOF on the error pipe) to the shim.
+pub fn catch_panic<T>(
+    program: &str,
+    f: impl FnOnce() -> Result<T, Failure> + std::panic::UnwindSafe,
+) -> Result<T, Failure> {
+    std::panic::catch_unwind(f).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Failure::new(
+            Step::Plan,
+            format!("{program} panicked: {what}"),
+            &std::io::Error::from_raw_os_error(libc::EINVAL),
+        ))
+    })
+}
+
 /// The fixed-size frame header; used as it is by the forked child (no allocation).
 pub fn header(step: Step, errno: i32, len: u16) -> [u8; 7] {
     let e = errno.to_le_bytes();
