@@ -590,7 +590,11 @@ mod tests {
         drop(tx);
         let out = collect(r.unwrap()).await;
         let last = out.last().unwrap().as_ref().unwrap();
-        assert_eq!(last.result.as_ref().map(|r| r.exit_code), Some(3), "{out:?}");
+        assert_eq!(
+            last.result.as_ref().map(|r| r.exit_code),
+            Some(3),
+            "{out:?}"
+        );
     }
 
     #[tokio::test]
