@@ -806,14 +806,16 @@ mod tests {
             .unwrap_err();
         assert!(
             e.message().contains("exec into the task")
-                && e.message().contains("level 2")
+                && e.message()
+                    .contains(&format!("level {}", shim_api::EXEC.level))
                 && e.message().contains("0.1.0"),
             "{e:?}"
         );
         let events = h.event_messages();
         assert_eq!(events.len(), 1, "{events:?}");
         assert!(
-            events[0].contains("nomad alloc restart") && events[0].contains("level 2"),
+            events[0].contains("nomad alloc restart")
+                && events[0].contains(&format!("level {}", shim_api::EXEC.level)),
             "{events:?}"
         );
         // The shim was never asked.
