@@ -28,6 +28,11 @@ need_grpc() {
     die "grpcio and grpcio-tools are not installed for $(command -v python3 || echo python3): python3 -m pip install grpcio grpcio-tools (.ci/run does this)"
 }
 
+need_go() {
+  command -v go >/dev/null 2>&1 ||
+    die "Go is not installed: the driver conformance suite (tests/conformance) is Nomad's own Go test code; install Go >= 1.21 (apt-get install golang-go, or the tarball from go.dev), or run .ci/run, which installs it"
+}
+
 # Prints the path of a real Nomad agent: $NOMAD_BIN, else one built (once, cached in
 # ~/.cache/nomad-driver-elide) by tests/nomad/build-nomad.sh.
 nomad_bin() {

@@ -177,6 +177,13 @@ mod tests {
         ) -> Result<Response<api::ShutdownResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        type ExecStream = tonic::codegen::BoxStream<api::ExecResponse>;
+        async fn exec(
+            &self,
+            _: Request<tonic::Streaming<api::ExecRequest>>,
+        ) -> Result<Response<Self::ExecStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     #[tokio::test]

@@ -30,7 +30,10 @@ pub struct DriverService {
 pub fn capabilities() -> DriverCapabilities {
     DriverCapabilities {
         send_signals: true,
-        exec: false,
+        // The shim runs the command inside the task's sandbox (`nomad alloc exec`, template
+        // change scripts, script checks). With FS isolation NONE, Nomad asks for the
+        // `alloc-node-exec` ACL capability for it.
+        exec: true,
         // No chroot: the task sees the host root read-only with Nomad's and other tasks' dirs
         // hidden, and its own dirs at their host paths, so every NOMAD_*_DIR stays the host
         // path Nomad computes for NONE (docs/driver.md, "Sandbox").
@@ -233,21 +236,19 @@ impl Driver for DriverService {
 
     async fn exec_task(
         &self,
-        _req: Request<ExecTaskRequest>,
+        req: Request<ExecTaskRequest>,
     ) -> Result<Response<ExecTaskResponse>, Status> {
-        Err(Status::unimplemented(
-            "the elide driver does not support exec yet (script checks, `nomad alloc exec`); use an http or tcp check",
-        ))
+        Ok(Response::new(self.tasks.exec_once(req.into_inner()).await?))
     }
 
     type ExecTaskStreamingStream = BoxStream<ExecTaskStreamingResponse>;
 
     async fn exec_task_streaming(
         &self,
-        _req: Request<Streaming<ExecTaskStreamingRequest>>,
+        req: Request<Streaming<ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        Err(Status::unimplemented(
-            "the elide driver does not support `nomad alloc exec` yet",
+        Ok(Response::new(
+            self.tasks.exec_streaming(req.into_inner()).await?,
         ))
     }
 

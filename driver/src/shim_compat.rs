@@ -2,9 +2,6 @@
 //! the shim it was started with across plugin upgrades, so before the plugin uses anything
 //! newer than level 1 it checks the level recorded in the task's `driver_state`, and tells the
 //! operator plainly when that shim is too old, as a task event, without failing the task.
-// `require`/`unimplemented` guard level-2 features (exec, log status: issues #9 and #10);
-// until one exists only the tests call them.
-#![allow(dead_code)]
 
 use crate::plugin::Plugin;
 use crate::tasks::handle::DriverState;

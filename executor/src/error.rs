@@ -80,3 +80,34 @@ pub enum TaskError {
     #[error("cannot signal runtime pid {pid}: {source}")]
     Signal { pid: i32, source: nix::Error },
 }
+
+/// Why a command could not be run inside the task (its gRPC code is chosen in `server.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("the first Exec message must carry the setup (the command to run)")]
+    NoSetup,
+    #[error("no command given: name the program to run inside the task, e.g. /bin/sh")]
+    EmptyCommand,
+    #[error("the command's {0} has a NUL byte; remove it")]
+    Nul(String),
+    #[error("the task is not running: {0}")]
+    NotRunning(String),
+    #[error("{program:?} was not found inside the task (its PATH there is {path:?}); check the program's name, or give its full path as the task sees it")]
+    NotFound { program: String, path: String },
+    #[error("{program:?} cannot be run inside the task: permission denied (it is not executable by the task's user {user}, or its file system is mounted noexec)")]
+    NotExecutable { program: String, user: String },
+    #[error("{program:?} cannot be run inside the task: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the task's user is not allowed here: {0}")]
+    User(#[source] crate::runtime::SpawnError),
+    #[error("cannot run a command inside the task: {what} failed: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

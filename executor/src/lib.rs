@@ -5,13 +5,17 @@
 //! - [`server`]: the tonic control API on top of it; [`listener`]: its bounded accept loop;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, PDEATHSIG, then `sandbox-init`);
 //! - [`sandbox`]: the task sandbox (namespaces, mounts, credentials, capabilities, PID 1);
-//! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
+//! - [`exec`]: running a command inside the task (`nomad alloc exec`, ExecTask: the Exec RPC
+//!   and the `sandbox-exec` process that enters the sandbox);
+//! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper, and the registry of the other
+//!   children whose exits are awaited;
 //! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
 //! - [`stats`]: usage samples (cgroup or `/proc`);
-//! - [`cli`]: the operator's `status`, `stop` and `signal`.
+//! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`.
 
 pub mod cli;
 mod error;
+pub mod exec;
 mod fifo;
 mod listener;
 pub mod logging;

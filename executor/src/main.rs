@@ -64,6 +64,23 @@ enum Cmd {
         /// A task id, task key, alloc id prefix or task name.
         task: String,
     },
+    /// Run a command inside one running task (its sandbox, cgroup, user, environment and
+    /// dir), like `nomad alloc exec`: `elide-executor exec TASK -- /bin/sh`.
+    Exec {
+        /// Run it on a terminal (default: when stdin and stdout are terminals).
+        #[arg(short = 't', long, conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never run it on a terminal.
+        #[arg(short = 'T', long)]
+        no_tty: bool,
+        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
+        state_dir: PathBuf,
+        /// A task id, task key, alloc id prefix or task name.
+        task: String,
+        /// The program (looked up in the task's PATH) and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Send a signal to one task's runtime.
     Signal {
         /// e.g. SIGUSR1, HUP, 10.
@@ -80,6 +97,10 @@ fn main() {
     // any runtime or parser exists (docs/executor.md, "Sandbox"). Not for operators.
     if std::env::args_os().nth(1).as_deref() == Some(executor::sandbox::INIT_COMMAND.as_ref()) {
         executor::sandbox::init::main();
+    }
+    // The same for a command run inside the task (docs/executor.md, "Exec").
+    if std::env::args_os().nth(1).as_deref() == Some(executor::exec::EXEC_COMMAND.as_ref()) {
+        executor::exec::helper::main();
     }
     let cli = Cli::parse();
     // Before anything opens an fd (the async runtime's epoll would take a closed
@@ -188,5 +209,20 @@ async fn run(cli: Cli, ready: Ready) -> anyhow::Result<i32> {
             state_dir,
             task,
         } => Ok(executor::cli::signal::run(&state_dir, &task, &signal).await?),
+        Cmd::Exec {
+            tty,
+            no_tty,
+            state_dir,
+            task,
+            command,
+        } => {
+            use executor::cli::exec::Tty;
+            let tty = match (tty, no_tty) {
+                (true, _) => Tty::Yes,
+                (_, true) => Tty::No,
+                _ => Tty::Auto,
+            };
+            Ok(executor::cli::exec::run(&state_dir, &task, tty, command).await?)
+        }
     }
 }

@@ -28,6 +28,11 @@ pub fn set_task_umask(mask: libc::mode_t) {
     TASK_UMASK.store(mask, Ordering::Relaxed);
 }
 
+/// The umask the task's processes get (the runtime, and commands exec'd into the task).
+pub(crate) fn task_umask() -> u32 {
+    TASK_UMASK.load(Ordering::Relaxed)
+}
+
 /// The program that runs `sandbox-init`: this very binary (`/proc/self/exe`, so an upgrade on
 /// disk never mixes versions), unless a test that is not elide-executor names it.
 static INIT_BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -114,7 +119,7 @@ pub struct Spawned {
 /// Resolves a user name or numeric uid to uid, primary gid and supplementary groups (the
 /// user's own, as initgroups would set them; computed here because the user database is the
 /// host's, read before the sandbox exists).
-fn resolve_user(user: &str) -> Result<Option<creds::User>, SpawnError> {
+pub(crate) fn resolve_user(user: &str) -> Result<Option<creds::User>, SpawnError> {
     if user.is_empty() {
         return Ok(None);
     }
@@ -139,7 +144,7 @@ fn resolve_user(user: &str) -> Result<Option<creds::User>, SpawnError> {
 
 /// Refuses a uid or any gid (primary or supplementary) in the plugin's denied ranges; with no
 /// task user, the shim's own ids are what the task gets.
-fn check_denied(
+pub(crate) fn check_denied(
     denied_uids: &str,
     denied_gids: &str,
     user: Option<&creds::User>,
@@ -190,7 +195,7 @@ fn setup_err(program: &str, what: &str) -> impl FnOnce(std::io::Error) -> SpawnE
 
 /// The plan in a sealed-off memfd (not a pipe: it may be larger than a pipe buffer, and the
 /// child reads it whenever it gets there).
-fn plan_memfd(plan: &sandbox::Plan) -> std::io::Result<OwnedFd> {
+pub(crate) fn plan_memfd(plan: &impl serde::Serialize) -> std::io::Result<OwnedFd> {
     let body = serde_json::to_vec(plan).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create with a static NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"elide-sandbox-plan".as_ptr(), libc::MFD_CLOEXEC) };
@@ -219,7 +224,29 @@ fn high(fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-fn pipe(flags: nix::fcntl::OFlag) -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// The fds a forked child takes, as `(source, target)` for its `dup2`s: each source a
+/// [`high`] copy, so no `dup2` overwrites a source still to be moved.
+#[derive(Default)]
+pub(crate) struct ChildFds {
+    sources: Vec<(OwnedFd, RawFd)>,
+}
+
+impl ChildFds {
+    /// The child gets a copy of `fd` as `target`.
+    pub(crate) fn add(&mut self, fd: &impl AsRawFd, target: RawFd) -> std::io::Result<()> {
+        self.sources.push((high(fd.as_raw_fd())?, target));
+        Ok(())
+    }
+
+    pub(crate) fn moves(&self) -> Vec<(RawFd, RawFd)> {
+        self.sources
+            .iter()
+            .map(|(s, t)| (s.as_raw_fd(), *t))
+            .collect()
+    }
+}
+
+pub(crate) fn pipe(flags: nix::fcntl::OFlag) -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | flags).map_err(std::io::Error::from)
 }
 
@@ -277,7 +304,7 @@ pub fn spawn(
         ),
         None => None,
     };
-    let umask = TASK_UMASK.load(Ordering::Relaxed);
+    let umask = task_umask();
     let plan = sandbox::plan_for(spec, user, umask);
     let plan_fd = plan_memfd(&plan).map_err(setup_err(program, "writing the sandbox plan"))?;
     let (err_r, err_w) =
@@ -295,14 +322,10 @@ pub fn spawn(
     let stdin: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(setup_err(program, "opening /dev/null"))?
         .into();
-    // (source, target) for the child's dup2s.
-    let mut sources: Vec<(OwnedFd, RawFd)> = Vec::new();
+    let mut fds = ChildFds::default();
     let mut add = |fd: &OwnedFd, target: RawFd| -> Result<(), SpawnError> {
-        sources.push((
-            high(fd.as_raw_fd()).map_err(setup_err(program, "arranging the child's fds"))?,
-            target,
-        ));
-        Ok(())
+        fds.add(fd, target)
+            .map_err(setup_err(program, "arranging the child's fds"))
     };
     add(&stdin, 0)?;
     add(&stdout, 1)?;
@@ -316,54 +339,15 @@ pub fn spawn(
     if let Some(n) = &netns {
         add(n, sandbox::NETNS_FD)?;
     }
-    let moves: Vec<(RawFd, RawFd)> = sources.iter().map(|(s, t)| (s.as_raw_fd(), *t)).collect();
-    let err_fd = moves
-        .iter()
-        .find(|(_, to)| *to == sandbox::ERROR_FD)
-        .map(|(from, _)| *from)
-        .unwrap_or(-1);
-    let init_path = CString::new(init_binary().as_os_str().as_bytes()).map_err(|_| {
-        setup_err(program, "naming elide-executor")(std::io::ErrorKind::InvalidInput.into())
-    })?;
-    let argv0 = c"elide-executor";
-    let argv1 = CString::new(sandbox::INIT_COMMAND).expect("no NUL");
-    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let child = Child {
-        err_fd,
-        cgroup_procs: &cgroup_procs,
-        moves: &moves,
-        init: &init_path,
-        argv: &argv,
-        envp: &envp,
-    };
-    let flags = sandbox::clone_flags(spec) | libc::SIGCHLD;
-    // SAFETY: clone without CLONE_VM is fork with namespace flags: the child gets a copy of
-    // this thread only and runs `Child::run`, which makes only async-signal-safe calls on data
-    // prepared above and never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid == 0 {
-        // SAFETY: see above; we are the child.
-        unsafe { child.run() }
-    }
-    if pid < 0 {
-        return Err(setup_err(
+    let flags = sandbox::clone_flags(spec);
+    let pid = fork_helper(sandbox::INIT_COMMAND, flags, &fds.moves(), &cgroup_procs).map_err(
+        setup_err(
             program,
             "clone (creating the task's namespaces; the shim must run as root)",
-        )(std::io::Error::last_os_error()));
-    }
-    let pid = pid as i32;
+        ),
+    )?;
     // The child has its copies; ours must go, or EOF on the error pipe never comes.
-    drop(sources);
+    drop(fds);
     drop((stdin, stdout, stderr, plan_fd, err_w, alive_r, netns));
     let status = status.map(|(r, _w)| r);
     let failure = read_failure(err_r, SETUP_TIMEOUT);
@@ -396,6 +380,77 @@ pub fn spawn(
             })
         }
     }
+}
+
+/// Forks a child that gets its own session, joins the `cgroup.procs` files in `cgroup_procs`,
+/// arms `PR_SET_PDEATHSIG`, takes the fds `moves` (`(source, target)`; sources numbered above
+/// every target, see [`high`]) and execs `elide-executor <mode>` (a hidden mode of this
+/// binary). `flags`: namespaces for `clone` (0: a plain fork). A step that fails before that
+/// exec is reported as a frame on the child's [`sandbox::ERROR_FD`]. Returns the child's pid;
+/// the caller reaps it. Call it on the shim's main thread (see the module doc).
+pub(crate) fn fork_helper(
+    mode: &str,
+    flags: libc::c_int,
+    moves: &[(RawFd, RawFd)],
+    cgroup_procs: &[CString],
+) -> std::io::Result<i32> {
+    let err_fd = moves
+        .iter()
+        .find(|(_, to)| *to == sandbox::ERROR_FD)
+        .map(|(from, _)| *from)
+        .unwrap_or(-1);
+    let init_path = CString::new(init_binary().as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let argv0 = c"elide-executor";
+    let argv1 =
+        CString::new(mode).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let child = Child {
+        err_fd,
+        cgroup_procs,
+        moves,
+        init: &init_path,
+        argv: &argv,
+        envp: &envp,
+    };
+    // SAFETY: clone without CLONE_VM is fork with namespace flags: the child gets a copy of
+    // this thread only and runs `Child::run`, which makes only async-signal-safe calls on data
+    // prepared above and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: see above; we are the child.
+        unsafe { child.run() }
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid as i32)
+}
+
+/// Every signal back to its default action and none blocked, for a process about to exec
+/// something that must not inherit the shim's (or a helper's) signal state.
+///
+/// # Safety
+/// Async-signal-safe calls only; it changes the calling process's signal state.
+pub(crate) unsafe fn default_signals() {
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
 }
 
 /// What the forked child needs, all prepared before the fork.
@@ -445,14 +500,7 @@ impl Child<'_> {
         }
         // A clean signal state: the shim ignores SIGINT and SIGPIPE, and ignored dispositions
         // survive exec.
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        default_signals();
         libc::execve(self.init.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
         self.fail(report::Step::ExecInit)
     }

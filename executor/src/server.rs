@@ -1,11 +1,11 @@
 //! The control API (proto/elide/executor/v1/executor.proto) on top of [`Shim`].
 
-use crate::error::{StartError, TaskError};
+use crate::error::{ExecError, StartError, TaskError};
 use crate::shim::Shim;
 use common::proto::executor::{self as api, executor_server::Executor};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Shortest Stats interval honoured (Nomad's default collection_interval is 1 s).
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,6 +34,21 @@ fn task_status(e: TaskError) -> Status {
         TaskError::ShuttingDown => Code::Unavailable,
         TaskError::SurvivedKill { .. } => Code::DeadlineExceeded,
         TaskError::Signal { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The gRPC code of each Exec failure. Never `Unavailable` for a refused command: Nomad's
+/// plugin client takes that code for a plugin that shut down.
+fn exec_status(e: ExecError) -> Status {
+    let code = match &e {
+        ExecError::NoSetup | ExecError::EmptyCommand | ExecError::Nul(_) => Code::InvalidArgument,
+        ExecError::NotRunning(_) | ExecError::User(_) => Code::FailedPrecondition,
+        // The command itself cannot run (the plugin tells `nomad alloc exec` in-band, with
+        // a shell's 127 or 126).
+        ExecError::NotFound { .. } => Code::NotFound,
+        ExecError::NotExecutable { .. } | ExecError::Exec { .. } => Code::PermissionDenied,
+        ExecError::Setup { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
 }
@@ -123,6 +138,44 @@ impl Executor for Service {
                 }
             }
         });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type ExecStream = tonic::codegen::BoxStream<api::ExecResponse>;
+
+    /// The first message names the command; the session runs in a task of its own, so a
+    /// caller that goes away during the setup still gets its command killed (the relay sees
+    /// nobody reading its replies).
+    async fn exec(
+        &self,
+        r: Request<Streaming<api::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut inbound = r.into_inner();
+        let setup = inbound
+            .message()
+            .await?
+            .and_then(|m| m.setup)
+            .ok_or_else(|| exec_status(ExecError::NoSetup))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (reply, started) = tokio::sync::oneshot::channel();
+        let shim = self.shim.clone();
+        tokio::spawn(async move {
+            match crate::exec::start(&shim, &setup).await {
+                Ok(s) => {
+                    let _ = reply.send(Ok(()));
+                    crate::exec::relay(s, inbound, tx).await;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, command = ?setup.command, "exec refused");
+                    let _ = reply.send(Err(exec_status(e)));
+                }
+            }
+        });
+        started
+            .await
+            .map_err(|_| Status::internal("the exec session ended before it started"))??;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -42,6 +42,8 @@ pub struct Shim {
     exit_tx: watch::Sender<Option<api::ExitStatus>>,
     /// Counts reaped children, to wake those waiting for the task's processes to go.
     reaped_tx: watch::Sender<u64>,
+    /// Children other than the runtime whose exits are awaited (exec helpers).
+    pub children: reaper::Children,
     cgroup: Mutex<Option<Arc<TaskCgroup>>>,
     /// Our never-read read ends of the log FIFOs (see fifo.rs).
     keepalive: Mutex<Vec<OwnedFd>>,
@@ -81,6 +83,7 @@ impl Shim {
             state: Mutex::new(state),
             exit_tx,
             reaped_tx,
+            children: reaper::Children::default(),
             cgroup: Mutex::new(None),
             keepalive: Mutex::new(Vec::new()),
             init_status: Mutex::new(None),
@@ -243,6 +246,9 @@ impl Shim {
     }
 
     fn on_reaped(&self, r: Reaped) {
+        let Some(r) = self.children.deliver(r) else {
+            return;
+        };
         if Some(r.pid) != self.runtime_pid() {
             tracing::debug!(
                 pid = r.pid,
@@ -445,6 +451,15 @@ impl Shim {
             api_level: common::shim_api::API_LEVEL,
             executor_revision: crate::REVISION.to_owned(),
         }
+    }
+
+    /// The `cgroup.procs` files a process writes itself into to join the task's cgroup
+    /// (empty when there is none): what an exec'd command joins.
+    pub fn cgroup_procs(&self) -> Vec<std::ffi::CString> {
+        lock(&self.cgroup)
+            .as_ref()
+            .map(|c| c.procs_files())
+            .unwrap_or_default()
     }
 
     /// A usage sampler for the Stats stream (None before Start).

@@ -13,6 +13,8 @@ measures:
   * time from job registration to all N tasks running;
   * for ours: shim spawn → socket ready (from the plugin's debug log), and the plugin's RSS;
   * recovery: time from an agent restart to every task reattached (persistent agent);
+  * `nomad alloc exec` round trip: from starting the CLI to the command's first output byte
+    (and to the CLI's exit), one running task per driver, the drivers taking turns;
   * the sandbox's cost: the plugin's defaults, fs_isolation = "none", and nothing but the
     capability drop (fs_isolation = "none", host PID and IPC namespaces), one agent each: the
     shim's Start of one task at a time (log FIFOs, cgroup, sandbox setup, exec; from the
@@ -24,6 +26,7 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +113,42 @@ def run_driver(agent, driver: str, n: int) -> dict:
     return res
 
 
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[max(int(len(xs) * p) - 1, 0)] if xs else 0.0
+
+
+def exec_latency(agent, rounds: int) -> dict:
+    """`nomad alloc exec -task t <alloc> echo hi`, `rounds` times per driver (taking turns):
+    ms from starting the CLI to the first byte of output, and to the CLI's exit."""
+    allocs = {}
+    for d in ("elide", "raw_exec"):
+        j = agent.run_job(job(f"exec-{d}", d, 1))
+        allocs[d] = agent.wait_allocs(j["ID"], lambda a: a and all(
+            (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a)
+            and a, timeout=120, what=f"the {d} task running")[0]["ID"]
+    env = {**os.environ, "NOMAD_ADDR": agent.addr}
+    out: dict = {d: {"first": [], "total": []} for d in allocs}
+    for _ in range(rounds):
+        for d, alloc in allocs.items():
+            t0 = time.perf_counter()
+            p = subprocess.Popen([agent.nomad_bin, "alloc", "exec", "-t=false", "-task", "t",
+                                  alloc, "echo", "hi"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                 bufsize=0)
+            first = p.stdout.read(1)
+            t1 = time.perf_counter()
+            rest, err = p.communicate()
+            t2 = time.perf_counter()
+            if p.returncode != 0 or first + rest != b"hi\n":
+                raise RuntimeError(f"{d}: exec failed ({p.returncode}): {first + rest!r} {err!r}")
+            out[d]["first"].append((t1 - t0) * 1000)
+            out[d]["total"].append((t2 - t0) * 1000)
+    for d in allocs:
+        agent.stop_job(f"exec-{d}", purge=True)
+    return out
+
+
 SANDBOX_CONFIGS = [
     ("sandbox (defaults)", {}),
     ("fs_isolation=none", {"fs_isolation": "none"}),
@@ -153,7 +192,7 @@ def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> 
             one = single[label]
             out.append({"label": label,
                         "start_ms": statistics.median(one) if one else 0.0,
-                        "start_p90_ms": sorted(one)[max(int(len(one) * 0.9) - 1, 0)] if one else 0.0,
+                        "start_p90_ms": percentile(one, 0.9),
                         "starts": len(one),
                         "start_all_s": r["start_all_s"]})
         return out
@@ -172,6 +211,8 @@ def main() -> int:
                     help="skip the sandbox on/off start-latency comparison")
     ap.add_argument("--sandbox-rounds", type=int, default=15,
                     help="single-task starts per sandbox configuration")
+    ap.add_argument("--exec-rounds", type=int, default=20,
+                    help="`nomad alloc exec` round trips per driver (0: skip)")
     a = ap.parse_args()
     nomad_bin = a.nomad or nm.find_nomad()
     bins = nm.build_workspace()
@@ -187,6 +228,7 @@ def main() -> int:
         drivers = ["elide", "raw_exec"] + (["exec"] if a.exec else [])
         for d in drivers:
             results.append(run_driver(agent, d, a.tasks))
+        execs = exec_latency(agent, a.exec_rounds) if a.exec_rounds else {}
         log = agent.log()
         ready = [int(x) / 1000 for x in re.findall(r"shim ready: .*?shim_ready_us=(\d+)", log)]
         plugin = [p.pid for p in agent.find_processes("plugins/nomad-driver-elide") if p.state != "Z"]
@@ -237,6 +279,17 @@ def main() -> int:
         print(f"shim spawn -> socket ready: median {statistics.median(ready):.1f} ms, "
               f"max {max(ready):.1f} ms over {len(ready)} starts")
     print(f"plugin RSS: {plugin_rss} KiB")
+    if execs:
+        print()
+        print(f"==== `nomad alloc exec` round trip ({a.exec_rounds} each, same agent, drivers "
+              "taking turns): CLI start -> first output byte, and -> CLI exit")
+        print(f"{'driver':10} {'first byte median (ms)':>23} {'p90':>7} {'exit median (ms)':>17} {'p90':>7}")
+        for d, x in execs.items():
+            print(f"{d:10} {statistics.median(x['first']):23.1f} {percentile(x['first'], 0.9):7.1f} "
+                  f"{statistics.median(x['total']):17.1f} {percentile(x['total'], 0.9):7.1f}")
+        e, r = execs["elide"], execs["raw_exec"]
+        print(f"ratio elide/raw_exec: first byte {statistics.median(e['first']) / statistics.median(r['first']):.2f}x, "
+              f"exit {statistics.median(e['total']) / statistics.median(r['total']):.2f}x")
     for n, s in rec:
         print(f"recovery after an agent restart: {n} tasks reattached in {s:.2f}s")
     if sandbox:

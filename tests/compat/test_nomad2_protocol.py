@@ -266,7 +266,7 @@ def test_handshake_identity_schemas_capabilities_fingerprint(pb, plugins):
     caps = p.driver.Capabilities(pb.driver.CapabilitiesRequest(), timeout=RPC_TIMEOUT)
     assert caps.HasField("capabilities")
     c = caps.capabilities
-    assert c.send_signals and not c.exec
+    assert c.send_signals and c.exec
     assert c.fs_isolation == pb.driver.DriverCapabilities.NONE
     # Host and CSI volumes are bound beneath the task dir (ANY_MOUNTS, the zero value).
     assert c.mount_configs == pb.driver.DriverCapabilities.ANY_MOUNTS
@@ -409,6 +409,24 @@ def test_task_survives_agent_shutdown_and_is_recovered_stopped_destroyed(pb, plu
         inspected = p2.driver.InspectTask(d.InspectTaskRequest(task_id=task.id),
                                           timeout=RPC_TIMEOUT)
         assert inspected.task.state == d.RUNNING
+
+        # Exec as a 2.0 agent does it, into the recovered task: ExecTask (change scripts,
+        # script checks: output combined) and ExecTaskStreaming (`nomad alloc exec`: setup,
+        # a heartbeat, stdin, its close; the result is never nil).
+        req = d.ExecTaskRequest(task_id=task.id, command=[
+            "/bin/sh", "-c", "echo $NOMAD_TASK_NAME; echo e >&2; exit 3"])
+        req.timeout.FromSeconds(10)
+        r = p2.driver.ExecTask(req, timeout=RPC_TIMEOUT)
+        assert (r.stdout, r.result.exit_code) == (b"web\ne\n", 3), r
+        io = d.ExecTaskStreamingIOOperation
+        msgs = [d.ExecTaskStreamingRequest(setup=d.ExecTaskStreamingRequest.Setup(
+                    task_id=task.id, command=["cat"], tty=False)),
+                d.ExecTaskStreamingRequest(),
+                d.ExecTaskStreamingRequest(stdin=io(data=b"in\n")),
+                d.ExecTaskStreamingRequest(stdin=io(close=True))]
+        out = list(p2.driver.ExecTaskStreaming(iter(msgs), timeout=RPC_TIMEOUT))
+        assert b"".join(m.stdout.data for m in out) == b"in\n", out
+        assert out[-1].exited and out[-1].HasField("result") and out[-1].result.exit_code == 0
 
         results = []
         waiter = threading.Thread(target=lambda: results.append(p2.driver.WaitTask(

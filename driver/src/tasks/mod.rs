@@ -11,11 +11,13 @@
 //! - [`wait`] — WaitTask, InspectTask and TaskStats;
 //! - [`stop`] — StopTask, SignalTask and DestroyTask;
 //! - [`recover`] — RecoverTask;
+//! - [`exec`] — ExecTaskStreaming and ExecTask (relayed to the shim's Exec);
 //! - [`entry`] — one task as the plugin knows it, and what to do when its shim is gone;
 //! - [`handle`] — `driver_state`; [`status`] — Nomad's recoverable/permanent start errors.
 
 mod command;
 mod entry;
+mod exec;
 pub(crate) mod handle;
 mod launch;
 mod recover;

@@ -32,6 +32,10 @@ pub struct Script {
     pub stops: Mutex<Vec<api::StopRequest>>,
     pub signals: Mutex<Vec<String>>,
     pub shutdowns: Mutex<u32>,
+    /// Every Exec request received, setups included.
+    pub exec_requests: Mutex<Vec<api::ExecRequest>>,
+    /// Counts Exec calls whose caller went away before the command ended.
+    pub exec_abandoned: watch::Sender<u32>,
 }
 
 impl Default for Script {
@@ -49,6 +53,8 @@ impl Default for Script {
             stops: Mutex::new(Vec::new()),
             signals: Mutex::new(Vec::new()),
             shutdowns: Mutex::new(0),
+            exec_requests: Mutex::new(Vec::new()),
+            exec_abandoned: watch::channel(0).0,
         }
     }
 }
@@ -143,6 +149,158 @@ impl executor_server::Executor for FakeExecutor {
     ) -> Result<Response<api::ShutdownResponse>, Status> {
         *self.script.shutdowns.lock().unwrap() += 1;
         Ok(Response::new(api::ShutdownResponse {}))
+    }
+    type ExecStream = tonic::codegen::BoxStream<api::ExecResponse>;
+    async fn exec(
+        &self,
+        r: Request<tonic::Streaming<api::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut inbound = r.into_inner();
+        let first = inbound.message().await?.unwrap_or_default();
+        let command = first.setup.as_ref().map(|s| s.command.clone());
+        *self.script.exec_requests.lock().unwrap() = vec![first];
+        match command
+            .as_deref()
+            .and_then(|c| c.first())
+            .map(String::as_str)
+        {
+            Some("echo" | "cat" | "sleep" | "flood" | "killed" | "noexit") => {}
+            Some(other) => {
+                return Err(Status::not_found(format!(
+                    "{other:?} was not found inside the task"
+                )))
+            }
+            None => return Err(Status::invalid_argument("no setup")),
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(fake_exec(self.script.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The fake shim's commands (`command[0]` of the setup):
+/// - `echo ARGS…`: `ARGS\n` on stdout, `err\n` on stderr, both closed, exit 3;
+/// - `cat`: stdin back on stdout (a tty size as `[rows x cols]`) until stdin's close, exit 0;
+/// - `sleep`: runs until the caller goes away (counted in `exec_abandoned`);
+/// - `flood`: 10 KiB of `o` on stdout, then `END` on stderr, exit 0;
+/// - `killed`: exit 137 by signal 9; `noexit`: the stream ends without an exit;
+/// - anything else: refused, NOT_FOUND.
+async fn fake_exec(
+    script: Arc<Script>,
+    mut inbound: tonic::Streaming<api::ExecRequest>,
+    tx: tokio::sync::mpsc::Sender<Result<api::ExecResponse, Status>>,
+) {
+    let reply = |m: api::ExecResponse| async { tx.send(Ok(m)).await.is_ok() };
+    let exit = |code: i32, signal: i32| api::ExecResponse {
+        exit: Some(api::ExitStatus {
+            exit_code: code,
+            signal,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let setup = script.exec_requests.lock().unwrap()[0]
+        .setup
+        .clone()
+        .unwrap_or_default();
+    let args = setup.command.clone();
+    if !reply(api::ExecResponse {
+        pid: 4242,
+        ..Default::default()
+    })
+    .await
+    {
+        return;
+    }
+    match args[0].as_str() {
+        "echo" => {
+            for m in [
+                api::ExecResponse {
+                    stdout: format!("{}\n", args[1..].join(" ")).into_bytes(),
+                    ..Default::default()
+                },
+                api::ExecResponse {
+                    stderr: b"err\n".to_vec(),
+                    stdout_closed: true,
+                    stderr_closed: true,
+                    ..Default::default()
+                },
+                exit(3, 0),
+            ] {
+                reply(m).await;
+            }
+        }
+        "cat" => loop {
+            let m = tokio::select! {
+                m = inbound.message() => m,
+                _ = tx.closed() => break,
+            };
+            let Ok(Some(m)) = m else {
+                script.exec_abandoned.send_modify(|n| *n += 1);
+                return;
+            };
+            script.exec_requests.lock().unwrap().push(m.clone());
+            if let Some(sz) = m.tty_size {
+                reply(api::ExecResponse {
+                    stdout: format!("[{} x {}]", sz.rows, sz.cols).into_bytes(),
+                    ..Default::default()
+                })
+                .await;
+            }
+            if !m.stdin.is_empty() {
+                reply(api::ExecResponse {
+                    stdout: m.stdin,
+                    ..Default::default()
+                })
+                .await;
+            }
+            if m.stdin_close {
+                reply(api::ExecResponse {
+                    stdout_closed: true,
+                    stderr_closed: true,
+                    ..Default::default()
+                })
+                .await;
+                reply(exit(0, 0)).await;
+                return;
+            }
+        },
+        "sleep" => {
+            loop {
+                tokio::select! {
+                    m = inbound.message() => {
+                        if let Ok(Some(m)) = m {
+                            script.exec_requests.lock().unwrap().push(m);
+                            continue;
+                        }
+                    }
+                    _ = tx.closed() => {}
+                }
+                break;
+            }
+            script.exec_abandoned.send_modify(|n| *n += 1);
+        }
+        "flood" => {
+            for _ in 0..10 {
+                reply(api::ExecResponse {
+                    stdout: vec![b'o'; 1024],
+                    ..Default::default()
+                })
+                .await;
+            }
+            reply(api::ExecResponse {
+                stderr: b"END".to_vec(),
+                ..Default::default()
+            })
+            .await;
+            reply(exit(0, 0)).await;
+        }
+        "killed" => {
+            reply(exit(137, 9)).await;
+        }
+        _ => {}
     }
 }
 

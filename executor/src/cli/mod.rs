@@ -1,6 +1,7 @@
 //! Operator commands over the node-wide task index (`<runtime_dir>/<key>.state` links):
-//! `status`, `stop`, `signal`.
+//! `status`, `stop`, `signal`, `exec`.
 
+pub mod exec;
 pub mod signal;
 pub mod status;
 pub mod stop;

@@ -19,20 +19,7 @@ use std::process::Command;
 
 /// Runs `sandbox-init` and exits; never returns.
 pub fn main() -> ! {
-    // A panic must not look like success (EOF on the error pipe) to the shim.
-    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Failure::new(
-            Step::Plan,
-            format!("sandbox-init panicked: {what}"),
-            &io::Error::from_raw_os_error(libc::EINVAL),
-        ))
-    });
-    let code = match outcome {
+    let code = match super::report::catch_panic("sandbox-init", run) {
         Ok(code) => code,
         Err(f) => {
             f.send(ERROR_FD);
@@ -52,7 +39,7 @@ fn run() -> Result<i32, Failure> {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let plan = read_plan()?;
+    let plan: Plan = read_plan()?;
     // The shim's umask (077) came along: the mount points made in the hiding tmpfs dirs must
     // be traversable by the task user. The task's own umask is set at the end.
     // SAFETY: umask has no preconditions.
@@ -103,7 +90,8 @@ fn run() -> Result<i32, Failure> {
     Err(Failure::new(Step::Exec, "", &e))
 }
 
-fn read_plan() -> Result<Plan, Failure> {
+/// Reads the plan (JSON) from [`PLAN_FD`]; `sandbox-exec` reads its own the same way.
+pub(crate) fn read_plan<T: serde::de::DeserializeOwned>() -> Result<T, Failure> {
     // SAFETY: PLAN_FD was passed for this process alone; the File owns and closes it.
     let mut f = unsafe { std::fs::File::from_raw_fd(PLAN_FD) };
     let mut body = Vec::new();

@@ -26,10 +26,13 @@ pub enum Step {
     ParentGone = 16,
     Cwd = 17,
     Exec = 18,
+    // In `sandbox-exec` (a command run inside the task).
+    Enter = 19,
+    Terminal = 20,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 16] = [
         Step::Session,
         Step::Cgroup,
         Step::Fds,
@@ -44,6 +47,8 @@ impl Step {
         Step::ParentGone,
         Step::Cwd,
         Step::Exec,
+        Step::Enter,
+        Step::Terminal,
     ];
 
     pub fn from_byte(b: u8) -> Option<Step> {
@@ -67,6 +72,8 @@ impl Step {
             Step::ParentGone => "checking that the shim is still there",
             Step::Cwd => "entering the working directory",
             Step::Exec => "exec",
+            Step::Enter => "entering the task's namespaces",
+            Step::Terminal => "setting up the terminal",
         }
     }
 }
@@ -118,6 +125,26 @@ impl Failure {
         // SAFETY: a write of an owned buffer to a raw fd number.
         unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
     }
+}
+
+/// Runs `f` (the body of `sandbox-init` or `sandbox-exec`), turning a panic into a failed
+/// [`Step::Plan`]: a panic must never look like success (EOF on the error pipe) to the shim.
+pub fn catch_panic<T>(
+    program: &str,
+    f: impl FnOnce() -> Result<T, Failure> + std::panic::UnwindSafe,
+) -> Result<T, Failure> {
+    std::panic::catch_unwind(f).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Failure::new(
+            Step::Plan,
+            format!("{program} panicked: {what}"),
+            &std::io::Error::from_raw_os_error(libc::EINVAL),
+        ))
+    })
 }
 
 /// The fixed-size frame header; used as it is by the forked child (no allocation).
