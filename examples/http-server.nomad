@@ -76,6 +76,7 @@ job "elide-web" {
         data        = <<EOF
 import argparse
 import os
+import queue
 import signal
 import sys
 import threading
@@ -115,30 +116,37 @@ class Handler(BaseHTTPRequestHandler):
 
 server = ThreadingHTTPServer((opts.host, opts.port), Handler)
 server.daemon_threads = False  # server_close() waits for in-flight requests
-stop = threading.Event()
+signals = queue.SimpleQueue()
 
 
-def on_usr1(signum, frame):
-    log("received SIGUSR1")
+def on_signal(signum, frame):
+    # Only queue it (SimpleQueue.put is safe in a handler). A handler that printed could
+    # interrupt a print() -- its own, when a second signal comes -- and fail with
+    # "reentrant call inside BufferedWriter".
+    signals.put(signum)
 
 
-def on_usr2(signum, frame):
-    log("received SIGUSR2")
-    stop.set()
+def control():
+    while True:
+        signum = signals.get()
+        log("received " + signal.Signals(signum).name)
+        if signum == signal.SIGUSR2:
+            log("shutting down gracefully")
+            server.shutdown()  # serve_forever returns: no new connections
+            return
 
 
-signal.signal(signal.SIGUSR1, on_usr1)
-signal.signal(signal.SIGUSR2, on_usr2)
-
-threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+signal.signal(signal.SIGUSR1, on_signal)
+signal.signal(signal.SIGUSR2, on_signal)
+threading.Thread(target=control, name="control", daemon=True).start()
 log("NOMAD_ALLOC_ID=" + ALLOC)
 log("GREETING=" + os.environ.get("GREETING", "<not visible>"))
 log("LOG_LEVEL=" + LOG_LEVEL)
 log("listening on http://" + opts.host + ":" + str(opts.port))
 
-stop.wait()
-log("shutting down gracefully")
-server.shutdown()      # stop accepting connections
+# The main thread serves: Python runs signal handlers only on it, and serve_forever wakes at
+# least every poll interval (0.5 s) even when another thread took the signal.
+server.serve_forever()
 server.server_close()  # let in-flight requests finish
 log("bye")
 sys.exit(0)

@@ -33,6 +33,10 @@ enum Cmd {
         /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.
         #[arg(long)]
         ready_fd: Option<i32>,
+        /// The task id (`<alloc id>/<task name>/<n>`), so `ps` shows which task a shim runs;
+        /// it must be the spec's `task_id`.
+        #[arg(long)]
+        task: String,
     },
     /// Run one shim in the foreground without Nomad, for debugging: starts the runtime,
     /// serves the socket (status/stop/signal work), exits with the runtime's exit code.
@@ -149,7 +153,7 @@ fn main() {
 }
 
 /// `serve`: everything before READY that can fail reports `ERROR <message>` on the ready fd.
-async fn serve_cmd(spec_path: &Path, mut ready: Ready) -> anyhow::Result<i32> {
+async fn serve_cmd(spec_path: &Path, task: &str, mut ready: Ready) -> anyhow::Result<i32> {
     let spec = match serve::read_spec(spec_path) {
         Ok(s) => s,
         Err(e) => {
@@ -157,6 +161,15 @@ async fn serve_cmd(spec_path: &Path, mut ready: Ready) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
+    // The command line names the task for operators (`ps`); it must not name another one.
+    if spec.task_id != task {
+        let msg = format!(
+            "--task {task:?} is not the spec's task_id {:?}; pass the task id of the spec",
+            spec.task_id
+        );
+        ready.error(&msg);
+        anyhow::bail!(msg);
+    }
     let dir = spec
         .state_path
         .parent()
@@ -184,7 +197,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 async fn run(cli: Cli, ready: Ready) -> anyhow::Result<i32> {
     match cli.cmd {
-        Cmd::Serve { spec, .. } => serve_cmd(&spec, ready).await,
+        Cmd::Serve { spec, task, .. } => serve_cmd(&spec, &task, ready).await,
         Cmd::Run { spec } => {
             executor::logging::to_stderr();
             let spec = serve::read_spec(&spec)?;

@@ -53,7 +53,7 @@ async fn a_closed_ready_fd_is_not_adopted() {
     let dir = short_dir();
     let s = spec(dir.path(), "exit 7");
     let p = write_spec(&s, dir.path());
-    let child = spawn_serve(&p, ServeFds::default());
+    let child = spawn_serve(&p, &s.task_id, ServeFds::default());
     let shim = Shim::of(s, &p, child, String::new());
     until_serving(&shim.spec.socket_path).await;
     let mut c = shim.client().await;
@@ -78,6 +78,7 @@ async fn a_ready_fd_that_is_not_a_pipe_is_left_alone() {
     let file = OwnedFd::from(std::fs::File::create(&victim).unwrap());
     let child = spawn_serve(
         &p,
+        &s.task_id,
         ServeFds {
             fd3: Some(file.as_raw_fd()),
             ..Default::default()
@@ -142,6 +143,7 @@ async fn idle_connections_beyond_the_fd_limit_neither_spin_nor_lock_out_a_client
     let (r, w) = ready_pipe();
     let child = spawn_serve(
         &p,
+        &s.task_id,
         ServeFds {
             fd3: Some(w.as_raw_fd()),
             nofile: Some(64),
@@ -240,6 +242,7 @@ async fn the_task_env_reaches_the_runtime_but_never_the_disk() {
     let (r, w) = ready_pipe();
     let mut child = spawn_serve(
         Path::new("-"),
+        &s.task_id,
         ServeFds {
             fd3: Some(w.as_raw_fd()),
             piped_stdin: true,

@@ -555,7 +555,8 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
 }
 
 /// A hidden dir (like /run) keeps visible what the plugin lists as readable (Elide's home,
-/// the target of /etc/resolv.conf), and only that: a file is bound over an empty file.
+/// the target of /etc/resolv.conf), and only that: a file is bound over an empty file. So
+/// does the private /tmp (an operator's absolute_script_dirs entry there), read-only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readable_paths_stay_visible_below_a_hidden_dir() {
     if !root() {
@@ -567,8 +568,20 @@ echo "resolv=$(cat $RUNLIKE/resolve/stub-resolv.conf)"
 echo "listing=$(ls $RUNLIKE | tr '\n' ' ')"
 echo "sock=$(test -e $RUNLIKE/docker.sock && echo present || echo absent)"
 echo "home=$(cat $RUNLIKE/elide/resources/x)"
+echo "script=$(cat $APPS/app.py)"
+echo "tmp_sibling=$(test -e $APPS/../sibling && echo present || echo absent)"
+echo "write_apps=$(touch $APPS/x 2>/dev/null && echo yes || echo no)"
 "#,
     );
+    let tmp = tempfile::Builder::new()
+        .prefix("eesb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let apps = tmp.path().join("apps");
+    mkdirs(&[&apps]);
+    std::fs::write(apps.join("app.py"), "print('app')").unwrap();
+    std::fs::write(tmp.path().join("sibling"), "not for tasks").unwrap();
+    l.spec.env.insert("APPS".into(), apps.display().to_string());
     let runlike = l.outside.join("run");
     mkdirs(&[&runlike.join("resolve"), &runlike.join("elide/resources")]);
     std::fs::write(
@@ -587,6 +600,7 @@ echo "home=$(cat $RUNLIKE/elide/resources/x)"
         runlike.join("resolve/stub-resolv.conf"),
         runlike.join("elide"),
         runlike.join("missing-is-skipped"),
+        apps.clone(),
     ];
     let (exit, kv, text) = run(&l).await;
     assert_eq!(exit.exit_code, 0, "{text}");
@@ -594,4 +608,7 @@ echo "home=$(cat $RUNLIKE/elide/resources/x)"
     assert_eq!(kv["home"], "resources", "{text}");
     assert_eq!(kv["listing"], "elide resolve", "{text}");
     assert_eq!(kv["sock"], "absent", "{text}");
+    assert_eq!(kv["script"], "print('app')", "{text}");
+    assert_eq!(kv["tmp_sibling"], "absent", "{text}");
+    assert_eq!(kv["write_apps"], "no", "{text}");
 }

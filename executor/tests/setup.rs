@@ -3,7 +3,7 @@
 mod support;
 
 use common::proto::executor as api;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use support::*;
 
@@ -60,6 +60,40 @@ fn a_bad_spec_is_reported_on_the_ready_fd_with_the_fix() {
     assert!(
         line.contains("is invalid") && line.contains("docs/executor.md"),
         "{line}"
+    );
+}
+
+/// `--task` shows operators which task a shim runs (`ps`); it cannot name another task than
+/// the spec's.
+#[test]
+fn the_command_line_names_the_specs_task_and_nothing_else() {
+    let dir = short_dir();
+    let s = spec(dir.path(), "exit 0");
+    let p = write_spec(&s, dir.path());
+    let (r, w) = ready_pipe();
+    let fds = ServeFds {
+        fd3: Some(w.as_raw_fd()),
+        ..Default::default()
+    };
+    let mut child = spawn_serve(&p, "other-alloc/web/0", fds);
+    drop(w);
+    let line = read_ready(r);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(
+        line.starts_with("ERROR --task \"other-alloc/web/0\" is not the spec's task_id")
+            && line.contains(&s.task_id),
+        "{line}"
+    );
+
+    let shim = launch(s.clone(), dir.path());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", shim.pid())).unwrap();
+    let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert!(
+        words
+            .windows(2)
+            .any(|w| w[0] == b"--task" && w[1] == s.task_id.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
     );
 }
 

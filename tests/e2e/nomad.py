@@ -595,7 +595,10 @@ class NomadAgent:
             f"ports {{\n  http = {self.http_port}\n  rpc  = {self.rpc_port}\n"
             f"  serf = {self.serf_port}\n}}",
         ]
-        client = [f"cni_path = {hcl_string(CNI_PATH)}"]
+        # The tests read logs and task states of finished allocations: the client must not
+        # collect them because the shared machine's disk is over Nomad's 80 % default.
+        client = [f"cni_path = {hcl_string(CNI_PATH)}",
+                  "gc_disk_usage_threshold  = 99", "gc_inode_usage_threshold = 99"]
         if self.mode == "persistent":
             parts += [
                 f"data_dir = {hcl_string(self.data_dir)}",
@@ -1174,19 +1177,66 @@ def executor_status(agent: "NomadAgent") -> list[dict]:
 
 
 def alloc_procs(alloc_id: str) -> list[Proc]:
-    """Live processes of an allocation: its shims (the spec path names the alloc) and
-    everything running in its task dirs."""
-    out = []
-    for p in all_procs().values():
-        if p.state in ("Z", "X"):
-            continue
+    """Live processes of an allocation: its shims (`elide-executor serve … --task <task id>`,
+    and a task id starts with the alloc id), everything below them (the sandbox's init, the
+    runtime, its children however they left the session) and anything else running in its
+    task dirs."""
+    procs = all_procs()
+    out: dict[int, Proc] = {}
+    for p in procs.values():
         try:
             cwd = os.readlink(f"/proc/{p.pid}/cwd")
         except OSError:
             cwd = ""
-        if alloc_id in p.cmdline or alloc_id in cwd:
-            out.append(p)
-    return out
+        if f"--task {alloc_id}/" in p.cmdline:
+            out[p.pid] = p
+            out.update((d.pid, d) for d in descendants(p.pid, procs))
+        elif alloc_id in cwd:
+            out[p.pid] = p
+    return [p for p in out.values() if p.state not in ("Z", "X")]
+
+
+def ns_pid_of(pid: int) -> Optional[int]:
+    """The pid a process has in its own (innermost) PID namespace: the last NSpid field."""
+    m = re.search(r"^NSpid:\s+(.*)$", _read(f"/proc/{pid}/status") or "", re.M)
+    return int(m.group(1).split()[-1]) if m else None
+
+
+def in_pid_namespace_of(init_pid: int, ns_pids: Iterable[int]) -> list[Optional[Proc]]:
+    """The host processes behind pids as a task sees them (what its app prints): searched
+    among `init_pid` (the shim's `runtime_pid`: the sandbox's PID 1, or the runtime itself
+    with pid_mode = "host") and its descendants in the same PID namespace. None for a pid
+    not found."""
+    try:
+        ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return [None for _ in ns_pids]
+    by_ns_pid: dict[int, Proc] = {}
+    for p in [proc_info(init_pid)] + descendants(init_pid):
+        if p is None:
+            continue
+        try:
+            if os.readlink(f"/proc/{p.pid}/ns/pid") != ns:
+                continue
+        except OSError:
+            continue
+        n = ns_pid_of(p.pid)
+        if n is not None:
+            by_ns_pid[n] = p
+    return [by_ns_pid.get(n) for n in ns_pids]
+
+
+def runtime_of(runtime_pid: int) -> Optional[Proc]:
+    """The runtime (Elide) itself. A shim's `runtime_pid` is the sandbox's PID 1
+    (`elide-executor sandbox-init`) when the task has a private PID namespace; the runtime is
+    the first child it started. Otherwise `runtime_pid` is the runtime."""
+    init = proc_info(runtime_pid)
+    if init is None or "sandbox-init" not in init.cmdline:
+        return init
+    # Orphans of the task are re-parented to the init too: they started later, or in the
+    # same clock tick with a higher pid in the namespace (which allocates them in order).
+    children = [p for p in all_procs().values() if p.ppid == runtime_pid]
+    return min(children, key=lambda p: (p.start, ns_pid_of(p.pid) or 0), default=None)
 
 
 def describe_task(ts: dict) -> str:

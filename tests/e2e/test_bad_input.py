@@ -302,10 +302,17 @@ def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_
     aid = agent.first_alloc(job["ID"])["ID"]
     agent.wait_task(aid, "t", "running")
     out = agent.wait_logs(aid, "t", "children ")
-    pids = [int(p) for p in re.search(r"children (\d+) (\d+)", out).groups()]
-    children = [nm.proc_info(p) for p in pids]
-    assert all(children), pids
     row = row_of(agent, aid)
+    assert f"--task {row['task_id']}" in nm.proc_info(row["shim_pid"]).cmdline, row
+    # The app prints its children's pids as its PID namespace numbers them: find them on the
+    # host below the namespace's init (the row's runtime_pid), by their NSpid.
+    ns_pids = [int(p) for p in re.search(r"children (\d+) (\d+)", out).groups()]
+    children = nm.in_pid_namespace_of(row["runtime_pid"], ns_pids)
+    assert all(children), (ns_pids, row)
+    assert all(c.cmdline == "sleep 1000" for c in children), [c.describe() for c in children]
+    # And everything else of the task: the init, the runtime and all below them.
+    task = [nm.proc_info(row["runtime_pid"])] + nm.descendants(row["runtime_pid"])
+    assert len(task) >= 4 and all(task), task
 
     # `nomad alloc signal -s SIGFOO`: refused, naming the signal; the task is unharmed.
     r = agent.cli("alloc", "signal", "-s", "SIGFOO", aid, "t", check=False)
@@ -326,7 +333,7 @@ def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_
     ts = agent.wait_task(aid, "t", "dead")
     text = events_text(ts)
     assert "died unexpectedly" in text and "was killed so nothing is left orphaned" in text, text
-    left = nm.wait_gone(children, 15)
+    left = nm.wait_gone(children + task, 15)
     assert not left, "outlived the shim: " + ", ".join(p.describe() for p in left)
     if os.geteuid() == 0:
         assert own_cgroups, row
@@ -424,7 +431,10 @@ def test_secrets_stay_off_the_disk_and_the_runtime_dir_is_private(bad_agent):
     out = agent.wait_logs(aid, "t", "VAULT_TOKEN len")
     assert f"VAULT_TOKEN len {len(VAULT_VALUE)}" in out, out
     row = row_of(agent, aid)
-    environ = open(f"/proc/{row['runtime_pid']}/environ", "rb").read().split(b"\0")
+    # The runtime itself (the row's runtime_pid is the PID namespace's init above it).
+    runtime = nm.runtime_of(row["runtime_pid"])
+    assert runtime and "elide-executor" not in runtime.cmdline, (row, runtime)
+    environ = open(f"/proc/{runtime.pid}/environ", "rb").read().split(b"\0")
     env = dict(e.split(b"=", 1) for e in environ if b"=" in e)
     nomad_token = env.get(b"NOMAD_TOKEN", b"")
     assert len(nomad_token) > 20 and env.get(b"VAULT_TOKEN") == VAULT_VALUE.encode(), sorted(env)

@@ -1,7 +1,7 @@
-//! Starting a task's shim: spawn `elide-executor serve --spec -` detached from the plugin
-//! (own session, no inherited fds), hand it the spec on its stdin (a pipe: the task's
-//! environment holds secrets and is never written to disk), wait for its readiness line on
-//! another pipe.
+//! Starting a task's shim: spawn `elide-executor serve --spec - --ready-fd 3 --task <task id>`
+//! detached from the plugin (own session, no inherited fds), hand it the spec on its stdin (a
+//! pipe: the task's environment holds secrets and is never written to disk), wait for its
+//! readiness line on another pipe.
 //!
 //! [`Launcher`] is the seam the lifecycle is tested through: the unit tests launch a fake
 //! shim (a gRPC server on the spec's socket) instead of a process.
@@ -102,6 +102,10 @@ pub async fn launch_shim(
         .arg("-")
         .arg("--ready-fd")
         .arg(READY_FD.to_string())
+        // For operators: `ps` shows which task each shim runs (the shim checks it against
+        // the spec).
+        .arg("--task")
+        .arg(&spec.task_id)
         // Never the plugin's stdio: go-plugin waits for EOF on our stderr pipe to notice that
         // the plugin died, and a shim holding it would hide that forever. Stdin is a pipe of
         // its own for the spec (the shim swaps it for /dev/null once read).

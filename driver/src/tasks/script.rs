@@ -19,6 +19,9 @@ pub struct Script {
     pub arg: String,
     /// Set when the execute bits of the task's own file were cleared (a task event says so).
     pub cleared_exec_bits: bool,
+    /// The `absolute_script_dirs` entry an absolute script was found beneath (None for the
+    /// task dir): the sandbox shows it to the task, read-only.
+    pub allowed_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +183,7 @@ pub fn check(
         return Ok(Script {
             arg,
             cleared_exec_bits: false,
+            allowed_dir: (!at.in_task_dir).then_some(at.base),
         });
     }
     if !at.in_task_dir {
@@ -208,6 +212,7 @@ pub fn check(
     Ok(Script {
         arg,
         cleared_exec_bits: true,
+        allowed_dir: None,
     })
 }
 
@@ -336,9 +341,20 @@ mod tests {
         std::fs::create_dir_all(apps.join("v1")).unwrap();
         let app = apps.join("v1/app.py");
         std::fs::write(&app, "print(1)\n").unwrap();
-        let allowed = [apps.clone()];
+        let allowed = [alloc.path().join("other"), apps.clone()];
         let s = check(app.to_str().unwrap(), &task_dir, &allowed).unwrap();
         assert_eq!(s.arg, app.display().to_string());
+        // The entry it was found beneath (not the script's own dir: it may import siblings),
+        // for the sandbox to show; none for the task's own scripts.
+        assert_eq!(s.allowed_dir.as_deref(), Some(apps.as_path()));
+        let own = task_dir.join("local/own.py");
+        std::fs::write(&own, "print(1)\n").unwrap();
+        for script in ["local/own.py", own.to_str().unwrap()] {
+            assert_eq!(
+                check(script, &task_dir, &allowed).unwrap().allowed_dir,
+                None
+            );
+        }
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = check(app.to_str().unwrap(), &task_dir, &allowed)
             .unwrap_err()

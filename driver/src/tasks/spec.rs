@@ -30,6 +30,10 @@ pub struct SpecInput<'a> {
     /// `/run/systemd/resolve/…`, resolvconf's `/run/resolvconf/…`): kept visible too, or a
     /// hidden `/run` would take DNS away.
     pub resolv_conf: Option<&'a Path>,
+    /// The operator's `absolute_script_dirs` entry holding the script, when it is not in the
+    /// task dir: kept visible (read-only) too, or the private `/tmp` or a hidden path could
+    /// take the script away from the runtime.
+    pub script_dir: Option<&'a Path>,
 }
 
 /// Why a task cannot be turned into a spec; every case is the job's or the operator's to fix.
@@ -110,7 +114,9 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
 /// hidden: the allocations root (other allocations, this alloc's other tasks and the shims'
 /// state in `<alloc>/.elide`), Nomad's data dir when the alloc dir sits in its default place
 /// (`<data_dir>/alloc/<id>`: the client state DB), the plugin's runtime dir (shim sockets),
-/// the task's `private/` dir, and the operator's `hidden_paths`.
+/// the task's `private/` dir, and the operator's `hidden_paths`; kept readable even below
+/// a hidden path or in the private `/tmp`: Elide's home, resolv.conf's target and the
+/// allowed dir of an absolute script.
 pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
     let (plugin, config, task) = (i.plugin, i.config, i.task);
     let capabilities =
@@ -184,7 +190,7 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         ipc_mode: config.ipc_mode.unwrap_or(plugin.default_ipc_mode),
         fs_isolation: plugin.fs_isolation,
         writable_paths: vec![task_dir, alloc_dir.join("alloc")],
-        readable_paths: [Some(i.elide_home), i.resolv_conf]
+        readable_paths: [Some(i.elide_home), i.resolv_conf, i.script_dir]
             .into_iter()
             .flatten()
             .map(Path::to_path_buf)
@@ -342,6 +348,7 @@ mod tests {
             task_tmp_exists: false,
             elide_home: Path::new("/usr/bin"),
             resolv_conf: None,
+            script_dir: None,
         };
         let s = build_spec(&input).unwrap();
         assert_eq!(s.cwd, Path::new("/var/nomad/alloc/a1/web"));
@@ -391,6 +398,7 @@ mod tests {
             task_tmp_exists: true,
             elide_home: Path::new("/usr/bin"),
             resolv_conf: None,
+            script_dir: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("runtime_dir"), "{e}");
@@ -410,6 +418,7 @@ mod tests {
             task_tmp_exists: true,
             elide_home: Path::new("/opt/elide/1.0"),
             resolv_conf: Some(Path::new("/run/systemd/resolve/stub-resolv.conf")),
+            script_dir: None,
         })
     }
 
@@ -470,6 +479,28 @@ mod tests {
         task.alloc_dir = "/a1".into();
         let s = sandbox_for(&plugin, &config, &task).unwrap();
         assert!(s.hidden_paths.iter().all(|p| p.parent().is_some()), "{s:?}");
+    }
+
+    #[test]
+    fn an_absolute_script_keeps_its_allowed_dir_readable_in_the_sandbox() {
+        let (plugin, config, task) = (PluginConfig::default(), TaskConfig::default(), nomad_task());
+        let s = sandbox_of(&SpecInput {
+            plugin: &plugin,
+            config: &config,
+            task: &task,
+            elide: Path::new("/usr/bin/elide"),
+            script: "/tmp/apps/v1/app.py",
+            task_tmp_exists: true,
+            elide_home: Path::new("/usr/bin"),
+            resolv_conf: None,
+            script_dir: Some(Path::new("/tmp/apps")),
+        })
+        .unwrap();
+        assert_eq!(
+            s.readable_paths,
+            [PathBuf::from("/usr/bin"), PathBuf::from("/tmp/apps")]
+        );
+        assert!(!s.writable_paths.iter().any(|p| p.starts_with("/tmp")));
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct NodeFacts {
     elide_home: PathBuf,
     /// The target of `/etc/resolv.conf` when it is a symlink.
     resolv_conf: Option<PathBuf>,
+    /// The `absolute_script_dirs` entry holding an absolute script.
+    script_dir: Option<PathBuf>,
     /// Task events to publish (e.g. execute bits cleared on the script).
     events: Vec<String>,
 }
@@ -62,6 +64,7 @@ impl Tasks {
             task_tmp_exists: facts.task_tmp_exists,
             elide_home: &facts.elide_home,
             resolv_conf: facts.resolv_conf.as_deref(),
+            script_dir: facts.script_dir.as_deref(),
         })
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
@@ -179,7 +182,7 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
             tc.script
         ));
     }
-    let script = checked.arg;
+    let (script, script_dir) = (checked.arg, checked.allowed_dir);
     let bins = fingerprint::locate_binaries(cfg);
     let own_elide = tc.elide_opts.as_ref().and_then(|o| o.elide_binary.clone());
     let elide = match (own_elide, bins.elide) {
@@ -221,6 +224,7 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
     Ok(NodeFacts {
         elide_home,
         resolv_conf,
+        script_dir,
         elide,
         executor,
         script,

@@ -888,6 +888,53 @@ mod tests {
         );
     }
 
+    /// An operator's absolute_script_dirs entry (a readable path) is bound back into the
+    /// private /tmp and below a hidden dir, read-only, while hides below it still apply.
+    #[test]
+    fn readable_paths_come_back_in_the_private_tmp_and_below_hidden_dirs() {
+        let mut s = spec();
+        s.readable_paths = vec![
+            "/opt/elide".into(),
+            "/tmp/pytest-of-root/allowed0/apps".into(),
+            "/var/lib/apps".into(),
+            "/srv/apps".into(),
+        ];
+        s.hidden_paths.extend([
+            "/var/lib".into(),
+            "/tmp/pytest-of-root".into(),
+            "/srv/apps/keys".into(),
+        ]);
+        let p = plan(&s, Path::new("/var/lib/nomad/alloc/a1/web"), &[]);
+        assert_eq!(
+            ops(&p),
+            [
+                "hide /run/nomad-driver-elide",
+                "hide /var/lib",
+                "bind-ro /opt/elide",
+                "bind-ro /srv/apps",
+                // After the bind it is below.
+                "hide /srv/apps/keys",
+                // After the hide it is below (made in its tmpfs).
+                "bind-ro /var/lib/apps",
+                // After the private /tmp (made in it); /tmp/pytest-of-root needs no hide.
+                "bind-ro /tmp/pytest-of-root/allowed0/apps",
+                "bind-rw /var/lib/nomad/alloc/a1/web",
+                "bind-rw /var/lib/nomad/alloc/a1/alloc",
+                "hide /var/lib/nomad/alloc/a1/web/private",
+            ]
+        );
+        assert!(p.private_tmp);
+        // Missing on the host: skipped, never a failed start.
+        assert!(p.overlays.iter().all(|o| !matches!(
+            o,
+            Overlay::Bind {
+                writable: false,
+                required: true,
+                ..
+            }
+        )));
+    }
+
     #[test]
     fn none_keeps_the_host_view_and_only_sets_up_namespaces_and_volumes() {
         let mut s = spec();

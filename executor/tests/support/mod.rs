@@ -145,13 +145,13 @@ pub struct ServeFds {
     pub piped_stdin: bool,
 }
 
-/// Spawns `elide-executor serve --spec <spec> --ready-fd 3` the way the plugin does (own
-/// session, stdout/stderr on /dev/null), with `fds` arranged in the child.
-pub fn spawn_serve(spec: &Path, fds: ServeFds) -> Child {
+/// Spawns `elide-executor serve --spec <spec> --ready-fd 3 --task <task_id>` the way the
+/// plugin does (own session, stdout/stderr on /dev/null), with `fds` arranged in the child.
+pub fn spawn_serve(spec: &Path, task_id: &str, fds: ServeFds) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--spec"])
         .arg(spec)
-        .args(["--ready-fd", "3"])
+        .args(["--ready-fd", "3", "--task", task_id])
         .stdin(if fds.piped_stdin {
             Stdio::piped()
         } else {
@@ -214,6 +214,16 @@ pub fn read_ready(r: OwnedFd) -> String {
     line
 }
 
+/// The task id a spec file names, for `--task`; a placeholder for a file that is missing or
+/// not a spec (the shim refuses those before it compares `--task`).
+pub fn task_id_of(spec_path: &Path) -> String {
+    std::fs::read(spec_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("task_id")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "no-spec/t/0".into())
+}
+
 /// Starts `elide-executor serve` like the plugin does and reads its readiness line.
 /// `extra_fd`: an fd left open (not CLOEXEC) in the shim as fd 7, to check the shim does not
 /// pass inherited fds on to the runtime.
@@ -221,6 +231,7 @@ pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, Strin
     let (r, w) = ready_pipe();
     let child = spawn_serve(
         spec_path,
+        &task_id_of(spec_path),
         ServeFds {
             fd3: Some(w.as_raw_fd()),
             fd7: extra_fd.map(|f| f.as_raw_fd()),
