@@ -96,6 +96,38 @@ impl RunMode {
     }
 }
 
+/// Who writes a task's log files (`log_collection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogCollection {
+    /// The task's shim reads its output and writes Nomad's rotated log files; the plugin
+    /// reports `DisableLogCollection`, so Nomad (>= 1.6) starts no `logmon` for the task.
+    #[default]
+    Executor,
+    /// Nomad's `logmon` per task, fed through FIFOs (rotation from the job's `logs {}`).
+    Nomad,
+}
+
+impl LogCollection {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogCollection::Executor => "executor",
+            LogCollection::Nomad => "nomad",
+        }
+    }
+
+    fn parse(field: &str, v: &str) -> Result<Self, ConfigError> {
+        match v {
+            "executor" => Ok(LogCollection::Executor),
+            "nomad" => Ok(LogCollection::Nomad),
+            other => Err(invalid(
+                field,
+                format!("{other:?} is not one of \"executor\", \"nomad\""),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
     pub enabled: bool,
@@ -110,6 +142,11 @@ pub struct PluginConfig {
     pub pids_limit: u64,
     pub heap_percent: u64,
     pub fifo_open_timeout: Duration,
+    pub log_collection: LogCollection,
+    /// Defaults of the tasks' `log_max_files` / `log_max_file_size` (MiB), for
+    /// `log_collection = "executor"`.
+    pub log_max_files: u32,
+    pub log_max_file_size: u64,
 }
 
 impl Default for PluginConfig {
@@ -127,6 +164,9 @@ impl Default for PluginConfig {
             pids_limit: 0,
             heap_percent: 75,
             fifo_open_timeout: crate::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
+            log_collection: LogCollection::Executor,
+            log_max_files: crate::spec::DEFAULT_LOG_MAX_FILES,
+            log_max_file_size: crate::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
         }
     }
 }
@@ -144,6 +184,9 @@ const PLUGIN_KEYS: &[&str] = &[
     "pids_limit",
     "heap_percent",
     "fifo_open_timeout",
+    "log_collection",
+    "log_max_files",
+    "log_max_file_size",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -330,6 +373,9 @@ impl PluginConfig {
             defaulted("pids_limit", "number", literal("0")),
             defaulted("heap_percent", "number", literal("75")),
             defaulted("fifo_open_timeout", "string", literal_string("10s")),
+            defaulted("log_collection", "string", literal_string("executor")),
+            defaulted("log_max_files", "number", literal("10")),
+            defaulted("log_max_file_size", "number", literal("10")),
         ])
     }
 
@@ -414,8 +460,29 @@ impl PluginConfig {
                 d.fifo_open_timeout,
                 FIFO_OPEN_TIMEOUT_RANGE,
             )?,
+            log_collection: match o.string("log_collection")? {
+                Some(s) => LogCollection::parse("log_collection", &s)?,
+                None => d.log_collection,
+            },
+            log_max_files: log_max_files(&o, "log_max_files")?.unwrap_or(d.log_max_files),
+            log_max_file_size: log_max_file_size(&o, "log_max_file_size")?
+                .unwrap_or(d.log_max_file_size),
         })
     }
+}
+
+/// `log_max_files` (plugin or task config): 1 or more.
+fn log_max_files(o: &Obj<'_>, key: &str) -> Result<Option<u32>, ConfigError> {
+    Ok(o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILES as i64)?
+        .map(|n| n as u32))
+}
+
+/// `log_max_file_size` (plugin or task config), MiB: 1 or more.
+fn log_max_file_size(o: &Obj<'_>, key: &str) -> Result<Option<u64>, ConfigError> {
+    Ok(
+        o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILE_SIZE_MB as i64)?
+            .map(|n| n as u64),
+    )
 }
 
 /// `elide_opts { … }` in the task config.
@@ -442,6 +509,10 @@ pub struct TaskConfig {
     pub flags: Vec<String>,
     pub pids_limit: Option<u64>,
     pub elide_opts: Option<ElideOpts>,
+    /// Overrides of the plugin's `log_max_files` / `log_max_file_size` (MiB) for this task
+    /// (Nomad does not pass the job's `logs {}` block to drivers).
+    pub log_max_files: Option<u32>,
+    pub log_max_file_size: Option<u64>,
 }
 
 const TASK_KEYS: &[&str] = &[
@@ -454,6 +525,8 @@ const TASK_KEYS: &[&str] = &[
     "flags",
     "pids_limit",
     "elide_opts",
+    "log_max_files",
+    "log_max_file_size",
 ];
 const ELIDE_OPTS_KEYS: &[&str] = &[
     "languages",
@@ -530,6 +603,11 @@ impl TaskConfig {
             ),
             ("flags", attr("flags", "list(string)", false)),
             ("pids_limit", attr("pids_limit", "number", false)),
+            ("log_max_files", attr("log_max_files", "number", false)),
+            (
+                "log_max_file_size",
+                attr("log_max_file_size", "number", false),
+            ),
             (
                 "elide_opts",
                 block(
@@ -659,6 +737,8 @@ impl TaskConfig {
             flags,
             pids_limit: o.integer("pids_limit", 0, MAX_PIDS)?.map(|n| n as u64),
             elide_opts,
+            log_max_files: log_max_files(&o, "log_max_files")?,
+            log_max_file_size: log_max_file_size(&o, "log_max_file_size")?,
         })
     }
 }
@@ -702,6 +782,9 @@ mod tests {
             ("pids_limit", Value::from(0u8)),
             ("heap_percent", Value::from(75u8)),
             ("fifo_open_timeout", s("10s")),
+            ("log_collection", s("executor")),
+            ("log_max_files", Value::from(10u8)),
+            ("log_max_file_size", Value::from(10u8)),
         ]
         .into_iter()
         .collect();
@@ -745,6 +828,9 @@ mod tests {
             ("fingerprint_period", s("1m")),
             ("version_timeout", s("2.5s")),
             ("fifo_open_timeout", s("500ms")),
+            ("log_collection", s("nomad")),
+            ("log_max_files", s("3")),
+            ("log_max_file_size", Value::from(1u8)),
             (
                 "runtime_options",
                 strs(&["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]),
@@ -765,6 +851,8 @@ mod tests {
         assert_eq!(c.fingerprint_period, Duration::from_secs(60));
         assert_eq!(c.version_timeout, Duration::from_millis(2500));
         assert_eq!(c.fifo_open_timeout, Duration::from_millis(500));
+        assert_eq!(c.log_collection, LogCollection::Nomad);
+        assert_eq!((c.log_max_files, c.log_max_file_size), (3, 1));
         assert_eq!(
             c.runtime_options,
             ["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]
@@ -820,6 +908,14 @@ mod tests {
             (
                 vec![("fifo_open_timeout", s("2h"))],
                 "fifo_open_timeout: must be between 100ms and 1h0m0s",
+            ),
+            (
+                vec![("log_collection", s("logmon"))],
+                "log_collection: \"logmon\" is not one of \"executor\", \"nomad\"",
+            ),
+            (
+                vec![("log_max_file_size", Value::from(0u8))],
+                "log_max_file_size: must be between 1 and 1048576, got 0",
             ),
             (
                 vec![("heap_percent", Value::from(99u8))],
@@ -983,6 +1079,8 @@ mod tests {
                 ("runtime_options", strs(&["-Xss4m"])),
                 ("flags", strs(&["--js:esm"])),
                 ("pids_limit", Value::from(100u8)),
+                ("log_max_files", Value::from(3u8)),
+                ("log_max_file_size", s("2")),
                 ("elide_opts", elide_opts),
             ]))
             .unwrap();
@@ -996,6 +1094,7 @@ mod tests {
             assert_eq!(t.runtime_options, ["-Xss4m"]);
             assert_eq!(t.flags, ["--js:esm"]);
             assert_eq!(t.pids_limit, Some(100));
+            assert_eq!((t.log_max_files, t.log_max_file_size), (Some(3), Some(2)));
             let o = t.elide_opts.unwrap();
             assert_eq!(o.languages, ["python", "javascript", "typescript"]);
             assert_eq!(o.memory_limit, Some(512));
@@ -1100,6 +1199,14 @@ mod tests {
             (
                 vec![("pids_limit", s("-5"))],
                 "config.pids_limit: must be between 0 and 4194304, got -5",
+            ),
+            (
+                vec![("log_max_files", Value::from(0u8))],
+                "config.log_max_files: must be between 1 and 100000, got 0",
+            ),
+            (
+                vec![("log_max_file_size", s("big"))],
+                "config.log_max_file_size: expected a whole number, got string \"big\"",
             ),
             (
                 vec![(

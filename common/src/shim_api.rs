@@ -19,7 +19,7 @@
 pub const API_PACKAGE: &str = "elide.executor.v1";
 
 /// The level this build's shim speaks and this build's plugin knows about.
-pub const API_LEVEL: u32 = 1;
+pub const API_LEVEL: u32 = 2;
 
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
@@ -31,6 +31,12 @@ const _: () = assert!(MIN_SUPPORTED_LEVEL >= 1 && MIN_SUPPORTED_LEVEL <= API_LEV
 pub fn effective_level(reported: u32) -> u32 {
     reported.max(1)
 }
+
+/// Level 2: the shim's event stream (`Events`), e.g. log files it cannot write.
+pub const EVENTS: Feature = Feature {
+    name: "events from the task's shim (log write failures)",
+    level: 2,
+};
 
 /// A shim capability newer than level 1. The plugin checks it with [`require`] before calling
 /// the RPC that provides it.
@@ -153,7 +159,9 @@ mod tests {
         let line = version_line("elide-executor", "0.2.0+b", "9acac8f0d1e2");
         assert_eq!(
             line,
-            "elide-executor 0.2.0+b (revision 9acac8f0d1e2, shim API elide.executor.v1 level 1)"
+            format!(
+                "elide-executor 0.2.0+b (revision 9acac8f0d1e2, shim API elide.executor.v1 level {API_LEVEL})"
+            )
         );
         assert_eq!(
             parse_version_line(&format!("{line}\n")),

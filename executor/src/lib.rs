@@ -5,14 +5,19 @@
 //! - [`server`]: the tonic control API on top of it;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG);
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
-//! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
+//! - [`logs`]: the task's output: Nomad's rotated log files written by the shim itself
+//!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
+//!   keep-alive reader);
+//! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
 //! - [`stats`]: usage samples (cgroup or `/proc`);
 //! - [`cli`]: the operator's `status`, `stop` and `signal`.
 
 pub mod cli;
 mod error;
+mod events;
 mod fifo;
 pub mod logging;
+mod logs;
 mod reaper;
 pub mod runtime;
 pub mod serve;

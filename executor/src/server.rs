@@ -128,6 +128,24 @@ impl Executor for Service {
         )))
     }
 
+    type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
+
+    async fn events(
+        &self,
+        r: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let (past, live) = self.shim.events.subscribe(r.into_inner().since_unix_ms);
+        // A subscriber too slow for the burst loses the events in between (they are
+        // summaries; the counts stay in Status).
+        let live = tokio_stream::wrappers::BroadcastStream::new(live)
+            .filter_map(|e| e.ok())
+            .map(Ok);
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(past.into_iter().map(Ok)).chain(live),
+        )))
+    }
+
     async fn shutdown(
         &self,
         _r: Request<api::ShutdownRequest>,

@@ -2,7 +2,8 @@
 //! (published to any number of waiters), and the operations of the control API.
 
 use crate::error::{StartError, TaskError};
-use crate::fifo;
+use crate::events::Events;
+use crate::logs;
 use crate::reaper::{self, Reaped};
 use crate::runtime;
 use crate::stats::{self, Sampler};
@@ -13,7 +14,6 @@ use common::spec::TaskSpec;
 use common::state::{now_ms, ExitRecord, ExitSummary, StateError, TaskState, STATE_VERSION};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +29,10 @@ const GROUP_WAIT: Duration = Duration::from_secs(2);
 /// While waiting for the group to disappear, how often to look again when no child was reaped
 /// (every leftover is re-parented to us, the subreaper, so reaps are the usual wake-up).
 const GROUP_RECHECK: Duration = Duration::from_millis(100);
+/// How long, after the runtime and everything left of the task were killed, the shim waits
+/// for the output pipes to reach EOF before it records the exit anyway (only a process that
+/// survived SIGKILL, or one outside the task holding a pipe, makes it wait that long).
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -41,8 +45,13 @@ pub struct Shim {
     /// Counts reaped children, to wake those waiting for the task's processes to go.
     reaped_tx: watch::Sender<u64>,
     cgroup: Mutex<Option<Arc<TaskCgroup>>>,
-    /// Our never-read read ends of the log FIFOs (see fifo.rs).
-    keepalive: Mutex<Vec<OwnedFd>>,
+    /// Where the task's output goes (log files the shim writes, or FIFOs it keeps a reader
+    /// of): see `logs`.
+    output: Mutex<Option<logs::Output>>,
+    /// What the shim has to tell about the task (the Events RPC).
+    pub events: Events,
+    /// Set when the runtime was reaped and its exit is being recorded.
+    exiting: AtomicBool,
     /// Set when Stop escalated to SIGKILL, to explain the exit.
     kill_note: Mutex<Option<String>>,
     starting: AtomicBool,
@@ -73,7 +82,9 @@ impl Shim {
             exit_tx,
             reaped_tx,
             cgroup: Mutex::new(None),
-            keepalive: Mutex::new(Vec::new()),
+            output: Mutex::new(None),
+            events: Events::default(),
+            exiting: AtomicBool::new(false),
             kill_note: Mutex::new(None),
             starting: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -133,7 +144,7 @@ impl Shim {
     }
 
     /// Opens the log sinks, sets up the cgroup and spawns the runtime.
-    pub async fn start(&self) -> Result<api::StartResponse, StartError> {
+    pub async fn start(self: &Arc<Self>) -> Result<api::StartResponse, StartError> {
         if let Some(pid) = self.runtime_pid() {
             return Err(StartError::AlreadyStarted(pid));
         }
@@ -151,17 +162,15 @@ impl Shim {
         r
     }
 
-    async fn start_inner(&self) -> Result<api::StartResponse, StartError> {
-        let timeout = Duration::from_millis(self.spec.fifo_open_timeout_ms.max(1));
-        let (out, err) =
-            fifo::open_both(&self.spec.stdout_path, &self.spec.stderr_path, timeout).await?;
+    async fn start_inner(self: &Arc<Self>) -> Result<api::StartResponse, StartError> {
+        let opened = logs::open(&self.spec).await?;
         if self.closing.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown);
         }
         let cg = self.make_cgroup();
         let procs = cg.as_ref().map(|c| c.procs_files()).unwrap_or_default();
         // On the main thread (current_thread runtime): see runtime.rs about PDEATHSIG.
-        let pid = match runtime::spawn(&self.spec, out.write, err.write, procs) {
+        let pid = match runtime::spawn(&self.spec, opened.stdout, opened.stderr, procs) {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(c) = &cg {
@@ -170,7 +179,7 @@ impl Shim {
                 return Err(e.into());
             }
         };
-        lock(&self.keepalive).extend(out.keepalive.into_iter().chain(err.keepalive));
+        *lock(&self.output) = Some(opened.pending.start(&self.events));
         let start_time = common::proc::start_time(pid).unwrap_or(0);
         let started = now_ms();
         let cg_desc = cg.as_ref().map(|c| c.describe());
@@ -213,7 +222,7 @@ impl Shim {
     }
 
     /// Reaps every exited child (we are a subreaper); records the runtime's exit.
-    pub fn reap(&self) {
+    pub fn reap(self: &Arc<Self>) {
         let reaped = reaper::reap_exited();
         let n = reaped.len() as u64;
         for r in reaped {
@@ -224,7 +233,7 @@ impl Shim {
         }
     }
 
-    fn on_reaped(&self, r: Reaped) {
+    fn on_reaped(self: &Arc<Self>, r: Reaped) {
         if Some(r.pid) != self.runtime_pid() {
             tracing::debug!(
                 pid = r.pid,
@@ -233,7 +242,7 @@ impl Shim {
             );
             return;
         }
-        if self.exit().is_some() {
+        if self.exit().is_some() || self.exiting.swap(true, Ordering::SeqCst) {
             return;
         }
         // Whatever the runtime left in its group, its cgroup or (as orphans re-parented to
@@ -244,6 +253,22 @@ impl Shim {
         if let Some(c) = &cg {
             oom = c.oom_kills() > 0;
             c.kill_all();
+        }
+        // The exit is recorded once the task's output is all in its log files: with every
+        // process of the task gone, the pipes reach EOF.
+        let shim = self.clone();
+        tokio::spawn(async move { shim.record_exit(r, cg, oom).await });
+    }
+
+    async fn record_exit(&self, r: Reaped, cg: Option<Arc<TaskCgroup>>, oom: bool) {
+        let collector = lock(&self.output).as_ref().and_then(|o| o.collector());
+        if let Some(c) = collector {
+            if !c.drained(DRAIN_WAIT).await {
+                tracing::warn!(
+                    wait = ?DRAIN_WAIT,
+                    "the task's output pipes are still open after its processes were killed; recording the exit without waiting longer"
+                );
+            }
         }
         let mut message = lock(&self.kill_note).clone().unwrap_or_default();
         if oom {
@@ -268,7 +293,9 @@ impl Shim {
             oom,
             "runtime exited"
         );
-        lock(&self.keepalive).clear();
+        if let Some(o) = lock(&self.output).as_mut() {
+            o.release();
+        }
         self.exit_tx.send_replace(Some(exit));
         if let Some(c) = cg {
             c.remove();
@@ -394,6 +421,7 @@ impl Shim {
             cgroup: s.cgroup.unwrap_or_default(),
             api_level: common::shim_api::API_LEVEL,
             executor_revision: crate::REVISION.to_owned(),
+            logs: lock(&self.output).as_ref().map(|o| o.status()),
         }
     }
 

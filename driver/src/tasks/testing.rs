@@ -32,6 +32,11 @@ pub struct Script {
     pub stops: Mutex<Vec<api::StopRequest>>,
     pub signals: Mutex<Vec<String>>,
     pub shutdowns: Mutex<u32>,
+    /// Events the shim publishes (Events RPC), and the `since_unix_ms` of each subscription.
+    pub events: broadcast::Sender<api::ShimEvent>,
+    pub event_subscriptions: Mutex<Vec<i64>>,
+    /// The log status Status reports.
+    pub logs: Mutex<Option<api::LogStatus>>,
 }
 
 impl Default for Script {
@@ -49,6 +54,9 @@ impl Default for Script {
             stops: Mutex::new(Vec::new()),
             signals: Mutex::new(Vec::new()),
             shutdowns: Mutex::new(0),
+            events: broadcast::channel(16).0,
+            event_subscriptions: Mutex::new(Vec::new()),
+            logs: Mutex::new(None),
         }
     }
 }
@@ -127,6 +135,8 @@ impl executor_server::Executor for FakeExecutor {
             runtime_pid: RUNTIME_PID,
             runtime_start_time: 77,
             exit: self.script.exit.borrow().clone(),
+            logs: self.script.logs.lock().unwrap().clone(),
+            api_level: common::shim_api::API_LEVEL,
             ..Default::default()
         }))
     }
@@ -136,6 +146,22 @@ impl executor_server::Executor for FakeExecutor {
         _: Request<api::StatsRequest>,
     ) -> Result<Response<Self::StatsStream>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+    type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
+    async fn events(
+        &self,
+        r: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        self.script
+            .event_subscriptions
+            .lock()
+            .unwrap()
+            .push(r.into_inner().since_unix_ms);
+        let live = tokio_stream::wrappers::BroadcastStream::new(self.script.events.subscribe())
+            .filter_map(|e| e.ok())
+            .map(Ok);
+        Ok(Response::new(Box::pin(live)))
     }
     async fn shutdown(
         &self,

@@ -64,6 +64,7 @@ pub fn spec(dir: &Path, script: &str) -> TaskSpec {
         cwd: dir.to_path_buf(),
         stdout_path: "/dev/null".into(),
         stderr_path: "/dev/null".into(),
+        log_files: None,
         fifo_open_timeout_ms: 5000,
         user: String::new(),
         socket_path: common::paths::socket_path(&run_dir, &task_id).unwrap(),
