@@ -4,7 +4,7 @@
 use crate::fingerprint;
 use crate::plugin::Plugin;
 use crate::tasks::Tasks;
-use common::config::TaskConfig;
+use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
     driver_server::Driver,
@@ -27,7 +27,7 @@ pub struct DriverService {
     pub tasks: Arc<Tasks>,
 }
 
-pub fn capabilities() -> DriverCapabilities {
+pub fn capabilities(cfg: &PluginConfig) -> DriverCapabilities {
     DriverCapabilities {
         send_signals: true,
         exec: false,
@@ -41,7 +41,10 @@ pub fn capabilities() -> DriverCapabilities {
         ],
         must_create_network: false,
         mount_configs: MountConfigs::NoMounts as i32,
-        disable_log_collection: false,
+        // log_collection = "executor": the shim writes the log files, so Nomad (>= 1.6) starts
+        // no logmon for our tasks (it still sends StdoutPath/StderrPath, naming FIFOs nobody
+        // creates). Nomad asks for the capabilities once per task runner, after SetConfig.
+        disable_log_collection: cfg.log_collection == LogCollection::Executor,
         dynamic_workload_users: false,
     }
 }
@@ -90,7 +93,7 @@ impl Driver for DriverService {
         _req: Request<CapabilitiesRequest>,
     ) -> Result<Response<CapabilitiesResponse>, Status> {
         Ok(Response::new(CapabilitiesResponse {
-            capabilities: Some(capabilities()),
+            capabilities: Some(capabilities(&self.plugin.config())),
         }))
     }
 
@@ -264,5 +267,18 @@ impl Driver for DriverService {
         Err(Status::unimplemented(
             "the elide driver does not create networks; Nomad creates the group network",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nomad_runs_no_logmon_when_the_shim_writes_the_logs() {
+        let mut cfg = PluginConfig::default();
+        assert!(capabilities(&cfg).disable_log_collection);
+        cfg.log_collection = LogCollection::Nomad;
+        assert!(!capabilities(&cfg).disable_log_collection);
     }
 }

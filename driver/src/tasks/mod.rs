@@ -12,12 +12,15 @@
 //! - [`stop`] — StopTask, SignalTask and DestroyTask;
 //! - [`recover`] — RecoverTask;
 //! - [`entry`] — one task as the plugin knows it, and what to do when its shim is gone;
+//! - [`logs`] — `log_collection`: the shim's events as task events, and the logmon Nomad
+//!   left to tasks started with logmon;
 //! - [`handle`] — `driver_state`; [`status`] — Nomad's recoverable/permanent start errors.
 
 mod command;
 mod entry;
 pub(crate) mod handle;
 mod launch;
+mod logs;
 mod recover;
 mod spec;
 mod start;
