@@ -579,6 +579,9 @@ class NomadAgent:
 
     def default_plugin_config(self) -> dict:
         cfg: dict = {"elide_binary": STANDIN, "runtime_dir": self.runtime_dir}
+        # scripts/test runs the tests that read logs once more with logmon collecting them.
+        if os.environ.get("NDE_E2E_LOG_COLLECTION"):
+            cfg["log_collection"] = os.environ["NDE_E2E_LOG_COLLECTION"]
         if self.executor_path:
             cfg["executor_binary"] = self.executor_path
         return cfg
