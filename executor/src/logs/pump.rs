@@ -117,7 +117,8 @@ pub fn start(dir: PathBuf, sources: [Source; 2], events: Events) -> Arc<Collecto
     tokio::spawn(async move {
         let mut out = readers.remove(0);
         let mut err = readers.remove(0);
-        let mut buf = vec![0u8; READ_BUFFER];
+        // Not zeroed: only the pages reads really fill become resident.
+        let mut buf = Vec::with_capacity(READ_BUFFER);
         while out.is_some() || err.is_some() {
             let done = tokio::select! {
                 r = readable(&out) => pump.read(0, r, &out, &mut buf).then_some(0),
@@ -162,10 +163,11 @@ impl Pump {
         i: usize,
         ready: std::io::Result<()>,
         rx: &Option<Receiver>,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
     ) -> bool {
         let Some(rx) = rx else { return true };
-        let n = match ready.and_then(|()| rx.try_read(buf)) {
+        buf.clear();
+        let n = match ready.and_then(|()| rx.try_read_buf(buf)) {
             Ok(n) => n,
             Err(e)
                 if matches!(
