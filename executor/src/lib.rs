@@ -10,8 +10,9 @@
 //!   keep-alive reader);
 //! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
 //! - [`stats`]: usage samples (cgroup or `/proc`);
-//! - [`cli`]: the operator's `status`, `stop` and `signal`.
+//! - [`cli`]: the operator's `status`, `stop` and `signal`; [`args`]: the command line.
 
+pub mod args;
 pub mod cli;
 mod error;
 mod events;

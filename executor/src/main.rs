@@ -2,80 +2,29 @@
 //! (`status`, `stop`, `signal`). See docs/executor.md.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use executor::args::{self, Cmd, Exit};
 use executor::serve::{self, Mode, Ready};
-use std::path::{Path, PathBuf};
-
-/// `elide-executor --version`: version, git revision and shim API level.
-static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    common::shim_api::version_text(executor::VERSION, executor::REVISION)
-});
-
-#[derive(Parser)]
-#[command(
-    name = "elide-executor",
-    version = VERSION.as_str(),
-    about = "Per-task shim of nomad-driver-elide, and the operator's view of its tasks"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use).
-    Serve {
-        /// The task spec (JSON, docs/executor.md).
-        #[arg(long)]
-        spec: PathBuf,
-        /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.
-        #[arg(long)]
-        ready_fd: Option<i32>,
-    },
-    /// Run one shim in the foreground without Nomad, for debugging: starts the runtime,
-    /// serves the socket (status/stop/signal work), exits with the runtime's exit code.
-    Run {
-        /// The task spec (JSON, docs/executor.md).
-        #[arg(long)]
-        spec: PathBuf,
-    },
-    /// List every Elide task on this node.
-    Status {
-        /// JSON (an array of objects) instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// The plugin's runtime_dir, holding the sockets and the task index.
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// Only this task: a task id, task key, alloc id prefix (>= 4 chars) or task name.
-        task: Option<String>,
-    },
-    /// Stop one task: send the signal, wait, then SIGKILL its process group.
-    Stop {
-        #[arg(long, default_value = common::spec::DEFAULT_STOP_SIGNAL)]
-        signal: String,
-        /// How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s).
-        #[arg(long, default_value = "5s")]
-        timeout: String,
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
-        task: String,
-    },
-    /// Send a signal to one task's runtime.
-    Signal {
-        /// e.g. SIGUSR1, HUP, 10.
-        signal: String,
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
-        task: String,
-    },
-}
+use std::path::Path;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match args::parse(std::env::args_os().skip(1)) {
+        Ok(cmd) => cmd,
+        Err(Exit::Help(text)) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Err(Exit::Version) => {
+            println!(
+                "elide-executor {}",
+                common::shim_api::version_text(executor::VERSION, executor::REVISION)
+            );
+            std::process::exit(0);
+        }
+        Err(Exit::Usage(text)) => {
+            eprintln!("{text}");
+            std::process::exit(2);
+        }
+    };
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
     // forked it, so the spawn must happen on this (main) thread; one thread also keeps the
     // shim's RSS small.
@@ -145,8 +94,8 @@ async fn serve_cmd(spec_path: &Path, ready_fd: Option<i32>) -> anyhow::Result<i3
 
 use std::os::unix::fs::DirBuilderExt;
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.cmd {
+async fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    match cmd {
         Cmd::Serve { spec, ready_fd } => serve_cmd(&spec, ready_fd).await,
         Cmd::Run { spec } => {
             executor::logging::to_stderr();

@@ -76,8 +76,8 @@ while :; do sleep 1000 & wait $!; done"#,
     assert_eq!(
         cols,
         [
-            "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY",
-            "LOGS", "VERSION", "SOCKET"
+            "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "LOGS",
+            "VERSION", "SOCKET"
         ]
     );
     assert!(
