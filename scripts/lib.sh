@@ -52,3 +52,31 @@ need_cargo_deb() {
   cargo install --locked --version "$CARGO_DEB_VERSION" --no-default-features --features gzip cargo-deb ||
     die "cannot install cargo-deb: check access to crates.io, or install it by hand: cargo install cargo-deb"
 }
+
+# The shim ships statically linked against musl (docs/performance.md): its Rust target.
+shim_target() { echo "$(uname -m)-unknown-linux-musl"; }
+
+need_shim_target() {
+  local t; t="$(shim_target)"
+  if rustc --print sysroot >/dev/null 2>&1 &&
+     [ -d "$(rustc --print sysroot)/lib/rustlib/$t/lib" ]; then
+    return 0
+  fi
+  command -v rustup >/dev/null 2>&1 ||
+    die "the Rust target $t (for the static elide-executor) is not installed and there is no rustup to add it: install it with your Rust distribution"
+  say "rustup target add $t (the static elide-executor; once)"
+  rustup target add "$t" >&2 || die "cannot add the Rust target $t: check access to static.rust-lang.org"
+}
+
+# Builds the release binaries as they ship: the plugin (cargo's target/release) and the shim
+# (profile `shim`, static musl; copied to target/release/shim/elide-executor). Extra
+# arguments go to both cargo builds (e.g. --locked).
+build_release() {
+  need_cargo
+  need_shim_target
+  local target="${CARGO_TARGET_DIR:-$REPO/target}" t
+  t="$(shim_target)"
+  cargo build --release --workspace "$@" || return
+  cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor "$@" || return
+  install -D -m 0755 "$target/$t/shim/elide-executor" "$target/release/shim/elide-executor"
+}

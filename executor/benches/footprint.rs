@@ -2,7 +2,8 @@
 //! tasks running, in the default setup: the shim writes each task's log files (the task
 //! prints a line, then sleeps). `cargo bench -p elide-executor --bench footprint [-- N]`
 //! (release build; `-- N fifo` for a spec without log files, as with `log_collection =
-//! "nomad"`). Prints figures; asserts nothing (CI machines vary).
+//! "nomad"`; `ELIDE_EXECUTOR_BIN=PATH` measures that binary, e.g. the static one
+//! `scripts/build-release` makes). Prints figures; asserts nothing (CI machines vary).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -120,13 +121,14 @@ fn main() {
             .map(|p| kb(*p, "status", &["Threads:"]) as f64)
             .collect();
         println!(
-            "elide-executor footprint, {n} shims, {} (binary {BIN}, {} bytes)",
+            "elide-executor footprint, {n} shims, {} (binary {}, {} bytes)",
             if log_files {
                 "the shim writes the log files"
             } else {
                 "no log files (/dev/null)"
             },
-            std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0)
+            bin(),
+            std::fs::metadata(bin()).map(|m| m.len()).unwrap_or(0)
         );
         println!(
             "spawn -> READY on the ready fd (ms):     {}",

@@ -3,7 +3,8 @@
 //! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
 //! - [`server`]: the tonic control API on top of it;
-//! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG);
+//! - [`runtime`]: spawning the runtime (setsid, cgroup, netns, user, PDEATHSIG); [`users`]:
+//!   the task user from /etc/passwd and /etc/group;
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper;
 //! - [`logs`]: the task's output: Nomad's rotated log files written by the shim itself
 //!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
@@ -25,6 +26,7 @@ pub mod serve;
 mod server;
 mod shim;
 mod stats;
+mod users;
 
 /// This build's version (`NDE_VERSION` at build time, else the workspace version) and git
 /// revision: see common/build_info.rs.

@@ -100,27 +100,17 @@ struct Credentials {
 }
 
 /// Resolves a user name or numeric uid to uid, primary gid and supplementary groups (what
-/// initgroups would set, computed before fork because initgroups is not async-signal-safe).
+/// initgroups would set, computed before fork because initgroups is not async-signal-safe):
+/// see `crate::users`.
 fn resolve_user(user: &str) -> Result<Option<Credentials>, SpawnError> {
     if user.is_empty() {
         return Ok(None);
     }
-    let found = match user.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Err(_) => nix::unistd::User::from_name(user),
-    };
-    let u = found
-        .ok()
-        .flatten()
-        .ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
-    let name = CString::new(u.name.clone()).map_err(|_| SpawnError::NoSuchUser(user.to_owned()))?;
-    let groups = nix::unistd::getgrouplist(&name, u.gid)
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_else(|_| vec![u.gid.as_raw()]);
+    let u = crate::users::lookup(user).ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
     Ok(Some(Credentials {
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        groups,
+        uid: u.uid,
+        gid: u.gid,
+        groups: u.groups,
     }))
 }
 

@@ -3,7 +3,7 @@
     python3 -m pytest -v tests/e2e            # builds the workspace (release) and Nomad first
 
 Fixtures:
-  binaries        {"plugin": path, "executor": path} from `cargo build --release` (once),
+  binaries        {"plugin": path, "executor": path} from `scripts/build-release` (once),
                   copied aside so a later rebuild (release_b) cannot change them mid-session
   release         the release packages of those binaries ({"deb", "tarball", "version"}):
                   NDE_E2E_DIST (scripts/test runs packaging/release first), else built

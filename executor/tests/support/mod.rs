@@ -19,6 +19,12 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_elide-executor");
 
+/// The binary under test: [`BIN`], or `ELIDE_EXECUTOR_BIN` (the footprint bench measures a
+/// given build, e.g. the static release one).
+pub fn bin() -> String {
+    std::env::var("ELIDE_EXECUTOR_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// Guard against hangs only (no test asserts on time): every await gets this long.
 pub const GUARD: Duration = Duration::from_secs(60);
 
@@ -140,7 +146,7 @@ pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, Strin
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
     let w_raw = w.as_raw_fd();
     let extra = extra_fd.map(|f| f.as_raw_fd());
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(["serve", "--spec"])
         .arg(spec_path)
         .args(["--ready-fd", "3"])
@@ -264,7 +270,7 @@ impl PidFd {
 
 /// Runs the CLI; returns (exit status, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .output()
