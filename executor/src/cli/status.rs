@@ -275,18 +275,14 @@ fn set_logs(r: &mut Row, l: &api::LogStatus) {
     r.log_dir = l.dir.clone();
     r.log_bytes_written = l.streams.iter().map(|s| s.bytes_written).sum();
     r.log_bytes_dropped = l.streams.iter().map(|s| s.bytes_dropped).sum();
-    let errors = l.streams.iter().map(|s| {
+    let mut errors = l.streams.iter().map(|s| {
         if s.error.is_empty() {
             &s.last_error
         } else {
             &s.error
         }
     });
-    r.log_error = errors
-        .filter(|e| !e.is_empty())
-        .last()
-        .cloned()
-        .unwrap_or_default();
+    r.log_error = errors.rfind(|e| !e.is_empty()).cloned().unwrap_or_default();
     if r.log_bytes_dropped > 0 && r.problem.is_empty() {
         r.problem = format!(
             "{} bytes of the task's output could not be written to its log files in {} ({}); the task itself is not affected. Free space or fix the directory: writing resumes by itself",
