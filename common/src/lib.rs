@@ -17,3 +17,4 @@ pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;
+pub mod usage;

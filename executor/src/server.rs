@@ -117,7 +117,7 @@ impl Executor for Service {
                     return;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(common::usage::until_aligned(interval)) => {}
                     _ = tx.closed() => return,
                     _ = exited.wait_for(|e| e.is_some()) => return,
                 }

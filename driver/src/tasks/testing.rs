@@ -37,6 +37,9 @@ pub struct Script {
     pub event_subscriptions: Mutex<Vec<i64>>,
     /// The log status Status reports.
     pub logs: Mutex<Option<api::LogStatus>>,
+    /// The cgroup Status reports, and how often Stats was called.
+    pub cgroup: Mutex<String>,
+    pub stats_calls: Mutex<u32>,
 }
 
 impl Default for Script {
@@ -57,6 +60,8 @@ impl Default for Script {
             events: broadcast::channel(16).0,
             event_subscriptions: Mutex::new(Vec::new()),
             logs: Mutex::new(None),
+            cgroup: Mutex::new(String::new()),
+            stats_calls: Mutex::new(0),
         }
     }
 }
@@ -136,6 +141,7 @@ impl executor_server::Executor for FakeExecutor {
             runtime_start_time: 77,
             exit: self.script.exit.borrow().clone(),
             logs: self.script.logs.lock().unwrap().clone(),
+            cgroup: self.script.cgroup.lock().unwrap().clone(),
             api_level: common::shim_api::API_LEVEL,
             ..Default::default()
         }))
@@ -145,6 +151,7 @@ impl executor_server::Executor for FakeExecutor {
         &self,
         _: Request<api::StatsRequest>,
     ) -> Result<Response<Self::StatsStream>, Status> {
+        *self.script.stats_calls.lock().unwrap() += 1;
         Err(Status::unimplemented("fake"))
     }
     type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;

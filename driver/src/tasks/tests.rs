@@ -681,3 +681,70 @@ async fn with_log_collection_nomad_the_fifos_stay_and_task_overrides_are_explain
         .iter()
         .any(|m| m.contains("apply only with the plugin's log_collection = \"executor\"")));
 }
+
+// ---------------------------------------------------------------------------------------
+// TaskStats
+
+#[tokio::test]
+async fn stats_of_a_task_with_a_cgroup_are_read_by_the_plugin_without_waking_the_shim() {
+    use tokio_stream::StreamExt;
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    // A v2 cgroup as the shim reports it.
+    let cg = h.dir.path().join("cg");
+    std::fs::create_dir(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.controllers"), "cpu memory\n").unwrap();
+    std::fs::write(
+        cg.join("cpu.stat"),
+        "usage_usec 1000\nuser_usec 600\nsystem_usec 400\n",
+    )
+    .unwrap();
+    std::fs::write(cg.join("memory.current"), "65536\n").unwrap();
+    std::fs::write(cg.join("memory.stat"), "anon 4096\nfile 8192\n").unwrap();
+    *h.script().cgroup.lock().unwrap() = cg.display().to_string();
+    let req = common::proto::drivers::TaskStatsRequest {
+        task_id: task.id.clone(),
+        collection_interval: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+    };
+    let mut stream = h.tasks.stats(req.clone()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mem = first
+        .stats
+        .unwrap()
+        .agg_resource_usage
+        .unwrap()
+        .memory
+        .unwrap();
+    assert_eq!((mem.rss, mem.cache, mem.usage), (4096, 8192, 65536));
+    std::fs::write(cg.join("memory.current"), "131072\n").unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mem = second
+        .stats
+        .unwrap()
+        .agg_resource_usage
+        .unwrap()
+        .memory
+        .unwrap();
+    assert_eq!(mem.usage, 131072);
+    assert_eq!(
+        *h.script().stats_calls.lock().unwrap(),
+        0,
+        "the shim was not asked"
+    );
+    // Without a cgroup the shim's Stats measures (here: the fake refuses).
+    *h.script().cgroup.lock().unwrap() = String::new();
+    assert!(h.tasks.stats(req).await.is_err());
+    assert_eq!(*h.script().stats_calls.lock().unwrap(), 1);
+}
