@@ -488,16 +488,27 @@ impl Shim {
 
 /// SIGKILLs every live process of the task: the runtime's process group (`pgid`) and every
 /// descendant of the shim. The shim runs exactly one task and is a child subreaper, so each
-/// process below it — also a daemon that left the group with setsid — belongs to the task.
-/// Returns the pids it signalled (empty = nothing left).
+/// process below it — also a daemon that left the group with setsid — belongs to the task,
+/// and so does every member of the group (they all descend from the runtime, and orphans come
+/// back to the shim): the kernel's children lists name them without a scan of all of /proc.
+/// Returns the pids it signalled (empty = nothing left; zombies are not counted).
 pub fn kill_leftovers(pgid: i32) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let procs = common::proc::all_processes();
-    let mut targets: Vec<i32> = common::proc::tree_of(&procs, me)
-        .into_iter()
-        .filter(|p| *p != me)
-        .collect();
-    targets.extend(procs.iter().filter(|s| s.pgrp == pgid).map(|s| s.pid));
+    let mut targets = match common::proc::descendants(me) {
+        Some(d) => d
+            .into_iter()
+            .filter(|p| common::proc::stat(*p).is_ok_and(|s| !s.is_exited()))
+            .collect(),
+        None => {
+            let procs = common::proc::all_processes();
+            let mut t: Vec<i32> = common::proc::tree_of(&procs, me)
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            t.extend(procs.iter().filter(|s| s.pgrp == pgid).map(|s| s.pid));
+            t
+        }
+    };
     targets.sort_unstable();
     targets.dedup();
     for p in &targets {

@@ -62,7 +62,15 @@ job "{name}" {{
   group "g" {{
     count = {count}
     {restart}
+    # 200 tasks x the default 300 MB would not fit the node's disk.
+    ephemeral_disk {{
+      size = 50
+    }}
     task "t" {{
+      logs {{
+        max_files     = 2
+        max_file_size = 10
+      }}
       driver = "{driver}"
       config {{
         {config}
