@@ -8,6 +8,7 @@ mod support;
 use common::proto::executor::{self as api, TaskState};
 use common::spec::{LogFilesSpec, TaskSpec};
 use std::path::{Path, PathBuf};
+use support::tmpfs::Tmpfs;
 use support::*;
 
 /// A spec whose output goes to `<dir>/alloc/logs/t.stdout.<N>` / `t.stderr.<N>`.
@@ -243,33 +244,6 @@ async fn a_stalled_shim_blocks_the_task_and_loses_nothing() {
     nix::sys::signal::kill(shim_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert_eq!(wait_exit(&mut c).await.exit_code, 0);
     assert!(read_stream(&logs, "t.stdout") == lines(300_000));
-}
-
-/// A tmpfs of `options` on `dir` (root only), lazily unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(options),
-        )
-        .expect("mount a tmpfs");
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

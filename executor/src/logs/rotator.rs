@@ -363,6 +363,11 @@ fn write_counting(file: &mut File, mut data: &[u8]) -> (usize, io::Result<()>) {
     (written, Ok(()))
 }
 
+/// A small or read-only disk for the tests (shared with the integration tests).
+#[cfg(test)]
+#[path = "../../tests/support/tmpfs.rs"]
+mod test_tmpfs;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,32 +554,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "");
     }
 
-    /// A tmpfs of `size` mounted on `dir` (root only), unmounted on drop.
-    struct Tmpfs(PathBuf);
-
-    impl Tmpfs {
-        fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("skipped: mounting a tmpfs needs root");
-                return None;
-            }
-            nix::mount::mount(
-                Some("tmpfs"),
-                dir,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                Some(options),
-            )
-            .expect("mount a tmpfs");
-            Some(Tmpfs(dir.to_path_buf()))
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+    use super::test_tmpfs::Tmpfs;
 
     #[test]
     fn a_full_disk_loses_only_what_did_not_fit_and_writing_resumes() {

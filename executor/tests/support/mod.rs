@@ -3,6 +3,8 @@
 //! socket. "Runtimes" are plain `sh` scripts.
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use common::proto::executor::executor_client::ExecutorClient;
 use common::spec::{ResourceSpec, TaskSpec, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
