@@ -11,7 +11,9 @@ Both drivers run the same idle app through the same Elide stand-in, on one persi
             task: for raw_exec `nomad executor` + `nomad logmon`; for elide the shim, plus a
             logmon if one exists), VmRSS and Pss from /proc/<pid>/smaps_rollup, summed and
             divided by N; time from job registration to all N running
-  stop      `job stop` (DELETE /v1/job) to every task dead and every task process gone
+  stop      `job stop` (DELETE /v1/job) to every task dead on the client (Killed events), every
+            task process gone, every allocation terminal in the API: once per memory run, and
+            --stop-rounds times at --stop-count tasks (medians)
   burst     a 200,000-line (15 MB) burst: job registration to all of it in the log files,
             the task's Started -> Terminated, every line present in order in `nomad alloc logs`
   follow    `nomad alloc logs -f` lag: a task prints a timestamped line every 100 ms; the lag
@@ -145,20 +147,34 @@ def task_pids(agent, driver: str) -> list[nm.Proc]:
             if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline]
 
 
-def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float]:
-    """(seconds to all allocations terminal, seconds to every task process gone)."""
+def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float, float]:
+    """Seconds from `job stop` to: every task dead on the client (its last `Killed` task
+    event), every task process gone (pidfds), every allocation terminal in the API (which
+    adds the client's 200 ms batching of allocation updates, so it varies more)."""
     procs = task_pids(agent, driver)
-    t0 = time.monotonic()
+    done: dict = {}
+
+    def watch():
+        done["left"] = nm.wait_gone(procs, 120)
+        done["t"] = time.monotonic()
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    time.sleep(0.2)  # the watcher has its pidfds
+    t0, w0 = time.monotonic(), time.time()
     agent.stop_job(job_id, wait=False)
     agent.wait_allocs(job_id, lambda a: all(x["ClientStatus"] in nm.TERMINAL_CLIENT for x in a),
                       timeout=600, what=f"{job_id} stopped")
-    t_dead = time.monotonic() - t0
-    left = nm.wait_gone(procs, 120)
-    t_gone = time.monotonic() - t0
-    if left:
-        print(f"  warning: {len(left)} task processes of {job_id} still alive after stop")
+    t_api = time.monotonic() - t0
+    th.join(130)
+    t_gone = done.get("t", time.monotonic()) - t0
+    if done.get("left"):
+        print(f"  warning: {len(done['left'])} task processes of {job_id} still alive after stop")
+    killed = [e["Time"] / 1e9 - w0 for a in agent.allocs(job_id)
+              for e in agent.task_events(a["ID"], "t") if e["Type"] == "Killed"]
+    t_dead = max(killed) if killed else t_api
     agent.api.delete(f"/v1/job/{job_id}", purge="true")
-    return t_dead, t_gone
+    return t_dead, t_gone, t_api
 
 
 def run_memory(agent, driver: str, n: int, density: bool) -> dict:
@@ -178,8 +194,25 @@ def run_memory(agent, driver: str, n: int, density: bool) -> dict:
     }
     if density:
         res.update(density_run(agent, j["ID"], n, h["shim"]))
-    res["stop_s"], res["stop_gone_s"] = stop_latency(agent, j["ID"], driver)
+    res["stop_s"], res["stop_gone_s"], res["stop_api_s"] = stop_latency(agent, j["ID"], driver)
     return res
+
+
+def run_stop_rounds(agent, n: int, rounds: int) -> list[dict]:
+    """Stop latency of N idle tasks, `rounds` times per driver, the order alternating (a
+    single stop varies by a few hundred ms with Nomad's alloc update batching)."""
+    got: dict[str, list[tuple[float, float, float]]] = {"elide": [], "raw_exec": []}
+    for r in range(rounds):
+        for d in (("elide", "raw_exec") if r % 2 == 0 else ("raw_exec", "elide")):
+            j = agent.run_job(job(f"stop-{d}-{n}-{r}", d, n, IDLE_APP))
+            running(agent, j["ID"], n)
+            time.sleep(3)
+            got[d].append(stop_latency(agent, j["ID"], d))
+    return [{"driver": d, "tasks": n, "rounds": rounds,
+             "stop_s": statistics.median(x[0] for x in v),
+             "stop_gone_s": statistics.median(x[1] for x in v),
+             "stop_api_s": statistics.median(x[2] for x in v),
+             "all_s": [round(x[0], 3) for x in v]} for d, v in got.items()]
 
 
 def plugin_pid(agent) -> int:
@@ -326,6 +359,8 @@ def main() -> int:
     ap.add_argument("--nomad", default=None)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     ap.add_argument("--recovery", type=int, nargs="*", default=[50])
+    ap.add_argument("--stop-count", type=int, default=40, help="N for the stop rounds")
+    ap.add_argument("--stop-rounds", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of: memory,stop,burst,follow,density")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -336,7 +371,7 @@ def main() -> int:
                           executor_bin=bins["executor"], name="bench", mode="persistent",
                           extra_hcl=RAW_EXEC_HCL)
     agent.plugin_config = agent.default_plugin_config()
-    out: dict = {"memory": [], "burst": [], "follow": [], "recovery": []}
+    out: dict = {"memory": [], "stop": [], "burst": [], "follow": [], "recovery": []}
     counts = sorted(set(a.counts) | set(a.plot_counts))
     try:
         agent.start()
@@ -350,6 +385,8 @@ def main() -> int:
                           f"{r['pss_kb_per_task']:7.0f} KiB Pss per task, stop {r['stop_s']:.2f}s",
                           flush=True)
                     out["memory"].append(r)
+        if "stop" not in skip:
+            out["stop"] = run_stop_rounds(agent, a.stop_count, a.stop_rounds)
         for d in ("elide", "raw_exec"):
             if "burst" not in skip:
                 out["burst"].append(run_burst(agent, d))
@@ -372,19 +409,32 @@ def main() -> int:
     print("==== nomad-driver-elide vs raw_exec (same agent, same run; ratios are elide/raw_exec)")
     by = {(r["driver"], r["tasks"]): r for r in out["memory"]}
     print(f"{'N':>4} {'driver':9} {'helpers/task':>13} {'RSS KiB/task':>13} {'Pss KiB/task':>13}"
-          f" {'start all s':>12} {'stop s':>7} {'stop+gone s':>12}")
+          f" {'start all s':>12} {'stop s':>7} {'gone s':>7} {'API s':>6}")
     for (d, n), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         hp = sum(r["helpers"].values()) / n
         print(f"{n:4} {d:9} {hp:13.2f} {r['rss_kb_per_task']:13.0f} {r['pss_kb_per_task']:13.0f}"
-              f" {r['start_all_s']:12.2f} {r['stop_s']:7.2f} {r['stop_gone_s']:12.2f}")
+              f" {r['start_all_s']:12.2f} {r['stop_s']:7.2f} {r['stop_gone_s']:7.2f}"
+              f" {r['stop_api_s']:6.2f}")
     for n in counts:
         e, r = by.get(("elide", n)), by.get(("raw_exec", n))
         if e and r:
             print(f"ratio N={n}: RSS {ratio(e['rss_kb_per_task'], r['rss_kb_per_task'])}, "
                   f"Pss {ratio(e['pss_kb_per_task'], r['pss_kb_per_task'])}, "
                   f"stop {ratio(e['stop_s'], r['stop_s'])} "
-                  f"(until processes gone {ratio(e['stop_gone_s'], r['stop_gone_s'])}), "
+                  f"(processes gone {ratio(e['stop_gone_s'], r['stop_gone_s'])}, allocations "
+                  f"terminal {ratio(e['stop_api_s'], r['stop_api_s'])}), "
                   f"start all {ratio(e['start_all_s'], r['start_all_s'])}")
+    st = {r["driver"]: r for r in out["stop"]}
+    for d, r in st.items():
+        print(f"stop {d:9}: N={r['tasks']}, `job stop` -> every task dead (Killed events), median "
+              f"{r['stop_s']:.3f}s of {r['rounds']} ({r['all_s']}); -> every task process gone "
+              f"{r['stop_gone_s']:.3f}s; -> every allocation terminal in the API "
+              f"{r['stop_api_s']:.3f}s")
+    if len(st) == 2:
+        e, r = st["elide"], st["raw_exec"]
+        print(f"ratio stop (medians): tasks dead {ratio(e['stop_s'], r['stop_s'])}, processes "
+              f"gone {ratio(e['stop_gone_s'], r['stop_gone_s'])}, allocations terminal "
+              f"{ratio(e['stop_api_s'], r['stop_api_s'])}")
     for r in out["memory"]:
         if "idle_cpu_percent" in r:
             print(f"density: {r['density_running']}/{r['tasks']} running; plugin + shims idle "
