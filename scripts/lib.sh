@@ -57,3 +57,41 @@ need_cargo_deb() {
   cargo install --locked --version "$CARGO_DEB_VERSION" --no-default-features --features gzip cargo-deb ||
     die "cannot install cargo-deb: check access to crates.io, or install it by hand: cargo install cargo-deb"
 }
+
+# The shim ships statically linked (docs/performance.md): against musl when Rust's musl target
+# is installed or rustup can add it, else against glibc (larger; a warning says so).
+shim_target() { echo "${NDE_SHIM_TARGET:-$(uname -m)-unknown-linux-musl}"; }
+host_target() { rustc -vV | sed -n 's/^host: //p'; }
+
+# Succeeds when the musl target is there (adding it with rustup when possible).
+have_shim_target() {
+  local t; t="$(shim_target)"
+  [ -d "$(rustc --print sysroot)/lib/rustlib/$t/lib" ] && return 0
+  command -v rustup >/dev/null 2>&1 || return 1
+  say "rustup target add $t (the static elide-executor; once)"
+  rustup target add "$t" >&2
+}
+
+need_shim_target() {
+  have_shim_target || say "warning: Rust's $(shim_target) target cannot be installed here: the shim will be linked statically against glibc instead (larger, see docs/performance.md)"
+}
+
+# Builds the release binaries as they ship: the plugin (cargo's target/release) and the shim
+# (profile `shim`, static; copied to target/release/shim/elide-executor). Extra arguments go
+# to both cargo builds (e.g. --locked).
+build_release() {
+  need_cargo
+  local target="${CARGO_TARGET_DIR:-$REPO/target}" t
+  cargo build --release --workspace "$@" || return
+  if have_shim_target; then
+    t="$(shim_target)"
+    cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor "$@" || return
+  else
+    t="$(host_target)"
+    say "warning: Rust's $(shim_target) target is not available: linking the shim statically against glibc ($t)"
+    # An explicit --target keeps these flags off build scripts and proc macros.
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
+      cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor "$@" || return
+  fi
+  install -D -m 0755 "$target/$t/shim/elide-executor" "$target/release/shim/elide-executor"
+}

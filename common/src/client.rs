@@ -171,6 +171,13 @@ mod tests {
         async fn stats(&self, _: Request<api::StatsRequest>) -> Result<Response<Usage>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
+        async fn events(
+            &self,
+            _: Request<api::EventsRequest>,
+        ) -> Result<Response<Self::EventsStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn shutdown(
             &self,
             _: Request<api::ShutdownRequest>,

@@ -98,6 +98,38 @@ impl RunMode {
     }
 }
 
+/// Who writes a task's log files (`log_collection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogCollection {
+    /// The task's shim reads its output and writes Nomad's rotated log files; the plugin
+    /// reports `DisableLogCollection`, so Nomad (>= 1.6) starts no `logmon` for the task.
+    #[default]
+    Executor,
+    /// Nomad's `logmon` per task, fed through FIFOs (rotation from the job's `logs {}`).
+    Nomad,
+}
+
+impl LogCollection {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogCollection::Executor => "executor",
+            LogCollection::Nomad => "nomad",
+        }
+    }
+
+    fn parse(field: &str, v: &str) -> Result<Self, ConfigError> {
+        match v {
+            "executor" => Ok(LogCollection::Executor),
+            "nomad" => Ok(LogCollection::Nomad),
+            other => Err(invalid(
+                field,
+                format!("{other:?} is not one of \"executor\", \"nomad\""),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
     pub enabled: bool,
@@ -125,6 +157,11 @@ pub struct PluginConfig {
     /// Directories whose files a job may name as an absolute `script` (outside its task
     /// dir). Empty: absolute scripts outside the task dir are refused.
     pub absolute_script_dirs: Vec<PathBuf>,
+    pub log_collection: LogCollection,
+    /// Defaults of the tasks' `log_max_files` / `log_max_file_size` (MiB), for
+    /// `log_collection = "executor"`.
+    pub log_max_files: u32,
+    pub log_max_file_size: u64,
 }
 
 impl Default for PluginConfig {
@@ -153,6 +190,9 @@ impl Default for PluginConfig {
             denied_host_uids: String::new(),
             denied_host_gids: String::new(),
             absolute_script_dirs: Vec::new(),
+            log_collection: LogCollection::Executor,
+            log_max_files: crate::spec::DEFAULT_LOG_MAX_FILES,
+            log_max_file_size: crate::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
         }
     }
 }
@@ -178,6 +218,9 @@ const PLUGIN_KEYS: &[&str] = &[
     "denied_host_uids",
     "denied_host_gids",
     "absolute_script_dirs",
+    "log_collection",
+    "log_max_files",
+    "log_max_file_size",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -380,6 +423,9 @@ impl PluginConfig {
             defaulted("denied_host_uids", "string", literal_string("")),
             defaulted("denied_host_gids", "string", literal_string("")),
             defaulted("absolute_script_dirs", "list(string)", literal("[]")),
+            defaulted("log_collection", "string", literal_string("executor")),
+            defaulted("log_max_files", "number", literal("10")),
+            defaulted("log_max_file_size", "number", literal("10")),
         ])
     }
 
@@ -507,6 +553,13 @@ impl PluginConfig {
             },
             denied_host_uids: id_ranges("denied_host_uids", o.string("denied_host_uids")?)?,
             denied_host_gids: id_ranges("denied_host_gids", o.string("denied_host_gids")?)?,
+            log_collection: match o.string("log_collection")? {
+                Some(s) => LogCollection::parse("log_collection", &s)?,
+                None => d.log_collection,
+            },
+            log_max_files: log_max_files(&o, "log_max_files")?.unwrap_or(d.log_max_files),
+            log_max_file_size: log_max_file_size(&o, "log_max_file_size")?
+                .unwrap_or(d.log_max_file_size),
         })
     }
 }
@@ -554,6 +607,20 @@ fn id_ranges(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     Ok(v.trim().to_owned())
 }
 
+/// `log_max_files` (plugin or task config): 1 or more.
+fn log_max_files(o: &Obj<'_>, key: &str) -> Result<Option<u32>, ConfigError> {
+    Ok(o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILES as i64)?
+        .map(|n| n as u32))
+}
+
+/// `log_max_file_size` (plugin or task config), MiB: 1 or more.
+fn log_max_file_size(o: &Obj<'_>, key: &str) -> Result<Option<u64>, ConfigError> {
+    Ok(
+        o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILE_SIZE_MB as i64)?
+            .map(|n| n as u64),
+    )
+}
+
 /// `elide_opts { … }` in the task config.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ElideOpts {
@@ -584,6 +651,10 @@ pub struct TaskConfig {
     /// Overrides `default_pid_mode` / `default_ipc_mode`.
     pub pid_mode: Option<NamespaceMode>,
     pub ipc_mode: Option<NamespaceMode>,
+    /// Overrides of the plugin's `log_max_files` / `log_max_file_size` (MiB) for this task
+    /// (Nomad does not pass the job's `logs {}` block to drivers).
+    pub log_max_files: Option<u32>,
+    pub log_max_file_size: Option<u64>,
 }
 
 const TASK_KEYS: &[&str] = &[
@@ -600,6 +671,8 @@ const TASK_KEYS: &[&str] = &[
     "cap_drop",
     "pid_mode",
     "ipc_mode",
+    "log_max_files",
+    "log_max_file_size",
 ];
 const ELIDE_OPTS_KEYS: &[&str] = &[
     "languages",
@@ -680,6 +753,11 @@ impl TaskConfig {
             ("cap_drop", attr("cap_drop", "list(string)", false)),
             ("pid_mode", attr("pid_mode", "string", false)),
             ("ipc_mode", attr("ipc_mode", "string", false)),
+            ("log_max_files", attr("log_max_files", "number", false)),
+            (
+                "log_max_file_size",
+                attr("log_max_file_size", "number", false),
+            ),
             (
                 "elide_opts",
                 block(
@@ -807,6 +885,8 @@ impl TaskConfig {
             cap_drop: cap_names("config.cap_drop", &o.string_list("cap_drop")?)?,
             pid_mode: namespace_mode("config.pid_mode", o.string("pid_mode")?)?,
             ipc_mode: namespace_mode("config.ipc_mode", o.string("ipc_mode")?)?,
+            log_max_files: log_max_files(&o, "log_max_files")?,
+            log_max_file_size: log_max_file_size(&o, "log_max_file_size")?,
         })
     }
 }
@@ -858,6 +938,9 @@ mod tests {
             ("denied_host_uids", s("")),
             ("denied_host_gids", s("")),
             ("absolute_script_dirs", Value::Array(vec![])),
+            ("log_collection", s("executor")),
+            ("log_max_files", Value::from(10u8)),
+            ("log_max_file_size", Value::from(10u8)),
         ]
         .into_iter()
         .collect();
@@ -901,6 +984,9 @@ mod tests {
             ("fingerprint_period", s("1m")),
             ("version_timeout", s("2.5s")),
             ("fifo_open_timeout", s("500ms")),
+            ("log_collection", s("nomad")),
+            ("log_max_files", s("3")),
+            ("log_max_file_size", Value::from(1u8)),
             (
                 "runtime_options",
                 strs(&["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]),
@@ -923,6 +1009,8 @@ mod tests {
         assert_eq!(c.fingerprint_period, Duration::from_secs(60));
         assert_eq!(c.version_timeout, Duration::from_millis(2500));
         assert_eq!(c.fifo_open_timeout, Duration::from_millis(500));
+        assert_eq!(c.log_collection, LogCollection::Nomad);
+        assert_eq!((c.log_max_files, c.log_max_file_size), (3, 1));
         assert_eq!(
             c.runtime_options,
             ["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]
@@ -1047,6 +1135,14 @@ mod tests {
             (
                 vec![("fifo_open_timeout", s("2h"))],
                 "fifo_open_timeout: must be between 100ms and 1h0m0s",
+            ),
+            (
+                vec![("log_collection", s("logmon"))],
+                "log_collection: \"logmon\" is not one of \"executor\", \"nomad\"",
+            ),
+            (
+                vec![("log_max_file_size", Value::from(0u8))],
+                "log_max_file_size: must be between 1 and 1048576, got 0",
             ),
             (
                 vec![("heap_percent", Value::from(99u8))],
@@ -1222,6 +1318,8 @@ mod tests {
                 ("runtime_options", strs(&["-Xss4m"])),
                 ("flags", strs(&["--js:esm"])),
                 ("pids_limit", Value::from(100u8)),
+                ("log_max_files", Value::from(3u8)),
+                ("log_max_file_size", s("2")),
                 ("elide_opts", elide_opts),
                 ("cap_add", strs(&["NET_RAW"])),
                 ("cap_drop", strs(&["all"])),
@@ -1246,6 +1344,7 @@ mod tests {
             assert_eq!(t.runtime_options, ["-Xss4m"]);
             assert_eq!(t.flags, ["--js:esm"]);
             assert_eq!(t.pids_limit, Some(100));
+            assert_eq!((t.log_max_files, t.log_max_file_size), (Some(3), Some(2)));
             let o = t.elide_opts.unwrap();
             assert_eq!(o.languages, ["python", "javascript", "typescript"]);
             assert_eq!(o.memory_limit, Some(512));
@@ -1346,6 +1445,14 @@ mod tests {
             (
                 vec![("pids_limit", s("-5"))],
                 "config.pids_limit: must be between 0 and 4194304, got -5",
+            ),
+            (
+                vec![("log_max_files", Value::from(0u8))],
+                "config.log_max_files: must be between 1 and 100000, got 0",
+            ),
+            (
+                vec![("log_max_file_size", s("big"))],
+                "config.log_max_file_size: expected a whole number, got string \"big\"",
             ),
             (
                 vec![(

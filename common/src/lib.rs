@@ -21,3 +21,4 @@ pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;
+pub mod usage;

@@ -189,6 +189,37 @@ pub fn tree_of(procs: &[Stat], root: i32) -> Vec<i32> {
     out
 }
 
+/// `root`'s descendants (not `root`), from the kernel's per-thread `children` lists: reads only
+/// the subtree, where scanning all of /proc reads every process of the node (the shim does this
+/// whenever a task ends, and with hundreds of tasks the scans were most of the stop time).
+/// None when this kernel has no `children` files (CONFIG_PROC_CHILDREN).
+pub fn descendants(root: i32) -> Option<Vec<i32>> {
+    let children = |pid: i32| -> Option<Vec<i32>> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let text = std::fs::read_to_string(t.path().join("children")).ok()?;
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        Some(out)
+    };
+    let mut out = children(root)?;
+    let mut i = 0;
+    while i < out.len() {
+        // A child that exited meanwhile has no files left: nothing below it either.
+        out.extend(children(out[i]).unwrap_or_default());
+        i += 1;
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
 /// The task's processes: `root`'s live descendants plus everything still in `root`'s process
 /// group (orphans that were re-parented away from the tree). Sorted, no duplicates.
 pub fn task_processes(root: i32) -> Vec<Stat> {
@@ -208,6 +239,45 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt as _;
     use std::process::{Command, Stdio};
+
+    #[test]
+    fn descendants_walk_the_kernels_children_lists() {
+        let mut sh = Command::new("/bin/sh")
+            .args(["-c", "sleep 100 & (sleep 100 & wait) & echo ready; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let root = sh.id() as i32;
+        let is_sleep = |p: &i32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        };
+        // The shells fork and exec in their own time: look until both sleeps are there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = descendants(root).expect("this kernel has children files");
+            if found.iter().filter(|p| is_sleep(p)).count() == 2 {
+                break found;
+            }
+            assert!(std::time::Instant::now() < deadline, "{found:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        // The second sleep is a grandchild (below the subshell).
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(!found.contains(&root));
+        for p in &found {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        assert_eq!(descendants(root), None, "gone");
+    }
 
     #[test]
     fn parses_stat_past_odd_comm() {

@@ -19,7 +19,7 @@
 pub const API_PACKAGE: &str = "elide.executor.v1";
 
 /// The level this build's shim speaks and this build's plugin knows about.
-pub const API_LEVEL: u32 = 2;
+pub const API_LEVEL: u32 = 3;
 
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
@@ -36,6 +36,12 @@ pub fn effective_level(reported: u32) -> u32 {
 pub const EXEC: Feature = Feature {
     name: "exec into the task (`nomad alloc exec`, template change scripts, script checks)",
     level: 2,
+};
+
+/// Level 3: the shim's event stream (`Events`), e.g. log files it cannot write.
+pub const EVENTS: Feature = Feature {
+    name: "events from the task's shim (log write failures)",
+    level: 3,
 };
 
 /// A shim capability newer than level 1. The plugin checks it with [`require`] before calling

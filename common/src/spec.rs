@@ -41,8 +41,14 @@ pub struct TaskSpec {
     /// Working directory of the runtime: the task dir.
     pub cwd: PathBuf,
     /// Where the runtime's stdout/stderr go: Nomad's log FIFOs, a plain file, or /dev/null.
+    /// Unused when `log_files` is set (the shim then writes the log files itself).
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// The shim collects the runtime's output itself and writes Nomad's rotated log files
+    /// (the plugin's `log_collection = "executor"`); `None`: output goes to `stdout_path` and
+    /// `stderr_path`.
+    #[serde(default)]
+    pub log_files: Option<LogFilesSpec>,
     /// How long to wait for a reader on each log FIFO before failing the start.
     #[serde(default = "default_fifo_timeout_ms")]
     pub fifo_open_timeout_ms: u64,
@@ -67,6 +73,97 @@ pub struct TaskSpec {
     /// runtime gets the shim's privileges and namespaces.
     #[serde(default)]
     pub sandbox: Option<SandboxSpec>,
+}
+
+/// The task's log files as Nomad's logmon writes them: `<dir>/<stdout_name>.<N>` and
+/// `<dir>/<stderr_name>.<N>`, N growing, a new file at `max_file_size_mb`, at most
+/// `max_files` of each kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFilesSpec {
+    /// Nomad's `<alloc dir>/alloc/logs`. Opened without following a symlink in its last
+    /// component, which the task can replace.
+    pub dir: PathBuf,
+    /// `<task>.stdout` and `<task>.stderr`: plain file names.
+    pub stdout_name: String,
+    pub stderr_name: String,
+    #[serde(default = "default_log_max_files")]
+    pub max_files: u32,
+    #[serde(default = "default_log_max_file_size_mb")]
+    pub max_file_size_mb: u64,
+}
+
+/// Nomad's `logs { max_files }` default.
+pub const DEFAULT_LOG_MAX_FILES: u32 = 10;
+/// Nomad's `logs { max_file_size }` default, MiB.
+pub const DEFAULT_LOG_MAX_FILE_SIZE_MB: u64 = 10;
+/// The most log files of one stream a task may keep.
+pub const MAX_LOG_MAX_FILES: u32 = 100_000;
+/// The largest log file, MiB (1 TiB).
+pub const MAX_LOG_MAX_FILE_SIZE_MB: u64 = 1 << 20;
+
+fn default_log_max_files() -> u32 {
+    DEFAULT_LOG_MAX_FILES
+}
+
+fn default_log_max_file_size_mb() -> u64 {
+    DEFAULT_LOG_MAX_FILE_SIZE_MB
+}
+
+impl LogFilesSpec {
+    /// Sizes in range, and names that stay inside `dir`.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(1..=MAX_LOG_MAX_FILES).contains(&self.max_files) {
+            return Err(spec_err(
+                "log_files.max_files",
+                format!(
+                    "{} is not between 1 and {MAX_LOG_MAX_FILES}; fix log_max_files",
+                    self.max_files
+                ),
+            ));
+        }
+        if !(1..=MAX_LOG_MAX_FILE_SIZE_MB).contains(&self.max_file_size_mb) {
+            return Err(spec_err(
+                "log_files.max_file_size_mb",
+                format!(
+                    "{} is not between 1 and {MAX_LOG_MAX_FILE_SIZE_MB} MiB; fix log_max_file_size",
+                    self.max_file_size_mb
+                ),
+            ));
+        }
+        for (field, name) in [
+            ("log_files.stdout_name", &self.stdout_name),
+            ("log_files.stderr_name", &self.stderr_name),
+        ] {
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.contains('/')
+                || name.contains('\0')
+            {
+                return Err(spec_err(
+                    field,
+                    format!("{name:?} must be a plain file name (the task name + \".stdout\")"),
+                ));
+            }
+        }
+        if self.stdout_name == self.stderr_name {
+            return Err(spec_err(
+                "log_files.stderr_name",
+                "must differ from stdout_name",
+            ));
+        }
+        if !self.dir.is_absolute() || self.dir.file_name().is_none() {
+            return Err(spec_err(
+                "log_files.dir",
+                format!(
+                    "{} must be an absolute path to a directory",
+                    self.dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Limits and cgroup placement for the runtime process.
@@ -190,6 +287,9 @@ impl TaskSpec {
         if let Some(s) = &self.sandbox {
             s.validate()
                 .map_err(|(field, message)| spec_err(&field, message))?;
+        }
+        if let Some(l) = &self.log_files {
+            l.validate()?;
         }
         crate::env::check_exec(&self.argv, &self.env, crate::env::arg_max()).map_err(|e| {
             let field = match e {

@@ -294,6 +294,7 @@ mod tests {
                 cwd: dir.to_path_buf(),
                 stdout_path: "/dev/null".into(),
                 stderr_path: "/dev/null".into(),
+                log_files: None,
                 fifo_open_timeout_ms: 1000,
                 user: String::new(),
                 socket_path: dir.join("s.sock"),

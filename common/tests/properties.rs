@@ -451,6 +451,7 @@ fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
                 cwd: "/tmp".into(),
                 stdout_path: "/dev/null".into(),
                 stderr_path: "/dev/null".into(),
+                log_files: None,
                 fifo_open_timeout_ms: fifo,
                 user,
                 socket_path: "/run/x/s.sock".into(),

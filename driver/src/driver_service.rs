@@ -4,7 +4,7 @@
 use crate::fingerprint;
 use crate::plugin::Plugin;
 use crate::tasks::Tasks;
-use common::config::TaskConfig;
+use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
     driver_server::Driver,
@@ -27,7 +27,7 @@ pub struct DriverService {
     pub tasks: Arc<Tasks>,
 }
 
-pub fn capabilities() -> DriverCapabilities {
+pub fn capabilities(cfg: &PluginConfig) -> DriverCapabilities {
     DriverCapabilities {
         send_signals: true,
         // The shim runs the command inside the task's sandbox (`nomad alloc exec`, template
@@ -47,7 +47,10 @@ pub fn capabilities() -> DriverCapabilities {
         // Host volumes are bound beneath the task dir inside the task's mount namespace.
         // ANY_MOUNTS: 0, an alias prost only generates under its first name.
         mount_configs: MountConfigs::UnknownMounts as i32,
-        disable_log_collection: false,
+        // log_collection = "executor": the shim writes the log files, so Nomad (>= 1.6) starts
+        // no logmon for our tasks (it still sends StdoutPath/StderrPath, naming FIFOs nobody
+        // creates). Nomad asks for the capabilities once per task runner, after SetConfig.
+        disable_log_collection: cfg.log_collection == LogCollection::Executor,
         dynamic_workload_users: false,
     }
 }
@@ -96,7 +99,7 @@ impl Driver for DriverService {
         _req: Request<CapabilitiesRequest>,
     ) -> Result<Response<CapabilitiesResponse>, Status> {
         Ok(Response::new(CapabilitiesResponse {
-            capabilities: Some(capabilities()),
+            capabilities: Some(capabilities(&self.plugin.config())),
         }))
     }
 
@@ -268,5 +271,18 @@ impl Driver for DriverService {
         Err(Status::unimplemented(
             "the elide driver does not create networks; Nomad creates the group network",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nomad_runs_no_logmon_when_the_shim_writes_the_logs() {
+        let mut cfg = PluginConfig::default();
+        assert!(capabilities(&cfg).disable_log_collection);
+        cfg.log_collection = LogCollection::Nomad;
+        assert!(!capabilities(&cfg).disable_log_collection);
     }
 }

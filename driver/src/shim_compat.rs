@@ -132,6 +132,7 @@ mod tests {
             script: String::new(),
             shim_api_level: level,
             executor_version: version.into(),
+            log_collection: String::new(),
         }
     }
 

@@ -1,6 +1,9 @@
 //! Shim footprint: spawn → READY and spawn → first answered RPC, and per-shim memory with N
-//! tasks running. `cargo bench -p elide-executor --bench footprint [-- N]` (release build).
-//! Prints figures; asserts nothing (CI machines vary).
+//! tasks running, in the default setup: the shim writes each task's log files (the task
+//! prints a line, then sleeps). `cargo bench -p elide-executor --bench footprint [-- N]`
+//! (release build; `-- N fifo` for a spec without log files, as with `log_collection =
+//! "nomad"`; `ELIDE_EXECUTOR_BIN=PATH` measures that binary, e.g. the static one
+//! `scripts/build-release` makes). Prints figures; asserts nothing (CI machines vary).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -32,6 +35,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20);
+    let log_files = !std::env::args().any(|a| a == "fifo");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -44,7 +48,18 @@ fn main() {
         let mut cpu_ms = Vec::new();
         let mut shims = Vec::new();
         for _ in 0..n {
-            let s = spec(dir.path(), "exec sleep 100000");
+            let mut s = spec(dir.path(), "echo started; exec sleep 100000");
+            if log_files {
+                let logs = dir.path().join(&s.task_name).join("logs");
+                std::fs::create_dir_all(&logs).unwrap();
+                s.log_files = Some(common::spec::LogFilesSpec {
+                    dir: logs,
+                    stdout_name: "t.stdout".into(),
+                    stderr_name: "t.stderr".into(),
+                    max_files: 10,
+                    max_file_size_mb: 10,
+                });
+            }
             let p = write_spec(&s, dir.path());
             let t0 = Instant::now();
             let (child, line) = launch_raw(&p, None);
@@ -106,8 +121,14 @@ fn main() {
             .map(|p| kb(*p, "status", &["Threads:"]) as f64)
             .collect();
         println!(
-            "elide-executor footprint, {n} shims (binary {BIN}, {} bytes)",
-            std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0)
+            "elide-executor footprint, {n} shims, {} (binary {}, {} bytes)",
+            if log_files {
+                "the shim writes the log files"
+            } else {
+                "no log files (/dev/null)"
+            },
+            bin(),
+            std::fs::metadata(bin()).map(|m| m.len()).unwrap_or(0)
         );
         println!(
             "spawn -> READY on the ready fd (ms):     {}",

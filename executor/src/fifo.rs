@@ -30,6 +30,10 @@ pub enum FifoError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot create a pipe for the task's output: {0}; the shim may be out of file descriptors"
+    )]
+    Pipe(#[source] io::Error),
 }
 
 impl FifoError {

@@ -4,21 +4,28 @@
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
 //! - [`server`]: the tonic control API on top of it; [`listener`]: its bounded accept loop;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, PDEATHSIG, then `sandbox-init`);
+//!   [`users`]: the task user from /etc/passwd and /etc/group;
 //! - [`sandbox`]: the task sandbox (namespaces, mounts, credentials, capabilities, PID 1);
 //! - [`exec`]: running a command inside the task (`nomad alloc exec`, ExecTask: the Exec RPC
 //!   and the `sandbox-exec` process that enters the sandbox);
 //! - [`reaper`]: the `waitpid(-1)` loop of a child subreaper, and the registry of the other
 //!   children whose exits are awaited;
-//! - [`fifo`]: Nomad's log FIFOs (deadline, no symlinks, keep-alive reader);
+//! - [`logs`]: the task's output: Nomad's rotated log files written by the shim itself
+//!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
+//!   keep-alive reader);
+//! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
 //! - [`stats`]: usage samples (cgroup or `/proc`);
-//! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`.
+//! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`; [`args`]: the command line.
 
+pub mod args;
 pub mod cli;
 mod error;
+mod events;
 pub mod exec;
 mod fifo;
 mod listener;
 pub mod logging;
+mod logs;
 mod reaper;
 pub mod runtime;
 pub mod sandbox;
@@ -26,6 +33,7 @@ pub mod serve;
 mod server;
 mod shim;
 mod stats;
+mod users;
 
 /// This build's version (`NDE_VERSION` at build time, else the workspace version) and git
 /// revision: see common/build_info.rs.

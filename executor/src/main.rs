@@ -1,100 +1,10 @@
 //! elide-executor: one shim per Elide task (`serve`, `run`), and the operator's view of them
-//! (`status`, `stop`, `signal`). See docs/executor.md.
+//! (`status`, `stop`, `signal`, `exec`). See docs/executor.md.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use executor::args::{self, Cmd, Exit};
 use executor::serve::{self, Mode, Ready};
-use std::path::{Path, PathBuf};
-
-/// `elide-executor --version`: version, git revision and shim API level.
-static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    common::shim_api::version_text(executor::VERSION, executor::REVISION)
-});
-
-#[derive(Parser)]
-#[command(
-    name = "elide-executor",
-    version = VERSION.as_str(),
-    about = "Per-task shim of nomad-driver-elide, and the operator's view of its tasks"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use).
-    Serve {
-        /// The task spec (JSON, docs/executor.md); `-` reads it from stdin, as the plugin
-        /// passes it (the task's environment never touches the disk).
-        #[arg(long)]
-        spec: PathBuf,
-        /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up.
-        #[arg(long)]
-        ready_fd: Option<i32>,
-        /// The task id (`<alloc id>/<task name>/<n>`), so `ps` shows which task a shim runs;
-        /// it must be the spec's `task_id`.
-        #[arg(long)]
-        task: String,
-    },
-    /// Run one shim in the foreground without Nomad, for debugging: starts the runtime,
-    /// serves the socket (status/stop/signal work), exits with the runtime's exit code.
-    Run {
-        /// The task spec (JSON, docs/executor.md).
-        #[arg(long)]
-        spec: PathBuf,
-    },
-    /// List every Elide task on this node.
-    Status {
-        /// JSON (an array of objects) instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// The plugin's runtime_dir, holding the sockets and the task index.
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// Only this task: a task id, task key, alloc id prefix (>= 4 chars) or task name.
-        task: Option<String>,
-    },
-    /// Stop one task: send the signal, wait, then SIGKILL its process group.
-    Stop {
-        #[arg(long, default_value = common::spec::DEFAULT_STOP_SIGNAL)]
-        signal: String,
-        /// How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s).
-        #[arg(long, default_value = "5s")]
-        timeout: String,
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
-        task: String,
-    },
-    /// Run a command inside one running task (its sandbox, cgroup, user, environment and
-    /// dir), like `nomad alloc exec`: `elide-executor exec TASK -- /bin/sh`.
-    Exec {
-        /// Run it on a terminal (default: when stdin and stdout are terminals).
-        #[arg(short = 't', long, conflicts_with = "no_tty")]
-        tty: bool,
-        /// Never run it on a terminal.
-        #[arg(short = 'T', long)]
-        no_tty: bool,
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
-        task: String,
-        /// The program (looked up in the task's PATH) and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
-    /// Send a signal to one task's runtime.
-    Signal {
-        /// e.g. SIGUSR1, HUP, 10.
-        signal: String,
-        #[arg(long, default_value = common::paths::DEFAULT_RUNTIME_DIR)]
-        state_dir: PathBuf,
-        /// A task id, task key, alloc id prefix or task name.
-        task: String,
-    },
-}
+use std::path::Path;
 
 fn main() {
     // The sandbox set-up process the shim starts for each runtime: single-threaded, before
@@ -106,11 +16,28 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(executor::exec::EXEC_COMMAND.as_ref()) {
         executor::exec::helper::main();
     }
-    let cli = Cli::parse();
+    let cli = match args::parse(std::env::args_os().skip(1)) {
+        Ok(cmd) => cmd,
+        Err(Exit::Help(text)) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Err(Exit::Version) => {
+            println!(
+                "elide-executor {}",
+                common::shim_api::version_text(executor::VERSION, executor::REVISION)
+            );
+            std::process::exit(0);
+        }
+        Err(Exit::Usage(text)) => {
+            eprintln!("{text}");
+            std::process::exit(2);
+        }
+    };
     // Before anything opens an fd (the async runtime's epoll would take a closed
     // --ready-fd's number): the readiness pipe, the signals a shim must survive, and no
     // inherited fd passed on to the runtime.
-    let ready = match &cli.cmd {
+    let ready = match &cli {
         Cmd::Serve { ready_fd, .. } => {
             let ready = Ready::from_fd(*ready_fd);
             serve::ignore_stray_signals(&Mode::Serve {
@@ -195,8 +122,8 @@ async fn serve_cmd(spec_path: &Path, task: &str, mut ready: Ready) -> anyhow::Re
 
 use std::os::unix::fs::DirBuilderExt;
 
-async fn run(cli: Cli, ready: Ready) -> anyhow::Result<i32> {
-    match cli.cmd {
+async fn run(cmd: Cmd, ready: Ready) -> anyhow::Result<i32> {
+    match cmd {
         Cmd::Serve { spec, task, .. } => serve_cmd(&spec, &task, ready).await,
         Cmd::Run { spec } => {
             executor::logging::to_stderr();

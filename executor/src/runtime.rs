@@ -118,27 +118,16 @@ pub struct Spawned {
 
 /// Resolves a user name or numeric uid to uid, primary gid and supplementary groups (the
 /// user's own, as initgroups would set them; computed here because the user database is the
-/// host's, read before the sandbox exists).
+/// host's, read before the sandbox exists): see `crate::users`.
 pub(crate) fn resolve_user(user: &str) -> Result<Option<creds::User>, SpawnError> {
     if user.is_empty() {
         return Ok(None);
     }
-    let found = match user.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Err(_) => nix::unistd::User::from_name(user),
-    };
-    let u = found
-        .ok()
-        .flatten()
-        .ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
-    let name = CString::new(u.name.clone()).map_err(|_| SpawnError::NoSuchUser(user.to_owned()))?;
-    let groups = nix::unistd::getgrouplist(&name, u.gid)
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_else(|_| vec![u.gid.as_raw()]);
+    let u = crate::users::lookup(user).ok_or_else(|| SpawnError::NoSuchUser(user.to_owned()))?;
     Ok(Some(creds::User {
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        groups,
+        uid: u.uid,
+        gid: u.gid,
+        groups: u.groups,
     }))
 }
 
@@ -603,6 +592,7 @@ mod tests {
             cwd: dir.clone(),
             stdout_path: "/dev/null".into(),
             stderr_path: "/dev/null".into(),
+            log_files: None,
             fifo_open_timeout_ms: 1000,
             user: String::new(),
             socket_path: dir.join("x.sock"),

@@ -132,7 +132,7 @@ impl Executor for Service {
                     return;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(common::usage::until_aligned(interval)) => {}
                     _ = tx.closed() => return,
                     _ = exited.wait_for(|e| e.is_some()) => return,
                 }
@@ -178,6 +178,24 @@ impl Executor for Service {
             .map_err(|_| Status::internal("the exec session ended before it started"))??;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
+
+    async fn events(
+        &self,
+        r: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        let (past, live) = self.shim.events.subscribe(r.into_inner().since_unix_ms);
+        // A subscriber too slow for the burst loses the events in between (they are
+        // summaries; the counts stay in Status).
+        let live = tokio_stream::wrappers::BroadcastStream::new(live)
+            .filter_map(|e| e.ok())
+            .map(Ok);
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(past.into_iter().map(Ok)).chain(live),
         )))
     }
 

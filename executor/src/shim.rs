@@ -2,7 +2,8 @@
 //! (published to any number of waiters), and the operations of the control API.
 
 use crate::error::{StartError, TaskError};
-use crate::fifo;
+use crate::events::Events;
+use crate::logs;
 use crate::reaper::{self, Reaped};
 use crate::runtime;
 use crate::stats::{self, Sampler};
@@ -31,6 +32,10 @@ const GROUP_WAIT: Duration = Duration::from_secs(2);
 /// While waiting for the group to disappear, how often to look again when no child was reaped
 /// (every leftover is re-parented to us, the subreaper, so reaps are the usual wake-up).
 const GROUP_RECHECK: Duration = Duration::from_millis(100);
+/// How long, after the runtime and everything left of the task were killed, the shim waits
+/// for the output pipes to reach EOF before it records the exit anyway (only a process that
+/// survived SIGKILL, or one outside the task holding a pipe, makes it wait that long).
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -45,8 +50,13 @@ pub struct Shim {
     /// Children other than the runtime whose exits are awaited (exec helpers).
     pub children: reaper::Children,
     cgroup: Mutex<Option<Arc<TaskCgroup>>>,
-    /// Our never-read read ends of the log FIFOs (see fifo.rs).
-    keepalive: Mutex<Vec<OwnedFd>>,
+    /// Where the task's output goes (log files the shim writes, or FIFOs it keeps a reader
+    /// of): see `logs`.
+    output: Mutex<Option<logs::Output>>,
+    /// What the shim has to tell about the task (the Events RPC).
+    pub events: Events,
+    /// Set when the runtime was reaped and its exit is being recorded.
+    exiting: AtomicBool,
     /// PID-namespace mode: the pipe on which the namespace's init reports the runtime's raw
     /// wait status (the init's own exit cannot carry a signal death).
     init_status: Mutex<Option<OwnedFd>>,
@@ -85,7 +95,9 @@ impl Shim {
             reaped_tx,
             children: reaper::Children::default(),
             cgroup: Mutex::new(None),
-            keepalive: Mutex::new(Vec::new()),
+            output: Mutex::new(None),
+            events: Events::default(),
+            exiting: AtomicBool::new(false),
             init_status: Mutex::new(None),
             kill_note: Mutex::new(None),
             starting: AtomicBool::new(false),
@@ -146,7 +158,7 @@ impl Shim {
     }
 
     /// Opens the log sinks, sets up the cgroup and spawns the runtime.
-    pub async fn start(&self) -> Result<api::StartResponse, StartError> {
+    pub async fn start(self: &Arc<Self>) -> Result<api::StartResponse, StartError> {
         if let Some(pid) = self.runtime_pid() {
             return Err(StartError::AlreadyStarted(pid));
         }
@@ -164,17 +176,15 @@ impl Shim {
         r
     }
 
-    async fn start_inner(&self) -> Result<api::StartResponse, StartError> {
-        let timeout = Duration::from_millis(self.spec.fifo_open_timeout_ms.max(1));
-        let (out, err) =
-            fifo::open_both(&self.spec.stdout_path, &self.spec.stderr_path, timeout).await?;
+    async fn start_inner(self: &Arc<Self>) -> Result<api::StartResponse, StartError> {
+        let opened = logs::open(&self.spec).await?;
         if self.closing.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown);
         }
         let cg = self.make_cgroup();
         let procs = cg.as_ref().map(|c| c.procs_files()).unwrap_or_default();
         // On the main thread (current_thread runtime): see runtime.rs about PDEATHSIG.
-        let pid = match runtime::spawn(&self.spec, out.write, err.write, procs) {
+        let pid = match runtime::spawn(&self.spec, opened.stdout, opened.stderr, procs) {
             Ok(spawned) => {
                 *lock(&self.init_status) = spawned.status;
                 spawned.pid
@@ -186,7 +196,7 @@ impl Shim {
                 return Err(e.into());
             }
         };
-        lock(&self.keepalive).extend(out.keepalive.into_iter().chain(err.keepalive));
+        *lock(&self.output) = Some(opened.pending.start(&self.events));
         let start_time = common::proc::start_time(pid).unwrap_or(0);
         let started = now_ms();
         let cg_desc = cg.as_ref().map(|c| c.describe());
@@ -234,7 +244,7 @@ impl Shim {
     }
 
     /// Reaps every exited child (we are a subreaper); records the runtime's exit.
-    pub fn reap(&self) {
+    pub fn reap(self: &Arc<Self>) {
         let reaped = reaper::reap_exited();
         let n = reaped.len() as u64;
         for r in reaped {
@@ -245,7 +255,7 @@ impl Shim {
         }
     }
 
-    fn on_reaped(&self, r: Reaped) {
+    fn on_reaped(self: &Arc<Self>, r: Reaped) {
         let Some(r) = self.children.deliver(r) else {
             return;
         };
@@ -257,7 +267,7 @@ impl Shim {
             );
             return;
         }
-        if self.exit().is_some() {
+        if self.exit().is_some() || self.exiting.swap(true, Ordering::SeqCst) {
             return;
         }
         // Whatever the runtime left in its group, its cgroup or (as orphans re-parented to
@@ -268,6 +278,22 @@ impl Shim {
         if let Some(c) = &cg {
             oom = c.oom_kills() > 0;
             c.kill_all();
+        }
+        // The exit is recorded once the task's output is all in its log files: with every
+        // process of the task gone, the pipes reach EOF.
+        let shim = self.clone();
+        tokio::spawn(async move { shim.record_exit(r, cg, oom).await });
+    }
+
+    async fn record_exit(&self, r: Reaped, cg: Option<Arc<TaskCgroup>>, oom: bool) {
+        let collector = lock(&self.output).as_ref().and_then(|o| o.collector());
+        if let Some(c) = collector {
+            if !c.drained(DRAIN_WAIT).await {
+                tracing::warn!(
+                    wait = ?DRAIN_WAIT,
+                    "the task's output pipes are still open after its processes were killed; recording the exit without waiting longer"
+                );
+            }
         }
         let mut message = lock(&self.kill_note).clone().unwrap_or_default();
         if oom {
@@ -300,7 +326,9 @@ impl Shim {
             oom,
             "runtime exited"
         );
-        lock(&self.keepalive).clear();
+        if let Some(o) = lock(&self.output).as_mut() {
+            o.release();
+        }
         self.exit_tx.send_replace(Some(exit));
         if let Some(c) = cg {
             c.remove();
@@ -450,6 +478,7 @@ impl Shim {
             cgroup: s.cgroup.unwrap_or_default(),
             api_level: common::shim_api::API_LEVEL,
             executor_revision: crate::REVISION.to_owned(),
+            logs: lock(&self.output).as_ref().map(|o| o.status()),
         }
     }
 
@@ -546,16 +575,27 @@ fn namespaces_of(pid: i32) -> std::collections::BTreeMap<String, String> {
 
 /// SIGKILLs every live process of the task: the runtime's process group (`pgid`) and every
 /// descendant of the shim. The shim runs exactly one task and is a child subreaper, so each
-/// process below it — also a daemon that left the group with setsid — belongs to the task.
-/// Returns the pids it signalled (empty = nothing left).
+/// process below it — also a daemon that left the group with setsid — belongs to the task,
+/// and so does every member of the group (they all descend from the runtime, and orphans come
+/// back to the shim): the kernel's children lists name them without a scan of all of /proc.
+/// Returns the pids it signalled (empty = nothing left; zombies are not counted).
 pub fn kill_leftovers(pgid: i32) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let procs = common::proc::all_processes();
-    let mut targets: Vec<i32> = common::proc::tree_of(&procs, me)
-        .into_iter()
-        .filter(|p| *p != me)
-        .collect();
-    targets.extend(procs.iter().filter(|s| s.pgrp == pgid).map(|s| s.pid));
+    let mut targets = match common::proc::descendants(me) {
+        Some(d) => d
+            .into_iter()
+            .filter(|p| common::proc::stat(*p).is_ok_and(|s| !s.is_exited()))
+            .collect(),
+        None => {
+            let procs = common::proc::all_processes();
+            let mut t: Vec<i32> = common::proc::tree_of(&procs, me)
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            t.extend(procs.iter().filter(|s| s.pgrp == pgid).map(|s| s.pid));
+            t
+        }
+    };
     targets.sort_unstable();
     targets.dedup();
     for p in &targets {

@@ -76,7 +76,7 @@ while :; do sleep 1000 & wait $!; done"#,
     assert_eq!(
         cols,
         [
-            "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY",
+            "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "LOGS",
             "VERSION", "SOCKET"
         ]
     );
@@ -92,6 +92,8 @@ while :; do sleep 1000 & wait $!; done"#,
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["executor_version"], executor::VERSION);
     assert_eq!(rows[0]["api_level"], common::shim_api::API_LEVEL);
+    assert_eq!(rows[0]["logs"], "fifo", "the runtime writes into the FIFO");
+    assert_eq!(rows[0]["log_bytes_dropped"], 0);
 
     let (code, stdout, stderr) = cli(&["signal", "SIGHUP", "--state-dir", &run_dir, &name]);
     assert_eq!(code, 0, "{stdout}{stderr}");

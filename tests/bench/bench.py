@@ -1,54 +1,85 @@
 #!/usr/bin/env python3
-"""Benchmark: nomad-driver-elide against Nomad's own raw_exec (and exec) on the same agent in
-the same run. Prints absolute figures and ratios; asserts nothing (targets are read by people,
-not by timed tests).
+"""Benchmark: nomad-driver-elide against Nomad's own raw_exec on the same agent in the same run.
+Prints absolute figures and ratios (elide / raw_exec); asserts nothing (targets are read by
+people, not by timed tests). Figures and the plot live in docs/performance.md.
 
-    python3 tests/bench/bench.py [--tasks 20] [--nomad PATH]
+    python3 tests/bench/bench.py [--counts 40 200] [--json out.json] [--skip burst,follow,...]
+        [--tasks 20]
 
-For each driver it runs N copies of the same idle app through the same Elide stand-in and
-measures:
-  * per-task supervisor memory: elide-executor (ours) vs `nomad executor` (raw_exec/exec), as
-    VmRSS and Pss from /proc/<pid>/smaps_rollup (logmon is the same for every driver and is
-    left out);
-  * time from job registration to all N tasks running;
-  * for ours: shim spawn → socket ready (from the plugin's debug log), and the plugin's RSS;
-  * recovery: time from an agent restart to every task reattached (persistent agent);
-  * `nomad alloc exec` round trip: from starting the CLI to the command's first output byte
-    (and to the CLI's exit), one running task per driver, the drivers taking turns;
-  * the sandbox's cost: the plugin's defaults, fs_isolation = "none", and nothing but the
-    capability drop (fs_isolation = "none", host PID and IPC namespaces), one agent each: the
-    shim's Start of one task at a time (log FIFOs, cgroup, sandbox setup, exec; from the
-    plugin's debug log), and the time until N tasks started at once run.
+Both drivers run the same idle app through the same Elide stand-in, on one persistent agent:
+
+  memory    per-task supervision memory for N tasks (every helper process Nomad or we start per
+            task: for raw_exec `nomad executor` + `nomad logmon`; for elide the shim, plus a
+            logmon if one exists), VmRSS and Pss from /proc/<pid>/smaps_rollup, summed and
+            divided by N; time from job registration to all N running
+  stop      `job stop` (DELETE /v1/job) to every task dead on the client (Killed events), every
+            task process gone, every allocation terminal in the API: once per memory run, and
+            --stop-rounds times at --stop-count tasks (medians)
+  burst     a 200,000-line (15 MB) burst: job registration to all of it in the log files,
+            the task's Started -> Terminated, every line present in order in `nomad alloc logs`
+  follow    `nomad alloc logs -f` lag: a task prints a timestamped line every 100 ms; the lag
+            is the time from print to the line arriving at the follower
+  density   (elide, the largest N) plugin + shims CPU over 60 s idle, then an agent restart
+            and the time until every task is reattached
+  recovery  agent restart -> all tasks reattached, for --recovery sizes (persistent agents)
+  exec      `nomad alloc exec` round trip: from starting the CLI to the command's first output
+            byte (and to the CLI's exit), one running task per driver, the drivers taking turns
+  sandbox   the sandbox's cost: the plugin's defaults, fs_isolation = "none", and nothing but
+            the capability drop (fs_isolation = "none", host PID and IPC namespaces), one agent
+            each: the shim's Start of one task at a time (log pipes, cgroup, sandbox setup,
+            exec; from the plugin's debug log), and the time until N tasks started at once run
+
+--plot-counts adds more N for the memory curve (tests/bench/plot.py draws it from --json).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "e2e"))
 import nomad as nm  # noqa: E402
 
-APP = "import time\\nwhile True:\\n    time.sleep(1)\\n"
+IDLE_APP = "import time\\nwhile True:\\n    time.sleep(1)\\n"
+BURST_APP = ("import sys\\npad = 'x' * 62\\nfor s in range(0, 200000, 1000):\\n"
+             "    sys.stdout.write(''.join(f'line {i:06d} {pad}\\\\n' for i in range(s, s + 1000)))\\n"
+             "sys.stdout.flush()\\n")
+FOLLOW_APP = ("import time\\nfor i in range(100000):\\n"
+              "    print(f'tick {i} {time.time():.6f}', flush=True)\\n    time.sleep(0.1)\\n")
+RAW_EXEC_HCL = 'plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}'
 
 
-def job(name: str, driver: str, count: int) -> str:
+def job(name: str, driver: str, count: int, app: str, jtype: str = "service") -> str:
     if driver == "elide":
         config = 'script = "local/app.py"'
     else:
         config = (f'command = "{nm.STANDIN}"\n        args = ["run", "--no-pretty", '
                   '"--host:allow-env", "local/app.py", "--"]')
+    restart = ('restart {\n      attempts = 0\n      mode = "fail"\n    }' if jtype == "batch"
+               else "")
     return f"""
 job "{name}" {{
   datacenters = ["dc1"]
+  type = "{jtype}"
   group "g" {{
     count = {count}
+    {restart}
+    # 200 tasks x the default 300 MB would not fit the node's disk.
+    ephemeral_disk {{
+      size = 50
+    }}
     task "t" {{
+      logs {{
+        max_files     = 2
+        max_file_size = 10
+      }}
       driver = "{driver}"
       config {{
         {config}
@@ -56,7 +87,7 @@ job "{name}" {{
       template {{
         destination = "local/app.py"
         perms = "644"
-        data = "{APP}"
+        data = "{app}"
       }}
       resources {{
         cpu    = 20
@@ -69,6 +100,7 @@ job "{name}" {{
 
 
 def mem(pid: int) -> tuple[int, int]:
+    """(VmRSS, Pss) in KiB."""
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -84,32 +116,92 @@ def mem(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def supervisors(driver: str) -> list[int]:
-    procs = nm.all_procs().values()
-    if driver == "elide":
-        return [p.pid for p in procs if "elide-executor serve" in p.cmdline]
-    return [p.pid for p in procs if re.search(r"nomad executor ", p.cmdline)]
+def cpu_ns(pid: int) -> int:
+    """CPU time of all threads of `pid`, ns (schedstat: exact, where utime/stime count whole
+    clock ticks and round a shim's few microseconds a second away)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+    return total
 
 
-def run_driver(agent, driver: str, n: int) -> dict:
-    t0 = time.monotonic()
-    j = agent.run_job(job(f"bench-{driver}", driver, n))
-    agent.wait_allocs(j["ID"], lambda a: len(a) >= n and all(
+def helpers(agent) -> dict[str, list[int]]:
+    """This agent's per-task helper processes by kind."""
+    out: dict[str, list[int]] = {"shim": [], "executor": [], "logmon": []}
+    for p in agent.processes():
+        if "elide-executor serve" in p.cmdline:
+            out["shim"].append(p.pid)
+        elif re.search(r"(^|/)nomad executor ", p.cmdline):
+            out["executor"].append(p.pid)
+        elif re.search(r"(^|/)nomad logmon", p.cmdline):
+            out["logmon"].append(p.pid)
+    return out
+
+
+def running(agent, job_id: str, n: int, timeout: float = 900) -> None:
+    agent.wait_allocs(job_id, lambda a: len(a) >= n and all(
         (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a),
-        timeout=300, what=f"{n} {driver} tasks running")
+        timeout=timeout, what=f"{n} tasks of {job_id} running")
+
+
+def task_pids(agent, driver: str) -> list[nm.Proc]:
+    """The task processes (the stand-in and its guest) of this agent."""
+    return [p for p in agent.processes()
+            if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline]
+
+
+def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float, float]:
+    """Seconds from `job stop` to: every task dead on the client (its last `Killed` task
+    event), every task process gone (pidfds), every allocation terminal in the API (which
+    adds the client's 200 ms batching of allocation updates, so it varies more)."""
+    procs = task_pids(agent, driver)
+    done: dict = {}
+
+    def watch():
+        done["left"] = nm.wait_gone(procs, 120)
+        done["t"] = time.monotonic()
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    time.sleep(0.2)  # the watcher has its pidfds
+    t0, w0 = time.monotonic(), time.time()
+    agent.stop_job(job_id, wait=False)
+    agent.wait_allocs(job_id, lambda a: all(x["ClientStatus"] in nm.TERMINAL_CLIENT for x in a),
+                      timeout=600, what=f"{job_id} stopped")
+    t_api = time.monotonic() - t0
+    th.join(130)
+    t_gone = done.get("t", time.monotonic()) - t0
+    if done.get("left"):
+        print(f"  warning: {len(done['left'])} task processes of {job_id} still alive after stop")
+    killed = [e["Time"] / 1e9 - w0 for a in agent.allocs(job_id)
+              for e in agent.task_events(a["ID"], "t") if e["Type"] == "Killed"]
+    t_dead = max(killed) if killed else t_api
+    agent.api.delete(f"/v1/job/{job_id}", purge="true")
+    return t_dead, t_gone, t_api
+
+
+def run_memory(agent, driver: str, n: int, density: bool) -> dict:
+    t0 = time.monotonic()
+    j = agent.run_job(job(f"mem-{driver}-{n}", driver, n, IDLE_APP))
+    running(agent, j["ID"], n)
     start_s = time.monotonic() - t0
-    time.sleep(3)  # let the runtimes settle before sampling memory
-    pids = supervisors(driver)
+    time.sleep(5)  # let the runtimes and helpers settle before sampling
+    h = helpers(agent)
+    pids = h["shim"] + h["executor"] + h["logmon"]
     m = [mem(p) for p in pids]
     res = {
-        "driver": driver,
-        "tasks": n,
-        "start_all_s": start_s,
-        "supervisors": len(pids),
-        "rss_kb": statistics.mean(x[0] for x in m) if m else 0,
-        "pss_kb": statistics.mean(x[1] for x in m) if m else 0,
+        "driver": driver, "tasks": n, "start_all_s": start_s,
+        "helpers": {k: len(v) for k, v in h.items()},
+        "rss_kb_per_task": sum(x[0] for x in m) / n,
+        "pss_kb_per_task": sum(x[1] for x in m) / n,
     }
-    agent.stop_job(j["ID"], purge=True)
+    if density:
+        res.update(density_run(agent, j["ID"], n, h["shim"]))
+    res["stop_s"], res["stop_gone_s"], res["stop_api_s"] = stop_latency(agent, j["ID"], driver)
     return res
 
 
@@ -123,7 +215,7 @@ def exec_latency(agent, rounds: int) -> dict:
     ms from starting the CLI to the first byte of output, and to the CLI's exit."""
     allocs = {}
     for d in ("elide", "raw_exec"):
-        j = agent.run_job(job(f"exec-{d}", d, 1))
+        j = agent.run_job(job(f"exec-{d}", d, 1, IDLE_APP))
         allocs[d] = agent.wait_allocs(j["ID"], lambda a: a and all(
             (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a)
             and a, timeout=120, what=f"the {d} task running")[0]["ID"]
@@ -180,7 +272,7 @@ def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> 
             agents.append((label, agent))
         for r in range(rounds):
             for label, agent in agents:
-                j = agent.run_job(job(f"one{r}", "elide", 1))
+                j = agent.run_job(job(f"one{r}", "elide", 1, IDLE_APP))
                 agent.wait_allocs(j["ID"], lambda a: a and all(
                     (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in a),
                     timeout=120, what=f"{label}: one task running")
@@ -188,97 +280,304 @@ def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> 
         single = {label: start_latencies(agent) for label, agent in agents}
         out = []
         for label, agent in agents:
-            r = run_driver(agent, "elide", n)
+            t0 = time.monotonic()
+            j = agent.run_job(job(f"sandbox-all{n}", "elide", n, IDLE_APP))
+            running(agent, j["ID"], n)
+            start_all_s = time.monotonic() - t0
+            agent.stop_job(j["ID"], purge=True)
             one = single[label]
             out.append({"label": label,
                         "start_ms": statistics.median(one) if one else 0.0,
                         "start_p90_ms": percentile(one, 0.9),
                         "starts": len(one),
-                        "start_all_s": r["start_all_s"]})
+                        "start_all_s": start_all_s})
         return out
     finally:
         for _, agent in agents:
             agent.stop()
 
 
+def run_stop_rounds(agent, n: int, rounds: int) -> list[dict]:
+    """Stop latency of N idle tasks, `rounds` times per driver, the order alternating (a
+    single stop varies by a few hundred ms with Nomad's alloc update batching)."""
+    got: dict[str, list[tuple[float, float, float]]] = {"elide": [], "raw_exec": []}
+    for r in range(rounds):
+        for d in (("elide", "raw_exec") if r % 2 == 0 else ("raw_exec", "elide")):
+            j = agent.run_job(job(f"stop-{d}-{n}-{r}", d, n, IDLE_APP))
+            running(agent, j["ID"], n)
+            time.sleep(3)
+            got[d].append(stop_latency(agent, j["ID"], d))
+    return [{"driver": d, "tasks": n, "rounds": rounds,
+             "stop_s": statistics.median(x[0] for x in v),
+             "stop_gone_s": statistics.median(x[1] for x in v),
+             "stop_api_s": statistics.median(x[2] for x in v),
+             "all_s": [round(x[0], 3) for x in v]} for d, v in got.items()]
+
+
+def plugin_pid(agent) -> int:
+    ps = [p.pid for p in agent.find_processes("plugins/nomad-driver-elide")
+          if p.state not in ("Z", "X")]
+    return ps[0] if ps else 0
+
+
+def density_run(agent, job_id: str, n: int, shims: list[int]) -> dict:
+    """Idle CPU of plugin + shims over 60 s, then an agent restart: all reattached?"""
+    plugin = plugin_pid(agent)
+    before = {p: cpu_ns(p) for p in shims + [plugin]}
+    t0 = time.monotonic()
+    time.sleep(60)
+    wall = time.monotonic() - t0
+    spent = {p: (cpu_ns(p) - ns) / 1e9 for p, ns in before.items()}
+    used = sum(spent.values())
+    all_running = sum(1 for a in agent.allocs(job_id)
+                      if (a.get("TaskStates") or {}).get("t", {}).get("State") == "running")
+    before_log = agent.log().count("reattached to running shim")
+    agent.stop()
+    t1 = time.monotonic()
+    agent.start()
+    deadline = time.monotonic() + 600
+    while agent.log().count("reattached to running shim") < before_log + n:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    recovered = agent.log().count("reattached to running shim") - before_log
+    recover_s = time.monotonic() - t1
+    agent.wait_driver_healthy()
+    running(agent, job_id, n)
+    return {"density_running": all_running, "idle_cpu_percent": 100 * used / wall,
+            "idle_cpu_percent_plugin": 100 * spent[plugin] / wall,
+            "idle_cpu_percent_shims": 100 * (used - spent[plugin]) / wall,
+            "restart_recovered": recovered, "restart_recover_s": recover_s,
+            "plugin_rss_kb": mem(plugin_pid(agent))[0]}
+
+
+def run_burst(agent, driver: str, rounds: int = 3) -> dict:
+    """The 15 MB burst, `rounds` times: registration -> all of it in the log files on disk
+    (polled every 10 ms), the task's own Started -> Terminated (client timestamps), and every
+    line present and in order in `nomad alloc logs`."""
+    pad = "x" * 62
+    want = "".join(f"line {i:06d} {pad}\n" for i in range(200_000))
+    files_s, run_s, ok = [], [], True
+    for i in range(rounds):
+        t0 = time.monotonic()
+        j = agent.run_job(job(f"burst-{driver}-{i}", driver, 1, BURST_APP, jtype="batch"))
+        alloc = agent.first_alloc(j["ID"])
+        logs = os.path.join(agent.data_dir, "alloc", alloc["ID"], "alloc", "logs")
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                size = sum(os.path.getsize(os.path.join(logs, f)) for f in os.listdir(logs)
+                           if re.fullmatch(r"t\.stdout\.\d+", f))
+            except OSError:
+                size = 0
+            if size >= len(want):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{driver}: only {size} bytes reached the log files")
+            time.sleep(0.01)
+        files_s.append(time.monotonic() - t0)
+        agent.wait_task(alloc["ID"], "t", "dead", timeout=600)
+        ev = {e["Type"]: e["Time"] for e in agent.task_events(alloc["ID"], "t")}
+        run_s.append((ev["Terminated"] - ev["Started"]) / 1e9)
+        ok = ok and agent.logs(alloc["ID"], "t") == want
+        agent.stop_job(j["ID"], purge=True)
+    return {"driver": driver, "rounds": rounds, "bytes": len(want), "complete_in_order": ok,
+            "to_files_s": statistics.median(files_s),
+            "started_to_terminated_s": statistics.median(run_s)}
+
+
+def run_follow(agent, driver: str, lines: int = 100) -> dict:
+    j = agent.run_job(job(f"follow-{driver}", driver, 1, FOLLOW_APP))
+    alloc = agent.first_alloc(j["ID"])
+    agent.wait_logs(alloc["ID"], "t", "tick 3")
+    env = {**os.environ, "NOMAD_ADDR": agent.addr}
+    f = subprocess.Popen([agent.nomad_bin, "alloc", "logs", "-f", "-tail", "-n", "1",
+                          alloc["ID"], "t"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    lags: list[float] = []
+
+    def read():
+        for line in f.stdout:
+            now = time.time()
+            m = re.match(r"tick \d+ (\d+\.\d+)", line)
+            if m:
+                lags.append(now - float(m.group(1)))
+                if len(lags) >= lines + 1:
+                    return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(lines * 0.1 + 60)
+    f.kill()
+    f.wait()
+    agent.stop_job(j["ID"], purge=True)
+    lags = sorted(lags[1:])  # the first line is the -tail backlog
+    if not lags:
+        return {"driver": driver, "lines": 0}
+    return {"driver": driver, "lines": len(lags),
+            "lag_median_ms": 1000 * statistics.median(lags),
+            "lag_p95_ms": 1000 * lags[int(0.95 * (len(lags) - 1))],
+            "lag_max_ms": 1000 * lags[-1]}
+
+
+def run_recovery(nomad_bin: str, bins: dict, base: str, n: int) -> float:
+    p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
+                      executor_bin=bins["executor"], name=f"rec{n}", mode="persistent")
+    p.plugin_config = p.default_plugin_config()
+    try:
+        p.start()
+        p.wait_driver_healthy()
+        j = p.run_job(job(f"rec{n}", "elide", n, IDLE_APP))
+        running(p, j["ID"], n)
+        p.stop()
+        before = p.log().count("reattached to running shim")
+        t0 = time.monotonic()
+        p.start()
+        deadline = time.monotonic() + 300
+        while p.log().count("reattached to running shim") < before + n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {p.log().count('reattached to running shim') - before}"
+                                   f" of {n} recovered")
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        p.stop_all_jobs()
+        return took
+    finally:
+        p.stop()
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}x" if b else "n/a"
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tasks", type=int, default=20)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--counts", type=int, nargs="+", default=[40, 200])
+    ap.add_argument("--plot-counts", type=int, nargs="*", default=[],
+                    help="extra N for the memory curve (elide and raw_exec)")
     ap.add_argument("--nomad", default=None)
-    ap.add_argument("--exec", action="store_true", help="also measure the exec driver (chroot: slow)")
-    ap.add_argument("--recovery", type=int, nargs="*", default=[10, 50])
-    ap.add_argument("--no-sandbox-cost", action="store_true",
-                    help="skip the sandbox on/off start-latency comparison")
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    ap.add_argument("--recovery", type=int, nargs="*", default=[50])
+    ap.add_argument("--stop-count", type=int, default=40, help="N for the stop rounds")
+    ap.add_argument("--stop-rounds", type=int, default=5)
+    ap.add_argument("--skip", default="",
+                    help="comma list of: memory,stop,burst,follow,density,exec,sandbox")
+    ap.add_argument("--tasks", type=int, default=20, help="N for the sandbox cost")
     ap.add_argument("--sandbox-rounds", type=int, default=15,
                     help="single-task starts per sandbox configuration")
     ap.add_argument("--exec-rounds", type=int, default=20,
-                    help="`nomad alloc exec` round trips per driver (0: skip)")
+                    help="`nomad alloc exec` round trips per driver")
     a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
     nomad_bin = a.nomad or nm.find_nomad()
     bins = nm.build_workspace()
     base = tempfile.mkdtemp(prefix="nde-bench-")
-    agent = nm.NomadAgent(nomad_bin, os.path.join(base, "dev"), plugin_bin=bins["plugin"],
-                          executor_bin=bins["executor"], name="bench",
-                          extra_hcl='plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}')
+    agent = nm.NomadAgent(nomad_bin, os.path.join(base, "bench"), plugin_bin=bins["plugin"],
+                          executor_bin=bins["executor"], name="bench", mode="persistent",
+                          extra_hcl=RAW_EXEC_HCL)
     agent.plugin_config = agent.default_plugin_config()
-    results = []
+    out: dict = {"memory": [], "stop": [], "burst": [], "follow": [], "recovery": []}
+    counts = sorted(set(a.counts) | set(a.plot_counts))
     try:
         agent.start()
         agent.wait_driver_healthy()
-        drivers = ["elide", "raw_exec"] + (["exec"] if a.exec else [])
-        for d in drivers:
-            results.append(run_driver(agent, d, a.tasks))
-        execs = exec_latency(agent, a.exec_rounds) if a.exec_rounds else {}
-        log = agent.log()
-        ready = [int(x) / 1000 for x in re.findall(r"shim ready: .*?shim_ready_us=(\d+)", log)]
-        plugin = [p.pid for p in agent.find_processes("plugins/nomad-driver-elide") if p.state != "Z"]
-        plugin_rss = mem(plugin[0])[0] if plugin else 0
+        if "memory" not in skip:
+            for n in counts:
+                for d in ("elide", "raw_exec"):
+                    dens = d == "elide" and n == max(a.counts) and "density" not in skip
+                    r = run_memory(agent, d, n, dens)
+                    print(f"  memory {d:8} N={n:3}: {r['rss_kb_per_task']:8.0f} KiB RSS "
+                          f"{r['pss_kb_per_task']:7.0f} KiB Pss per task, stop {r['stop_s']:.2f}s",
+                          flush=True)
+                    out["memory"].append(r)
+        if "stop" not in skip:
+            out["stop"] = run_stop_rounds(agent, a.stop_count, a.stop_rounds)
+        for d in ("elide", "raw_exec"):
+            if "burst" not in skip:
+                out["burst"].append(run_burst(agent, d))
+            if "follow" not in skip:
+                out["follow"].append(run_follow(agent, d))
+        if "exec" not in skip and a.exec_rounds:
+            out["exec"] = exec_latency(agent, a.exec_rounds)
+        ready = [int(x) / 1000 for x in re.findall(r"shim ready: .*?shim_ready_us=(\d+)",
+                                                   agent.log())]
+        out["shim_ready_ms"] = statistics.median(ready) if ready else None
     finally:
+        agent.stop_all_jobs()
         agent.stop()
-    sandbox = [] if a.no_sandbox_cost else sandbox_cost(nomad_bin, bins, base, a.tasks,
-                                                         a.sandbox_rounds)
-    rec = []
+    if "sandbox" not in skip:
+        out["sandbox"] = sandbox_cost(nomad_bin, bins, base, a.tasks, a.sandbox_rounds)
     for n in a.recovery:
-        p = nm.NomadAgent(nomad_bin, os.path.join(base, f"rec{n}"), plugin_bin=bins["plugin"],
-                          executor_bin=bins["executor"], name=f"rec{n}", mode="persistent")
-        p.plugin_config = p.default_plugin_config()
-        try:
-            p.start()
-            p.wait_driver_healthy()
-            j = p.run_job(job(f"rec{n}", "elide", n))
-            p.wait_allocs(j["ID"], lambda al: len(al) >= n and all(
-                (x.get("TaskStates") or {}).get("t", {}).get("State") == "running" for x in al),
-                timeout=600, what=f"{n} tasks running")
-            p.stop()
-            before = p.log().count("reattached to running shim")
-            t0 = time.monotonic()
-            p.start()
-            deadline = time.monotonic() + 300
-            while p.log().count("reattached to running shim") < before + n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {p.log().count('reattached to running shim') - before} of {n} recovered")
-                time.sleep(0.05)
-            rec.append((n, time.monotonic() - t0))
-            p.stop_all_jobs()
-        finally:
-            p.stop()
+        out["recovery"].append({"tasks": n, "seconds": run_recovery(nomad_bin, bins, base, n)})
+    out["shim_binary_bytes"] = os.path.getsize(bins["executor"])
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
 
     print()
-    print(f"==== nomad-driver-elide benchmark ({a.tasks} idle tasks per driver, same agent, same run)")
-    print(f"{'driver':10} {'start all (s)':>14} {'supervisor RSS (KiB)':>22} {'PSS (KiB)':>10} {'count':>6}")
-    for r in results:
-        print(f"{r['driver']:10} {r['start_all_s']:14.2f} {r['rss_kb']:22.0f} {r['pss_kb']:10.0f} {r['supervisors']:6d}")
-    ours = results[0]
-    for r in results[1:]:
-        if r["rss_kb"] and ours["rss_kb"]:
-            print(f"ratio elide/{r['driver']}: supervisor RSS {ours['rss_kb'] / r['rss_kb']:.2f}x, "
-                  f"PSS {ours['pss_kb'] / max(r['pss_kb'], 1):.2f}x, start-all time "
-                  f"{ours['start_all_s'] / r['start_all_s']:.2f}x")
-    if ready:
-        ready.sort()
-        print(f"shim spawn -> socket ready: median {statistics.median(ready):.1f} ms, "
-              f"max {max(ready):.1f} ms over {len(ready)} starts")
-    print(f"plugin RSS: {plugin_rss} KiB")
+    print("==== nomad-driver-elide vs raw_exec (same agent, same run; ratios are elide/raw_exec)")
+    by = {(r["driver"], r["tasks"]): r for r in out["memory"]}
+    print(f"{'N':>4} {'driver':9} {'helpers/task':>13} {'RSS KiB/task':>13} {'Pss KiB/task':>13}"
+          f" {'start all s':>12} {'stop s':>7} {'gone s':>7} {'API s':>6}")
+    for (d, n), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        hp = sum(r["helpers"].values()) / n
+        print(f"{n:4} {d:9} {hp:13.2f} {r['rss_kb_per_task']:13.0f} {r['pss_kb_per_task']:13.0f}"
+              f" {r['start_all_s']:12.2f} {r['stop_s']:7.2f} {r['stop_gone_s']:7.2f}"
+              f" {r['stop_api_s']:6.2f}")
+    for n in counts:
+        e, r = by.get(("elide", n)), by.get(("raw_exec", n))
+        if e and r:
+            print(f"ratio N={n}: RSS {ratio(e['rss_kb_per_task'], r['rss_kb_per_task'])}, "
+                  f"Pss {ratio(e['pss_kb_per_task'], r['pss_kb_per_task'])}, "
+                  f"stop {ratio(e['stop_s'], r['stop_s'])} "
+                  f"(processes gone {ratio(e['stop_gone_s'], r['stop_gone_s'])}, allocations "
+                  f"terminal {ratio(e['stop_api_s'], r['stop_api_s'])}), "
+                  f"start all {ratio(e['start_all_s'], r['start_all_s'])}")
+    st = {r["driver"]: r for r in out["stop"]}
+    for d, r in st.items():
+        print(f"stop {d:9}: N={r['tasks']}, `job stop` -> every task dead (Killed events), median "
+              f"{r['stop_s']:.3f}s of {r['rounds']} ({r['all_s']}); -> every task process gone "
+              f"{r['stop_gone_s']:.3f}s; -> every allocation terminal in the API "
+              f"{r['stop_api_s']:.3f}s")
+    if len(st) == 2:
+        e, r = st["elide"], st["raw_exec"]
+        print(f"ratio stop (medians): tasks dead {ratio(e['stop_s'], r['stop_s'])}, processes "
+              f"gone {ratio(e['stop_gone_s'], r['stop_gone_s'])}, allocations terminal "
+              f"{ratio(e['stop_api_s'], r['stop_api_s'])}")
+    for r in out["memory"]:
+        if "idle_cpu_percent" in r:
+            print(f"density: {r['density_running']}/{r['tasks']} running; plugin + shims idle "
+                  f"CPU {r['idle_cpu_percent']:.2f}% of one core over 60 s (plugin "
+                  f"{r['idle_cpu_percent_plugin']:.2f}%, shims {r['idle_cpu_percent_shims']:.2f}%)"
+                  f"; agent restart: "
+                  f"{r['restart_recovered']}/{r['tasks']} reattached in "
+                  f"{r['restart_recover_s']:.2f}s; plugin RSS {r['plugin_rss_kb']} KiB")
+    bu = {r["driver"]: r for r in out["burst"]}
+    for d, r in bu.items():
+        print(f"burst {d:9}: {r['bytes']} bytes, every line present and in order: "
+              f"{r['complete_in_order']}; registration -> all in the log files "
+              f"{r['to_files_s']:.2f}s, the task's Started -> Terminated "
+              f"{r['started_to_terminated_s']:.3f}s (medians of {r['rounds']})")
+    if len(bu) == 2:
+        e, r = bu["elide"], bu["raw_exec"]
+        print(f"ratio burst: to the log files {ratio(e['to_files_s'], r['to_files_s'])}, "
+              f"Started -> Terminated "
+              f"{ratio(e['started_to_terminated_s'], r['started_to_terminated_s'])}")
+    fo = {r["driver"]: r for r in out["follow"]}
+    for d, r in fo.items():
+        if r.get("lines"):
+            print(f"follow {d:8}: lag median {r['lag_median_ms']:.1f} ms, p95 "
+                  f"{r['lag_p95_ms']:.1f} ms, max {r['lag_max_ms']:.1f} ms over {r['lines']} lines")
+    if len(fo) == 2 and fo["elide"].get("lines") and fo["raw_exec"].get("lines"):
+        print(f"ratio follow lag (median): "
+              f"{ratio(fo['elide']['lag_median_ms'], fo['raw_exec']['lag_median_ms'])}")
+    if out.get("shim_ready_ms"):
+        print(f"shim spawn -> socket ready: median {out['shim_ready_ms']:.1f} ms")
+    for r in out["recovery"]:
+        print(f"recovery after an agent restart: {r['tasks']} tasks reattached in "
+              f"{r['seconds']:.2f}s")
+    print(f"shim binary: {out['shim_binary_bytes']} bytes")
+    execs = out.get("exec")
     if execs:
         print()
         print(f"==== `nomad alloc exec` round trip ({a.exec_rounds} each, same agent, drivers "
@@ -288,10 +587,10 @@ def main() -> int:
             print(f"{d:10} {statistics.median(x['first']):23.1f} {percentile(x['first'], 0.9):7.1f} "
                   f"{statistics.median(x['total']):17.1f} {percentile(x['total'], 0.9):7.1f}")
         e, r = execs["elide"], execs["raw_exec"]
-        print(f"ratio elide/raw_exec: first byte {statistics.median(e['first']) / statistics.median(r['first']):.2f}x, "
-              f"exit {statistics.median(e['total']) / statistics.median(r['total']):.2f}x")
-    for n, s in rec:
-        print(f"recovery after an agent restart: {n} tasks reattached in {s:.2f}s")
+        print(f"ratio elide/raw_exec: first byte "
+              f"{ratio(statistics.median(e['first']), statistics.median(r['first']))}, "
+              f"exit {ratio(statistics.median(e['total']), statistics.median(r['total']))}")
+    sandbox = out.get("sandbox")
     if sandbox:
         print()
         print(f"==== the sandbox's start cost (one agent per configuration, same run): the shim's "
@@ -300,13 +599,10 @@ def main() -> int:
         for r in sandbox:
             print(f"{r['label']:20} {r['start_ms']:18.1f} {r['start_p90_ms']:9.1f} "
                   f"{r['start_all_s']:14.2f}")
-        on, off = sandbox[0], sandbox[1]
-        if off["start_ms"]:
-            print(f"ratio sandbox/fs_isolation=none: Start {on['start_ms'] / off['start_ms']:.2f}x, "
-                  f"start-all time {on['start_all_s'] / off['start_all_s']:.2f}x")
-        bare = sandbox[2]
-        if bare["start_ms"]:
-            print(f"ratio sandbox/(none + host pid/ipc): Start {on['start_ms'] / bare['start_ms']:.2f}x")
+        on, off, bare = sandbox
+        print(f"ratio sandbox/fs_isolation=none: Start {ratio(on['start_ms'], off['start_ms'])}, "
+              f"start-all time {ratio(on['start_all_s'], off['start_all_s'])}")
+        print(f"ratio sandbox/(none + host pid/ipc): Start {ratio(on['start_ms'], bare['start_ms'])}")
     return 0
 
 

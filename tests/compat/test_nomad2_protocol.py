@@ -270,7 +270,10 @@ def test_handshake_identity_schemas_capabilities_fingerprint(pb, plugins):
     assert c.fs_isolation == pb.driver.DriverCapabilities.NONE
     # Host and CSI volumes are bound beneath the task dir (ANY_MOUNTS, the zero value).
     assert c.mount_configs == pb.driver.DriverCapabilities.ANY_MOUNTS
-    assert not c.dynamic_workload_users and not c.disable_log_collection
+    assert not c.dynamic_workload_users
+    # log_collection = "executor" (the default): the shim writes the log files, Nomad starts
+    # no logmon for the task.
+    assert c.disable_log_collection
     modes = pb.driver.NetworkIsolationSpec
     assert set(c.network_isolation_modes) == {modes.HOST, modes.GROUP}
     # Field 7 (remote_tasks) is reserved in 2.0: nothing unknown may be on the wire.

@@ -3,7 +3,7 @@
     python3 -m pytest -v tests/e2e            # builds the workspace (release) and Nomad first
 
 Fixtures:
-  binaries        {"plugin": path, "executor": path} from `cargo build --release` (once),
+  binaries        {"plugin": path, "executor": path} from `scripts/build-release` (once),
                   copied aside so a later rebuild (release_b) cannot change them mid-session
   release         the release packages of those binaries ({"deb", "tarball", "version"}):
                   NDE_E2E_DIST (scripts/test runs packaging/release first), else built
@@ -24,7 +24,8 @@ The session is a child subreaper (orphaned shims and tasks re-parent to it) and 
 adopted zombies on SIGCHLD; a process a test starts itself with start_new_session=True must
 be added to nm.OWN_CHILDREN, or its exit status could be reaped away from its Popen.
 Environment: NOMAD_BIN, NDE_E2E_NO_BUILD=1 (binaries already built), NDE_E2E_KEEP=1 (keep
-agent dirs and logs of passing tests too), NDE_E2E_LOG_DIR (copy every agent log there).
+agent dirs and logs of passing tests too), NDE_E2E_LOG_DIR (copy every agent log there), NDE_E2E_LOG_COLLECTION=nomad
+(the plugin's log_collection for every agent; scripts/test reruns the log-reading tests so).
 """
 
 from __future__ import annotations

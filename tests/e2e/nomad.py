@@ -76,24 +76,27 @@ def _run_logged(cmd: list[str], what: str, cwd: str = REPO, env: Optional[dict] 
 
 
 def build_workspace() -> dict[str, str]:
-    """`cargo build --release` of the workspace; returns the plugin and shim binary paths.
+    """`scripts/build-release`: the plugin and the shim as they ship (the shim static, in
+    target/release/shim); returns their paths.
 
     NDE_E2E_NO_BUILD=1 skips the build (scripts/test builds first) but still checks the
     binaries exist.
     """
+    script = os.path.join(REPO, "scripts", "build-release")
     if os.environ.get("NDE_E2E_NO_BUILD") != "1":
         if shutil.which("cargo") is None:
             raise HarnessError(
                 "cargo is not installed: install Rust with rustup (https://rustup.rs, "
                 "`curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y`) or run .ci/run, "
                 "which installs everything the tests need")
-        _run_logged(["cargo", "build", "--release", "--workspace"], "building the Rust workspace")
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
-    bins = {name: os.path.join(target, "release", name) for name in (PLUGIN_NAME, EXECUTOR_NAME)}
-    for name, path in bins.items():
+        out = _run_logged([script], "scripts/build-release (the plugin and the static shim)")
+    else:
+        out = _run_logged([script, "--print"], "scripts/build-release --print")
+    plugin, executor = out.strip().splitlines()[-2:]
+    for name, path in ((PLUGIN_NAME, plugin), (EXECUTOR_NAME, executor)):
         if not os.access(path, os.X_OK):
-            raise HarnessError(f"{path} was not built: `cargo build --release` must produce {name}")
-    return {"plugin": bins[PLUGIN_NAME], "executor": bins[EXECUTOR_NAME]}
+            raise HarnessError(f"{path} was not built: scripts/build-release must produce {name}")
+    return {"plugin": plugin, "executor": executor}
 
 
 def find_nomad() -> str:
@@ -583,6 +586,9 @@ class NomadAgent:
 
     def default_plugin_config(self) -> dict:
         cfg: dict = {"elide_binary": STANDIN, "runtime_dir": self.runtime_dir}
+        # scripts/test runs the tests that read logs once more with logmon collecting them.
+        if os.environ.get("NDE_E2E_LOG_COLLECTION"):
+            cfg["log_collection"] = os.environ["NDE_E2E_LOG_COLLECTION"]
         if self.executor_path:
             cfg["executor_binary"] = self.executor_path
         return cfg

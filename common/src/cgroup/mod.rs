@@ -17,7 +17,6 @@ pub use hierarchy::{detect, Version};
 
 use crate::spec::{ResourceSpec, TaskSpec};
 use cgroups_rs::cpu::CpuController;
-use cgroups_rs::cpuacct::CpuAcctController;
 use cgroups_rs::cpuset::CpuSetController;
 use cgroups_rs::freezer::FreezerController;
 use cgroups_rs::memory::MemController;
@@ -64,6 +63,8 @@ struct Member {
 pub struct TaskCgroup {
     version: Version,
     members: Vec<Member>,
+    /// The counter files, opened at the first sample ([`TaskCgroup::counters`]).
+    counter_files: std::sync::Mutex<Option<crate::usage::CounterReader>>,
 }
 
 /// runc's conversion of cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000). Shares
@@ -76,13 +77,7 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((s - 2) * 9999) / 262_142
 }
 
-/// The value of `key` in a flat-keyed cgroup file's text (`cpu.stat`, `memory.events`…).
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
-    })
-}
+use crate::usage::keyed;
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
@@ -181,7 +176,11 @@ impl TaskCgroup {
                 }
             }
         }
-        Ok(TaskCgroup { version, members })
+        Ok(TaskCgroup {
+            version,
+            members,
+            counter_files: Default::default(),
+        })
     }
 
     /// Every distinct directory the runtime joins (co-mounted v1 controllers count once).
@@ -393,60 +392,18 @@ impl TaskCgroup {
 
     /// Cumulative usage of everything in the cgroup.
     pub fn counters(&self) -> Counters {
-        let mut s = Counters::default();
-        let v2 = self.version == Version::V2;
-        if let Some((cpu, _)) = self.with::<CpuController>() {
-            let stat = cpu.cpu().stat;
-            if v2 {
-                let usec = |k| keyed(&stat, k).map(|u| u.saturating_mul(1000));
-                s.cpu_total_ns = usec("usage_usec");
-                s.cpu_user_ns = usec("user_usec");
-                s.cpu_system_ns = usec("system_usec");
-                s.throttled_ns = usec("throttled_usec");
-            } else {
-                s.throttled_ns = keyed(&stat, "throttled_time");
-            }
-            s.throttled_periods = keyed(&stat, "nr_throttled");
+        // Only the files a sample needs, opened once, each read with one pread
+        // (crate::usage): this runs every second for every task.
+        let mut reader = self.counter_files.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            *reader = crate::usage::CounterReader::open(self.version == Version::V2, &self.dirs());
         }
-        if let Some((acct, d)) = self.with::<CpuAcctController>() {
-            let a = acct.cpuacct();
-            let ticks =
-                |k| keyed(&a.stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
-            s.cpu_total_ns = d.join("cpuacct.usage").exists().then_some(a.usage);
-            s.cpu_user_ns = ticks("user");
-            s.cpu_system_ns = ticks("system");
-        }
-        if let Some((mem, d)) = self.with::<MemController>() {
-            // On v2, cgroups-rs reads memory.{min,low,high,max} first and panics without them
-            // (a cgroup where the memory controller is not enabled).
-            if !v2
-                || ["memory.min", "memory.low", "memory.high", "memory.max"]
-                    .iter()
-                    .all(|f| d.join(f).exists())
-            {
-                let m = mem.memory_stat();
-                let raw = |k: &str| m.stat.raw.get(k).copied();
-                let has = |f: &str| d.join(f).exists();
-                s.memory_usage = Some(m.usage_in_bytes);
-                if v2 {
-                    s.memory_max_usage = has("memory.peak").then_some(m.max_usage_in_bytes);
-                    s.memory_rss = raw("anon");
-                    s.memory_cache = raw("file");
-                    // cgroups-rs 0.3 puts memory.swap.current in `swappiness` on v2.
-                    s.memory_swap = has("memory.swap.current").then_some(m.swappiness);
-                } else {
-                    s.memory_max_usage = Some(m.max_usage_in_bytes);
-                    s.memory_rss = raw("total_rss");
-                    s.memory_cache = raw("total_cache");
-                    s.memory_swap = raw("total_swap");
-                }
-            }
-        }
-        s
+        reader.as_ref().map(|r| r.counters()).unwrap_or_default()
     }
 
     /// Removes the cgroups we created (after everything inside is gone); never Nomad's.
     pub fn remove(&self) {
+        *self.counter_files.lock().unwrap_or_else(|p| p.into_inner()) = None;
         for m in self.members.iter().rev().filter(|m| m.owned) {
             let _ = m.cgroup.delete();
         }
@@ -536,7 +493,11 @@ impl TaskCgroup {
                 owned,
             });
         }
-        (!members.is_empty()).then_some(TaskCgroup { version, members })
+        (!members.is_empty()).then_some(TaskCgroup {
+            version,
+            members,
+            counter_files: Default::default(),
+        })
     }
 
     /// Kills everything inside ([`TaskCgroup::kill_all`]), waits up to `wait` for every dir

@@ -55,6 +55,7 @@ fn spec(nomad_cgroup: &str) -> TaskSpec {
         cwd: "/".into(),
         stdout_path: "/dev/null".into(),
         stderr_path: "/dev/null".into(),
+        log_files: None,
         fifo_open_timeout_ms: 1,
         user: String::new(),
         socket_path: "/run/x.sock".into(),

@@ -7,6 +7,7 @@ use super::handle::DriverState;
 use common::proto::executor as shim;
 use common::proto::executor::executor_client::ExecutorClient;
 use common::state::TaskState as ShimState;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
@@ -18,6 +19,18 @@ pub struct TaskEntry {
     exit: Mutex<Option<shim::ExitStatus>>,
     /// Whether the exit's explanation was already published as a task event.
     noted: AtomicBool,
+    /// The task that forwards the shim's events (see `logs`), stopped with the entry.
+    event_forwarder: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The stdout FIFO of a task whose logmon Nomad no longer manages (see `logs`).
+    orphaned_logmon_fifo: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for TaskEntry {
+    fn drop(&mut self) {
+        if let Some(f) = self.event_forwarder.get_mut().ok().and_then(|f| f.take()) {
+            f.abort();
+        }
+    }
 }
 
 impl TaskEntry {
@@ -27,7 +40,34 @@ impl TaskEntry {
             client: tokio::sync::Mutex::new(None),
             exit: Mutex::new(None),
             noted: AtomicBool::new(false),
+            event_forwarder: Mutex::new(None),
+            orphaned_logmon_fifo: Mutex::new(None),
         })
+    }
+
+    pub fn set_event_forwarder(&self, f: tokio::task::AbortHandle) {
+        if let Ok(mut old) = self.event_forwarder.lock() {
+            if let Some(old) = old.replace(f) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Stops forwarding the shim's events (the task is being destroyed).
+    pub fn stop_event_forwarder(&self) {
+        if let Some(f) = self.event_forwarder.lock().ok().and_then(|mut f| f.take()) {
+            f.abort();
+        }
+    }
+
+    pub fn set_orphaned_logmon_fifo(&self, fifo: PathBuf) {
+        if let Ok(mut f) = self.orphaned_logmon_fifo.lock() {
+            *f = Some(fifo);
+        }
+    }
+
+    pub fn orphaned_logmon_fifo(&self) -> Option<PathBuf> {
+        self.orphaned_logmon_fifo.lock().ok()?.clone()
     }
 
     /// True the first time only (concurrent WaitTask callers publish one event).

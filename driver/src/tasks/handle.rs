@@ -31,6 +31,12 @@ pub struct DriverState {
     pub shim_api_level: u32,
     #[serde(default)]
     pub executor_version: String,
+    /// Who writes the task's log files, fixed at StartTask: "executor" (its shim), "nomad"
+    /// (logmon, through FIFOs; also "" in handles from before it was recorded) or "none"
+    /// (logs disabled). A plugin whose `log_collection` changed since still knows which
+    /// tasks have a logmon.
+    #[serde(default)]
+    pub log_collection: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +88,7 @@ mod tests {
             script: "local/x.py".into(),
             shim_api_level: 1,
             executor_version: "0.1.0".into(),
+            log_collection: "executor".into(),
         };
         assert_eq!(DriverState::decode(&s.encode()).unwrap(), s);
         assert!(matches!(DriverState::decode(b""), Err(HandleError::Empty)));
@@ -93,6 +100,7 @@ mod tests {
         let old = br#"{"version":1,"task_id":"a/b/c","alloc_id":"a","task_name":"b","socket_path":"/s","state_path":"/st","shim_pid":1,"shim_start_time":2,"runtime_pid":3,"runtime_start_time":4,"started_at_unix_ms":5}"#;
         let old = DriverState::decode(old).unwrap();
         assert_eq!((old.shim_api_level, old.executor_version.as_str()), (0, ""));
+        assert_eq!(old.log_collection, "", "a task from before: logmon's FIFOs");
         let mut future = s.clone();
         future.version = 9;
         assert!(matches!(

@@ -13,6 +13,8 @@
 //! - [`recover`] — RecoverTask;
 //! - [`exec`] — ExecTaskStreaming and ExecTask (relayed to the shim's Exec);
 //! - [`entry`] — one task as the plugin knows it, and what to do when its shim is gone;
+//! - [`logs`] — `log_collection`: the shim's events as task events, and the logmon Nomad
+//!   left to tasks started with logmon;
 //! - [`handle`] — `driver_state`; [`status`] — Nomad's recoverable/permanent start errors.
 
 mod command;
@@ -20,6 +22,7 @@ mod entry;
 mod exec;
 pub(crate) mod handle;
 mod launch;
+mod logs;
 mod recover;
 mod script;
 mod spec;

@@ -6,6 +6,7 @@
 use super::entry::TaskEntry;
 use super::handle::DriverState;
 use super::Tasks;
+use common::config::LogCollection;
 use common::proto::drivers::RecoverTaskRequest;
 use common::proto::executor as shim;
 use tonic::Status;
@@ -33,6 +34,14 @@ impl Tasks {
             )));
         }
         let entry = TaskEntry::new(state);
+        if super::logs::has_logmon(&entry.state.log_collection)
+            && self.plugin.config().log_collection == LogCollection::Executor
+            && !config.stdout_path.is_empty()
+            && config.stdout_path != "/dev/null"
+        {
+            // Started with logmon; Nomad no longer manages it (see `logs`).
+            entry.set_orphaned_logmon_fifo(config.stdout_path.clone().into());
+        }
         match entry.client().await {
             Ok(mut c) => {
                 let st = c
@@ -41,9 +50,15 @@ impl Tasks {
                     .map_err(|s| crate::shim_compat::status_refused(&entry.state, &s))?
                     .into_inner();
                 check_identity(&entry, &st)?;
+                if let Some(msg) = super::logs::loss_summary(st.logs.as_ref()) {
+                    let s = &entry.state;
+                    self.plugin.emit(&s.task_id, &s.alloc_id, &s.task_name, msg);
+                }
                 if let Some(e) = st.exit {
                     entry.set_exit(e);
                 }
+                // Events from now on (losses before are in the summary above).
+                self.forward_events(&entry, common::state::now_ms());
                 tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
             }
             Err(dial) => {

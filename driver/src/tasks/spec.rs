@@ -4,11 +4,11 @@
 //! New task options land here (and in `command` when they become Elide flags).
 
 use super::command;
-use common::config::{PluginConfig, TaskConfig};
+use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::paths::{self, PathError};
 use common::proto::drivers::{Resources, TaskConfig as NomadTask};
 use common::sandbox::{self, DeviceSpec, FsIsolation, SandboxSpec, VolumeSpec};
-use common::spec::{ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
+use common::spec::{LogFilesSpec, ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +98,7 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
         cwd: task_dir,
         stdout_path: log_sink(&task.stdout_path),
         stderr_path: log_sink(&task.stderr_path),
+        log_files: log_files(i.plugin, i.config, task),
         fifo_open_timeout_ms: common::duration::millis(i.plugin.fifo_open_timeout),
         user: task.user.clone(),
         socket_path,
@@ -218,6 +219,27 @@ fn check_heap(config: &TaskConfig, resources: &ResourceSpec) -> Result<(), Build
         }
         _ => Ok(()),
     }
+}
+
+/// With `log_collection = "executor"` the shim writes the task's log files where logmon
+/// would: `<alloc dir>/alloc/logs/<task>.stdout.<N>` and `.stderr.<N>`, rotated at the task's
+/// `log_max_file_size` (else the plugin's), keeping `log_max_files`. None when Nomad sends
+/// /dev/null (`logs { disabled = true }`): then nothing is written.
+fn log_files(plugin: &PluginConfig, config: &TaskConfig, task: &NomadTask) -> Option<LogFilesSpec> {
+    if plugin.log_collection != LogCollection::Executor {
+        return None;
+    }
+    let disabled = |p: &str| p.is_empty() || Path::new(p) == Path::new("/dev/null");
+    if disabled(&task.stdout_path) && disabled(&task.stderr_path) {
+        return None;
+    }
+    Some(LogFilesSpec {
+        dir: Path::new(&task.alloc_dir).join("alloc").join("logs"),
+        stdout_name: format!("{}.stdout", task.name),
+        stderr_name: format!("{}.stderr", task.name),
+        max_files: config.log_max_files.unwrap_or(plugin.log_max_files),
+        max_file_size_mb: config.log_max_file_size.unwrap_or(plugin.log_max_file_size),
+    })
 }
 
 /// Nomad's log FIFO, or /dev/null when it gave none (`logs { disabled = true }`).
@@ -374,8 +396,66 @@ mod tests {
         assert_eq!(s.fifo_open_timeout_ms, 10_000);
         assert_eq!(s.linger_after_exit_secs, 300);
         assert!(s.sandbox.is_some(), "the plugin always sandboxes");
+        // The default log_collection = "executor": the shim writes logmon's files.
+        assert_eq!(
+            s.log_files,
+            Some(LogFilesSpec {
+                dir: "/var/nomad/alloc/a1/alloc/logs".into(),
+                stdout_name: "web.stdout".into(),
+                stderr_name: "web.stderr".into(),
+                max_files: 10,
+                max_file_size_mb: 10,
+            })
+        );
+        s.validate().unwrap();
         // The same input gives the same spec: nothing depends on the node.
         assert_eq!(build_spec(&input).unwrap(), s);
+    }
+
+    #[test]
+    fn log_files_follow_log_collection_the_task_overrides_and_disabled_logs() {
+        let mut plugin = PluginConfig {
+            log_max_files: 4,
+            log_max_file_size: 20,
+            ..Default::default()
+        };
+        let mut config = TaskConfig {
+            script: "local/app.py".into(),
+            log_max_files: Some(3),
+            ..Default::default()
+        };
+        let mut task = nomad_task();
+        let spec = |plugin: &PluginConfig, config: &TaskConfig, task: &NomadTask| {
+            build_spec(&SpecInput {
+                plugin,
+                config,
+                task,
+                elide: Path::new("/usr/bin/elide"),
+                script: "local/app.py",
+                task_tmp_exists: true,
+                elide_home: Path::new("/usr/bin"),
+                resolv_conf: None,
+                script_dir: None,
+            })
+            .unwrap()
+        };
+        let l = spec(&plugin, &config, &task).log_files.unwrap();
+        assert_eq!((l.max_files, l.max_file_size_mb), (3, 20));
+        config.log_max_file_size = Some(1);
+        let l = spec(&plugin, &config, &task).log_files.unwrap();
+        assert_eq!((l.max_files, l.max_file_size_mb), (3, 1));
+        // logs { disabled = true }: Nomad sends /dev/null, nothing is written.
+        task.stdout_path = "/dev/null".into();
+        task.stderr_path = "/dev/null".into();
+        let s = spec(&plugin, &config, &task);
+        assert_eq!(s.log_files, None);
+        assert_eq!(s.stdout_path, Path::new("/dev/null"));
+        // log_collection = "nomad": the FIFOs, as before.
+        plugin.log_collection = LogCollection::Nomad;
+        let task = nomad_task();
+        let s = spec(&plugin, &config, &task);
+        assert_eq!(s.log_files, None);
+        assert_eq!(s.stdout_path, Path::new(&task.stdout_path));
     }
 
     #[test]

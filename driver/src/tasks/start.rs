@@ -6,7 +6,7 @@ use super::handle::{DriverState, HANDLE_VERSION};
 use super::spec::{build_spec, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
-use common::config::{PluginConfig, TaskConfig};
+use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
 };
@@ -55,6 +55,13 @@ impl Tasks {
         };
         let emit = |msg: String| self.plugin.emit(&task.id, &task.alloc_id, &task.name, msg);
         facts.events.into_iter().for_each(emit);
+        if cfg.log_collection == LogCollection::Nomad
+            && (tc.log_max_files.is_some() || tc.log_max_file_size.is_some())
+        {
+            emit(
+                "log_max_files and log_max_file_size in the task config apply only with the plugin's log_collection = \"executor\"; Nomad's logmon uses the job's logs {} block".into(),
+            );
+        }
         let spec = build_spec(&SpecInput {
             plugin: &cfg,
             config: &tc,
@@ -151,6 +158,7 @@ impl Tasks {
             script: tc.script.clone(),
             shim_api_level: started.api_level,
             executor_version: started.executor_version.clone(),
+            log_collection: super::logs::collection_of(&spec).to_owned(),
         };
         let handle = TaskHandle {
             version: HANDLE_VERSION,
@@ -160,6 +168,7 @@ impl Tasks {
         };
         let entry = TaskEntry::new(state);
         entry.keep_client(client).await;
+        self.forward_events(&entry, 0);
         self.store.insert(entry);
         Ok(StartTaskResponse {
             result: start_task_response::Result::Success as i32,

@@ -105,6 +105,18 @@ impl Tasks {
             entry.kill_unreachable_shim().await;
             entry.clean_up_remains().await;
         }
+        entry.stop_event_forwarder();
+        if let Some(fifo) = entry.orphaned_logmon_fifo() {
+            let exited_at = entry
+                .cached_exit()
+                .map(|e| e.exited_at_unix_ms)
+                .unwrap_or_else(common::state::now_ms);
+            let stopped =
+                blocking(move || super::logs::stop_orphaned_logmon(&fifo, exited_at)).await;
+            if !stopped.is_empty() {
+                tracing::info!(task_id = %req.task_id, pids = ?stopped, "stopped the logmon Nomad left to this task (started with log_collection = \"nomad\")");
+            }
+        }
         // Whatever the shim did not get to: its state dir.
         let s = entry.state.clone();
         blocking(move || {

@@ -36,6 +36,14 @@ pub struct Script {
     pub exec_requests: Mutex<Vec<api::ExecRequest>>,
     /// Counts Exec calls whose caller went away before the command ended.
     pub exec_abandoned: watch::Sender<u32>,
+    /// Events the shim publishes (Events RPC), and the `since_unix_ms` of each subscription.
+    pub events: broadcast::Sender<api::ShimEvent>,
+    pub event_subscriptions: Mutex<Vec<i64>>,
+    /// The log status Status reports.
+    pub logs: Mutex<Option<api::LogStatus>>,
+    /// The cgroup Status reports, and how often Stats was called.
+    pub cgroup: Mutex<String>,
+    pub stats_calls: Mutex<u32>,
 }
 
 impl Default for Script {
@@ -55,6 +63,11 @@ impl Default for Script {
             shutdowns: Mutex::new(0),
             exec_requests: Mutex::new(Vec::new()),
             exec_abandoned: watch::channel(0).0,
+            events: broadcast::channel(16).0,
+            event_subscriptions: Mutex::new(Vec::new()),
+            logs: Mutex::new(None),
+            cgroup: Mutex::new(String::new()),
+            stats_calls: Mutex::new(0),
         }
     }
 }
@@ -133,6 +146,9 @@ impl executor_server::Executor for FakeExecutor {
             runtime_pid: RUNTIME_PID,
             runtime_start_time: 77,
             exit: self.script.exit.borrow().clone(),
+            logs: self.script.logs.lock().unwrap().clone(),
+            cgroup: self.script.cgroup.lock().unwrap().clone(),
+            api_level: common::shim_api::API_LEVEL,
             ..Default::default()
         }))
     }
@@ -141,7 +157,24 @@ impl executor_server::Executor for FakeExecutor {
         &self,
         _: Request<api::StatsRequest>,
     ) -> Result<Response<Self::StatsStream>, Status> {
+        *self.script.stats_calls.lock().unwrap() += 1;
         Err(Status::unimplemented("fake"))
+    }
+    type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
+    async fn events(
+        &self,
+        r: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        use tokio_stream::StreamExt;
+        self.script
+            .event_subscriptions
+            .lock()
+            .unwrap()
+            .push(r.into_inner().since_unix_ms);
+        let live = tokio_stream::wrappers::BroadcastStream::new(self.script.events.subscribe())
+            .filter_map(|e| e.ok())
+            .map(Ok);
+        Ok(Response::new(Box::pin(live)))
     }
     async fn shutdown(
         &self,

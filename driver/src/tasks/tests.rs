@@ -15,6 +15,7 @@ use common::state::{ExitRecord, TaskState as ShimState, STATE_VERSION};
 use prost::Message;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -117,6 +118,7 @@ fn handle_without_shim(h: &Harness, runtime_pid: i32, runtime_start_time: u64) -
         script: "local/app.py".into(),
         shim_api_level: common::shim_api::API_LEVEL,
         executor_version: String::new(),
+        log_collection: String::new(),
     };
     TaskHandle {
         version: HANDLE_VERSION,
@@ -649,4 +651,194 @@ async fn signal_reaches_the_shim_and_unknown_tasks_are_not_found() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs (log_collection)
+
+/// Nomad's FIFO paths for `task`, as it sends them whether or not a logmon reads them.
+fn with_log_paths(
+    mut task: common::proto::drivers::TaskConfig,
+) -> common::proto::drivers::TaskConfig {
+    let logs = Path::new(&task.alloc_dir).join("alloc").join("logs");
+    task.stdout_path = logs
+        .join(format!(".{}.stdout.fifo", task.name))
+        .display()
+        .to_string();
+    task.stderr_path = logs
+        .join(format!(".{}.stderr.fifo", task.name))
+        .display()
+        .to_string();
+    task
+}
+
+/// Waits for a task event with this text (the forwarder runs in the background).
+async fn task_event(h: &mut Harness, text: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let e = h.events.recv().await.unwrap();
+            if e.message.contains(text) {
+                return e.message;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no task event with {text:?}"))
+}
+
+async fn subscribed(h: &Harness, n: usize) -> Vec<i64> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let subs = h.script().event_subscriptions.lock().unwrap().clone();
+            if subs.len() >= n {
+                return subs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the plugin never subscribed to the shim's events")
+}
+
+#[tokio::test]
+async fn the_shims_log_files_are_recorded_and_its_events_become_task_events() {
+    let mut h = Harness::new();
+    let task = with_log_paths(h.task("web"));
+    let handle = h.start(task.clone()).await.unwrap();
+    let state = DriverState::decode(&handle.driver_state).unwrap();
+    assert_eq!(state.log_collection, "executor");
+    let spec = h.launcher.specs.lock().unwrap()[0].clone();
+    let files = spec.log_files.expect("the shim writes the log files");
+    assert_eq!(files.dir, Path::new(&task.alloc_dir).join("alloc/logs"));
+    // Everything the shim remembers since it started.
+    assert_eq!(subscribed(&h, 1).await, [0]);
+    h.script()
+        .events
+        .send(api::ShimEvent {
+            message: "cannot write the task's stdout log: disk full".into(),
+            at_unix_ms: 1,
+        })
+        .unwrap();
+    task_event(&mut h, "cannot write the task's stdout log").await;
+}
+
+#[tokio::test]
+async fn recover_reports_what_was_lost_meanwhile_and_follows_new_events() {
+    let mut h = Harness::new();
+    let task = with_log_paths(h.task("web"));
+    let handle = h.start(task.clone()).await.unwrap();
+    subscribed(&h, 1).await;
+    *h.script().logs.lock().unwrap() = Some(api::LogStatus {
+        collection: "executor".into(),
+        dir: "/x/alloc/logs".into(),
+        streams: vec![api::LogStream {
+            name: "stdout".into(),
+            bytes_dropped: 1234,
+            last_error: "Read-only file system (os error 30)".into(),
+            ..Default::default()
+        }],
+    });
+    let before = common::state::now_ms();
+    let fresh = h.restarted_plugin();
+    fresh.recover(recover_req(&handle)).await.unwrap();
+    let m = task_event(&mut h, "1234 bytes of stdout").await;
+    assert!(m.contains("Read-only file system"), "{m}");
+    // Only new events: what happened before is in the summary.
+    let subs = subscribed(&h, 2).await;
+    assert!(subs[1] >= before, "{subs:?}");
+}
+
+#[tokio::test]
+async fn with_log_collection_nomad_the_fifos_stay_and_task_overrides_are_explained() {
+    let mut h = Harness::new();
+    let mut cfg = h.plugin.config();
+    cfg.log_collection = common::config::LogCollection::Nomad;
+    h.plugin.set_config(cfg, None);
+    let mut task = with_log_paths(h.task("web"));
+    task.msgpack_driver_config = {
+        let map = rmpv::Value::Map(vec![
+            ("script".into(), "local/app.py".into()),
+            ("log_max_files".into(), 3.into()),
+        ]);
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, &map).unwrap();
+        b
+    };
+    let handle = h.start(task.clone()).await.unwrap();
+    let state = DriverState::decode(&handle.driver_state).unwrap();
+    assert_eq!(state.log_collection, "nomad");
+    let spec = h.launcher.specs.lock().unwrap()[0].clone();
+    assert_eq!(spec.log_files, None);
+    assert_eq!(spec.stdout_path, Path::new(&task.stdout_path));
+    assert!(h
+        .event_messages()
+        .iter()
+        .any(|m| m.contains("apply only with the plugin's log_collection = \"executor\"")));
+}
+
+// ---------------------------------------------------------------------------------------
+// TaskStats
+
+#[tokio::test]
+async fn stats_of_a_task_with_a_cgroup_are_read_by_the_plugin_without_waking_the_shim() {
+    use tokio_stream::StreamExt;
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    // A v2 cgroup as the shim reports it.
+    let cg = h.dir.path().join("cg");
+    std::fs::create_dir(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.controllers"), "cpu memory\n").unwrap();
+    std::fs::write(
+        cg.join("cpu.stat"),
+        "usage_usec 1000\nuser_usec 600\nsystem_usec 400\n",
+    )
+    .unwrap();
+    std::fs::write(cg.join("memory.current"), "65536\n").unwrap();
+    std::fs::write(cg.join("memory.stat"), "anon 4096\nfile 8192\n").unwrap();
+    *h.script().cgroup.lock().unwrap() = cg.display().to_string();
+    let req = common::proto::drivers::TaskStatsRequest {
+        task_id: task.id.clone(),
+        collection_interval: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+    };
+    let mut stream = h.tasks.stats(req.clone()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mem = first
+        .stats
+        .unwrap()
+        .agg_resource_usage
+        .unwrap()
+        .memory
+        .unwrap();
+    assert_eq!((mem.rss, mem.cache, mem.usage), (4096, 8192, 65536));
+    std::fs::write(cg.join("memory.current"), "131072\n").unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mem = second
+        .stats
+        .unwrap()
+        .agg_resource_usage
+        .unwrap()
+        .memory
+        .unwrap();
+    assert_eq!(mem.usage, 131072);
+    assert_eq!(
+        *h.script().stats_calls.lock().unwrap(),
+        0,
+        "the shim was not asked"
+    );
+    // Without a cgroup the shim's Stats measures (here: the fake refuses).
+    *h.script().cgroup.lock().unwrap() = String::new();
+    assert!(h.tasks.stats(req).await.is_err());
+    assert_eq!(*h.script().stats_calls.lock().unwrap(), 1);
 }

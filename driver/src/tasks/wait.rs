@@ -96,6 +96,11 @@ impl Tasks {
         })
     }
 
+    /// TaskStats. For a task with a cgroup the plugin reads its counters itself, for all
+    /// tasks in one pass per interval (aligned on the monotonic clock, see
+    /// `common::usage`): Nomad asks for a sample of every task every second, and waking
+    /// every shim for it was most of the node's idle CPU (docs/performance.md). Without a
+    /// cgroup (a shim not running as root) the shim's Stats stream measures `/proc`.
     pub async fn stats(
         &self,
         req: TaskStatsRequest,
@@ -112,23 +117,60 @@ impl Tasks {
         let mut c = entry.client().await.map_err(|e| {
             Status::unavailable(format!("cannot reach the task's elide-executor: {e}"))
         })?;
+        let plugin = self.plugin.clone();
+        let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
+        let task_id = req.task_id.clone();
+        let to_response = move |u: &shim::ResourceUsage| TaskStatsResponse {
+            stats: Some(crate::stats::to_task_stats(&task_id, u, mhz_per_core)),
+        };
+        let cgroup = c
+            .status(shim::StatusRequest {})
+            .await
+            .map(|s| s.into_inner().cgroup)
+            .unwrap_or_default();
+        let dirs = common::usage::cgroup_dirs(&cgroup);
+        let reader = blocking(move || common::usage::CounterReader::open_dirs(&dirs)).await;
+        if let Some(reader) = reader {
+            return Ok(local_samples(entry, reader, interval, to_response));
+        }
         let inbound = c
             .stats(shim::StatsRequest {
                 interval_ms: common::duration::millis(interval),
             })
             .await?
             .into_inner();
-        let plugin = self.plugin.clone();
-        let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
-        let task_id = req.task_id.clone();
         use tokio_stream::StreamExt;
-        let out = inbound.map(move |u| {
-            u.map(|u| TaskStatsResponse {
-                stats: Some(crate::stats::to_task_stats(&task_id, &u, mhz_per_core)),
-            })
-        });
-        Ok(Box::pin(out))
+        Ok(Box::pin(inbound.map(move |u| u.map(|u| to_response(&u)))))
     }
+}
+
+/// Samples of the task's cgroup, one at once, then one per `interval` until the task has
+/// exited or Nomad stops listening. The reads are a handful of `pread`s of cgroup files
+/// (never blocking on I/O), done inline.
+fn local_samples(
+    entry: std::sync::Arc<TaskEntry>,
+    reader: common::usage::CounterReader,
+    interval: Duration,
+    to_response: impl Fn(&shim::ResourceUsage) -> TaskStatsResponse + Send + 'static,
+) -> BoxStream<TaskStatsResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut sampler = common::usage::Sampler::new(Box::new(reader));
+        loop {
+            let u = sampler.sample();
+            if tx.send(Ok(to_response(&u))).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(common::usage::until_aligned(interval)) => {}
+                _ = tx.closed() => return,
+            }
+            if entry.cached_exit().is_some() {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The task's exit: from the shim's Wait, else (shim gone) from its state file, else a

@@ -90,6 +90,15 @@ pub struct Row {
     /// After a plugin upgrade, tasks started before it still show the old version.
     pub executor_version: String,
     pub api_level: u32,
+    /// Where the task's output goes (shim API level 2; empty when unknown): "executor" (the
+    /// shim writes the log files in `log_dir`), "fifo" (Nomad's logmon) or "none"; what the
+    /// shim wrote and what it lost (disk full, read-only, ...), both streams together, and
+    /// the latest write error.
+    pub logs: String,
+    pub log_dir: String,
+    pub log_bytes_written: u64,
+    pub log_bytes_dropped: u64,
+    pub log_error: String,
     pub reachable: bool,
     pub problem: String,
 }
@@ -192,6 +201,11 @@ async fn row(key: &str, link: &Path) -> Row {
         cgroup: String::new(),
         executor_version: String::new(),
         api_level: 0,
+        logs: String::new(),
+        log_dir: String::new(),
+        log_bytes_written: 0,
+        log_bytes_dropped: 0,
+        log_error: String::new(),
         reachable: false,
         problem: String::new(),
     };
@@ -253,6 +267,9 @@ async fn row(key: &str, link: &Path) -> Row {
             if s.started_at_unix_ms > 0 && r.state == RowState::Running {
                 r.uptime_secs = Some((common::state::now_ms() - s.started_at_unix_ms) / 1000);
             }
+            if let Some(l) = &s.logs {
+                set_logs(&mut r, l);
+            }
         }
         Err(problem) => {
             if st.exit.is_some() {
@@ -293,6 +310,41 @@ async fn row(key: &str, link: &Path) -> Row {
     r
 }
 
+/// The `logs` fields of a row, and a problem line when output was lost.
+fn set_logs(r: &mut Row, l: &api::LogStatus) {
+    r.logs = l.collection.clone();
+    r.log_dir = l.dir.clone();
+    r.log_bytes_written = l.streams.iter().map(|s| s.bytes_written).sum();
+    r.log_bytes_dropped = l.streams.iter().map(|s| s.bytes_dropped).sum();
+    let mut errors = l.streams.iter().map(|s| {
+        if s.error.is_empty() {
+            &s.last_error
+        } else {
+            &s.error
+        }
+    });
+    r.log_error = errors.rfind(|e| !e.is_empty()).cloned().unwrap_or_default();
+    if r.log_bytes_dropped > 0 && r.problem.is_empty() {
+        r.problem = format!(
+            "{} bytes of the task's output could not be written to its log files in {} ({}); the task itself is not affected. Free space or fix the directory: writing resumes by itself",
+            r.log_bytes_dropped, r.log_dir, r.log_error
+        );
+    }
+}
+
+/// The LOGS column: `files`, `files, lost 1.2MiB`, `fifo`, `off`, or `-`.
+fn logs_text(r: &Row) -> String {
+    match r.logs.as_str() {
+        "executor" if r.log_bytes_dropped > 0 => {
+            format!("files, lost {}", human_bytes(r.log_bytes_dropped))
+        }
+        "executor" => "files".into(),
+        "fifo" => "fifo".into(),
+        "none" => "off".into(),
+        _ => "-".into(),
+    }
+}
+
 async fn ask(socket: &Path) -> Result<api::StatusResponse, String> {
     let mut c = common::client::connect_timeout(socket, DIAL_TIMEOUT)
         .await
@@ -326,8 +378,8 @@ fn human_secs(s: i64) -> String {
 /// The aligned table, then one line per row with a problem.
 pub fn table(rows: &[&Row]) -> String {
     let header = [
-        "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "VERSION",
-        "SOCKET",
+        "ALLOC", "JOB", "TASK", "SHIM", "RUNTIME", "STATE", "UPTIME", "EXIT", "MEMORY", "LOGS",
+        "VERSION", "SOCKET",
     ];
     let dash = |v: i32| {
         if v > 0 {
@@ -348,6 +400,7 @@ pub fn table(rows: &[&Row]) -> String {
             r.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
             r.exit_text(),
             human_bytes(r.memory_bytes),
+            logs_text(r),
             if r.executor_version.is_empty() {
                 "-".into()
             } else {
@@ -444,6 +497,11 @@ mod tests {
             cgroup: String::new(),
             executor_version: "0.1.0".into(),
             api_level: 1,
+            logs: "executor".into(),
+            log_dir: String::new(),
+            log_bytes_written: 0,
+            log_bytes_dropped: 0,
+            log_error: String::new(),
             reachable: true,
             problem: String::new(),
         }
@@ -487,6 +545,53 @@ mod tests {
         );
         let col = lines[0].find("VERSION").unwrap();
         assert_eq!(&lines[1][col..col + 5], "0.1.0", "{t}");
+    }
+
+    #[test]
+    fn lost_log_output_shows_in_the_table_json_and_as_a_problem() {
+        let mut r = row("a/web/1", "a", "web");
+        set_logs(
+            &mut r,
+            &api::LogStatus {
+                collection: "executor".into(),
+                dir: "/d/alloc/logs".into(),
+                streams: vec![
+                    api::LogStream {
+                        name: "stdout".into(),
+                        bytes_written: 10,
+                        bytes_dropped: 3 * 1048576,
+                        last_error: "No space left on device (os error 28)".into(),
+                        ..Default::default()
+                    },
+                    api::LogStream {
+                        name: "stderr".into(),
+                        bytes_written: 5,
+                        ..Default::default()
+                    },
+                ],
+            },
+        );
+        assert_eq!(
+            (r.log_bytes_written, r.log_bytes_dropped),
+            (15, 3 * 1048576)
+        );
+        let t = table(&[&r]);
+        let lines: Vec<&str> = t.lines().collect();
+        let col = lines[0].find("LOGS").unwrap();
+        assert_eq!(&lines[1][col..col + 17], "files, lost 3.0Mi", "{t}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["logs"], "executor");
+        assert_eq!(v["log_bytes_dropped"], 3 * 1048576);
+        assert_eq!(v["log_error"], "No space left on device (os error 28)");
+        assert!(
+            r.problem.contains("/d/alloc/logs") && r.problem.contains("No space left"),
+            "{}",
+            r.problem
+        );
+        r.logs = "fifo".into();
+        assert_eq!(logs_text(&r), "fifo");
+        r.logs = String::new();
+        assert_eq!(logs_text(&r), "-", "a level-1 shim does not say");
     }
 
     #[test]

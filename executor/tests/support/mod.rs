@@ -3,6 +3,8 @@
 //! socket. "Runtimes" are plain `sh` scripts.
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use common::proto::executor::executor_client::ExecutorClient;
 use common::spec::{ResourceSpec, TaskSpec, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
@@ -18,6 +20,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_elide-executor");
+
+/// The binary under test: [`BIN`], or `ELIDE_EXECUTOR_BIN` (the footprint bench measures a
+/// given build, e.g. the static release one).
+pub fn bin() -> String {
+    std::env::var("ELIDE_EXECUTOR_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
 
 /// Guard against hangs only (no test asserts on time): every await gets this long.
 pub const GUARD: Duration = Duration::from_secs(60);
@@ -64,6 +72,7 @@ pub fn spec(dir: &Path, script: &str) -> TaskSpec {
         cwd: dir.to_path_buf(),
         stdout_path: "/dev/null".into(),
         stderr_path: "/dev/null".into(),
+        log_files: None,
         fifo_open_timeout_ms: 5000,
         user: String::new(),
         socket_path: common::paths::socket_path(&run_dir, &task_id).unwrap(),
@@ -148,7 +157,7 @@ pub struct ServeFds {
 /// Spawns `elide-executor serve --spec <spec> --ready-fd 3 --task <task_id>` the way the
 /// plugin does (own session, stdout/stderr on /dev/null), with `fds` arranged in the child.
 pub fn spawn_serve(spec: &Path, task_id: &str, fds: ServeFds) -> Child {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(["serve", "--spec"])
         .arg(spec)
         .args(["--ready-fd", "3", "--task", task_id])
@@ -361,7 +370,7 @@ impl PidFd {
 
 /// Runs the CLI; returns (exit status, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .output()

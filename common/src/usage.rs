@@ -1,0 +1,379 @@
+//! Resource usage samples, as Nomad's TaskStats wants them: a [`UsageSource`] reads
+//! cumulative counters, the [`Sampler`] turns CPU time deltas into percent of one core.
+//! [`CounterReader`] is the source for a task cgroup: it keeps the few counter files open and
+//! reads each with one `pread` per sample. Nomad asks for a sample of every task every
+//! second, so this is the one thing that runs per task while everything is idle
+//! (docs/performance.md): the plugin reads the counters of all its tasks in one pass per
+//! interval ([`until_aligned`]), and the shim (the Stats RPC, for tasks without a cgroup and
+//! for operators) the same way.
+
+use crate::cgroup::Counters;
+use crate::proto::executor::ResourceUsage;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where usage numbers come from.
+pub trait UsageSource: Send {
+    fn read(&mut self) -> Counters;
+}
+
+/// The counter files of a task cgroup (v1: one dir per controller; v2: one dir).
+#[derive(Debug)]
+pub struct CounterReader {
+    v2: bool,
+    cpu_stat: Option<File>,
+    cpuacct_usage: Option<File>,
+    cpuacct_stat: Option<File>,
+    memory_stat: Option<File>,
+    memory_usage: Option<File>,
+    memory_max_usage: Option<File>,
+    memory_swap: Option<File>,
+}
+
+/// The first of `dirs` that has file `name`, opened.
+fn open_in(dirs: &[PathBuf], name: &str) -> Option<File> {
+    dirs.iter().find_map(|d| File::open(d.join(name)).ok())
+}
+
+impl CounterReader {
+    /// Opens the counter files found in `dirs` (`v2`: the unified hierarchy). None when
+    /// there is none at all.
+    pub fn open(v2: bool, dirs: &[PathBuf]) -> Option<CounterReader> {
+        let r = if v2 {
+            CounterReader {
+                v2,
+                cpu_stat: open_in(dirs, "cpu.stat"),
+                cpuacct_usage: None,
+                cpuacct_stat: None,
+                memory_stat: open_in(dirs, "memory.stat"),
+                // memory.current exists only where the memory controller is enabled.
+                memory_usage: open_in(dirs, "memory.current"),
+                memory_max_usage: open_in(dirs, "memory.peak"),
+                memory_swap: open_in(dirs, "memory.swap.current"),
+            }
+        } else {
+            CounterReader {
+                v2,
+                cpu_stat: open_in(dirs, "cpu.stat"),
+                cpuacct_usage: open_in(dirs, "cpuacct.usage"),
+                cpuacct_stat: open_in(dirs, "cpuacct.stat"),
+                memory_stat: open_in(dirs, "memory.stat"),
+                memory_usage: open_in(dirs, "memory.usage_in_bytes"),
+                memory_max_usage: open_in(dirs, "memory.max_usage_in_bytes"),
+                memory_swap: None,
+            }
+        };
+        let any = [
+            &r.cpu_stat,
+            &r.cpuacct_usage,
+            &r.memory_stat,
+            &r.memory_usage,
+        ]
+        .iter()
+        .any(|f| f.is_some());
+        any.then_some(r)
+    }
+
+    /// Like [`CounterReader::open`], telling v2 from v1 by `cgroup.controllers` (only the
+    /// unified hierarchy has it), for a list of dirs as the shim records it.
+    pub fn open_dirs(dirs: &[PathBuf]) -> Option<CounterReader> {
+        let v2 = dirs.iter().any(|d| d.join("cgroup.controllers").exists());
+        Self::open(v2, dirs)
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut buf = [0u8; 8192];
+        let mut text = |f: &Option<File>| -> Option<String> {
+            let n = f.as_ref()?.read_at(&mut buf, 0).ok()?;
+            std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)
+        };
+        let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+        let mut s = Counters::default();
+        if let Some(stat) = text(&self.cpu_stat) {
+            if self.v2 {
+                let usec = |k| keyed(&stat, k).map(|u| u.saturating_mul(1000));
+                s.cpu_total_ns = usec("usage_usec");
+                s.cpu_user_ns = usec("user_usec");
+                s.cpu_system_ns = usec("system_usec");
+                s.throttled_ns = usec("throttled_usec");
+            } else {
+                s.throttled_ns = keyed(&stat, "throttled_time");
+            }
+            s.throttled_periods = keyed(&stat, "nr_throttled");
+        }
+        if !self.v2 {
+            if let Some(stat) = text(&self.cpuacct_stat) {
+                let ticks =
+                    |k| keyed(&stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
+                s.cpu_user_ns = ticks("user");
+                s.cpu_system_ns = ticks("system");
+            }
+            s.cpu_total_ns = number(text(&self.cpuacct_usage));
+        }
+        if self.memory_usage.is_some() {
+            let stat = text(&self.memory_stat).unwrap_or_default();
+            s.memory_usage = number(text(&self.memory_usage));
+            s.memory_max_usage = number(text(&self.memory_max_usage));
+            if self.v2 {
+                s.memory_rss = keyed(&stat, "anon");
+                s.memory_cache = keyed(&stat, "file");
+                s.memory_swap = number(text(&self.memory_swap));
+            } else {
+                s.memory_rss = keyed(&stat, "total_rss");
+                s.memory_cache = keyed(&stat, "total_cache");
+                s.memory_swap = keyed(&stat, "total_swap");
+            }
+        }
+        s
+    }
+}
+
+impl UsageSource for CounterReader {
+    fn read(&mut self) -> Counters {
+        self.counters()
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file's text (`cpu.stat`, `memory.stat`…).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+    })
+}
+
+/// The time until the next multiple of `interval` on the monotonic clock, which every
+/// process shares: every task of a node is sampled at the same moments, so the plugin (and
+/// the agent) wake once per interval for all of them instead of once per task. At least a
+/// quarter interval (a sample just before a boundary is not followed by another at once).
+pub fn until_aligned(interval: Duration) -> Duration {
+    let step = interval.as_nanos().max(1);
+    let now = monotonic().as_nanos();
+    let wait = step - now % step;
+    let wait = if wait < step / 4 { wait + step } else { wait };
+    Duration::from_nanos(wait.min(u64::MAX as u128) as u64)
+}
+
+/// CLOCK_MONOTONIC now.
+fn monotonic() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Turns counters into samples.
+pub struct Sampler {
+    source: Box<dyn UsageSource>,
+    last: Option<(Instant, Counters)>,
+}
+
+impl Sampler {
+    pub fn new(source: Box<dyn UsageSource>) -> Self {
+        Sampler { source, last: None }
+    }
+
+    /// One sample. CPU percentages are measured from the second sample on (the first has no
+    /// delta and reports 0, as Nomad's executors do).
+    pub fn sample(&mut self) -> ResourceUsage {
+        let now = Instant::now();
+        let c = self.source.read();
+        let mut u = ResourceUsage {
+            timestamp_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        let mut measured: Vec<&str> = Vec::new();
+        for (v, dst, name) in [
+            (c.memory_rss, &mut u.memory_rss, "memory_rss"),
+            (c.memory_cache, &mut u.memory_cache, "memory_cache"),
+            (c.memory_swap, &mut u.memory_swap, "memory_swap"),
+            (c.memory_usage, &mut u.memory_usage, "memory_usage"),
+            (
+                c.memory_max_usage,
+                &mut u.memory_max_usage,
+                "memory_max_usage",
+            ),
+            (
+                c.throttled_periods,
+                &mut u.throttled_periods,
+                "throttled_periods",
+            ),
+            (
+                c.throttled_ns,
+                &mut u.throttled_time_ns,
+                "throttled_time_ns",
+            ),
+        ] {
+            if let Some(v) = v {
+                *dst = v;
+                measured.push(name);
+            }
+        }
+        if let Some((then, prev)) = &self.last {
+            let wall = now.duration_since(*then).as_nanos().max(1) as f64;
+            let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64 / wall * 100.0),
+                _ => None,
+            };
+            u.cpu_percent = pct(c.cpu_total_ns, prev.cpu_total_ns).unwrap_or(0.0);
+            u.cpu_user_percent = pct(c.cpu_user_ns, prev.cpu_user_ns).unwrap_or(0.0);
+            u.cpu_system_percent = pct(c.cpu_system_ns, prev.cpu_system_ns).unwrap_or(0.0);
+        }
+        for (v, name) in [
+            (c.cpu_total_ns, "cpu_percent"),
+            (c.cpu_user_ns, "cpu_user_percent"),
+            (c.cpu_system_ns, "cpu_system_percent"),
+        ] {
+            if v.is_some() {
+                measured.push(name);
+            }
+        }
+        self.last = Some((now, c));
+        u.measured = measured.into_iter().map(str::to_owned).collect();
+        u
+    }
+}
+
+/// The dirs of a task cgroup as the shim records them (`StatusResponse.cgroup`, the state
+/// file's `cgroup`): comma-separated.
+pub fn cgroup_dirs(recorded: &str) -> Vec<PathBuf> {
+    recorded
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source whose counters the test sets.
+    struct Fake(std::sync::Arc<std::sync::Mutex<Counters>>);
+
+    impl UsageSource for Fake {
+        fn read(&mut self) -> Counters {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn percent_comes_from_deltas_and_only_measured_fields_are_listed() {
+        let counters = std::sync::Arc::new(std::sync::Mutex::new(Counters {
+            cpu_total_ns: Some(0),
+            cpu_user_ns: Some(0),
+            cpu_system_ns: Some(0),
+            memory_rss: Some(4096),
+            ..Default::default()
+        }));
+        let mut s = Sampler::new(Box::new(Fake(counters.clone())));
+        let first = s.sample();
+        assert_eq!(first.cpu_percent, 0.0);
+        assert_eq!(first.memory_rss, 4096);
+        assert!(first.timestamp_unix_nanos > 0);
+        let mut m = first.measured.clone();
+        m.sort();
+        assert_eq!(
+            m,
+            [
+                "cpu_percent",
+                "cpu_system_percent",
+                "cpu_user_percent",
+                "memory_rss"
+            ]
+        );
+        // 2 s of CPU (user) over a wall interval of well under 2 s: more than one core.
+        *counters.lock().unwrap() = Counters {
+            cpu_total_ns: Some(2_000_000_000),
+            cpu_user_ns: Some(2_000_000_000),
+            cpu_system_ns: Some(0),
+            memory_rss: Some(8192),
+            ..Default::default()
+        };
+        let second = s.sample();
+        assert!(second.cpu_percent > 100.0, "{second:?}");
+        assert_eq!(second.cpu_percent, second.cpu_user_percent);
+        assert_eq!(second.cpu_system_percent, 0.0);
+        assert_eq!(second.memory_rss, 8192);
+    }
+
+    #[test]
+    fn samples_are_aligned_to_the_interval_on_the_shared_clock() {
+        let interval = Duration::from_millis(1000);
+        let wait = until_aligned(interval);
+        assert!(
+            wait >= interval / 4 && wait <= interval + interval / 4,
+            "{wait:?}"
+        );
+        let at = monotonic() + wait;
+        // Within a few ms of a whole second (the computation itself takes microseconds).
+        let off = at.as_nanos() % interval.as_nanos();
+        assert!(!(5_000_000..=995_000_000).contains(&off), "{off}");
+    }
+
+    #[test]
+    fn counter_files_are_found_in_whichever_dir_has_them_and_read_again_each_time() {
+        let t = tempfile::tempdir().unwrap();
+        let (cpu, mem, cpuset) = (
+            t.path().join("cpu"),
+            t.path().join("mem"),
+            t.path().join("s"),
+        );
+        for d in [&cpu, &mem, &cpuset] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(cpu.join("cpuacct.usage"), "5000\n").unwrap();
+        std::fs::write(cpu.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        std::fs::write(cpu.join("cpu.stat"), "nr_throttled 2\nthrottled_time 9\n").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "8192\n").unwrap();
+        std::fs::write(mem.join("memory.stat"), "total_rss 4096\ntotal_cache 1\n").unwrap();
+        let dirs = vec![cpuset, cpu.clone(), mem.clone()];
+        let r = CounterReader::open_dirs(&dirs).expect("v1 counters");
+        let c = r.counters();
+        let tick = crate::proc::nanos_per_tick();
+        assert_eq!(c.cpu_total_ns, Some(5000));
+        assert_eq!(
+            (c.cpu_user_ns, c.cpu_system_ns),
+            (Some(3 * tick), Some(tick))
+        );
+        assert_eq!((c.throttled_periods, c.throttled_ns), (Some(2), Some(9)));
+        assert_eq!(
+            (c.memory_usage, c.memory_rss, c.memory_cache),
+            (Some(8192), Some(4096), Some(1))
+        );
+        assert_eq!(c.memory_max_usage, None);
+        // The same files, read again (a cgroup file regenerates; here the test rewrites it).
+        std::fs::write(mem.join("memory.usage_in_bytes"), "16384\n").unwrap();
+        assert_eq!(r.counters().memory_usage, Some(16384));
+        // v2: one dir; no memory controller, no memory figures.
+        let v2 = t.path().join("v2");
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::write(v2.join("cgroup.controllers"), "cpu\n").unwrap();
+        std::fs::write(
+            v2.join("cpu.stat"),
+            "usage_usec 7\nuser_usec 4\nsystem_usec 3\n",
+        )
+        .unwrap();
+        let r = CounterReader::open_dirs(&[v2]).unwrap();
+        let c = r.counters();
+        assert_eq!(c.cpu_total_ns, Some(7000));
+        assert_eq!(c.memory_usage, None);
+        assert!(CounterReader::open_dirs(&[t.path().join("none")]).is_none());
+        assert_eq!(
+            cgroup_dirs("/a, /b,"),
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
+}

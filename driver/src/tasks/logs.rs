@@ -1,0 +1,272 @@
+//! The plugin's part of the task's logs (`log_collection`):
+//!
+//! - which way a task's output went, recorded in its `driver_state` ([`collection_of`]);
+//! - the shim's events (log files it cannot write, and when it can again) forwarded as task
+//!   events ([`Tasks::forward_events`]), and a summary of what was lost while the plugin was
+//!   away ([`loss_summary`]);
+//! - the `logmon` Nomad left behind: a task started with `log_collection = "nomad"` (or by a
+//!   release before the shim wrote logs) keeps its logmon across an upgrade to "executor",
+//!   but Nomad then neither reattaches nor stops it (the driver now reports
+//!   `DisableLogCollection`). It keeps collecting the task's output through the FIFOs while
+//!   the task runs; when the task is destroyed, the plugin stops it
+//!   ([`stop_orphaned_logmon`]).
+
+use super::entry::TaskEntry;
+use super::Tasks;
+use common::proto::executor as shim;
+use common::spec::TaskSpec;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `driver_state.log_collection` of a task: "executor", "nomad" or "none".
+pub fn collection_of(spec: &TaskSpec) -> &'static str {
+    let null = Path::new("/dev/null");
+    if spec.log_files.is_some() {
+        "executor"
+    } else if spec.stdout_path == null && spec.stderr_path == null {
+        "none"
+    } else {
+        "nomad"
+    }
+}
+
+/// Whether Nomad runs a logmon for this task (its output goes through FIFOs).
+pub fn has_logmon(state_collection: &str) -> bool {
+    matches!(state_collection, "" | "nomad")
+}
+
+impl Tasks {
+    /// Turns the events of the task's shim into task events, from `since_unix_ms` on, until
+    /// the shim goes away. Shims from before the Events RPC (API level 1) have none.
+    pub fn forward_events(&self, entry: &Arc<TaskEntry>, since_unix_ms: i64) {
+        let s = &entry.state;
+        if common::shim_api::require(
+            common::shim_api::EVENTS,
+            s.shim_api_level,
+            &s.executor_version,
+        )
+        .is_err()
+        {
+            return;
+        }
+        let plugin = self.plugin.clone();
+        let task = entry.clone();
+        let forwarder = tokio::spawn(async move {
+            let Ok(mut c) = task.client().await else {
+                return;
+            };
+            let Ok(stream) = c
+                .events(shim::EventsRequest { since_unix_ms })
+                .await
+                .map(|r| r.into_inner())
+            else {
+                return;
+            };
+            let mut stream = stream;
+            while let Ok(Some(ev)) = stream.message().await {
+                let s = &task.state;
+                plugin.emit(&s.task_id, &s.alloc_id, &s.task_name, ev.message);
+            }
+        });
+        entry.set_event_forwarder(forwarder.abort_handle());
+    }
+}
+
+/// A task event for output the shim could not write, from its Status (e.g. while the plugin
+/// was down): None when nothing was lost.
+pub fn loss_summary(logs: Option<&shim::LogStatus>) -> Option<String> {
+    let logs = logs?;
+    let lost: Vec<String> = logs
+        .streams
+        .iter()
+        .filter(|s| s.bytes_dropped > 0)
+        .map(|s| {
+            format!(
+                "{} bytes of {} (last error: {})",
+                s.bytes_dropped, s.name, s.last_error
+            )
+        })
+        .collect();
+    if lost.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the task's shim could not write all of its output to the log files in {}: {} were lost; `elide-executor status` shows the counts",
+        logs.dir,
+        lost.join(", ")
+    ))
+}
+
+/// How long logmon gets after the task's output ended to write what it buffered (it flushes
+/// every 100 ms).
+const LOGMON_FLUSH: Duration = Duration::from_secs(1);
+
+/// Stops the `nomad logmon` that holds `fifo` (the task's stdout FIFO) open, once it had
+/// time to write out what the task printed last. Returns the pids it stopped.
+pub fn stop_orphaned_logmon(fifo: &Path, exited_at_unix_ms: i64) -> Vec<i32> {
+    let pids = logmons_holding(fifo);
+    if pids.is_empty() {
+        return pids;
+    }
+    let since_exit =
+        Duration::from_millis((common::state::now_ms() - exited_at_unix_ms).max(0) as u64);
+    std::thread::sleep(LOGMON_FLUSH.saturating_sub(since_exit));
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    pids
+}
+
+/// Processes running `<nomad> logmon` with `fifo` open.
+fn logmons_holding(fifo: &Path) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_logmon(*pid) && holds(*pid, fifo))
+        .collect()
+}
+
+fn is_logmon(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    cmdline.split(|b| *b == 0).nth(1) == Some(b"logmon".as_slice())
+}
+
+fn holds(pid: i32, path: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_summed_up_per_stream_and_nothing_lost_says_nothing() {
+        let mut l = shim::LogStatus {
+            collection: "executor".into(),
+            dir: "/a/alloc/logs".into(),
+            streams: vec![
+                shim::LogStream {
+                    name: "stdout".into(),
+                    bytes_dropped: 0,
+                    ..Default::default()
+                },
+                shim::LogStream {
+                    name: "stderr".into(),
+                    bytes_dropped: 0,
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(loss_summary(Some(&l)), None);
+        assert_eq!(loss_summary(None), None);
+        l.streams[1].bytes_dropped = 42;
+        l.streams[1].last_error = "No space left on device (os error 28)".into();
+        let m = loss_summary(Some(&l)).unwrap();
+        assert!(
+            m.contains("42 bytes of stderr (last error: No space left on device")
+                && m.contains("/a/alloc/logs")
+                && !m.contains("stdout"),
+            "{m}"
+        );
+    }
+
+    /// `sh <dir>/logmon FIFO`: argv[1] is "logmon" (as in `nomad logmon`), fd 3 holds the
+    /// FIFO; in its own process group, which is killed on drop.
+    struct FakeLogmon(std::process::Child);
+
+    impl FakeLogmon {
+        fn start(dir: &Path, fifo: &Path) -> FakeLogmon {
+            use std::os::unix::process::CommandExt;
+            std::fs::write(dir.join("logmon"), "exec 3<>\"$1\"; sleep 1000 3<&-\n").unwrap();
+            FakeLogmon(
+                std::process::Command::new("/bin/sh")
+                    .current_dir(dir)
+                    .args(["logmon", fifo.to_str().unwrap()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+    }
+
+    impl Drop for FakeLogmon {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn the_logmon_holding_the_tasks_fifo_is_stopped_after_its_flush_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(".t.stdout.fifo");
+        let other = dir.path().join(".u.stdout.fifo");
+        for f in [&fifo, &other] {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        }
+        let mut mine = FakeLogmon::start(dir.path(), &fifo);
+        let mut theirs = FakeLogmon::start(dir.path(), &other);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(holds(mine.pid(), &fifo) && holds(theirs.pid(), &other)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the FIFOs never opened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            is_logmon(mine.pid()),
+            "{:?}",
+            std::fs::read(format!("/proc/{}/cmdline", mine.pid()))
+        );
+        assert!(!is_logmon(std::process::id() as i32));
+        let t0 = std::time::Instant::now();
+        let stopped = stop_orphaned_logmon(&fifo, common::state::now_ms());
+        assert!(t0.elapsed() >= LOGMON_FLUSH - Duration::from_millis(50));
+        assert_eq!(stopped, [mine.pid()]);
+        assert!(
+            mine.0.wait().unwrap().code().is_none(),
+            "killed by a signal"
+        );
+        // Only the logmon of that FIFO; and none at all is fine.
+        assert_eq!(theirs.0.try_wait().unwrap(), None);
+        assert!(stop_orphaned_logmon(&fifo, 0).is_empty());
+    }
+
+    #[test]
+    fn the_collection_is_read_from_the_spec() {
+        let mut s: TaskSpec = serde_json::from_str(
+            r#"{"version":1,"task_id":"a/t/1","argv":["/e"],"env":{},"cwd":"/t",
+                "stdout_path":"/a/alloc/logs/.t.stdout.fifo","stderr_path":"/a/alloc/logs/.t.stderr.fifo",
+                "socket_path":"/r/s.sock","state_path":"/s/state.json"}"#,
+        )
+        .unwrap();
+        assert_eq!(collection_of(&s), "nomad");
+        assert!(has_logmon("nomad") && has_logmon("") && !has_logmon("executor"));
+        s.stdout_path = "/dev/null".into();
+        s.stderr_path = "/dev/null".into();
+        assert_eq!(collection_of(&s), "none");
+    }
+}
