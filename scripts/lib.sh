@@ -85,13 +85,13 @@ build_release() {
   cargo build --release --workspace "$@" || return
   if have_shim_target; then
     t="$(shim_target)"
-    cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor "$@" || return
+    cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor --features shipped "$@" || return
   else
     t="$(host_target)"
     say "warning: Rust's $(shim_target) target is not available: linking the shim statically against glibc ($t)"
     # An explicit --target keeps these flags off build scripts and proc macros.
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
-      cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor "$@" || return
+      cargo build --profile shim --target "$t" -p elide-executor --bin elide-executor --features shipped "$@" || return
   fi
   install -D -m 0755 "$target/$t/shim/elide-executor" "$target/release/shim/elide-executor"
 }
