@@ -131,10 +131,13 @@ def cpu_ns(pid: int) -> int:
 
 def helpers(agent) -> dict[str, list[int]]:
     """This agent's per-task helper processes by kind."""
-    out: dict[str, list[int]] = {"shim": [], "executor": [], "logmon": []}
+    out: dict[str, list[int]] = {"shim": [], "init": [], "executor": [], "logmon": []}
     for p in agent.processes():
         if "elide-executor serve" in p.cmdline:
             out["shim"].append(p.pid)
+        elif p.cmdline.startswith("elide-executor sandbox-init"):
+            # The sandbox's PID 1 (one per task with pid_mode = "private", the default).
+            out["init"].append(p.pid)
         elif re.search(r"(^|/)nomad executor ", p.cmdline):
             out["executor"].append(p.pid)
         elif re.search(r"(^|/)nomad logmon", p.cmdline):
@@ -191,7 +194,7 @@ def run_memory(agent, driver: str, n: int, density: bool) -> dict:
     start_s = time.monotonic() - t0
     time.sleep(5)  # let the runtimes and helpers settle before sampling
     h = helpers(agent)
-    pids = h["shim"] + h["executor"] + h["logmon"]
+    pids = h["shim"] + h["init"] + h["executor"] + h["logmon"]
     m = [mem(p) for p in pids]
     res = {
         "driver": driver, "tasks": n, "start_all_s": start_s,
