@@ -295,9 +295,13 @@ def row_of(agent, alloc_id: str) -> dict:
     return next(r for r in nm.executor_status(agent) if r["alloc_id"] == alloc_id)
 
 
-def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_nothing(bad_agent):
+@pytest.mark.parametrize("pid_mode", ["private", "host"])
+def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_nothing(
+        bad_agent, pid_mode):
     agent = bad_agent
-    job = agent.run_job(job_hcl("kill9", 'script = "local/app.py"', jtype="service",
+    job = agent.run_job(job_hcl(f"kill9-{pid_mode}",
+                                f'script = "local/app.py"\n pid_mode = "{pid_mode}"',
+                                jtype="service",
                                 files={"local/app.py": (GRANDCHILDREN_APP, "644")}))
     aid = agent.first_alloc(job["ID"])["ID"]
     agent.wait_task(aid, "t", "running")
@@ -310,9 +314,9 @@ def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_
     children = nm.in_pid_namespace_of(row["runtime_pid"], ns_pids)
     assert all(children), (ns_pids, row)
     assert all(c.cmdline == "sleep 1000" for c in children), [c.describe() for c in children]
-    # And everything else of the task: the init, the runtime and all below them.
+    # And everything else of the task: the init (private), the runtime and all below them.
     task = [nm.proc_info(row["runtime_pid"])] + nm.descendants(row["runtime_pid"])
-    assert len(task) >= 4 and all(task), task
+    assert len(task) >= (4 if pid_mode == "private" else 3) and all(task), task
 
     # `nomad alloc signal -s SIGFOO`: refused, naming the signal; the task is unharmed.
     r = agent.cli("alloc", "signal", "-s", "SIGFOO", aid, "t", check=False)
@@ -325,14 +329,22 @@ def test_stray_signals_and_sigfoo_leave_the_task_alone_and_a_killed_shim_leaves_
     assert again["shim_pid"] == row["shim_pid"] and again["runtime_pid"] == row["runtime_pid"]
     assert all(nm.is_alive(c) for c in children)
 
-    # kill -9 of the shim: the runtime dies of PDEATHSIG, its children (one left the group
-    # with setsid) must not live on.
+    # kill -9 of the shim: the runtime (or, with a private PID namespace, its init) dies of
+    # PDEATHSIG, and the children (one left the group with setsid) must not live on.
     key = row["key"]
     own_cgroups = [d for d in row["cgroup"].split(",") if d.endswith(key)]
     os.kill(row["shim_pid"], signal.SIGKILL)
     ts = agent.wait_task(aid, "t", "dead")
     text = events_text(ts)
-    assert "died unexpectedly" in text and "was killed so nothing is left orphaned" in text, text
+    assert "died unexpectedly" in text, text
+    if pid_mode == "host":
+        # Nothing but the plugin's clean-up ends the orphaned children here.
+        assert "was killed so nothing is left orphaned" in text, text
+    else:
+        # The kernel ends the whole namespace with its init; whether the plugin still found
+        # some of it dying is a race, so either account is right.
+        assert ("was killed so nothing is left orphaned" in text
+                or "nothing of the task was left running" in text), text
     left = nm.wait_gone(children + task, 15)
     assert not left, "outlived the shim: " + ", ".join(p.describe() for p in left)
     if os.geteuid() == 0:
