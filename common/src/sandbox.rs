@@ -149,6 +149,11 @@ pub struct SandboxSpec {
     /// Host gids (primary or supplementary) the task may not run with.
     #[serde(default)]
     pub denied_gids: String,
+    /// The task's own `/etc/resolv.conf` (Nomad's `network { dns {} }`), mounted read-only
+    /// over the host's in the task's mount namespace; only with `fs_isolation = "readonly"`.
+    /// Absent (older specs too): the task sees the host's.
+    #[serde(default)]
+    pub dns: Option<crate::dns::DnsSpec>,
 }
 
 fn default_capabilities() -> Vec<String> {
@@ -170,6 +175,7 @@ impl Default for SandboxSpec {
             devices: Vec::new(),
             denied_uids: String::new(),
             denied_gids: String::new(),
+            dns: None,
         }
     }
 }
@@ -294,6 +300,9 @@ impl SandboxSpec {
         }
         if let Err(e) = IdRanges::parse(&self.denied_gids) {
             return err("denied_gids", e);
+        }
+        if let Some(Err((field, e))) = self.dns.as_ref().map(|d| d.validate()) {
+            return err(&format!("dns.{field}"), e);
         }
         Ok(())
     }

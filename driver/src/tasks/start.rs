@@ -7,10 +7,12 @@ use super::spec::{build_spec, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{LogCollection, PluginConfig, TaskConfig};
+use common::dns::DnsSpec;
 use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
 };
 use common::proto::executor as shim;
+use common::sandbox::FsIsolation;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +33,8 @@ struct NodeFacts {
     resolv_conf: Option<PathBuf>,
     /// The `absolute_script_dirs` entry holding an absolute script.
     script_dir: Option<PathBuf>,
+    /// The host's resolv.conf, parsed, when Nomad sent a DNS config.
+    host_dns: Option<DnsSpec>,
     /// Task events to publish (e.g. execute bits cleared on the script).
     events: Vec<String>,
 }
@@ -49,9 +53,10 @@ impl Tasks {
         let cfg = self.plugin.config();
         let tc = TaskConfig::from_msgpack(&task.msgpack_driver_config)
             .map_err(|e| status::permanent(format!("invalid elide task config: {e}")))?;
+        let wants_dns = task.dns.is_some();
         let facts = {
             let (cfg, tc, dir) = (cfg.clone(), tc.clone(), task_dir(&task));
-            blocking(move || node_facts(&cfg, &tc, &dir)).await?
+            blocking(move || node_facts(&cfg, &tc, &dir, wants_dns)).await?
         };
         let emit = |msg: String| self.plugin.emit(&task.id, &task.alloc_id, &task.name, msg);
         facts.events.into_iter().for_each(emit);
@@ -60,6 +65,15 @@ impl Tasks {
         {
             emit(
                 "log_max_files and log_max_file_size in the task config apply only with the plugin's log_collection = \"executor\"; Nomad's logmon uses the job's logs {} block".into(),
+            );
+        }
+        if cfg.fs_isolation == FsIsolation::None
+            && task.dns.as_ref().is_some_and(|d| {
+                !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty())
+            })
+        {
+            emit(
+                "The group's network { dns {} } block is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/resolv.conf; use fs_isolation = \"readonly\" (the default) for a resolv.conf of the task's own".into(),
             );
         }
         let spec = build_spec(&SpecInput {
@@ -72,6 +86,7 @@ impl Tasks {
             elide_home: &facts.elide_home,
             resolv_conf: facts.resolv_conf.as_deref(),
             script_dir: facts.script_dir.as_deref(),
+            host_dns: facts.host_dns.as_ref(),
         })
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
@@ -181,7 +196,12 @@ impl Tasks {
 
 /// The binaries (the task may pick its own Elide; the shim comes from the plugin config),
 /// the checked script, and whether the task dir has a `tmp`.
-fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<NodeFacts, Status> {
+fn node_facts(
+    cfg: &PluginConfig,
+    tc: &TaskConfig,
+    task_dir: &Path,
+    wants_dns: bool,
+) -> Result<NodeFacts, Status> {
     let mut events = Vec::new();
     let checked = script::check(&tc.script, task_dir, &cfg.absolute_script_dirs)
         .map_err(|e| status::permanent(e.to_string()))?;
@@ -231,6 +251,7 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
         .ok()
         .filter(|p| p != Path::new("/etc/resolv.conf"));
     Ok(NodeFacts {
+        host_dns: wants_dns.then(host_dns),
         elide_home,
         resolv_conf,
         script_dir,
@@ -240,6 +261,22 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
         task_tmp_exists: task_dir.join("tmp").is_dir(),
         events,
     })
+}
+
+/// The host's resolver lists (what a job's empty `dns {}` lists fall back to); behind
+/// systemd-resolved's local stub, which a task's network namespace cannot reach, its upstream
+/// servers, as Nomad's exec (Docker's resolvconf) does. No file: nothing to fall back to.
+fn host_dns() -> DnsSpec {
+    let read =
+        |p: &str| DnsSpec::parse_resolv_conf(&std::fs::read_to_string(p).unwrap_or_default());
+    let host = read(common::dns::RESOLV_CONF);
+    if host.is_resolved_stub() {
+        let upstream = read(common::dns::RESOLVED_UPSTREAM);
+        if !upstream.servers.is_empty() {
+            return upstream;
+        }
+    }
+    host
 }
 
 /// Creates each dir (mode 0700) or says which one could not be.
