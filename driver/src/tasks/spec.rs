@@ -523,6 +523,15 @@ mod tests {
         config: &TaskConfig,
         task: &NomadTask,
     ) -> Result<SandboxSpec, BuildError> {
+        sandbox_with_host_dns(plugin, config, task, None)
+    }
+
+    fn sandbox_with_host_dns(
+        plugin: &PluginConfig,
+        config: &TaskConfig,
+        task: &NomadTask,
+        host_dns: Option<&DnsSpec>,
+    ) -> Result<SandboxSpec, BuildError> {
         sandbox_of(&SpecInput {
             plugin,
             config,
@@ -533,7 +542,7 @@ mod tests {
             elide_home: Path::new("/opt/elide/1.0"),
             resolv_conf: Some(Path::new("/run/systemd/resolve/stub-resolv.conf")),
             script_dir: None,
-            host_dns: None,
+            host_dns,
         })
     }
 
@@ -760,18 +769,7 @@ mod tests {
         });
         let host = DnsSpec::parse_resolv_conf("nameserver 10.0.0.2\noptions ndots:5\n");
         let with_host = |plugin: &PluginConfig, task: &NomadTask| {
-            sandbox_of(&SpecInput {
-                plugin,
-                config: &config,
-                task,
-                elide: Path::new("/usr/bin/elide"),
-                script: "local/app.py",
-                task_tmp_exists: true,
-                elide_home: Path::new("/usr/bin"),
-                resolv_conf: None,
-                script_dir: None,
-                host_dns: Some(&host),
-            })
+            sandbox_with_host_dns(plugin, &config, task, Some(&host))
         };
         let dns = with_host(&plugin, &task).unwrap().dns.unwrap();
         assert_eq!(

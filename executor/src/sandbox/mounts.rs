@@ -9,9 +9,9 @@
 //! 4. `/tmp` becomes a private tmpfs, `/dev` a minimal one;
 //! 5. hidden paths become empty tmpfs dirs and the task's own dirs are bound back at their host
 //!    paths, outer paths first (a bind below a hidden path gets its mount point created in
-//!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`;
-//! 5b. the task's own resolv.conf (Nomad's `dns {}`), written in a private tmpfs that is
-//!    detached again, bound read-only over where `/etc/resolv.conf` leads in the task's view;
+//!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`; then the
+//!    task's own resolv.conf (Nomad's `dns {}`), written in a private tmpfs that is detached
+//!    again, is bound read-only over where `/etc/resolv.conf` leads in the task's view;
 //! 6. volumes are bound beneath the task dir; the mount point is created component by
 //!    component with `O_NOFOLLOW`, so a symlink planted in the task dir is never followed;
 //! 7. `/dev` gets null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
@@ -657,7 +657,7 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
         }
     }
 
-    // 5b. The task's resolv.conf, once the binds that bring a symlinked one back are there.
+    // 5, last. The task's resolv.conf, once the binds that bring a symlinked one back are there.
     if let Some(content) = &p.resolv_conf {
         mount_resolv_conf(
             content,
@@ -1194,7 +1194,7 @@ mod tests {
                 content,
                 &etc.join("dangling.conf"),
                 &stage,
-                &[hidden.clone()],
+                std::slice::from_ref(&hidden),
             )
             .unwrap();
             assert_eq!(
