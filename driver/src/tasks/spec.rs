@@ -238,6 +238,16 @@ pub fn dns_of(
     Ok(Some(dns.or_host(host.unwrap_or(&DnsSpec::default()))))
 }
 
+/// The task event for a DNS config the sandbox cannot show: with `fs_isolation = "none"` the
+/// task shares the host's file system (and its resolv.conf).
+pub fn dns_not_applied(fs_isolation: FsIsolation, nomad: Option<&DnsConfig>) -> Option<String> {
+    let n = nomad?;
+    let empty = n.servers.is_empty() && n.searches.is_empty() && n.options.is_empty();
+    (fs_isolation == FsIsolation::None && !empty).then(|| {
+        "The group's network { dns {} } block is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/resolv.conf; use fs_isolation = \"readonly\" (the default) for a resolv.conf of the task's own".to_owned()
+    })
+}
+
 /// `elide_opts.memory_limit` (the heap) must fit in the task's hard memory limit: a heap
 /// above it gets the runtime OOM-killed once it grows, long after a start that looked fine.
 fn check_heap(config: &TaskConfig, resources: &ResourceSpec) -> Result<(), BuildError> {
@@ -781,6 +791,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(with_host(&none, &task).unwrap().dns, None);
+        let event = dns_not_applied(FsIsolation::None, task.dns.as_ref()).unwrap();
+        assert!(event.contains("fs_isolation = \"none\""), "{event}");
+        assert_eq!(
+            dns_not_applied(FsIsolation::Readonly, task.dns.as_ref()),
+            None
+        );
+        assert_eq!(
+            dns_not_applied(FsIsolation::None, Some(&DnsConfig::default())),
+            None
+        );
         task.dns = Some(DnsConfig::default());
         assert_eq!(with_host(&plugin, &task).unwrap().dns, None);
         task.dns = Some(DnsConfig {

@@ -3,7 +3,7 @@
 
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
-use super::spec::{build_spec, task_dir, SpecInput};
+use super::spec::{build_spec, dns_not_applied, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{LogCollection, PluginConfig, TaskConfig};
@@ -12,7 +12,6 @@ use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
 };
 use common::proto::executor as shim;
-use common::sandbox::FsIsolation;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,14 +66,9 @@ impl Tasks {
                 "log_max_files and log_max_file_size in the task config apply only with the plugin's log_collection = \"executor\"; Nomad's logmon uses the job's logs {} block".into(),
             );
         }
-        if cfg.fs_isolation == FsIsolation::None
-            && task.dns.as_ref().is_some_and(|d| {
-                !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty())
-            })
-        {
-            emit(
-                "The group's network { dns {} } block is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/resolv.conf; use fs_isolation = \"readonly\" (the default) for a resolv.conf of the task's own".into(),
-            );
+        if let Some(msg) = dns_not_applied(cfg.fs_isolation, task.dns.as_ref()) {
+            tracing::warn!(task_id = %task.id, "{msg}");
+            emit(msg);
         }
         let spec = build_spec(&SpecInput {
             plugin: &cfg,
