@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod cty;
+pub mod dns;
 pub mod duration;
 pub mod env;
 pub mod hclspec;

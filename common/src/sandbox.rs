@@ -149,6 +149,12 @@ pub struct SandboxSpec {
     /// Host gids (primary or supplementary) the task may not run with.
     #[serde(default)]
     pub denied_gids: String,
+    /// The task's own `/etc/resolv.conf` (Nomad's `network { dns {} }`), mounted read-only
+    /// over the host's in the task's mount namespace; only with `fs_isolation = "readonly"`.
+    /// Absent (older specs too): the task sees the host's. Left out of the JSON when
+    /// absent, so a shim from before this field still reads specs without DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsSpec>,
 }
 
 fn default_capabilities() -> Vec<String> {
@@ -170,6 +176,7 @@ impl Default for SandboxSpec {
             devices: Vec::new(),
             denied_uids: String::new(),
             denied_gids: String::new(),
+            dns: None,
         }
     }
 }
@@ -295,6 +302,9 @@ impl SandboxSpec {
         if let Err(e) = IdRanges::parse(&self.denied_gids) {
             return err("denied_gids", e);
         }
+        if let Some(Err((field, e))) = self.dns.as_ref().map(|d| d.validate()) {
+            return err(&format!("dns.{field}"), e);
+        }
         Ok(())
     }
 }
@@ -331,6 +341,8 @@ mod tests {
         s.validate().unwrap();
         let back: SandboxSpec = serde_json::from_str("{}").unwrap();
         assert_eq!(back, s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.get("dns").is_none(), "{json}");
         let mut bad = s.clone();
         bad.hidden_paths = vec!["/".into()];
         assert_eq!(bad.validate().unwrap_err().0, "sandbox.hidden_paths");
@@ -341,8 +353,15 @@ mod tests {
             permissions: "rw".into(),
         }];
         assert_eq!(bad.validate().unwrap_err().0, "sandbox.devices[0]");
-        let mut bad = s;
+        let mut bad = s.clone();
         bad.capabilities = vec!["CAP_NOPE".into()];
         assert_eq!(bad.validate().unwrap_err().0, "sandbox.capabilities");
+        // A spec the shim reads (hand-written, or from another plugin) is checked too.
+        let mut bad = s;
+        bad.dns = Some(crate::dns::DnsSpec {
+            searches: vec!["a\nnameserver 6.6.6.6".into()],
+            ..Default::default()
+        });
+        assert_eq!(bad.validate().unwrap_err().0, "sandbox.dns.searches[0]");
     }
 }

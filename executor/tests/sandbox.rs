@@ -612,3 +612,41 @@ echo "write_apps=$(touch $APPS/x 2>/dev/null && echo yes || echo no)"
     assert_eq!(kv["tmp_sibling"], "absent", "{text}");
     assert_eq!(kv["write_apps"], "no", "{text}");
 }
+
+/// Nomad's `network { dns {} }`: the task reads its own resolv.conf at /etc/resolv.conf, even
+/// as root cannot write, replace or unmount it, finds no staging left in /tmp, and the host's
+/// file stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_config_is_the_tasks_read_only_resolv_conf_and_the_hosts_is_untouched() {
+    if !root() {
+        return;
+    }
+    let host_before = std::fs::read("/etc/resolv.conf").ok();
+    let mut l = layout(
+        r#"
+try() { if (eval "$2") >/dev/null 2>&1; then echo "$1=yes"; else echo "$1=no"; fi; }
+echo "resolv=$(tr '\n' '|' < /etc/resolv.conf)"
+try append 'echo "nameserver 6.6.6.6" >> /etc/resolv.conf'
+try truncate ': > /etc/resolv.conf'
+try remove 'rm -f /etc/resolv.conf'
+try unmount 'umount /etc/resolv.conf'
+echo "tmp=$(ls -A /tmp | tr '\n' ' ')"
+echo "after=$(tr '\n' '|' < /etc/resolv.conf)"
+"#,
+    );
+    l.spec.sandbox.as_mut().unwrap().dns = Some(common::dns::DnsSpec {
+        servers: vec!["10.9.8.7".into(), "fd00::53".into()],
+        searches: vec!["example.internal".into()],
+        options: vec!["ndots:2".into()],
+    });
+    let (exit, kv, text) = run(&l).await;
+    assert_eq!(exit.exit_code, 0, "{text}");
+    let want = "search example.internal|nameserver 10.9.8.7|nameserver fd00::53|options ndots:2|";
+    assert_eq!(kv["resolv"], want, "{text}");
+    for k in ["append", "truncate", "remove", "unmount"] {
+        assert_eq!(kv[k], "no", "{k}: {text}");
+    }
+    assert_eq!(kv["after"], want, "{text}");
+    assert_eq!(kv["tmp"], "", "staging left in the task's /tmp: {text}");
+    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_before);
+}

@@ -332,3 +332,48 @@ def test_bridge_mode_app_answers_on_the_mapped_port_inside_the_allocs_netns(shar
     assert seen["netns"] != os.readlink("/proc/self/ns/net"), seen
     status = alloc.get("NetworkStatus") or {}
     assert status.get("Address") and seen["address"] == status["Address"], (seen, status)
+
+
+DNS_PROBE = r'''
+import json
+
+def can_write():
+    try:
+        with open("/etc/resolv.conf", "a") as f:
+            f.write("nameserver 6.6.6.6\n")
+        return True
+    except OSError:
+        return False
+
+with open("/etc/resolv.conf") as f:
+    seen = f.read()
+print("DNS " + json.dumps({"resolv": seen, "writable": can_write()}), flush=True)
+'''
+
+
+def test_the_groups_dns_block_is_the_tasks_read_only_resolv_conf(shared_agent):
+    """Nomad's network { dns {} } reaches the task as exactly exec's resolv.conf, read-only,
+    and the host's file is untouched."""
+    agent = shared_agent
+    with open("/etc/resolv.conf", "rb") as f:
+        host_before = f.read()
+    job = agent.run_job(nm.elide_job("dns", DNS_PROBE, jtype="batch", group=nm.NO_RESTART + """
+    network {
+      mode = "bridge"
+      dns {
+        servers  = ["10.9.8.7"]
+        searches = ["example.internal"]
+        options  = ["ndots:2"]
+      }
+    }"""))
+    alloc = agent.first_alloc(job["ID"])
+    ts = agent.wait_task(alloc["ID"], "t", "dead")
+    assert not ts["Failed"], nm.describe_task(ts)
+    out = agent.logs(alloc["ID"], "t")
+    lines = [ln for ln in out.splitlines() if ln.startswith("DNS ")]
+    assert lines, f"no DNS line in the task's stdout:\n{out}"
+    seen = json.loads(lines[-1][len("DNS "):])
+    assert seen["resolv"] == "search example.internal\nnameserver 10.9.8.7\noptions ndots:2\n", seen
+    assert seen["writable"] is False, seen
+    with open("/etc/resolv.conf", "rb") as f:
+        assert f.read() == host_before

@@ -5,8 +5,9 @@
 
 use super::command;
 use common::config::{LogCollection, PluginConfig, TaskConfig};
+use common::dns::DnsSpec;
 use common::paths::{self, PathError};
-use common::proto::drivers::{Resources, TaskConfig as NomadTask};
+use common::proto::drivers::{DnsConfig, Resources, TaskConfig as NomadTask};
 use common::sandbox::{self, DeviceSpec, FsIsolation, SandboxSpec, VolumeSpec};
 use common::spec::{LogFilesSpec, ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub struct SpecInput<'a> {
     /// task dir: kept visible (read-only) too, or the private `/tmp` or a hidden path could
     /// take the script away from the runtime.
     pub script_dir: Option<&'a Path>,
+    /// The host's resolv.conf, parsed: the lists a job's `dns {}` block leaves empty come
+    /// from it (as in Nomad's exec). Only read when Nomad sends a DNS config.
+    pub host_dns: Option<&'a DnsSpec>,
 }
 
 /// Why a task cannot be turned into a spec; every case is the job's or the operator's to fix.
@@ -201,10 +205,47 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         devices,
         denied_uids: plugin.denied_host_uids.clone(),
         denied_gids: plugin.denied_host_gids.clone(),
+        dns: dns_of(task.dns.as_ref(), plugin.fs_isolation, i.host_dns)?,
     };
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
     Ok(spec)
+}
+
+/// The task's resolv.conf from Nomad's DNS config (the group's `network { dns {} }`),
+/// checked even when it cannot apply. None when Nomad sent none or an empty one (the task
+/// keeps the host's, as exec copies it), or with `fs_isolation = "none"` (no mount namespace
+/// of the task's own to show it in: StartTask says so in a task event).
+pub fn dns_of(
+    nomad: Option<&DnsConfig>,
+    fs_isolation: FsIsolation,
+    host: Option<&DnsSpec>,
+) -> Result<Option<DnsSpec>, BuildError> {
+    let Some(n) = nomad else { return Ok(None) };
+    let dns = DnsSpec {
+        servers: n.servers.clone(),
+        searches: n.searches.clone(),
+        options: n.options.clone(),
+    };
+    dns.validate().map_err(|(field, e)| {
+        BuildError::Sandbox(format!(
+            "network.dns.{field}: {e}; fix the group's network {{ dns {{}} }} block"
+        ))
+    })?;
+    if dns.is_empty() || fs_isolation == FsIsolation::None {
+        return Ok(None);
+    }
+    Ok(Some(dns.or_host(host.unwrap_or(&DnsSpec::default()))))
+}
+
+/// The task event for a DNS config the sandbox cannot show: with `fs_isolation = "none"` the
+/// task shares the host's file system (and its resolv.conf).
+pub fn dns_not_applied(fs_isolation: FsIsolation, nomad: Option<&DnsConfig>) -> Option<String> {
+    let n = nomad?;
+    let empty = n.servers.is_empty() && n.searches.is_empty() && n.options.is_empty();
+    (fs_isolation == FsIsolation::None && !empty).then(|| {
+        "The group's network { dns {} } block is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/resolv.conf; use fs_isolation = \"readonly\" (the default) for a resolv.conf of the task's own".to_owned()
+    })
 }
 
 /// `elide_opts.memory_limit` (the heap) must fit in the task's hard memory limit: a heap
@@ -371,6 +412,7 @@ mod tests {
             elide_home: Path::new("/usr/bin"),
             resolv_conf: None,
             script_dir: None,
+            host_dns: None,
         };
         let s = build_spec(&input).unwrap();
         assert_eq!(s.cwd, Path::new("/var/nomad/alloc/a1/web"));
@@ -436,6 +478,7 @@ mod tests {
                 elide_home: Path::new("/usr/bin"),
                 resolv_conf: None,
                 script_dir: None,
+                host_dns: None,
             })
             .unwrap()
         };
@@ -479,6 +522,7 @@ mod tests {
             elide_home: Path::new("/usr/bin"),
             resolv_conf: None,
             script_dir: None,
+            host_dns: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("runtime_dir"), "{e}");
@@ -488,6 +532,15 @@ mod tests {
         plugin: &PluginConfig,
         config: &TaskConfig,
         task: &NomadTask,
+    ) -> Result<SandboxSpec, BuildError> {
+        sandbox_with_host_dns(plugin, config, task, None)
+    }
+
+    fn sandbox_with_host_dns(
+        plugin: &PluginConfig,
+        config: &TaskConfig,
+        task: &NomadTask,
+        host_dns: Option<&DnsSpec>,
     ) -> Result<SandboxSpec, BuildError> {
         sandbox_of(&SpecInput {
             plugin,
@@ -499,6 +552,7 @@ mod tests {
             elide_home: Path::new("/opt/elide/1.0"),
             resolv_conf: Some(Path::new("/run/systemd/resolve/stub-resolv.conf")),
             script_dir: None,
+            host_dns,
         })
     }
 
@@ -574,6 +628,7 @@ mod tests {
             elide_home: Path::new("/usr/bin"),
             resolv_conf: None,
             script_dir: Some(Path::new("/tmp/apps")),
+            host_dns: None,
         })
         .unwrap();
         assert_eq!(
@@ -706,5 +761,64 @@ mod tests {
         task.devices[0].task_path = "/dev/gpu0".into();
         let e = sandbox_for(&none, &config, &task).unwrap_err().to_string();
         assert!(e.contains("fs_isolation = \"none\""), "{e}");
+    }
+
+    /// Nomad's `network { dns {} }` reaches the sandbox spec, merged with the host's lists
+    /// the job left empty; bad entries fail the start naming the field; no sandbox mount
+    /// namespace (fs_isolation = "none") or an empty block: nothing to mount.
+    #[test]
+    fn nomads_dns_config_lands_in_the_sandbox_checked_and_merged_with_the_host() {
+        let plugin = PluginConfig::default();
+        let config = TaskConfig::default();
+        let mut task = nomad_task();
+        assert_eq!(sandbox_for(&plugin, &config, &task).unwrap().dns, None);
+        task.dns = Some(DnsConfig {
+            servers: vec!["10.9.8.7".into()],
+            searches: vec!["example.internal".into()],
+            options: vec![],
+        });
+        let host = DnsSpec::parse_resolv_conf("nameserver 10.0.0.2\noptions ndots:5\n");
+        let with_host = |plugin: &PluginConfig, task: &NomadTask| {
+            sandbox_with_host_dns(plugin, &config, task, Some(&host))
+        };
+        let dns = with_host(&plugin, &task).unwrap().dns.unwrap();
+        assert_eq!(
+            dns.render(),
+            "search example.internal\nnameserver 10.9.8.7\noptions ndots:5\n"
+        );
+        let none = PluginConfig {
+            fs_isolation: FsIsolation::None,
+            ..Default::default()
+        };
+        assert_eq!(with_host(&none, &task).unwrap().dns, None);
+        let event = dns_not_applied(FsIsolation::None, task.dns.as_ref()).unwrap();
+        assert!(event.contains("fs_isolation = \"none\""), "{event}");
+        assert_eq!(
+            dns_not_applied(FsIsolation::Readonly, task.dns.as_ref()),
+            None
+        );
+        assert_eq!(
+            dns_not_applied(FsIsolation::None, Some(&DnsConfig::default())),
+            None
+        );
+        task.dns = Some(DnsConfig::default());
+        assert_eq!(with_host(&plugin, &task).unwrap().dns, None);
+        task.dns = Some(DnsConfig {
+            servers: vec!["10.9.8.7".into(), "ns1.example".into()],
+            ..Default::default()
+        });
+        for p in [&plugin, &none] {
+            let e = with_host(p, &task).unwrap_err().to_string();
+            assert!(
+                e.starts_with("network.dns.servers[1]: \"ns1.example\" is not an IP address"),
+                "{e}"
+            );
+        }
+        task.dns = Some(DnsConfig {
+            options: vec!["ndots:1\nnameserver 6.6.6.6".into()],
+            ..Default::default()
+        });
+        let e = with_host(&plugin, &task).unwrap_err().to_string();
+        assert!(e.starts_with("network.dns.options[0]:"), "{e}");
     }
 }

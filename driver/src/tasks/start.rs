@@ -3,10 +3,11 @@
 
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
-use super::spec::{build_spec, task_dir, SpecInput};
+use super::spec::{build_spec, dns_not_applied, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{LogCollection, PluginConfig, TaskConfig};
+use common::dns::DnsSpec;
 use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
 };
@@ -31,6 +32,8 @@ struct NodeFacts {
     resolv_conf: Option<PathBuf>,
     /// The `absolute_script_dirs` entry holding an absolute script.
     script_dir: Option<PathBuf>,
+    /// The host's resolv.conf, parsed, when Nomad sent a DNS config.
+    host_dns: Option<DnsSpec>,
     /// Task events to publish (e.g. execute bits cleared on the script).
     events: Vec<String>,
 }
@@ -49,9 +52,10 @@ impl Tasks {
         let cfg = self.plugin.config();
         let tc = TaskConfig::from_msgpack(&task.msgpack_driver_config)
             .map_err(|e| status::permanent(format!("invalid elide task config: {e}")))?;
+        let wants_dns = task.dns.is_some();
         let facts = {
             let (cfg, tc, dir) = (cfg.clone(), tc.clone(), task_dir(&task));
-            blocking(move || node_facts(&cfg, &tc, &dir)).await?
+            blocking(move || node_facts(&cfg, &tc, &dir, wants_dns)).await?
         };
         let emit = |msg: String| self.plugin.emit(&task.id, &task.alloc_id, &task.name, msg);
         facts.events.into_iter().for_each(emit);
@@ -61,6 +65,10 @@ impl Tasks {
             emit(
                 "log_max_files and log_max_file_size in the task config apply only with the plugin's log_collection = \"executor\"; Nomad's logmon uses the job's logs {} block".into(),
             );
+        }
+        if let Some(msg) = dns_not_applied(cfg.fs_isolation, task.dns.as_ref()) {
+            tracing::warn!(task_id = %task.id, "{msg}");
+            emit(msg);
         }
         let spec = build_spec(&SpecInput {
             plugin: &cfg,
@@ -72,6 +80,7 @@ impl Tasks {
             elide_home: &facts.elide_home,
             resolv_conf: facts.resolv_conf.as_deref(),
             script_dir: facts.script_dir.as_deref(),
+            host_dns: facts.host_dns.as_ref(),
         })
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
@@ -181,7 +190,12 @@ impl Tasks {
 
 /// The binaries (the task may pick its own Elide; the shim comes from the plugin config),
 /// the checked script, and whether the task dir has a `tmp`.
-fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<NodeFacts, Status> {
+fn node_facts(
+    cfg: &PluginConfig,
+    tc: &TaskConfig,
+    task_dir: &Path,
+    wants_dns: bool,
+) -> Result<NodeFacts, Status> {
     let mut events = Vec::new();
     let checked = script::check(&tc.script, task_dir, &cfg.absolute_script_dirs)
         .map_err(|e| status::permanent(e.to_string()))?;
@@ -231,6 +245,7 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
         .ok()
         .filter(|p| p != Path::new("/etc/resolv.conf"));
     Ok(NodeFacts {
+        host_dns: wants_dns.then(host_dns),
         elide_home,
         resolv_conf,
         script_dir,
@@ -240,6 +255,22 @@ fn node_facts(cfg: &PluginConfig, tc: &TaskConfig, task_dir: &Path) -> Result<No
         task_tmp_exists: task_dir.join("tmp").is_dir(),
         events,
     })
+}
+
+/// The host's resolver lists (what a job's empty `dns {}` lists fall back to); behind
+/// systemd-resolved's local stub, which a task's network namespace cannot reach, its upstream
+/// servers, as Nomad's exec (Docker's resolvconf) does. No file: nothing to fall back to.
+fn host_dns() -> DnsSpec {
+    let read =
+        |p: &str| DnsSpec::parse_resolv_conf(&std::fs::read_to_string(p).unwrap_or_default());
+    let host = read(common::dns::RESOLV_CONF);
+    if host.is_resolved_stub() {
+        let upstream = read(common::dns::RESOLVED_UPSTREAM);
+        if !upstream.servers.is_empty() {
+            return upstream;
+        }
+    }
+    host
 }
 
 /// Creates each dir (mode 0700) or says which one could not be.

@@ -9,7 +9,9 @@
 //! 4. `/tmp` becomes a private tmpfs, `/dev` a minimal one;
 //! 5. hidden paths become empty tmpfs dirs and the task's own dirs are bound back at their host
 //!    paths, outer paths first (a bind below a hidden path gets its mount point created in
-//!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`;
+//!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`; then the
+//!    task's own resolv.conf (Nomad's `dns {}`), written in a private tmpfs that is detached
+//!    again, is bound read-only over where `/etc/resolv.conf` leads in the task's view;
 //! 6. volumes are bound beneath the task dir; the mount point is created component by
 //!    component with `O_NOFOLLOW`, so a symlink planted in the task dir is never followed;
 //! 7. `/dev` gets null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
@@ -27,9 +29,10 @@ use common::sandbox::{relative_task_path, FsIsolation, SandboxSpec};
 use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Devices every task gets in its private `/dev` (bound from the host's).
@@ -103,6 +106,10 @@ pub struct MountPlan {
     pub task_dir: PathBuf,
     pub volumes: Vec<Volume>,
     pub devices: Vec<Device>,
+    /// The task's own resolv.conf (Nomad's `network { dns {} }`), mounted read-only over
+    /// `/etc/resolv.conf` (readonly isolation only).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 fn depth(p: &Path) -> usize {
@@ -160,6 +167,7 @@ pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPla
         task_dir: task_dir.to_path_buf(),
         volumes,
         devices,
+        resolv_conf: s.dns.as_ref().filter(|_| readonly).map(|d| d.render()),
     }
 }
 
@@ -649,6 +657,16 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
         }
     }
 
+    // 5, last. The task's resolv.conf, once the binds that bring a symlinked one back are there.
+    if let Some(content) = &p.resolv_conf {
+        mount_resolv_conf(
+            content,
+            Path::new(common::dns::RESOLV_CONF),
+            Path::new("/tmp"),
+            &tmpfs_roots,
+        )?;
+    }
+
     // 6. Volumes beneath the task dir.
     for (v, src) in p.volumes.iter().zip(&volume_src) {
         let target = walk_beneath(&p.task_dir, &v.dest, !src.is_dir()).map_err(|e| {
@@ -774,6 +792,80 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
             .map_err(|e| fail(format!("making {} read-only", display(&path)), e))?;
     }
     Ok(())
+}
+
+/// Where a resolver opening `link` (`/etc/resolv.conf`) ends up in this mount namespace.
+/// A symlink whose target is gone (below a hidden dir) gets its target created as an empty
+/// file in our tmpfs above it; a missing file is an error (the host root is read-only).
+fn resolv_conf_target(link: &Path, tmpfs_roots: &[PathBuf]) -> io::Result<PathBuf> {
+    if let Ok(t) = std::fs::canonicalize(link) {
+        return Ok(t);
+    }
+    let to = std::fs::read_link(link)?;
+    let mut target = link.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for c in to.components() {
+        match c {
+            Component::RootDir => target = PathBuf::from("/"),
+            Component::ParentDir => {
+                target.pop();
+            }
+            Component::Normal(n) => target.push(n),
+            Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    make_mount_point_in(tmpfs_roots, &target, true)?;
+    Ok(target)
+}
+
+/// Mounts `content` read-only over where `link` leads. The file is written by us (root, before
+/// the task runs) into a fresh tmpfs on a 0700 dir made in `stage_in` (the private `/tmp`);
+/// that tmpfs is detached again once bound, so the only way to the file is the read-only
+/// bind: nothing the task controls is ever written through.
+fn mount_resolv_conf(
+    content: &str,
+    link: &Path,
+    stage_in: &Path,
+    tmpfs_roots: &[PathBuf],
+) -> Result<(), Failure> {
+    let target = resolv_conf_target(link, tmpfs_roots).map_err(|e| {
+        fail(
+            format!(
+                "finding {} to mount the task's DNS config over (the host needs one, even empty)",
+                display(link)
+            ),
+            e,
+        )
+    })?;
+    if std::fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
+        return Err(fail(
+            format!("{} is a directory, not a file", display(&target)),
+            io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    let stage = stage_in.join(format!(".elide-resolv-{}", std::process::id()));
+    let staged = (|| {
+        std::fs::DirBuilder::new().mode(0o700).create(&stage)?;
+        tmpfs(&stage, HIDE_FLAGS, "mode=700,size=64k")?;
+        let file = stage.join("resolv.conf");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&file)?
+            .write_all(content.as_bytes())?;
+        let src = Handle::open(&file, 0)?;
+        bind(&src, &target)?;
+        seal(&target, HIDE_FLAGS)
+    })();
+    // Detached whatever happened: the bind keeps the file alive on its own.
+    let _ = nix::mount::umount2(&stage, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&stage);
+    staged.map_err(|e| {
+        fail(
+            format!("mounting the task's DNS config over {}", display(&target)),
+            e,
+        )
+    })
 }
 
 /// An empty read-only dir, or /dev/null, in place of `path` (if it exists).
@@ -1032,6 +1124,97 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_dns_config_becomes_the_resolv_conf_to_mount_with_readonly_isolation_only() {
+        let mut s = spec();
+        assert_eq!(plan(&s, Path::new("/t"), &[]).resolv_conf, None);
+        s.dns = Some(common::dns::DnsSpec {
+            servers: vec!["10.9.8.7".into()],
+            searches: vec!["example.internal".into()],
+            options: vec!["ndots:2".into()],
+        });
+        assert_eq!(
+            plan(&s, Path::new("/t"), &[]).resolv_conf.as_deref(),
+            Some("search example.internal\nnameserver 10.9.8.7\noptions ndots:2\n")
+        );
+        s.fs_isolation = FsIsolation::None;
+        assert_eq!(plan(&s, Path::new("/t"), &[]).resolv_conf, None);
+    }
+
+    /// The resolv.conf goes over where a symlinked one leads (systemd-resolved's), also when
+    /// that target is below a hidden dir; read-only; the host file and the staging dir are
+    /// untouched / gone afterwards.
+    #[test]
+    fn resolv_conf_is_mounted_read_only_through_symlinks_and_the_host_file_stays() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().to_path_buf();
+        let etc = top.join("etc");
+        let stage = top.join("tmp");
+        let hidden = top.join("run");
+        for d in [&etc, &stage, &hidden] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(etc.join("real.conf"), "nameserver 10.255.255.53\n").unwrap();
+        std::os::unix::fs::symlink("real.conf", etc.join("resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("../run/resolve/stub.conf", etc.join("dangling.conf")).unwrap();
+        let content = "nameserver 10.9.8.7\n";
+        let t = top.clone();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            make_rprivate().unwrap();
+            let (etc, stage, hidden) = (t.join("etc"), t.join("tmp"), t.join("run"));
+            mount_resolv_conf(content, &etc.join("resolv.conf"), &stage, &[]).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+                content
+            );
+            assert_eq!(
+                std::fs::read_to_string(etc.join("real.conf")).unwrap(),
+                content
+            );
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(etc.join("resolv.conf"))
+                .unwrap_err();
+            assert_eq!(w.raw_os_error(), Some(libc::EROFS));
+            assert_eq!(
+                std::fs::read_dir(&stage).unwrap().count(),
+                0,
+                "staging left behind"
+            );
+            // A target below a hidden dir (our tmpfs): created there, never on the host.
+            tmpfs(&hidden, MsFlags::empty(), "size=1m").unwrap();
+            mount_resolv_conf(
+                content,
+                &etc.join("dangling.conf"),
+                &stage,
+                std::slice::from_ref(&hidden),
+            )
+            .unwrap();
+            assert_eq!(
+                std::fs::read_to_string(etc.join("dangling.conf")).unwrap(),
+                content
+            );
+            // No file to mount over: the error says what is missing.
+            let e = mount_resolv_conf(content, &etc.join("missing.conf"), &stage, &[])
+                .unwrap_err()
+                .detail;
+            assert!(e.contains("missing.conf"), "{e}");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+            "nameserver 10.255.255.53\n"
+        );
+        assert!(!top.join("run/resolve").exists());
+        assert_eq!(std::fs::read_dir(&stage).unwrap().count(), 0);
     }
 
     #[test]
