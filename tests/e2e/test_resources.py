@@ -92,8 +92,11 @@ def test_busy_task_shows_cpu_and_memory_idle_task_near_zero(shared_agent):
     assert u["CpuStats"]["TotalTicks"] > 0
     assert u["MemoryStats"]["RSS"] > 0 and "RSS" in u["MemoryStats"]["Measured"]
     assert "Percent" in u["CpuStats"]["Measured"]
-    u = usage(idle["ID"], lambda u: "Percent" in u["CpuStats"]["Measured"] and u["MemoryStats"]["RSS"] > 0,
-              "idle task stats")
+    # The first samples may still hold the interpreter's start (on a loaded node it spreads
+    # over more than one interval): an idle task is one whose samples settle near zero.
+    u = usage(idle["ID"], lambda u: "Percent" in u["CpuStats"]["Measured"]
+              and u["MemoryStats"]["RSS"] > 0 and u["CpuStats"]["Percent"] < 10,
+              "idle task stats near zero CPU")
     assert u["CpuStats"]["Percent"] < 10, u["CpuStats"]
     # `nomad alloc status -stats` shows them too.
     out = agent.cli("alloc", "status", "-stats", busy["ID"]).stdout
