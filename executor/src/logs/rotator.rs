@@ -8,8 +8,10 @@
 //! - a file never grows past `file_size`: near its end the rotator cuts at a newline (a line
 //!   is split only when it would not fit a whole file) and the next index is opened, skipping
 //!   indexes whose file is already full;
-//! - when more than `max_files` files exist, the oldest are removed (one that cannot be, e.g.
-//!   a non-empty directory another task put there, is passed over without failing the write).
+//! - when more than `max_files` files up to the current index exist, the oldest are removed
+//!   (entries above it are left alone: only another process can have put them there; one that
+//!   cannot be removed, e.g. a non-empty directory another task put there, is passed over
+//!   without failing the write).
 //!
 //! Unlike logmon, the shim runs as root while `alloc/logs` is writable by the task (and by
 //! every task of the allocation). So the directory is held open once ([`LogDir`]) and every
@@ -158,6 +160,16 @@ impl LogDir {
     }
 }
 
+/// The lowest of the sorted `indexes` that is not above `index` (else `index` itself): where
+/// the purge count starts, never above the file being written.
+fn oldest_up_to(indexes: &[u64], index: u64) -> u64 {
+    indexes
+        .first()
+        .copied()
+        .filter(|i| *i <= index)
+        .unwrap_or(index)
+}
+
 fn own(fd: std::os::fd::RawFd) -> OwnedFd {
     // SAFETY: `fd` was just returned by a successful open/openat and is owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(fd) }
@@ -233,7 +245,7 @@ impl Rotator {
         if !self.started {
             let (all, last) = dir.indexes(&self.base)?;
             self.index = last.unwrap_or(0);
-            self.oldest = all.first().copied().unwrap_or(0);
+            self.oldest = oldest_up_to(&all, self.index);
             self.started = true;
         }
         match dir.open_log(&self.current_name())? {
@@ -347,6 +359,9 @@ impl Rotator {
                 return;
             }
         };
+        // Entries above the current index are no older files (only another process can
+        // have made them): left alone, and never counted, so `oldest <= index` holds.
+        let all: Vec<u64> = all.into_iter().filter(|i| *i <= self.index).collect();
         let keep = self.max_files as usize;
         if all.len() > keep {
             let (old, kept) = all.split_at(all.len() - keep);
@@ -571,6 +586,45 @@ mod tests {
         let mut want = vec!["t.stdout.0".to_owned()];
         want.extend((last - 2..=last).map(|i| format!("t.stdout.{i}")));
         assert_eq!(names(&logs), want);
+    }
+
+    /// Entries above the current index (planted by a task, or present as directories when
+    /// the shim starts) are not older files: the purge keeps `max_files` files up to the
+    /// current one and never computes `index - oldest` below zero.
+    #[test]
+    fn entries_planted_above_the_current_index_do_not_upset_the_purge() {
+        let (_t, logs, dir) = setup();
+        // Only a directory when the shim starts: writing begins at index 0, below it.
+        std::fs::create_dir(logs.join("t.stdout.900")).unwrap();
+        let mut r = Rotator::new("t.stdout", 2, 64 * 1024);
+        let line = format!("{}\n", "w".repeat(1023));
+        let rotate = |r: &mut Rotator| {
+            let before = r.index();
+            while r.index() == before {
+                r.write(&dir, line.as_bytes()).unwrap();
+            }
+        };
+        rotate(&mut r);
+        rotate(&mut r);
+        // Planted while the task runs, above the current index.
+        std::fs::write(logs.join("t.stdout.950"), "").unwrap();
+        std::fs::write(logs.join("t.stdout.951"), "").unwrap();
+        for _ in 0..4 {
+            rotate(&mut r);
+        }
+        let last = r.index();
+        assert_eq!(last, 6);
+        assert_eq!(
+            names(&logs),
+            [
+                "t.stdout.5",
+                "t.stdout.6",
+                "t.stdout.900",
+                "t.stdout.950",
+                "t.stdout.951"
+            ],
+            "the last max_files files up to the current one are kept"
+        );
     }
 
     #[test]
