@@ -15,6 +15,7 @@ use super::entry::TaskEntry;
 use super::Tasks;
 use common::proto::executor as shim;
 use common::spec::TaskSpec;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,31 +106,83 @@ const LOGMON_FLUSH: Duration = Duration::from_secs(1);
 /// Stops the `nomad logmon` that holds `fifo` (the task's stdout FIFO) open, once it had
 /// time to write out what the task printed last. Returns the pids it stopped.
 pub fn stop_orphaned_logmon(fifo: &Path, exited_at_unix_ms: i64) -> Vec<i32> {
-    let pids = logmons_holding(fifo);
-    if pids.is_empty() {
-        return pids;
+    let found = logmons_holding(fifo);
+    if found.is_empty() {
+        return Vec::new();
     }
     let since_exit =
         Duration::from_millis((common::state::now_ms() - exited_at_unix_ms).max(0) as u64);
     std::thread::sleep(LOGMON_FLUSH.saturating_sub(since_exit));
-    for pid in &pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    pids
+    kill_all(&found, fifo)
 }
 
-/// Processes running `<nomad> logmon` with `fifo` open.
-fn logmons_holding(fifo: &Path) -> Vec<i32> {
+/// A process found holding the FIFO, by pidfd where the kernel has them (Linux 5.3+): the
+/// flush wait is up to a second, long enough for the pid of a logmon that ended meanwhile to
+/// be taken by another process (pid_max is 32768 on many hosts, and a task can fork through
+/// them), which a `kill(pid)` would then hit.
+struct Holder {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+/// A pidfd of `pid`: Ok(None) when the kernel has no pidfds.
+fn pidfd_open(pid: i32) -> std::io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open with integer arguments returns a new (close-on-exec) fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: a fresh fd, owned from here on.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+}
+
+/// SIGKILL to each of `found` that is still the process found; the pids signalled.
+fn kill_all(found: &[Holder], fifo: &Path) -> Vec<i32> {
+    found
+        .iter()
+        .filter(|h| match &h.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ) == 0
+            },
+            // No pidfds: the pid is checked again right before the kill.
+            None => {
+                is_logmon(h.pid)
+                    && holds(h.pid, fifo)
+                    && nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(h.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .is_ok()
+            }
+        })
+        .map(|h| h.pid)
+        .collect()
+}
+
+/// Processes running `<nomad> logmon` with `fifo` open. The pidfd is taken before the
+/// checks, so what they find is about the process it refers to (or that one is gone).
+fn logmons_holding(fifo: &Path) -> Vec<Holder> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| is_logmon(*pid) && holds(*pid, fifo))
+        .filter_map(|pid| {
+            let pidfd = pidfd_open(pid).ok()?;
+            (is_logmon(pid) && holds(pid, fifo)).then_some(Holder { pid, pidfd })
+        })
         .collect()
 }
 
@@ -253,6 +306,66 @@ mod tests {
         // Only the logmon of that FIFO; and none at all is fine.
         assert_eq!(theirs.0.try_wait().unwrap(), None);
         assert!(stop_orphaned_logmon(&fifo, 0).is_empty());
+    }
+
+    /// A process with the given pid (`ns_last_pid` makes the next one get it; another
+    /// process of the host may take it first, and the pid stays in use while the ended
+    /// process's group has a member, so this tries again for a while), or None.
+    fn process_with_pid(pid: i32) -> Option<std::process::Child> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+            let mut c = std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap();
+            if c.id() as i32 == pid {
+                return Some(c);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// The flush wait is up to a second, long enough for the pid of a logmon that ended
+    /// meanwhile to be taken by another process (pid_max is 32768 on many hosts, and a task
+    /// can fork through them): that process must not be killed.
+    #[test]
+    fn a_logmon_gone_during_its_flush_wait_never_costs_the_process_that_took_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(".t.stdout.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let logmon = FakeLogmon::start(dir.path(), &fifo);
+        let pid = logmon.pid();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Until the shell has forked its `sleep` (which, until its exec, is a copy of it).
+        let found = loop {
+            let found = logmons_holding(&fifo);
+            if found.iter().map(|h| h.pid).eq([pid]) {
+                break found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the FIFO never opened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(logmon); // it ends (killed and reaped) during the flush wait
+        let mut other = process_with_pid(pid).expect("no process got the pid of the logmon");
+        let stopped = kill_all(&found, &fifo);
+        // A SIGKILL is delivered asynchronously: give it time to show.
+        let until = std::time::Instant::now() + Duration::from_millis(500);
+        let mut alive = true;
+        while alive && std::time::Instant::now() < until {
+            alive = other.try_wait().unwrap().is_none();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(alive, "the process that took pid {pid} was killed");
+        assert!(stopped.is_empty(), "{stopped:?}");
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - a file never grows past `file_size`: near its end the rotator cuts at a newline (a line
 //!   is split only when it would not fit a whole file) and the next index is opened, skipping
 //!   indexes whose file is already full;
-//! - when more than `max_files` files exist, the oldest are removed.
+//! - when more than `max_files` files up to the current index exist, the oldest are removed
+//!   (entries above it are left alone: only another process can have put them there; one that
+//!   cannot be removed, e.g. a non-empty directory another task put there, is passed over
+//!   without failing the write).
 //!
 //! Unlike logmon, the shim runs as root while `alloc/logs` is writable by the task (and by
 //! every task of the allocation). So the directory is held open once ([`LogDir`]) and every
@@ -35,6 +38,8 @@ const FILE_MODE: u32 = 0o644;
 
 /// The highest index a log file can have (logmon parses indexes as Go `int`).
 const MAX_INDEX: u64 = i64::MAX as u64;
+/// No index (above every [`MAX_INDEX`] one).
+const NO_INDEX: u64 = u64::MAX;
 
 /// The task's log directory, held open: every file operation is relative to this fd.
 #[derive(Debug)]
@@ -155,6 +160,16 @@ impl LogDir {
     }
 }
 
+/// The lowest of the sorted `indexes` that is not above `index` (else `index` itself): where
+/// the purge count starts, never above the file being written.
+fn oldest_up_to(indexes: &[u64], index: u64) -> u64 {
+    indexes
+        .first()
+        .copied()
+        .filter(|i| *i <= index)
+        .unwrap_or(index)
+}
+
 fn own(fd: std::os::fd::RawFd) -> OwnedFd {
     // SAFETY: `fd` was just returned by a successful open/openat and is owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(fd) }
@@ -191,6 +206,9 @@ pub struct Rotator {
     size: u64,
     /// Whether the starting index was found yet (the first open continues the last file).
     started: bool,
+    /// The index of the last old entry the purge could not remove (reported once), or
+    /// [`NO_INDEX`]. (Not an `Option`: the shim keeps two rotators in a small enum.)
+    unremovable: u64,
 }
 
 impl Rotator {
@@ -204,6 +222,7 @@ impl Rotator {
             file: None,
             size: 0,
             started: false,
+            unremovable: NO_INDEX,
         }
     }
 
@@ -226,7 +245,7 @@ impl Rotator {
         if !self.started {
             let (all, last) = dir.indexes(&self.base)?;
             self.index = last.unwrap_or(0);
-            self.oldest = all.first().copied().unwrap_or(0);
+            self.oldest = oldest_up_to(&all, self.index);
             self.started = true;
         }
         match dir.open_log(&self.current_name())? {
@@ -322,27 +341,47 @@ impl Rotator {
             }
         }
         if self.index - self.oldest >= self.max_files {
-            self.purge(dir)?;
+            self.purge(dir);
         }
         Ok(())
     }
 
-    /// Keeps the `max_files` highest indexes and removes the others (logmon's purge).
-    fn purge(&mut self, dir: &LogDir) -> io::Result<()> {
-        let (all, _) = dir.indexes(&self.base)?;
+    /// Keeps the `max_files` highest indexes and removes the others (logmon's purge). An
+    /// entry that cannot be removed (another task of the allocation may have put a non-empty
+    /// directory there) is passed over, as logmon does: the new file is open, so a failed
+    /// purge must not make the write fail (losing output, and making a task event of each
+    /// rotation), nor stop the removal of the entries after it.
+    fn purge(&mut self, dir: &LogDir) {
+        let all = match dir.indexes(&self.base) {
+            Ok((all, _)) => all,
+            Err(e) => {
+                tracing::warn!(base = %self.base, error = %e, "cannot list the old log files to remove");
+                return;
+            }
+        };
+        // Entries above the current index are no older files (only another process can
+        // have made them): left alone, and never counted, so `oldest <= index` holds.
+        let all: Vec<u64> = all.into_iter().filter(|i| *i <= self.index).collect();
         let keep = self.max_files as usize;
         if all.len() > keep {
             let (old, kept) = all.split_at(all.len() - keep);
             for idx in old {
                 if *idx != self.index {
-                    dir.remove(&format!("{}.{idx}", self.base))?;
+                    let name = format!("{}.{idx}", self.base);
+                    match dir.remove(&name) {
+                        // Said once, not at every rotation (the shim's own log is not rotated).
+                        Err(e) if self.unremovable != *idx => {
+                            tracing::warn!(file = %name, error = %e, "cannot remove an old log file; left in place");
+                            self.unremovable = *idx;
+                        }
+                        _ => {}
+                    }
                 }
             }
             self.oldest = kept.first().copied().unwrap_or(self.index);
         } else {
             self.oldest = all.first().copied().unwrap_or(self.index);
         }
-        Ok(())
     }
 }
 
@@ -523,6 +562,69 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret\n");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
         assert_eq!(names(&logs).len(), 1, "{:?}", names(&logs));
+    }
+
+    /// `alloc/logs` is writable by every task of the allocation: an old index that cannot be
+    /// removed (here a non-empty directory) must neither lose output nor stop the purge, or
+    /// each rotation would drop data (and make two task events) and `max_files` would no
+    /// longer bound the logs.
+    #[test]
+    fn an_entry_that_cannot_be_removed_neither_fails_writes_nor_stops_the_purge() {
+        let (_t, logs, dir) = setup();
+        std::fs::create_dir_all(logs.join("t.stdout.0/planted")).unwrap();
+        let mut r = Rotator::new("t.stdout", 3, 64 * 1024);
+        let line = format!("{}\n", "y".repeat(1023));
+        for i in 0..(64 * 10) {
+            if let Err(e) = r.write(&dir, line.as_bytes()) {
+                panic!(
+                    "write {i} failed ({} bytes written): {}",
+                    e.written, e.error
+                );
+            }
+        }
+        let last = r.index();
+        let mut want = vec!["t.stdout.0".to_owned()];
+        want.extend((last - 2..=last).map(|i| format!("t.stdout.{i}")));
+        assert_eq!(names(&logs), want);
+    }
+
+    /// Entries above the current index (planted by a task, or present as directories when
+    /// the shim starts) are not older files: the purge keeps `max_files` files up to the
+    /// current one and never computes `index - oldest` below zero.
+    #[test]
+    fn entries_planted_above_the_current_index_do_not_upset_the_purge() {
+        let (_t, logs, dir) = setup();
+        // Only a directory when the shim starts: writing begins at index 0, below it.
+        std::fs::create_dir(logs.join("t.stdout.900")).unwrap();
+        let mut r = Rotator::new("t.stdout", 2, 64 * 1024);
+        let line = format!("{}\n", "w".repeat(1023));
+        let rotate = |r: &mut Rotator| {
+            let before = r.index();
+            while r.index() == before {
+                r.write(&dir, line.as_bytes()).unwrap();
+            }
+        };
+        rotate(&mut r);
+        rotate(&mut r);
+        // Planted while the task runs, above the current index.
+        std::fs::write(logs.join("t.stdout.950"), "").unwrap();
+        std::fs::write(logs.join("t.stdout.951"), "").unwrap();
+        for _ in 0..4 {
+            rotate(&mut r);
+        }
+        let last = r.index();
+        assert_eq!(last, 6);
+        assert_eq!(
+            names(&logs),
+            [
+                "t.stdout.5",
+                "t.stdout.6",
+                "t.stdout.900",
+                "t.stdout.950",
+                "t.stdout.951"
+            ],
+            "the last max_files files up to the current one are kept"
+        );
     }
 
     #[test]
