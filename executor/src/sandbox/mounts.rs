@@ -676,16 +676,15 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
         )?;
     }
     if let Some(hosts) = &p.hosts {
-        match etc_hosts(hosts)? {
-            Some(content) => mount_file_over(
+        // None: loopback only (`network { mode = "none" }`), nothing to map.
+        if let Some(content) = etc_hosts(hosts)? {
+            mount_file_over(
                 &content,
                 Path::new(common::hosts::ETC_HOSTS),
                 Path::new("/tmp"),
                 &tmpfs_roots,
                 "the task's hosts file",
-            )?,
-            // `network { mode = "none" }`: loopback only, nothing to map.
-            None => {}
+            )?;
         }
     }
 
