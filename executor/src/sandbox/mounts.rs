@@ -853,7 +853,21 @@ fn etc_hosts(h: &HostsSpec) -> Result<Option<String>, Failure> {
             .to_string_lossy()
             .into_owned(),
     };
-    Ok(Some(common::hosts::render(&address, &hostname)))
+    // The node's entries (the host root, read-only here; root's file), bounded.
+    let host_file = std::fs::File::open("/etc/hosts").ok().and_then(|f| {
+        let mut text = String::new();
+        io::Read::read_to_string(
+            &mut io::Read::take(f, common::hosts::MAX_HOST_ENTRIES_BYTES as u64),
+            &mut text,
+        )
+        .ok()
+        .map(|_| text)
+    });
+    Ok(Some(common::hosts::render(
+        &address,
+        &hostname,
+        host_file.as_deref(),
+    )))
 }
 
 /// Where a resolver opening `link` (`/etc/resolv.conf`) ends up in this mount namespace.
@@ -909,7 +923,9 @@ fn mount_file_over(
     let stage = stage_in.join(format!(".elide-stage-{}", std::process::id()));
     let staged = (|| {
         std::fs::DirBuilder::new().mode(0o700).create(&stage)?;
-        tmpfs(&stage, HIDE_FLAGS, "mode=700,size=64k")?;
+        // Room for the content (a job's dns block, the node's /etc/hosts), page-rounded.
+        let size = (content.len() / 4096 + 2) * 4096;
+        tmpfs(&stage, HIDE_FLAGS, &format!("mode=700,size={size}"))?;
         let file = stage.join(name);
         std::fs::OpenOptions::new()
             .write(true)
