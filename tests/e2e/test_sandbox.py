@@ -415,6 +415,12 @@ def test_bridge_mode_gives_the_task_a_read_only_etc_hosts_with_the_allocs_addres
     assert seen["hostname"] == os.uname().nodename, seen
     entries = [ln.split() for ln in seen["text"].splitlines() if ln and not ln.startswith("#")]
     assert ["127.0.0.1", "localhost"] in entries, seen
+    # The node's own entries are kept (like podman), without any name equal to the hostname.
+    for ln in host_before.decode().splitlines():
+        fields = ln.split("#")[0].split()
+        kept = [n for n in fields[1:] if n != seen["hostname"]]
+        if kept:
+            assert [fields[0], *kept] in entries, (ln, seen)
     assert entries[-1] == [address, seen["hostname"]], seen
     assert seen["resolved"] == address, seen
     assert seen["writable"] is False, seen
