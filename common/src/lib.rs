@@ -12,6 +12,7 @@ pub mod dns;
 pub mod duration;
 pub mod env;
 pub mod hclspec;
+pub mod hosts;
 pub mod paths;
 pub mod proc;
 pub mod proto;

@@ -155,6 +155,11 @@ pub struct SandboxSpec {
     /// absent, so a shim from before this field still reads specs without DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<crate::dns::DnsSpec>,
+    /// The task's own `/etc/hosts` in group (bridge) network mode, mounted read-only over the
+    /// host's like `dns`; only with `fs_isolation = "readonly"`. Absent (older specs too, and
+    /// host network mode): the task sees the host's. Left out of the JSON when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<crate::hosts::HostsSpec>,
 }
 
 fn default_capabilities() -> Vec<String> {
@@ -177,6 +182,7 @@ impl Default for SandboxSpec {
             denied_uids: String::new(),
             denied_gids: String::new(),
             dns: None,
+            hosts: None,
         }
     }
 }
@@ -305,6 +311,9 @@ impl SandboxSpec {
         if let Some(Err((field, e))) = self.dns.as_ref().map(|d| d.validate()) {
             return err(&format!("dns.{field}"), e);
         }
+        if let Some(Err((field, e))) = self.hosts.as_ref().map(|h| h.validate()) {
+            return err(&format!("hosts.{field}"), e);
+        }
         Ok(())
     }
 }
@@ -343,6 +352,7 @@ mod tests {
         assert_eq!(back, s);
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.get("dns").is_none(), "{json}");
+        assert!(json.get("hosts").is_none(), "{json}");
         let mut bad = s.clone();
         bad.hidden_paths = vec!["/".into()];
         assert_eq!(bad.validate().unwrap_err().0, "sandbox.hidden_paths");
@@ -357,6 +367,12 @@ mod tests {
         bad.capabilities = vec!["CAP_NOPE".into()];
         assert_eq!(bad.validate().unwrap_err().0, "sandbox.capabilities");
         // A spec the shim reads (hand-written, or from another plugin) is checked too.
+        let mut bad = s.clone();
+        bad.hosts = Some(crate::hosts::HostsSpec {
+            hostname: Some("web\n6.6.6.6 evil".into()),
+            address: None,
+        });
+        assert_eq!(bad.validate().unwrap_err().0, "sandbox.hosts.hostname");
         let mut bad = s;
         bad.dns = Some(crate::dns::DnsSpec {
             searches: vec!["a\nnameserver 6.6.6.6".into()],

@@ -650,3 +650,95 @@ echo "after=$(tr '\n' '|' < /etc/resolv.conf)"
     assert_eq!(kv["tmp"], "", "staging left in the task's /tmp: {text}");
     assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_before);
 }
+
+/// A network namespace of its own (`ip netns`), with `eth0` (one end of a veth pair kept
+/// inside: not every kernel has the dummy module) holding `address`; deleted on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(address: &str) -> TestNetns {
+        let name = format!("eesb-hosts-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = TestNetns(name);
+        ip(&[
+            "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ]);
+        ip(&["-n", &ns.0, "addr", "add", address, "dev", "eth0"]);
+        ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// Group network mode: the task reads its own /etc/hosts mapping the allocation's address
+/// (found in its network namespace, or Nomad's) to its hostname (the node's, or Nomad's), as
+/// root cannot write, replace or unmount it, and the host's file stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_network_mode_gives_the_task_a_read_only_etc_hosts_and_the_hosts_is_untouched() {
+    if !root() {
+        return;
+    }
+    let host_before = std::fs::read("/etc/hosts").unwrap();
+    let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let netns = TestNetns::new("10.211.0.5/24");
+    let script = r#"
+try() { if (eval "$2") >/dev/null 2>&1; then echo "$1=yes"; else echo "$1=no"; fi; }
+echo "entry=$(tail -n 1 /etc/hosts)"
+echo "localhost=$(grep -c '^127.0.0.1 localhost$' /etc/hosts)"
+echo "hostname=$(hostname)"
+try append 'echo "6.6.6.6 evil" >> /etc/hosts'
+try truncate ': > /etc/hosts'
+try remove 'rm -f /etc/hosts'
+try unmount 'umount /etc/hosts'
+echo "tmp=$(ls -A /tmp | tr '\n' ' ')"
+echo "after=$(tail -n 1 /etc/hosts)"
+"#;
+    for (given, want) in [
+        (
+            common::hosts::HostsSpec::default(),
+            format!("10.211.0.5 {node}"),
+        ),
+        (
+            common::hosts::HostsSpec {
+                hostname: Some("a1b2c3d4e5f6".into()),
+                address: Some("172.26.64.9".into()),
+            },
+            "172.26.64.9 a1b2c3d4e5f6".to_owned(),
+        ),
+    ] {
+        let mut l = layout(script);
+        l.spec.netns_path = Some(netns.path());
+        l.spec.sandbox.as_mut().unwrap().hosts = Some(given);
+        let (exit, kv, text) = run(&l).await;
+        assert_eq!(exit.exit_code, 0, "{text}");
+        assert_eq!(kv["entry"], want, "{text}");
+        assert_eq!(kv["localhost"], "1", "{text}");
+        // Like exec: no UTS namespace, the node's hostname.
+        assert_eq!(kv["hostname"], node, "{text}");
+        for k in ["append", "truncate", "remove", "unmount"] {
+            assert_eq!(kv[k], "no", "{k}: {text}");
+        }
+        assert_eq!(kv["after"], want, "{text}");
+        assert_eq!(kv["tmp"], "", "staging left in the task's /tmp: {text}");
+    }
+    assert_eq!(std::fs::read("/etc/hosts").unwrap(), host_before);
+}

@@ -334,21 +334,46 @@ def test_bridge_mode_app_answers_on_the_mapped_port_inside_the_allocs_netns(shar
     assert status.get("Address") and seen["address"] == status["Address"], (seen, status)
 
 
-DNS_PROBE = r'''
+# A probe of the network files the sandbox mounts: prints `<TAG> {json}` with the file's text
+# and whether appending to it worked; the rest of the probe adds its own keys.
+FILE_PROBE = r'''
 import json
+import socket
 
-def can_write():
+def seen(path, line, **more):
+    with open(path) as f:
+        text = f.read()
     try:
-        with open("/etc/resolv.conf", "a") as f:
-            f.write("nameserver 6.6.6.6\n")
-        return True
+        with open(path, "a") as f:
+            f.write(line)
+        writable = True
     except OSError:
-        return False
-
-with open("/etc/resolv.conf") as f:
-    seen = f.read()
-print("DNS " + json.dumps({"resolv": seen, "writable": can_write()}), flush=True)
+        writable = False
+    return dict(text=text, writable=writable, **more)
 '''
+
+DNS_PROBE = FILE_PROBE + r'''
+print("DNS " + json.dumps(seen("/etc/resolv.conf", "nameserver 6.6.6.6\n")), flush=True)
+'''
+
+HOSTS_PROBE = FILE_PROBE + r'''
+name = socket.gethostname()
+print("HOSTS " + json.dumps(seen("/etc/hosts", "6.6.6.6 evil\n", hostname=name,
+                                 resolved=socket.gethostbyname(name))), flush=True)
+'''
+
+
+def run_network_probe(agent, name, probe, tag, network):
+    """Runs `probe` as a batch task of a group with the given network block; the alloc and
+    the probe's last `<tag> {json}` line."""
+    job = agent.run_job(nm.elide_job(name, probe, jtype="batch", group=nm.NO_RESTART + network))
+    alloc = agent.first_alloc(job["ID"])
+    ts = agent.wait_task(alloc["ID"], "t", "dead")
+    assert not ts["Failed"], nm.describe_task(ts)
+    out = agent.logs(alloc["ID"], "t")
+    lines = [ln for ln in out.splitlines() if ln.startswith(tag + " ")]
+    assert lines, f"no {tag} line in the task's stdout:\n{out}"
+    return alloc, json.loads(lines[-1][len(tag) + 1:])
 
 
 def test_the_groups_dns_block_is_the_tasks_read_only_resolv_conf(shared_agent):
@@ -357,7 +382,7 @@ def test_the_groups_dns_block_is_the_tasks_read_only_resolv_conf(shared_agent):
     agent = shared_agent
     with open("/etc/resolv.conf", "rb") as f:
         host_before = f.read()
-    job = agent.run_job(nm.elide_job("dns", DNS_PROBE, jtype="batch", group=nm.NO_RESTART + """
+    _, seen = run_network_probe(agent, "dns", DNS_PROBE, "DNS", """
     network {
       mode = "bridge"
       dns {
@@ -365,15 +390,39 @@ def test_the_groups_dns_block_is_the_tasks_read_only_resolv_conf(shared_agent):
         searches = ["example.internal"]
         options  = ["ndots:2"]
       }
-    }"""))
-    alloc = agent.first_alloc(job["ID"])
-    ts = agent.wait_task(alloc["ID"], "t", "dead")
-    assert not ts["Failed"], nm.describe_task(ts)
-    out = agent.logs(alloc["ID"], "t")
-    lines = [ln for ln in out.splitlines() if ln.startswith("DNS ")]
-    assert lines, f"no DNS line in the task's stdout:\n{out}"
-    seen = json.loads(lines[-1][len("DNS "):])
-    assert seen["resolv"] == "search example.internal\nnameserver 10.9.8.7\noptions ndots:2\n", seen
+    }""")
+    assert seen["text"] == "search example.internal\nnameserver 10.9.8.7\noptions ndots:2\n", seen
     assert seen["writable"] is False, seen
     with open("/etc/resolv.conf", "rb") as f:
+        assert f.read() == host_before
+
+
+def test_bridge_mode_gives_the_task_a_read_only_etc_hosts_with_the_allocs_address(shared_agent):
+    """In the group's network namespace the task's /etc/hosts maps the alloc's address (what
+    Nomad reports as its network status) to the task's hostname (the node's: no UTS namespace,
+    as exec), so the hostname resolves to the alloc, not to the host; read-only; the host's
+    file is untouched."""
+    agent = shared_agent
+    with open("/etc/hosts", "rb") as f:
+        host_before = f.read()
+    alloc, seen = run_network_probe(agent, "hosts", HOSTS_PROBE, "HOSTS", """
+    network {
+      mode = "bridge"
+    }""")
+    status = agent.alloc(alloc["ID"]).get("NetworkStatus") or {}
+    address = status.get("Address")
+    assert address, status
+    assert seen["hostname"] == os.uname().nodename, seen
+    entries = [ln.split() for ln in seen["text"].splitlines() if ln and not ln.startswith("#")]
+    assert ["127.0.0.1", "localhost"] in entries, seen
+    # The node's own entries are kept (like podman), without any name equal to the hostname.
+    for ln in host_before.decode().splitlines():
+        fields = ln.split("#")[0].split()
+        kept = [n for n in fields[1:] if n != seen["hostname"]]
+        if kept:
+            assert [fields[0], *kept] in entries, (ln, seen)
+    assert entries[-1] == [address, seen["hostname"]], seen
+    assert seen["resolved"] == address, seen
+    assert seen["writable"] is False, seen
+    with open("/etc/hosts", "rb") as f:
         assert f.read() == host_before

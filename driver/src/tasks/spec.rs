@@ -6,8 +6,10 @@
 use super::command;
 use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::dns::DnsSpec;
+use common::hosts::HostsSpec;
 use common::paths::{self, PathError};
-use common::proto::drivers::{DnsConfig, Resources, TaskConfig as NomadTask};
+use common::proto::drivers::network_isolation_spec::NetworkIsolationMode;
+use common::proto::drivers::{DnsConfig, NetworkIsolationSpec, Resources, TaskConfig as NomadTask};
 use common::sandbox::{self, DeviceSpec, FsIsolation, SandboxSpec, VolumeSpec};
 use common::spec::{LogFilesSpec, ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
@@ -206,6 +208,7 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         denied_uids: plugin.denied_host_uids.clone(),
         denied_gids: plugin.denied_host_gids.clone(),
         dns: dns_of(task.dns.as_ref(), plugin.fs_isolation, i.host_dns)?,
+        hosts: hosts_of(task.network_isolation_spec.as_ref(), plugin.fs_isolation)?,
     };
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
@@ -245,6 +248,52 @@ pub fn dns_not_applied(fs_isolation: FsIsolation, nomad: Option<&DnsConfig>) -> 
     let empty = n.servers.is_empty() && n.searches.is_empty() && n.options.is_empty();
     (fs_isolation == FsIsolation::None && !empty).then(|| {
         "The group's network { dns {} } block is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/resolv.conf; use fs_isolation = \"readonly\" (the default) for a resolv.conf of the task's own".to_owned()
+    })
+}
+
+/// Whether the task runs in the group's network namespace (bridge, CNI or `none` mode).
+fn in_group_network(nomad: Option<&NetworkIsolationSpec>) -> bool {
+    nomad.is_some_and(|n| n.mode == NetworkIsolationMode::Group as i32 && !n.path.is_empty())
+}
+
+/// The task's `/etc/hosts` in group network mode: Nomad's hosts config when it sent one (a
+/// docker task of the group made the network), checked; else empty fields the sandbox fills
+/// with the allocation's address and the task's hostname (see `common::hosts`). None in host
+/// mode, and with `fs_isolation = "none"` (StartTask says so in a task event).
+pub fn hosts_of(
+    nomad: Option<&NetworkIsolationSpec>,
+    fs_isolation: FsIsolation,
+) -> Result<Option<HostsSpec>, BuildError> {
+    if !in_group_network(nomad) {
+        return Ok(None);
+    }
+    let given = |f: fn(&common::proto::drivers::HostsConfig) -> &String| {
+        nomad
+            .and_then(|n| n.hosts_config.as_ref())
+            .map(f)
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let hosts = HostsSpec {
+        hostname: given(|h| &h.hostname),
+        address: given(|h| &h.address),
+    };
+    hosts.validate().map_err(|(field, e)| {
+        BuildError::Sandbox(format!(
+            "the allocation's network {field} from Nomad (NetworkIsolationSpec.hosts_config.{field}): {e}; check the group's network {{ hostname }}"
+        ))
+    })?;
+    Ok((fs_isolation != FsIsolation::None).then_some(hosts))
+}
+
+/// The task event for the `/etc/hosts` the sandbox cannot show in group network mode: with
+/// `fs_isolation = "none"` the task shares the host's file system (and its hosts file).
+pub fn hosts_not_applied(
+    fs_isolation: FsIsolation,
+    nomad: Option<&NetworkIsolationSpec>,
+) -> Option<String> {
+    (fs_isolation == FsIsolation::None && in_group_network(nomad)).then(|| {
+        "The allocation's /etc/hosts (its address and hostname in the group's network namespace) is not applied: with the plugin's fs_isolation = \"none\" the task shares the host's file system and sees the host's /etc/hosts; use fs_isolation = \"readonly\" (the default) for a hosts file of the task's own".to_owned()
     })
 }
 
@@ -761,6 +810,77 @@ mod tests {
         task.devices[0].task_path = "/dev/gpu0".into();
         let e = sandbox_for(&none, &config, &task).unwrap_err().to_string();
         assert!(e.contains("fs_isolation = \"none\""), "{e}");
+    }
+
+    /// Group (bridge) network mode gives the task an /etc/hosts: Nomad's hosts config when it
+    /// sent one, checked (the error names the field), else left for the sandbox to fill; host
+    /// mode and fs_isolation = "none" give none (the latter with a task event).
+    #[test]
+    fn group_network_mode_gives_the_task_an_etc_hosts() {
+        use common::proto::drivers::HostsConfig;
+        let plugin = PluginConfig::default();
+        let config = TaskConfig::default();
+        let mut task = nomad_task();
+        let group = NetworkIsolationMode::Group as i32;
+        assert_eq!(sandbox_for(&plugin, &config, &task).unwrap().hosts, None);
+        task.network_isolation_spec = Some(NetworkIsolationSpec {
+            mode: NetworkIsolationMode::Host as i32,
+            path: "/var/run/netns/x".into(),
+            ..Default::default()
+        });
+        assert_eq!(sandbox_for(&plugin, &config, &task).unwrap().hosts, None);
+        task.network_isolation_spec = Some(NetworkIsolationSpec {
+            mode: group,
+            path: "/var/run/netns/x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            sandbox_for(&plugin, &config, &task).unwrap().hosts,
+            Some(HostsSpec::default())
+        );
+        let with = |hostname: &str, address: &str| {
+            let mut t = task.clone();
+            t.network_isolation_spec.as_mut().unwrap().hosts_config = Some(HostsConfig {
+                hostname: hostname.into(),
+                address: address.into(),
+            });
+            t
+        };
+        assert_eq!(
+            sandbox_for(&plugin, &config, &with("a1b2c3d4e5f6", "172.26.64.5"))
+                .unwrap()
+                .hosts,
+            Some(HostsSpec {
+                hostname: Some("a1b2c3d4e5f6".into()),
+                address: Some("172.26.64.5".into()),
+            })
+        );
+        let e = sandbox_for(&plugin, &config, &with("web_1", "172.26.64.5"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hosts_config.hostname") && e.contains("RFC 1123"),
+            "{e}"
+        );
+        let e = sandbox_for(&plugin, &config, &with("web-1", "172.26.64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hosts_config.address") && e.contains("not an IP"),
+            "{e}"
+        );
+        let none = PluginConfig {
+            fs_isolation: FsIsolation::None,
+            ..Default::default()
+        };
+        assert_eq!(sandbox_for(&none, &config, &task).unwrap().hosts, None);
+        let event = hosts_not_applied(FsIsolation::None, task.network_isolation_spec.as_ref());
+        assert!(event.unwrap().contains("fs_isolation = \"none\""));
+        assert_eq!(
+            hosts_not_applied(FsIsolation::Readonly, task.network_isolation_spec.as_ref()),
+            None
+        );
+        assert_eq!(hosts_not_applied(FsIsolation::None, None), None);
     }
 
     /// Nomad's `network { dns {} }` reaches the sandbox spec, merged with the host's lists

@@ -3,7 +3,7 @@
 
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
-use super::spec::{build_spec, dns_not_applied, task_dir, SpecInput};
+use super::spec::{build_spec, dns_not_applied, hosts_not_applied, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
 use crate::fingerprint::{self, Located};
 use common::config::{LogCollection, PluginConfig, TaskConfig};
@@ -66,7 +66,11 @@ impl Tasks {
                 "log_max_files and log_max_file_size in the task config apply only with the plugin's log_collection = \"executor\"; Nomad's logmon uses the job's logs {} block".into(),
             );
         }
-        if let Some(msg) = dns_not_applied(cfg.fs_isolation, task.dns.as_ref()) {
+        let not_applied = [
+            dns_not_applied(cfg.fs_isolation, task.dns.as_ref()),
+            hosts_not_applied(cfg.fs_isolation, task.network_isolation_spec.as_ref()),
+        ];
+        for msg in not_applied.into_iter().flatten() {
             tracing::warn!(task_id = %task.id, "{msg}");
             emit(msg);
         }

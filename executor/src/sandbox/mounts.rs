@@ -11,7 +11,9 @@
 //!    paths, outer paths first (a bind below a hidden path gets its mount point created in
 //!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`; then the
 //!    task's own resolv.conf (Nomad's `dns {}`), written in a private tmpfs that is detached
-//!    again, is bound read-only over where `/etc/resolv.conf` leads in the task's view;
+//!    again, is bound read-only over where `/etc/resolv.conf` leads in the task's view, and
+//!    in group network mode the task's `/etc/hosts` the same way (its address and hostname
+//!    found here, in the task's network namespace, unless Nomad sent them);
 //! 6. volumes are bound beneath the task dir; the mount point is created component by
 //!    component with `O_NOFOLLOW`, so a symlink planted in the task dir is never followed;
 //! 7. `/dev` gets null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
@@ -25,6 +27,7 @@
 //! `/dev/shm` for a private IPC namespace are set up.
 
 use super::report::{Failure, Step};
+use common::hosts::HostsSpec;
 use common::sandbox::{relative_task_path, FsIsolation, SandboxSpec};
 use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
@@ -110,6 +113,10 @@ pub struct MountPlan {
     /// `/etc/resolv.conf` (readonly isolation only).
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// The task's own `/etc/hosts` in group network mode (readonly isolation only); the
+    /// fields Nomad did not send are found by `sandbox-init` in the network namespace.
+    #[serde(default)]
+    pub hosts: Option<HostsSpec>,
 }
 
 fn depth(p: &Path) -> usize {
@@ -168,6 +175,7 @@ pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPla
         volumes,
         devices,
         resolv_conf: s.dns.as_ref().filter(|_| readonly).map(|d| d.render()),
+        hosts: s.hosts.clone().filter(|_| readonly),
     }
 }
 
@@ -659,12 +667,25 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
 
     // 5, last. The task's resolv.conf, once the binds that bring a symlinked one back are there.
     if let Some(content) = &p.resolv_conf {
-        mount_resolv_conf(
+        mount_file_over(
             content,
             Path::new(common::dns::RESOLV_CONF),
             Path::new("/tmp"),
             &tmpfs_roots,
+            "the task's DNS config",
         )?;
+    }
+    if let Some(hosts) = &p.hosts {
+        // None: loopback only (`network { mode = "none" }`), nothing to map.
+        if let Some(content) = etc_hosts(hosts)? {
+            mount_file_over(
+                &content,
+                Path::new(common::hosts::ETC_HOSTS),
+                Path::new("/tmp"),
+                &tmpfs_roots,
+                "the task's hosts file",
+            )?;
+        }
     }
 
     // 6. Volumes beneath the task dir.
@@ -794,10 +815,65 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The task's `/etc/hosts` text: Nomad's address and hostname, else the address of this
+/// (the task's) network namespace and this (the node's) hostname. None when the namespace
+/// has no address but loopback.
+fn etc_hosts(h: &HostsSpec) -> Result<Option<String>, Failure> {
+    let address = match &h.address {
+        Some(a) => a.clone(),
+        None => {
+            let addrs = nix::ifaddrs::getifaddrs()
+                .map_err(|e| {
+                    fail(
+                        "listing the network namespace's addresses for /etc/hosts",
+                        io::Error::from(e),
+                    )
+                })?
+                .filter_map(|i| {
+                    let a = i.address?;
+                    let ip = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                        (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+                        (_, Some(v6)) => std::net::IpAddr::V6(v6.ip()),
+                        _ => return None,
+                    };
+                    Some((i.interface_name, ip))
+                })
+                .collect::<Vec<_>>();
+            let picked = common::hosts::pick_address(addrs.iter().map(|(n, a)| (n.as_str(), *a)));
+            match picked {
+                Some(a) => a.to_string(),
+                None => return Ok(None),
+            }
+        }
+    };
+    let hostname = match &h.hostname {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .map_err(|e| fail("reading the hostname for /etc/hosts", io::Error::from(e)))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    // The node's entries (the host root, read-only here; root's file), bounded.
+    let host_file = std::fs::File::open("/etc/hosts").ok().and_then(|f| {
+        let mut text = String::new();
+        io::Read::read_to_string(
+            &mut io::Read::take(f, common::hosts::MAX_HOST_ENTRIES_BYTES as u64),
+            &mut text,
+        )
+        .ok()
+        .map(|_| text)
+    });
+    Ok(Some(common::hosts::render(
+        &address,
+        &hostname,
+        host_file.as_deref(),
+    )))
+}
+
 /// Where a resolver opening `link` (`/etc/resolv.conf`) ends up in this mount namespace.
 /// A symlink whose target is gone (below a hidden dir) gets its target created as an empty
 /// file in our tmpfs above it; a missing file is an error (the host root is read-only).
-fn resolv_conf_target(link: &Path, tmpfs_roots: &[PathBuf]) -> io::Result<PathBuf> {
+fn mount_target(link: &Path, tmpfs_roots: &[PathBuf]) -> io::Result<PathBuf> {
     if let Ok(t) = std::fs::canonicalize(link) {
         return Ok(t);
     }
@@ -817,20 +893,21 @@ fn resolv_conf_target(link: &Path, tmpfs_roots: &[PathBuf]) -> io::Result<PathBu
     Ok(target)
 }
 
-/// Mounts `content` read-only over where `link` leads. The file is written by us (root, before
+/// Mounts `content` (`what`, for errors) read-only over where `link` leads. The file is written by us (root, before
 /// the task runs) into a fresh tmpfs on a 0700 dir made in `stage_in` (the private `/tmp`);
 /// that tmpfs is detached again once bound, so the only way to the file is the read-only
 /// bind: nothing the task controls is ever written through.
-fn mount_resolv_conf(
+fn mount_file_over(
     content: &str,
     link: &Path,
     stage_in: &Path,
     tmpfs_roots: &[PathBuf],
+    what: &str,
 ) -> Result<(), Failure> {
-    let target = resolv_conf_target(link, tmpfs_roots).map_err(|e| {
+    let target = mount_target(link, tmpfs_roots).map_err(|e| {
         fail(
             format!(
-                "finding {} to mount the task's DNS config over (the host needs one, even empty)",
+                "finding {} to mount {what} over (the host needs one, even empty)",
                 display(link)
             ),
             e,
@@ -842,11 +919,14 @@ fn mount_resolv_conf(
             io::Error::from_raw_os_error(libc::EISDIR),
         ));
     }
-    let stage = stage_in.join(format!(".elide-resolv-{}", std::process::id()));
+    let name = link.file_name().unwrap_or(std::ffi::OsStr::new("file"));
+    let stage = stage_in.join(format!(".elide-stage-{}", std::process::id()));
     let staged = (|| {
         std::fs::DirBuilder::new().mode(0o700).create(&stage)?;
-        tmpfs(&stage, HIDE_FLAGS, "mode=700,size=64k")?;
-        let file = stage.join("resolv.conf");
+        // Room for the content (a job's dns block, the node's /etc/hosts), page-rounded.
+        let size = (content.len() / 4096 + 2) * 4096;
+        tmpfs(&stage, HIDE_FLAGS, &format!("mode=700,size={size}"))?;
+        let file = stage.join(name);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -860,12 +940,7 @@ fn mount_resolv_conf(
     // Detached whatever happened: the bind keeps the file alive on its own.
     let _ = nix::mount::umount2(&stage, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir(&stage);
-    staged.map_err(|e| {
-        fail(
-            format!("mounting the task's DNS config over {}", display(&target)),
-            e,
-        )
-    })
+    staged.map_err(|e| fail(format!("mounting {what} over {}", display(&target)), e))
 }
 
 /// An empty read-only dir, or /dev/null, in place of `path` (if it exists).
@@ -1143,6 +1218,47 @@ mod tests {
         assert_eq!(plan(&s, Path::new("/t"), &[]).resolv_conf, None);
     }
 
+    #[test]
+    fn a_hosts_config_is_planned_with_readonly_isolation_only() {
+        let mut s = spec();
+        assert_eq!(plan(&s, Path::new("/t"), &[]).hosts, None);
+        let hosts = HostsSpec {
+            hostname: Some("web-1".into()),
+            address: None,
+        };
+        s.hosts = Some(hosts.clone());
+        assert_eq!(plan(&s, Path::new("/t"), &[]).hosts, Some(hosts));
+        s.fs_isolation = FsIsolation::None;
+        assert_eq!(plan(&s, Path::new("/t"), &[]).hosts, None);
+    }
+
+    /// Nomad's values are used as they are; else the namespace's address and the hostname;
+    /// a namespace with loopback only (`network { mode = "none" }`) gets no hosts file.
+    #[test]
+    fn etc_hosts_takes_nomads_values_or_the_network_namespaces() {
+        let given = HostsSpec {
+            hostname: Some("a1b2c3d4e5f6".into()),
+            address: Some("172.26.64.5".into()),
+        };
+        let text = etc_hosts(&given).unwrap().unwrap();
+        assert!(text.ends_with("\n172.26.64.5 a1b2c3d4e5f6\n"), "{text}");
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a network namespace needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            assert_eq!(etc_hosts(&HostsSpec::default()).unwrap(), None);
+            let named = HostsSpec {
+                hostname: Some("web-1".into()),
+                address: None,
+            };
+            assert_eq!(etc_hosts(&named).unwrap(), None);
+        })
+        .join()
+        .unwrap();
+    }
+
     /// The resolv.conf goes over where a symlinked one leads (systemd-resolved's), also when
     /// that target is below a hidden dir; read-only; the host file and the staging dir are
     /// untouched / gone afterwards.
@@ -1169,7 +1285,7 @@ mod tests {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
             make_rprivate().unwrap();
             let (etc, stage, hidden) = (t.join("etc"), t.join("tmp"), t.join("run"));
-            mount_resolv_conf(content, &etc.join("resolv.conf"), &stage, &[]).unwrap();
+            mount_file_over(content, &etc.join("resolv.conf"), &stage, &[], "dns").unwrap();
             assert_eq!(
                 std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
                 content
@@ -1190,11 +1306,12 @@ mod tests {
             );
             // A target below a hidden dir (our tmpfs): created there, never on the host.
             tmpfs(&hidden, MsFlags::empty(), "size=1m").unwrap();
-            mount_resolv_conf(
+            mount_file_over(
                 content,
                 &etc.join("dangling.conf"),
                 &stage,
                 std::slice::from_ref(&hidden),
+                "dns",
             )
             .unwrap();
             assert_eq!(
@@ -1202,7 +1319,7 @@ mod tests {
                 content
             );
             // No file to mount over: the error says what is missing.
-            let e = mount_resolv_conf(content, &etc.join("missing.conf"), &stage, &[])
+            let e = mount_file_over(content, &etc.join("missing.conf"), &stage, &[], "dns")
                 .unwrap_err()
                 .detail;
             assert!(e.contains("missing.conf"), "{e}");
