@@ -294,14 +294,20 @@ impl Words {
     }
 
     fn required(&self, name: &str, value_name: &str) -> Result<String, Exit> {
-        self.value(name).ok_or_else(|| {
-            usage(
-                Some(self.cmd),
-                format!(
-                    "the following required arguments were not provided:\n  {name} <{value_name}>"
-                ),
-            )
-        })
+        self.value(name)
+            .ok_or_else(|| self.not_provided([format!("{name} <{value_name}>")]))
+    }
+
+    /// The usage error listing required arguments that are missing, clap's way.
+    fn not_provided(&self, missing: impl IntoIterator<Item = String>) -> Exit {
+        let lines: Vec<String> = missing.into_iter().map(|m| format!("  {m}")).collect();
+        usage(
+            Some(self.cmd),
+            format!(
+                "the following required arguments were not provided:\n{}",
+                lines.join("\n")
+            ),
+        )
     }
 
     /// The positionals of a command whose last one takes the rest of the line: at least
@@ -309,14 +315,7 @@ impl Words {
     fn positionals_and_rest(&self, names: &[&str]) -> Result<Vec<String>, Exit> {
         let n = self.positionals.len();
         if n < names.len() {
-            let missing: Vec<String> = names[n..].iter().map(|m| format!("  {m}")).collect();
-            return Err(usage(
-                Some(self.cmd),
-                format!(
-                    "the following required arguments were not provided:\n{}",
-                    missing.join("\n")
-                ),
-            ));
+            return Err(self.not_provided(names[n..].iter().map(|m| m.to_string())));
         }
         Ok(self.positionals.clone())
     }
@@ -334,17 +333,8 @@ impl Words {
             ));
         }
         if n + optional < names.len() {
-            let missing: Vec<String> = names[n..names.len() - optional]
-                .iter()
-                .map(|m| format!("  <{m}>"))
-                .collect();
-            return Err(usage(
-                Some(self.cmd),
-                format!(
-                    "the following required arguments were not provided:\n{}",
-                    missing.join("\n")
-                ),
-            ));
+            let missing = names[n..names.len() - optional].iter();
+            return Err(self.not_provided(missing.map(|m| format!("<{m}>"))));
         }
         Ok(self.positionals.clone())
     }
