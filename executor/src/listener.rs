@@ -8,7 +8,13 @@
 //! - a connection whose peer sends nothing within [`FIRST_BYTES_DEADLINE`] (a gRPC client
 //!   sends the HTTP/2 preface at once) is closed, so silent sockets cannot hold every slot.
 //!
-//! Dead peers of live HTTP/2 connections are found by keepalive pings (see `serve.rs`).
+//! Dead peers of live HTTP/2 connections are found by keepalive pings.
+//!
+//! [`serve`] runs the gRPC service over HTTP/2 on those connections with hyper directly
+//! rather than through `tonic::transport::Server`: the shim then links neither HTTP/1 nor
+//! tonic's router (−70 kB of binary, and every kB of a shim's binary is a kB of its VmRSS:
+//! docs/performance.md). Only HTTP/2 prior knowledge is spoken, which is all a gRPC client
+//! sends; a stop lets the calls in flight finish (GOAWAY), as tonic's graceful shutdown does.
 
 use futures::Stream;
 use std::future::Future;
@@ -21,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+
+use common::proto::executor::executor_server::ExecutorServer;
 
 /// Connections served at once, at most (the plugin needs one or two; `status` one each).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -160,10 +168,49 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
+/// Pings a silent connection this often, and closes it when a ping is not answered in
+/// [`KEEPALIVE_TIMEOUT`]: peers that died without closing are found and their slots freed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Serves the shim's gRPC service on every connection of `incoming` until `stop` resolves,
+/// then lets the calls in flight finish (the caller bounds how long: `serve.rs`).
+pub async fn serve(
+    service: ExecutorServer<crate::server::Service>,
+    incoming: impl Stream<Item = io::Result<Conn>>,
+    stop: impl Future<Output = ()>,
+) {
+    use futures::StreamExt;
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let incoming = std::pin::pin!(incoming.fuse());
+    let mut incoming = incoming;
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let conn = tokio::select! {
+            _ = &mut stop => break,
+            next = incoming.next() => match next {
+                Some(Ok(conn)) => conn,
+                // `bounded` logs and retries failed accepts itself.
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
+        let served = http2.serve_connection(
+            hyper_util::rt::TokioIo::new(conn),
+            hyper_util::service::TowerToHyperService::new(service.clone()),
+        );
+        let served = graceful.watch(served);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]

@@ -22,9 +22,6 @@ pub const START_DEADLINE: Duration = Duration::from_secs(60);
 pub const SELF_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight replies (e.g. Shutdown's) get to reach their callers at exit.
 const DRAIN: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on idle connections, and how long an unanswered one keeps the connection.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads and checks a task spec: from a file, or from stdin when `path` is `-` (how the
 /// plugin hands it over, so the task's environment is never written to disk). Stdin is
@@ -355,18 +352,10 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             crate::listener::max_connections(),
         );
-        let r = tonic::transport::Server::builder()
-            // Peers that died without closing are found and their slots freed.
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_service(ExecutorServer::new(svc))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "control socket server failed");
-        }
+        crate::listener::serve(ExecutorServer::new(svc), incoming, async {
+            let _ = stop_rx.await;
+        })
+        .await;
     });
 
     let run_mode = matches!(mode, Mode::Run);
