@@ -162,6 +162,29 @@ pub struct PluginConfig {
     /// `log_collection = "executor"`.
     pub log_max_files: u32,
     pub log_max_file_size: u64,
+    /// Named Elide installs a job may pick (`elide_opts.elide_version`), besides the default
+    /// (`elide_binary`). Only these binaries (and the default) ever run, and only their
+    /// install dirs are made visible in the sandbox.
+    pub elide_versions: BTreeMap<String, PathBuf>,
+    /// Operator consent for a job's `pid_mode = "host"` / `ipc_mode = "host"` (a
+    /// `default_*_mode = "host"` counts as consent too).
+    pub allow_host_pid: bool,
+    pub allow_host_ipc: bool,
+    /// Whether a task whose cgroup (or one of its limits) cannot be set up may still run,
+    /// without limits. Default: such a task fails to start.
+    pub allow_no_cgroup: bool,
+}
+
+impl PluginConfig {
+    /// Whether jobs may run in the host's PID namespace.
+    pub fn host_pid_allowed(&self) -> bool {
+        self.allow_host_pid || self.default_pid_mode == NamespaceMode::Host
+    }
+
+    /// Whether jobs may run in the host's IPC namespace.
+    pub fn host_ipc_allowed(&self) -> bool {
+        self.allow_host_ipc || self.default_ipc_mode == NamespaceMode::Host
+    }
 }
 
 impl Default for PluginConfig {
@@ -193,6 +216,10 @@ impl Default for PluginConfig {
             log_collection: LogCollection::Executor,
             log_max_files: crate::spec::DEFAULT_LOG_MAX_FILES,
             log_max_file_size: crate::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
+            elide_versions: BTreeMap::new(),
+            allow_host_pid: false,
+            allow_host_ipc: false,
+            allow_no_cgroup: false,
         }
     }
 }
@@ -221,6 +248,10 @@ const PLUGIN_KEYS: &[&str] = &[
     "log_collection",
     "log_max_files",
     "log_max_file_size",
+    "elide_versions",
+    "allow_host_pid",
+    "allow_host_ipc",
+    "allow_no_cgroup",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -426,6 +457,12 @@ impl PluginConfig {
             defaulted("log_collection", "string", literal_string("executor")),
             defaulted("log_max_files", "number", literal("10")),
             defaulted("log_max_file_size", "number", literal("10")),
+            // `list(map(string))`: the agent's HCL1 parser hands a map attribute of a plugin
+            // config over as a one-element list of maps (as with the task config's `env`).
+            defaulted("elide_versions", "list(map(string))", literal("[]")),
+            defaulted("allow_host_pid", "bool", literal("false")),
+            defaulted("allow_host_ipc", "bool", literal("false")),
+            defaulted("allow_no_cgroup", "bool", literal("false")),
         ])
     }
 
@@ -560,8 +597,49 @@ impl PluginConfig {
             log_max_files: log_max_files(&o, "log_max_files")?.unwrap_or(d.log_max_files),
             log_max_file_size: log_max_file_size(&o, "log_max_file_size")?
                 .unwrap_or(d.log_max_file_size),
+            elide_versions: elide_versions(o.string_map("elide_versions")?)?,
+            allow_host_pid: o.bool("allow_host_pid")?.unwrap_or(d.allow_host_pid),
+            allow_host_ipc: o.bool("allow_host_ipc")?.unwrap_or(d.allow_host_ipc),
+            allow_no_cgroup: o.bool("allow_no_cgroup")?.unwrap_or(d.allow_no_cgroup),
         })
     }
+}
+
+/// Whether `name` can name an Elide install: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting
+/// with `-` or `.` (e.g. "1.0", "beta10", "current").
+pub fn is_version_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `elide_versions`: names as [`is_version_name`], each an absolute path without `..`.
+fn elide_versions(map: BTreeMap<String, String>) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, path) in map {
+        let field = format!("elide_versions.{name}");
+        if !is_version_name(&name) {
+            return Err(invalid(
+                "elide_versions",
+                format!("{name:?} is not a valid name: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '-' or '.', e.g. \"1.0\""),
+            ));
+        }
+        no_nul(&field, &path)?;
+        let p = PathBuf::from(&path);
+        let plain = p
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !p.is_absolute() || !plain || p.file_name().is_none() {
+            return Err(invalid(
+                &field,
+                format!("{path:?} must be the absolute path of an Elide binary, without \"..\", e.g. \"/opt/elide-1.0/elide\""),
+            ));
+        }
+        out.insert(name, p);
+    }
+    Ok(out)
 }
 
 /// An HCL list literal of strings.
@@ -628,7 +706,11 @@ pub struct ElideOpts {
     /// MiB; becomes `-Xmx<n>m`.
     pub memory_limit: Option<u64>,
     pub enable_ai: bool,
+    /// One of the operator's Elide binaries by path: the plugin's `elide_binary` or an
+    /// `elide_versions` entry (anything else is refused at start, naming what is allowed).
     pub elide_binary: Option<PathBuf>,
+    /// One of the operator's `elide_versions` by name.
+    pub elide_version: Option<String>,
     /// Whether Elide loads `.env`/`.env.local` from the project root (the task dir) into the
     /// guest env; `None` = Elide's default (on). `Some(false)` passes `--env:dotenv=false`.
     pub dotenv: Option<bool>,
@@ -679,6 +761,7 @@ const ELIDE_OPTS_KEYS: &[&str] = &[
     "memory_limit",
     "enable_ai",
     "elide_binary",
+    "elide_version",
     "dotenv",
 ];
 
@@ -768,6 +851,7 @@ impl TaskConfig {
                         ("memory_limit", attr("memory_limit", "number", false)),
                         ("enable_ai", attr("enable_ai", "bool", false)),
                         ("elide_binary", attr("elide_binary", "string", false)),
+                        ("elide_version", attr("elide_version", "string", false)),
                         ("dotenv", attr("dotenv", "bool", false)),
                     ]),
                 ),
@@ -853,14 +937,29 @@ impl TaskConfig {
                         "and an -Xmx in config.runtime_options both set the heap; keep one",
                     ));
                 }
+                let elide_binary =
+                    optional_path("config.elide_opts.elide_binary", b.string("elide_binary")?)?;
+                let elide_version = b.string("elide_version")?.filter(|s| !s.trim().is_empty());
+                if let Some(v) = &elide_version {
+                    if !is_version_name(v) {
+                        return Err(invalid(
+                            "config.elide_opts.elide_version",
+                            format!("{v:?} is not a version name (letters, digits, '.', '_', '-'); use a name from the node's driver.elide.versions attribute"),
+                        ));
+                    }
+                    if elide_binary.is_some() {
+                        return Err(invalid(
+                            "config.elide_opts.elide_version",
+                            "and elide_binary both pick the Elide binary; keep one (elide_version, by name)",
+                        ));
+                    }
+                }
                 Some(ElideOpts {
                     languages,
                     memory_limit,
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
-                    elide_binary: optional_path(
-                        "config.elide_opts.elide_binary",
-                        b.string("elide_binary")?,
-                    )?,
+                    elide_binary,
+                    elide_version,
                     dotenv: b.bool("dotenv")?,
                 })
             }
@@ -941,6 +1040,10 @@ mod tests {
             ("log_collection", s("executor")),
             ("log_max_files", Value::from(10u8)),
             ("log_max_file_size", Value::from(10u8)),
+            ("elide_versions", Value::Array(vec![])),
+            ("allow_host_pid", Value::Boolean(false)),
+            ("allow_host_ipc", Value::Boolean(false)),
+            ("allow_no_cgroup", Value::Boolean(false)),
         ]
         .into_iter()
         .collect();
@@ -1016,6 +1119,102 @@ mod tests {
             ["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]
         );
         assert_eq!(c.run_flags, ["--js:esm", "--python:engine=native"]);
+    }
+
+    /// `elide_versions` (as the agent's HCL1 parser sends a map: a list of one map, or a
+    /// map) and the isolation consents; bad names and paths name the entry.
+    #[test]
+    fn elide_versions_and_consents_decode_and_are_checked() {
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![
+            (
+                "elide_versions",
+                Value::Array(vec![obj(vec![
+                    ("1.0", s("/opt/elide-1.0/elide")),
+                    ("beta11", s("/opt/elide-beta11/bin/elide")),
+                ])]),
+            ),
+            ("allow_host_pid", Value::Boolean(true)),
+            ("allow_no_cgroup", Value::Boolean(true)),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.elide_versions,
+            [
+                ("1.0".to_owned(), PathBuf::from("/opt/elide-1.0/elide")),
+                (
+                    "beta11".to_owned(),
+                    PathBuf::from("/opt/elide-beta11/bin/elide")
+                ),
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert!(c.allow_host_pid && !c.allow_host_ipc && c.allow_no_cgroup);
+        assert!(c.host_pid_allowed() && !c.host_ipc_allowed());
+        // A host default is the operator's consent too.
+        let d = PluginConfig::from_msgpack(&plugin_payload(vec![("default_ipc_mode", s("host"))]))
+            .unwrap();
+        assert!(d.host_ipc_allowed() && !d.host_pid_allowed());
+        let plain = obj(vec![("cur", s("/opt/e/elide"))]);
+        let c =
+            PluginConfig::from_msgpack(&plugin_payload(vec![("elide_versions", plain)])).unwrap();
+        assert_eq!(c.elide_versions["cur"], PathBuf::from("/opt/e/elide"));
+        for (v, want) in [
+            (
+                obj(vec![("-x", s("/opt/e/elide"))]),
+                "elide_versions: \"-x\" is not a valid name",
+            ),
+            (
+                obj(vec![("a b", s("/opt/e/elide"))]),
+                "elide_versions: \"a b\" is not a valid name",
+            ),
+            (
+                obj(vec![("1.0", s("elide"))]),
+                "elide_versions.1.0: \"elide\" must be the absolute path of an Elide binary",
+            ),
+            (
+                obj(vec![("1.0", s("/opt/../tmp/elide"))]),
+                "elide_versions.1.0: \"/opt/../tmp/elide\" must be",
+            ),
+            (obj(vec![("1.0", Value::from(1u8))]), "elide_versions"),
+        ] {
+            let e = PluginConfig::from_msgpack(&plugin_payload(vec![("elide_versions", v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
+        }
+        let e = PluginConfig::from_msgpack(&plugin_payload(vec![("allow_host_ipc", s("yes"))]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("allow_host_ipc: expected a bool"), "{e}");
+    }
+
+    #[test]
+    fn a_job_picks_elide_by_version_name_or_listed_path_never_both() {
+        let t = TaskConfig::from_msgpack(&task_payload(vec![(
+            "elide_opts",
+            elide_opts(vec![("elide_version", s("1.0"))]),
+        )]))
+        .unwrap();
+        assert_eq!(t.elide_opts.unwrap().elide_version.as_deref(), Some("1.0"));
+        for (opts, want) in [
+            (
+                vec![("elide_version", s("--version"))],
+                "config.elide_opts.elide_version: \"--version\" is not a version name",
+            ),
+            (
+                vec![
+                    ("elide_version", s("1.0")),
+                    ("elide_binary", s("/opt/e/elide")),
+                ],
+                "config.elide_opts.elide_version: and elide_binary both pick",
+            ),
+        ] {
+            let e = TaskConfig::from_msgpack(&task_payload(vec![("elide_opts", elide_opts(opts))]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
+        }
     }
 
     #[test]

@@ -188,6 +188,10 @@ pub struct ResourceSpec {
     /// Maximum number of processes/threads in the task's cgroup; 0 = unlimited.
     #[serde(default)]
     pub pids_limit: u64,
+    /// The plugin's `allow_no_cgroup`: run the task even when its cgroup or a limit cannot
+    /// be set up. False (the default): such a task fails to start.
+    #[serde(default)]
+    pub allow_no_cgroup: bool,
 }
 
 /// The largest memory size (MiB) a spec may carry: 1 PiB, far above any host, and small enough

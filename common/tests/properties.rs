@@ -419,6 +419,7 @@ fn any_spec_file() -> impl Strategy<Value = TaskSpec> {
                 cpuset_cpus,
                 nomad_cgroup,
                 pids_limit,
+                allow_no_cgroup: false,
             }
         },
     );

@@ -114,19 +114,18 @@ impl Driver for DriverService {
         tokio::spawn(async move {
             loop {
                 let cfg = plugin.config();
-                let fp = fingerprint::detect(&cfg).await;
+                let (fp, elides) = fingerprint::detect_elides(&cfg, &plugin.elides()).await;
                 tracing::debug!(health = ?fp.health, description = %fp.description, "fingerprint");
-                plugin.set_elide_version(fp.attributes.get("driver.elide.version").cloned());
+                plugin.set_elides(elides);
                 if tx.send(Ok(fp.to_proto())).await.is_err() {
                     return;
                 }
                 // Re-check at the period, or as soon as a binary is installed/upgraded/removed.
                 let stamps = |cfg: &common::config::PluginConfig| {
-                    let bins = fingerprint::locate_binaries(cfg);
-                    [bins.elide, bins.executor].map(|l| match l {
-                        fingerprint::Located::Found(p) => Some((fingerprint::stamp(&p), p)),
-                        fingerprint::Located::Missing { .. } => None,
-                    })
+                    fingerprint::watched(cfg)
+                        .into_iter()
+                        .map(|p| (fingerprint::stamp(&p), p))
+                        .collect::<Vec<_>>()
                 };
                 let before = stamps(&cfg);
                 let deadline = Instant::now() + cfg.fingerprint_period;

@@ -314,11 +314,146 @@ pub fn executor_too_old(bin: &Path, version: &str, level: u32) -> Option<String>
     })
 }
 
-/// Full detection: locate, run `--version` (bounded), `info` (best effort).
-pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
+/// Why a binary may not be run by root (the fingerprint runs Elide and the shim as root,
+/// outside any sandbox): the binary and every directory above it, after resolving symlinks,
+/// must belong to root (or to the plugin's own user) and be writable by no one else, or a
+/// task or local user could swap in a program of their own. A sticky root-owned directory
+/// (`/tmp`) is accepted above the binary's own directory: no one else can rename or replace
+/// what root made in it. Returns the canonical path.
+pub fn trusted(path: &Path) -> Result<PathBuf, String> {
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let meta = std::fs::metadata(&canonical)
+        .map_err(|e| format!("cannot stat {}: {e}", canonical.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not an executable file", canonical.display()));
+    }
+    let shown = if canonical == path {
+        canonical.display().to_string()
+    } else {
+        format!("{} (resolved to {})", path.display(), canonical.display())
+    };
+    for (depth, p) in canonical.ancestors().enumerate() {
+        let m = std::fs::symlink_metadata(p)
+            .map_err(|e| format!("cannot stat {}: {e}", p.display()))?;
+        let mode = m.permissions().mode();
+        let sticky_above = depth >= 2 && m.is_dir() && mode & 0o1000 != 0;
+        let problem = if m.file_type().is_symlink() {
+            Some("is a symlink".to_owned())
+        } else if m.uid() != 0 && m.uid() != euid {
+            Some(format!("is owned by uid {}, not root", m.uid()))
+        } else if mode & 0o022 != 0 && !(sticky_above && m.uid() == 0) {
+            Some(format!(
+                "is {} (mode {:04o})",
+                if mode & 0o002 != 0 {
+                    "world-writable"
+                } else {
+                    "group-writable"
+                },
+                mode & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!(
+                "{shown} is not safe to run as root: {} {problem}, so someone other than root could replace the program; make every directory up to / and the binary owned by root and not writable by group or others (chown root; chmod go-w {}), or install it elsewhere",
+                p.display(),
+                p.display()
+            ));
+        }
+    }
+    Ok(canonical)
+}
+
+/// An operator-listed Elide binary that passed [`trusted`] and printed its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probed {
+    /// The canonical path (what runs).
+    pub path: PathBuf,
+    pub version: String,
+    pub stamp: Option<(u64, u64, i64, u64)>,
+}
+
+/// The Elide binaries the last fingerprint checked: the default (`elide_binary` or found)
+/// and the named `elide_versions`. StartTask takes the version of the binary a task runs
+/// from here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Elides {
+    pub default: Option<Probed>,
+    pub versions: BTreeMap<String, Probed>,
+}
+
+impl Elides {
+    /// The version recorded for `canonical`, if the binary has not changed since.
+    pub fn version_of(&self, canonical: &Path) -> Option<String> {
+        let now = stamp(canonical);
+        self.default
+            .iter()
+            .chain(self.versions.values())
+            .find(|p| p.path == canonical && p.stamp == now && now.is_some())
+            .map(|p| p.version.clone())
+    }
+}
+
+/// Checks `configured` with [`trusted`] and runs `--version` on the canonical path, unless
+/// `previous` already probed the same unchanged binary.
+async fn probe_elide(
+    configured: &Path,
+    what: &str,
+    timeout: Duration,
+    previous: &Elides,
+) -> Result<Probed, String> {
+    let path = trusted(configured).map_err(|e| format!("{what}: {e}"))?;
+    if let Some(version) = previous.version_of(&path) {
+        return Ok(Probed {
+            stamp: stamp(&path),
+            path,
+            version,
+        });
+    }
+    let stamp_before = stamp(&path);
+    let out = run_probe(&path, &["--version"], timeout)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let version = parse_version(&out).ok_or_else(|| {
+        format!(
+            "{what}: `{} --version` printed {:?}, which is not an Elide version; is it really Elide?",
+            path.display(),
+            out.trim().chars().take(80).collect::<String>()
+        )
+    })?;
+    Ok(Probed {
+        path,
+        version,
+        stamp: stamp_before,
+    })
+}
+
+/// The binaries whose changes trigger a new fingerprint: the default Elide, the named ones
+/// and the shim.
+pub fn watched(cfg: &PluginConfig) -> Vec<PathBuf> {
+    let bins = locate_binaries(cfg);
+    [bins.elide, bins.executor]
+        .into_iter()
+        .filter_map(|l| match l {
+            Located::Found(p) => Some(p),
+            Located::Missing { .. } => None,
+        })
+        .chain(cfg.elide_versions.values().cloned())
+        .collect()
+}
+
+/// Full detection: locate, check who could have written each binary, run `--version`
+/// (bounded; once per binary while it does not change: `previous` holds what the last
+/// detection probed), `info` (best effort). Returns what it checked, for StartTask.
+pub async fn detect_elides(cfg: &PluginConfig, previous: &Elides) -> (Fingerprint, Elides) {
+    let mut elides = Elides::default();
     if !cfg.enabled {
-        return Fingerprint::undetected(
-            "disabled in the plugin config (enabled = false)".to_owned(),
+        return (
+            Fingerprint::undetected("disabled in the plugin config (enabled = false)".to_owned()),
+            elides,
         );
     }
     let bins = locate_binaries(cfg);
@@ -330,42 +465,53 @@ pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
             } else {
                 "install Elide or set elide_binary in the plugin config"
             };
-            return Fingerprint::undetected(format!(
-                "Elide not found (searched {}); {hint}",
-                searched_list(&searched)
-            ));
+            return (
+                Fingerprint::undetected(format!(
+                    "Elide not found (searched {}); {hint}",
+                    searched_list(&searched)
+                )),
+                elides,
+            );
         }
     };
     let mut attributes = BTreeMap::new();
     attributes.insert("driver.elide.path".to_owned(), elide.display().to_string());
-    let version = match run_probe(&elide, &["--version"], cfg.version_timeout).await {
-        Ok(out) => match parse_version(&out) {
-            Some(v) => v,
-            None => {
-                return Fingerprint {
-                    health: HealthState::Unhealthy,
-                    description: format!(
-                        "`{} --version` printed {:?}, which is not an Elide version; is elide_binary really Elide?",
-                        elide.display(),
-                        out.trim().chars().take(80).collect::<String>()
-                    ),
-                    attributes,
-                }
-            }
-        },
-        Err(e) => {
-            return Fingerprint {
-                health: HealthState::Unhealthy,
-                description: e,
-                attributes,
-            }
-        }
+    let unhealthy = |description: String, attributes: BTreeMap<String, String>| Fingerprint {
+        health: HealthState::Unhealthy,
+        description,
+        attributes,
     };
-    attributes.insert("driver.elide.version".to_owned(), version);
-    if let Ok(info) = run_probe(&elide, &["info"], cfg.version_timeout).await {
+    let probed = match probe_elide(&elide, "elide_binary", cfg.version_timeout, previous).await {
+        Ok(p) => p,
+        Err(e) => return (unhealthy(e, attributes), elides),
+    };
+    attributes.insert("driver.elide.version".to_owned(), probed.version.clone());
+    if let Ok(info) = run_probe(&probed.path, &["info"], cfg.version_timeout).await {
         for (k, v) in parse_info(&info) {
             attributes.insert(format!("driver.elide.{k}"), v);
         }
+    }
+    elides.default = Some(probed);
+    for (name, path) in &cfg.elide_versions {
+        let what = format!("elide_versions.{name}");
+        if !is_executable_file(path) {
+            let e = format!(
+                "{what}: {} does not exist or is not executable; install that Elide or remove it from elide_versions",
+                path.display()
+            );
+            return (unhealthy(e, attributes), elides);
+        }
+        match probe_elide(path, &what, cfg.version_timeout, previous).await {
+            Ok(p) => {
+                attributes.insert(format!("driver.elide.version.{name}"), p.version.clone());
+                elides.versions.insert(name.clone(), p);
+            }
+            Err(e) => return (unhealthy(e, attributes), elides),
+        }
+    }
+    if !cfg.elide_versions.is_empty() {
+        let names: Vec<&str> = cfg.elide_versions.keys().map(String::as_str).collect();
+        attributes.insert("driver.elide.versions".to_owned(), names.join(","));
     }
     attributes.insert(
         "driver.elide.plugin_version".to_owned(),
@@ -375,9 +521,12 @@ pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
         "driver.elide.plugin_revision".to_owned(),
         crate::REVISION.to_owned(),
     );
-    match bins.executor {
+    let fp = match bins.executor {
         Located::Found(p) => {
             attributes.insert("driver.elide.executor".to_owned(), p.display().to_string());
+            if let Err(e) = trusted(&p) {
+                return (unhealthy(format!("executor_binary: {e}"), attributes), elides);
+            }
             match executor_version(&p, cfg.version_timeout).await {
                 Ok((version, level)) => {
                     attributes.insert("driver.elide.executor_version".to_owned(), version.clone());
@@ -385,39 +534,27 @@ pub async fn detect(cfg: &PluginConfig) -> Fingerprint {
                         "driver.elide.executor_api_level".to_owned(),
                         level.to_string(),
                     );
-                    if let Some(description) = executor_too_old(&p, &version, level) {
-                        return Fingerprint {
-                            health: HealthState::Unhealthy,
-                            description,
+                    match executor_too_old(&p, &version, level) {
+                        Some(description) => unhealthy(description, attributes),
+                        None => Fingerprint {
+                            health: HealthState::Healthy,
+                            description: "Healthy".to_owned(),
                             attributes,
-                        };
+                        },
                     }
                 }
-                Err(description) => {
-                    return Fingerprint {
-                        health: HealthState::Unhealthy,
-                        description,
-                        attributes,
-                    }
-                }
+                Err(description) => unhealthy(description, attributes),
             }
         }
-        Located::Missing { searched } => {
-            return Fingerprint {
-                health: HealthState::Unhealthy,
-                description: format!(
-                    "elide-executor (the per-task shim) not found (searched {}); install it or set executor_binary in the plugin config",
-                    searched_list(&searched)
-                ),
-                attributes,
-            }
-        }
-    }
-    Fingerprint {
-        health: HealthState::Healthy,
-        description: "Healthy".to_owned(),
-        attributes,
-    }
+        Located::Missing { searched } => unhealthy(
+            format!(
+                "elide-executor (the per-task shim) not found (searched {}); install it or set executor_binary in the plugin config",
+                searched_list(&searched)
+            ),
+            attributes,
+        ),
+    };
+    (fp, elides)
 }
 
 #[cfg(test)]
@@ -546,5 +683,146 @@ mod tests {
         assert!(locs
             .iter()
             .all(|p| p.parent() != Some(Path::new("/opt/nomad/plugins"))));
+    }
+
+    /// A dir under the workspace's target dir: root's, no group/other write bit above it
+    /// (unlike /tmp).
+    fn trusted_dir() -> tempfile::TempDir {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let base = manifest
+            .parent()
+            .unwrap_or(manifest)
+            .join("target/test-tmp");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        tempfile::tempdir_in(base).unwrap()
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Item 1: root runs only binaries no one else could have replaced: the binary and every
+    /// directory up to / (symlinks resolved) root's and not group/world-writable; a sticky
+    /// root dir is accepted above the binary's own directory only.
+    #[test]
+    fn only_binaries_no_one_else_can_replace_are_trusted() {
+        let dir = trusted_dir();
+        chmod(dir.path(), 0o755);
+        let install = dir.path().join("elide-1.0");
+        std::fs::create_dir(&install).unwrap();
+        chmod(&install, 0o755);
+        let bin = script(&install, "elide", "echo 1.0.0");
+        assert_eq!(trusted(&bin).unwrap(), std::fs::canonicalize(&bin).unwrap());
+        // Through a symlink: the real path is what is checked and returned.
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&install, &link).unwrap();
+        assert_eq!(
+            trusted(&link.join("elide")).unwrap(),
+            std::fs::canonicalize(&bin).unwrap()
+        );
+        for (mode, want) in [
+            (0o777, "world-writable (mode 0777)"),
+            (0o775, "group-writable (mode 0775)"),
+            (0o1777, "world-writable (mode 1777)"),
+        ] {
+            chmod(&install, mode);
+            let e = trusted(&link.join("elide")).unwrap_err();
+            assert!(
+                e.contains(&format!("{} is {want}", install.display()))
+                    && e.contains("not safe to run as root")
+                    && e.contains("resolved to")
+                    && e.contains("chmod go-w"),
+                "{e}"
+            );
+        }
+        chmod(&install, 0o755);
+        chmod(&bin, 0o757);
+        assert!(trusted(&bin)
+            .unwrap_err()
+            .contains("world-writable (mode 0757)"));
+        chmod(&bin, 0o755);
+        // A sticky world-writable dir two levels up (like /tmp) is fine; a plain one is not.
+        chmod(dir.path(), 0o1777);
+        assert!(trusted(&bin).is_ok());
+        chmod(dir.path(), 0o777);
+        assert!(trusted(&bin)
+            .unwrap_err()
+            .contains("world-writable (mode 0777)"));
+        chmod(dir.path(), 0o755);
+        // Someone else's binary.
+        nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        assert!(trusted(&bin)
+            .unwrap_err()
+            .contains("owned by uid 65534, not root"));
+        assert!(trusted(&install.join("missing"))
+            .unwrap_err()
+            .starts_with("cannot resolve"));
+    }
+
+    /// The fingerprint never runs an Elide in a directory others can write: the node is
+    /// unhealthy, naming the path and the fix; each listed version is checked and probed, and
+    /// its version becomes an attribute.
+    #[tokio::test]
+    async fn the_fingerprint_refuses_binaries_others_could_replace() {
+        let dir = trusted_dir();
+        let ran = dir.path().join("ran");
+        let install = dir.path().join("elide");
+        std::fs::create_dir(&install).unwrap();
+        let bin = script(
+            &install,
+            "elide",
+            &format!("touch {}; echo 1.0.0-beta10", ran.display()),
+        );
+        let v11 = dir.path().join("v11");
+        std::fs::create_dir(&v11).unwrap();
+        let bin11 = script(&v11, "elide", "echo 1.1.0");
+        let shim = script(
+            dir.path(),
+            "elide-executor",
+            &format!(
+                "echo '{}'",
+                common::shim_api::version_line("elide-executor", crate::VERSION, "x")
+            ),
+        );
+        let cfg = PluginConfig {
+            elide_binary: Some(bin.clone()),
+            executor_binary: Some(shim),
+            elide_versions: [("1.1".to_owned(), bin11.clone())].into_iter().collect(),
+            ..Default::default()
+        };
+        let (fp, elides) = detect_elides(&cfg, &Elides::default()).await;
+        assert_eq!(fp.health, HealthState::Healthy, "{}", fp.description);
+        assert_eq!(fp.attributes["driver.elide.version"], "1.0.0-beta10");
+        assert_eq!(fp.attributes["driver.elide.version.1.1"], "1.1.0");
+        assert_eq!(fp.attributes["driver.elide.versions"], "1.1");
+        assert_eq!(
+            elides
+                .version_of(&std::fs::canonicalize(&bin11).unwrap())
+                .as_deref(),
+            Some("1.1.0")
+        );
+        std::fs::remove_file(&ran).unwrap();
+
+        chmod(&install, 0o777);
+        let (fp, _) = detect_elides(&cfg, &Elides::default()).await;
+        assert_eq!(fp.health, HealthState::Unhealthy);
+        assert!(
+            fp.description.starts_with("elide_binary: ")
+                && fp.description.contains("world-writable")
+                && fp.description.contains(&install.display().to_string()),
+            "{}",
+            fp.description
+        );
+        assert!(!ran.exists(), "the unsafe binary was run");
+        chmod(&install, 0o755);
+        chmod(&v11, 0o775);
+        let (fp, _) = detect_elides(&cfg, &Elides::default()).await;
+        assert_eq!(fp.health, HealthState::Unhealthy);
+        assert!(
+            fp.description.starts_with("elide_versions.1.1: "),
+            "{}",
+            fp.description
+        );
     }
 }

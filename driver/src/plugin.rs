@@ -14,8 +14,9 @@ pub struct Plugin {
     config: RwLock<PluginConfig>,
     /// MHz of one core from Nomad >= 1.7's topology; None on 1.6 (we fingerprint it).
     topology_mhz_per_core: RwLock<Option<f64>>,
-    /// The Elide version from the last fingerprint, for task events.
-    elide_version: RwLock<Option<String>>,
+    /// The Elide binaries the last fingerprint checked (with their versions, for task
+    /// events).
+    elides: RwLock<crate::fingerprint::Elides>,
     /// Fan-out of task events to every open TaskEvents stream.
     pub events: broadcast::Sender<DriverTaskEvent>,
     /// (task, feature) pairs already explained by a task event (crate::shim_compat).
@@ -29,7 +30,7 @@ impl Plugin {
         Arc::new(Self {
             config: RwLock::new(PluginConfig::default()),
             topology_mhz_per_core: RwLock::new(None),
-            elide_version: RwLock::new(None),
+            elides: RwLock::new(Default::default()),
             events,
             refusals: Default::default(),
         })
@@ -52,14 +53,18 @@ impl Plugin {
         }
     }
 
-    pub fn set_elide_version(&self, v: Option<String>) {
-        if let Ok(mut e) = self.elide_version.write() {
-            *e = v;
+    pub fn set_elides(&self, v: crate::fingerprint::Elides) {
+        match self.elides.write() {
+            Ok(mut e) => *e = v,
+            Err(p) => *p.into_inner() = v,
         }
     }
 
-    pub fn elide_version(&self) -> Option<String> {
-        self.elide_version.read().ok().and_then(|e| e.clone())
+    pub fn elides(&self) -> crate::fingerprint::Elides {
+        self.elides
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// MHz of one core: from Nomad's topology (>= 1.7) or our own fingerprint (1.6, which

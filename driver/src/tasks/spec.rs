@@ -10,7 +10,7 @@ use common::hosts::HostsSpec;
 use common::paths::{self, PathError};
 use common::proto::drivers::network_isolation_spec::NetworkIsolationMode;
 use common::proto::drivers::{DnsConfig, NetworkIsolationSpec, Resources, TaskConfig as NomadTask};
-use common::sandbox::{self, DeviceSpec, FsIsolation, SandboxSpec, VolumeSpec};
+use common::sandbox::{self, DeviceSpec, FsIsolation, NamespaceMode, SandboxSpec, VolumeSpec};
 use common::spec::{LogFilesSpec, ResourceSpec, TaskSpec, DEFAULT_LINGER, TASK_SPEC_VERSION};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,26 @@ pub enum BuildError {
     Capabilities(#[from] common::capabilities::NotAllowed),
     #[error("{0}")]
     Sandbox(String),
+    #[error("config.{field} = \"host\" is not allowed on this node: the task would share the host's {what} namespace ({risk}); the operator must set {option} = true in the plugin config to allow it; remove {field} or set it to \"private\"")]
+    HostNamespace {
+        field: &'static str,
+        what: &'static str,
+        risk: &'static str,
+        option: &'static str,
+    },
+    #[error("config.pids_limit = {job} would lift the plugin's pids_limit = {plugin} (the operator's ceiling){}; set it between 1 and {plugin}, or leave it out", if *job == 0 { " with no limit at all" } else { "" })]
+    PidsOverCeiling { job: u64, plugin: u64 },
+    #[error("config.log_max_files × config.log_max_file_size = {files} × {size} MiB = {total} MiB of log files per stream, more than the plugin allows ({plugin_files} × {plugin_size} MiB = {plugin_total} MiB, the operator's ceiling, kept below the allocations' ephemeral_disk); lower log_max_files or log_max_file_size")]
+    LogsOverCeiling {
+        files: u64,
+        size: u64,
+        total: u64,
+        plugin_files: u64,
+        plugin_size: u64,
+        plugin_total: u64,
+    },
+    #[error("user {user:?} is not a valid user name: {why}; use a user name (letters, digits, '.', '_', '-', not starting with '-') or a numeric uid in the task's user")]
+    BadUser { user: String, why: &'static str },
     #[error("elide_opts.memory_limit ({heap} MiB) is more than the task's memory limit ({limit} MiB): the runtime would be OOM-killed once its heap grows; lower memory_limit or raise the task's resources.memory (or memory_max)")]
     HeapOverLimit { heap: u64, limit: u64 },
 }
@@ -65,8 +85,11 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
     let alloc_dir = PathBuf::from(&task.alloc_dir);
     let task_dir = task_dir(task);
     let nomad_env: BTreeMap<String, String> = task.env.clone().into_iter().collect();
-    let pids_limit = i.config.pids_limit.unwrap_or(i.plugin.pids_limit);
-    let resources = resources_of(task.resources.as_ref(), pids_limit);
+    let pids_limit = pids_limit(i.plugin, i.config)?;
+    check_log_sizes(i.plugin, i.config)?;
+    check_user(&task.user)?;
+    let mut resources = resources_of(task.resources.as_ref(), pids_limit);
+    resources.allow_no_cgroup = i.plugin.allow_no_cgroup;
     check_heap(i.config, &resources)?;
     let argv = command::argv(&command::CommandInput {
         elide: i.elide,
@@ -126,6 +149,7 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
 /// allowed dir of an absolute script.
 pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
     let (plugin, config, task) = (i.plugin, i.config, i.task);
+    let (pid_mode, ipc_mode) = namespace_modes(plugin, config)?;
     let capabilities =
         common::capabilities::calculate(&plugin.allow_caps, &config.cap_add, &config.cap_drop)?;
     let alloc_dir = PathBuf::from(&task.alloc_dir);
@@ -193,8 +217,8 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         .collect::<Result<Vec<_>, _>>()?;
     let spec = SandboxSpec {
         capabilities,
-        pid_mode: config.pid_mode.unwrap_or(plugin.default_pid_mode),
-        ipc_mode: config.ipc_mode.unwrap_or(plugin.default_ipc_mode),
+        pid_mode,
+        ipc_mode,
         fs_isolation: plugin.fs_isolation,
         writable_paths: vec![task_dir, alloc_dir.join("alloc")],
         readable_paths: [Some(i.elide_home), i.resolv_conf, i.script_dir]
@@ -213,6 +237,111 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
     Ok(spec)
+}
+
+/// The task's PID and IPC modes: the job's, else the plugin's defaults. A job's `"host"`
+/// needs the operator's consent (`allow_host_pid` / `allow_host_ipc`, or a host default):
+/// a task in the host's PID namespace reads other tasks' `/proc/<pid>/environ` and
+/// `/proc/<pid>/root`, and one in the host's IPC namespace their SysV shared memory and
+/// POSIX message queues.
+pub fn namespace_modes(
+    plugin: &PluginConfig,
+    config: &TaskConfig,
+) -> Result<(NamespaceMode, NamespaceMode), BuildError> {
+    if config.pid_mode == Some(NamespaceMode::Host) && !plugin.host_pid_allowed() {
+        return Err(BuildError::HostNamespace {
+            field: "pid_mode",
+            what: "PID",
+            risk: "it could read other tasks' environment and files through /proc and signal or trace host processes",
+            option: "allow_host_pid",
+        });
+    }
+    if config.ipc_mode == Some(NamespaceMode::Host) && !plugin.host_ipc_allowed() {
+        return Err(BuildError::HostNamespace {
+            field: "ipc_mode",
+            what: "IPC",
+            risk: "it could read and write the host's and other tasks' SysV shared memory, semaphores and POSIX message queues",
+            option: "allow_host_ipc",
+        });
+    }
+    Ok((
+        config.pid_mode.unwrap_or(plugin.default_pid_mode),
+        config.ipc_mode.unwrap_or(plugin.default_ipc_mode),
+    ))
+}
+
+/// The task's pids limit: the job's, else the plugin's. The plugin's (when set) is a
+/// ceiling: a job may lower it, never raise or lift it (0 = unlimited).
+pub fn pids_limit(plugin: &PluginConfig, config: &TaskConfig) -> Result<u64, BuildError> {
+    match config.pids_limit {
+        None => Ok(plugin.pids_limit),
+        Some(job) if plugin.pids_limit > 0 && (job == 0 || job > plugin.pids_limit) => {
+            Err(BuildError::PidsOverCeiling {
+                job,
+                plugin: plugin.pids_limit,
+            })
+        }
+        Some(job) => Ok(job),
+    }
+}
+
+/// The job's log rotation may not keep more than the operator's: `log_max_files ×
+/// log_max_file_size` (per stream) is capped by the plugin's product. Nomad checks its own
+/// `logs {}` block against the allocation's `ephemeral_disk`, but gives drivers neither
+/// (its driver API carries no disk size), so the operator's values are the ceiling.
+pub fn check_log_sizes(plugin: &PluginConfig, config: &TaskConfig) -> Result<(), BuildError> {
+    if plugin.log_collection != LogCollection::Executor {
+        return Ok(());
+    }
+    let files = u64::from(config.log_max_files.unwrap_or(plugin.log_max_files));
+    let size = config.log_max_file_size.unwrap_or(plugin.log_max_file_size);
+    let (plugin_files, plugin_size) = (u64::from(plugin.log_max_files), plugin.log_max_file_size);
+    let total = files.saturating_mul(size);
+    let plugin_total = plugin_files.saturating_mul(plugin_size);
+    if total > plugin_total {
+        return Err(BuildError::LogsOverCeiling {
+            files,
+            size,
+            total,
+            plugin_files,
+            plugin_size,
+            plugin_total,
+        });
+    }
+    Ok(())
+}
+
+/// The task's `user` as Nomad sent it: empty (the shim's own), a numeric uid, or a POSIX
+/// portable user name (`[A-Za-z0-9._-]`, not starting with `-`, at most 256 bytes). Never
+/// something a lookup tool would read as an option (`--service=files`).
+pub fn check_user(user: &str) -> Result<(), BuildError> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    let bad = |why| {
+        Err(BuildError::BadUser {
+            user: user.to_owned(),
+            why,
+        })
+    };
+    if user.starts_with('-') {
+        return bad("it starts with '-'");
+    }
+    if user.len() > 256 {
+        return bad("it is longer than 256 bytes");
+    }
+    if !user
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'$'))
+    {
+        return bad(
+            "it holds characters other than letters, digits, '.', '_', '-' (and a final '$')",
+        );
+    }
+    if user.find('$').is_some_and(|i| i != user.len() - 1) {
+        return bad("'$' may only end a name");
+    }
+    Ok(())
 }
 
 /// The task's resolv.conf from Nomad's DNS config (the group's `network { dns {} }`),
@@ -372,6 +501,7 @@ pub fn resources_of(r: Option<&Resources>, pids_limit: u64) -> ResourceSpec {
         cpuset_cpus: linux.map(|l| l.cpuset_cpus.clone()).unwrap_or_default(),
         nomad_cgroup: linux.map(|l| l.cpuset_cgroup.clone()).unwrap_or_default(),
         pids_limit,
+        allow_no_cgroup: false,
     }
 }
 
@@ -415,6 +545,7 @@ mod tests {
                 cpuset_cpus: "0-1".into(),
                 nomad_cgroup: "/sys/fs/cgroup/nomad.slice/share.slice/a1.web.scope".into(),
                 pids_limit: 64,
+                allow_no_cgroup: false,
             }
         );
         let r = resources_of(Some(&resources(256, 0, 500)), 0);
@@ -693,6 +824,7 @@ mod tests {
         use common::sandbox::NamespaceMode;
         let plugin = PluginConfig {
             default_pid_mode: NamespaceMode::Host,
+            allow_host_ipc: true,
             hidden_paths: vec!["/etc/nomad.d".into()],
             denied_host_uids: "0".into(),
             ..Default::default()
@@ -940,5 +1072,199 @@ mod tests {
         });
         let e = with_host(&plugin, &task).unwrap_err().to_string();
         assert!(e.starts_with("network.dns.options[0]:"), "{e}");
+    }
+
+    /// A job's host PID/IPC namespace needs the operator's consent (issue #18 item 4): by
+    /// default it is refused naming the plugin option; with the option (or a host default)
+    /// it is granted.
+    #[test]
+    fn host_namespaces_need_the_operators_consent() {
+        let task = nomad_task();
+        let pid_host = TaskConfig {
+            pid_mode: Some(NamespaceMode::Host),
+            ..Default::default()
+        };
+        let ipc_host = TaskConfig {
+            ipc_mode: Some(NamespaceMode::Host),
+            ..Default::default()
+        };
+        let plugin = PluginConfig::default();
+        let e = sandbox_for(&plugin, &pid_host, &task)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config.pid_mode = \"host\" is not allowed on this node")
+                && e.contains("allow_host_pid = true"),
+            "{e}"
+        );
+        let e = sandbox_for(&plugin, &ipc_host, &task)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config.ipc_mode = \"host\" is not allowed")
+                && e.contains("allow_host_ipc = true"),
+            "{e}"
+        );
+        // Consent for one is not consent for the other.
+        let pid_ok = PluginConfig {
+            allow_host_pid: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox_for(&pid_ok, &pid_host, &task).unwrap().pid_mode,
+            NamespaceMode::Host
+        );
+        assert!(sandbox_for(&pid_ok, &ipc_host, &task).is_err());
+        let ipc_default = PluginConfig {
+            default_ipc_mode: NamespaceMode::Host,
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox_for(&ipc_default, &ipc_host, &task)
+                .unwrap()
+                .ipc_mode,
+            NamespaceMode::Host
+        );
+        // Private is always allowed.
+        let private = TaskConfig {
+            pid_mode: Some(NamespaceMode::Private),
+            ipc_mode: Some(NamespaceMode::Private),
+            ..Default::default()
+        };
+        assert!(sandbox_for(&plugin, &private, &task).is_ok());
+    }
+
+    /// The operator's pids_limit is a ceiling: a job may lower it, never raise or lift it.
+    #[test]
+    fn the_plugins_pids_limit_is_a_ceiling() {
+        let job = |n: Option<u64>| TaskConfig {
+            pids_limit: n,
+            ..Default::default()
+        };
+        let capped = PluginConfig {
+            pids_limit: 50,
+            ..Default::default()
+        };
+        assert_eq!(pids_limit(&capped, &job(None)).unwrap(), 50);
+        assert_eq!(pids_limit(&capped, &job(Some(20))).unwrap(), 20);
+        assert_eq!(pids_limit(&capped, &job(Some(50))).unwrap(), 50);
+        let e = pids_limit(&capped, &job(Some(0))).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config.pids_limit = 0 would lift the plugin's pids_limit = 50")
+                && e.contains("between 1 and 50"),
+            "{e}"
+        );
+        let e = pids_limit(&capped, &job(Some(51))).unwrap_err().to_string();
+        assert!(e.starts_with("config.pids_limit = 51 would lift"), "{e}");
+        // No operator limit: the job's is taken as it is.
+        let open = PluginConfig::default();
+        assert_eq!(pids_limit(&open, &job(Some(0))).unwrap(), 0);
+        assert_eq!(pids_limit(&open, &job(Some(9000))).unwrap(), 9000);
+        // build_spec refuses too.
+        let task = nomad_task();
+        let config = TaskConfig {
+            script: "local/app.py".into(),
+            pids_limit: Some(0),
+            ..Default::default()
+        };
+        let e = build_spec(&input(&capped, &config, &task)).unwrap_err();
+        assert!(
+            matches!(e, BuildError::PidsOverCeiling { job: 0, plugin: 50 }),
+            "{e}"
+        );
+    }
+
+    /// Log files per stream may not exceed the operator's product (issue #18 item 11).
+    #[test]
+    fn log_rotation_may_not_keep_more_than_the_operator_allows() {
+        let plugin = PluginConfig::default(); // 10 × 10 MiB
+        let job = |files: Option<u32>, size: Option<u64>| TaskConfig {
+            log_max_files: files,
+            log_max_file_size: size,
+            ..Default::default()
+        };
+        assert!(check_log_sizes(&plugin, &job(None, None)).is_ok());
+        assert!(check_log_sizes(&plugin, &job(Some(20), Some(5))).is_ok());
+        assert!(check_log_sizes(&plugin, &job(Some(1), Some(100))).is_ok());
+        let e = check_log_sizes(&plugin, &job(Some(100), Some(1024)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "config.log_max_files × config.log_max_file_size = 100 × 1024 MiB = 102400 MiB"
+            ) && e.contains("10 × 10 MiB = 100 MiB"),
+            "{e}"
+        );
+        assert!(check_log_sizes(&plugin, &job(Some(11), None)).is_err());
+        // With Nomad's logmon the job's values do not apply (a task event says so).
+        let nomad = PluginConfig {
+            log_collection: LogCollection::Nomad,
+            ..Default::default()
+        };
+        assert!(check_log_sizes(&nomad, &job(Some(100), Some(1024))).is_ok());
+    }
+
+    /// A task user is a name or a uid, never an option for a lookup tool (item 13).
+    #[test]
+    fn task_users_must_be_plain_names() {
+        for ok in ["", "nobody", "www-data", "app_1.svc", "1001", "HOST$"] {
+            assert!(check_user(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["--service=files", "-x", "a b", "a:b", "a/b", "x$y", "ünï"] {
+            let e = check_user(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("user {bad:?} is not a valid user name")),
+                "{e}"
+            );
+        }
+        let mut task = nomad_task();
+        task.user = "--service=files".into();
+        let config = TaskConfig {
+            script: "local/app.py".into(),
+            ..Default::default()
+        };
+        let e = build_spec(&input(&PluginConfig::default(), &config, &task)).unwrap_err();
+        assert!(e.to_string().contains("starts with '-'"), "{e}");
+    }
+
+    /// The plugin's allow_no_cgroup reaches the shim with the limits.
+    #[test]
+    fn allow_no_cgroup_reaches_the_spec() {
+        let task = nomad_task();
+        let config = TaskConfig {
+            script: "local/app.py".into(),
+            ..Default::default()
+        };
+        let s = build_spec(&input(&PluginConfig::default(), &config, &task)).unwrap();
+        assert!(!s.resources.allow_no_cgroup);
+        let allow = PluginConfig {
+            allow_no_cgroup: true,
+            ..Default::default()
+        };
+        assert!(
+            build_spec(&input(&allow, &config, &task))
+                .unwrap()
+                .resources
+                .allow_no_cgroup
+        );
+    }
+
+    fn input<'a>(
+        plugin: &'a PluginConfig,
+        config: &'a TaskConfig,
+        task: &'a NomadTask,
+    ) -> SpecInput<'a> {
+        SpecInput {
+            plugin,
+            config,
+            task,
+            elide: Path::new("/opt/elide/1.0/elide"),
+            script: "local/app.py",
+            task_tmp_exists: true,
+            elide_home: Path::new("/opt/elide/1.0"),
+            resolv_conf: None,
+            script_dir: None,
+            host_dns: None,
+        }
     }
 }

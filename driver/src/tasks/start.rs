@@ -149,7 +149,13 @@ impl Tasks {
         let shim_pid = launched.shim_pid;
         let shim_start_time =
             blocking(move || common::proc::start_time(shim_pid).unwrap_or(0)).await;
-        let version = self.plugin.elide_version().unwrap_or_default();
+        // The version of the binary this task runs, as the fingerprint probed it (none when
+        // it has not probed this binary as it is now).
+        let version = self
+            .plugin
+            .elides()
+            .version_of(&facts.elide)
+            .unwrap_or_default();
         emit(if version.is_empty() {
             format!("Starting Elide: {}", tc.script)
         } else {
@@ -211,28 +217,32 @@ fn node_facts(
     }
     let (script, script_dir) = (checked.arg, checked.allowed_dir);
     let bins = fingerprint::locate_binaries(cfg);
-    let own_elide = tc.elide_opts.as_ref().and_then(|o| o.elide_binary.clone());
-    let elide = match (own_elide, bins.elide) {
-        (Some(p), _) => {
-            let path = std::env::var("PATH").ok();
-            match fingerprint::locate(Some(&p), "elide", path.as_deref(), &[]) {
-                Located::Found(p) => p,
-                Located::Missing { .. } => return Err(status::permanent(format!(
-                    "elide_opts.elide_binary {} does not exist or is not executable; fix the job's elide_binary or remove it to use the node's Elide",
-                    p.display()
-                ))),
+    let default = match bins.elide {
+        Located::Found(p) => Some(p),
+        Located::Missing { searched } => {
+            if tc
+                .elide_opts
+                .as_ref()
+                .is_none_or(|o| o.elide_version.is_none() && o.elide_binary.is_none())
+            {
+                return Err(status::recoverable(format!(
+                    "Elide not found on this node (searched {}); install it or set elide_binary",
+                    fingerprint::searched_list(&searched)
+                )));
             }
-        }
-        (None, Located::Found(p)) => p,
-        (None, Located::Missing { searched }) => {
-            return Err(status::recoverable(format!(
-                "Elide not found on this node (searched {}); install it or set elide_binary",
-                fingerprint::searched_list(&searched)
-            )))
+            None
         }
     };
+    let listed = elide_choices(cfg, default.as_deref());
+    let picked = pick_elide(tc.elide_opts.as_ref(), &listed, &cfg.elide_versions)
+        .map_err(|e| status::permanent(e.to_string()))?;
+    // What runs (and whose install dir the sandbox shows) must be as safe as the fingerprint
+    // found it: resolved, root's, writable by no one else.
+    let elide = fingerprint::trusted(&picked)
+        .map_err(|e| status::recoverable(format!("cannot run Elide: {e}")))?;
     let executor = match bins.executor {
-        Located::Found(p) => p,
+        Located::Found(p) => fingerprint::trusted(&p)
+            .map_err(|e| status::recoverable(format!("cannot run the elide-executor: {e}")))?,
         Located::Missing { searched } => {
             return Err(status::recoverable(format!(
                 "elide-executor not found (searched {}); install it or set executor_binary",
@@ -240,10 +250,10 @@ fn node_facts(
             )))
         }
     };
-    let elide_home = std::fs::canonicalize(&elide)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .or_else(|| elide.parent().map(Path::to_path_buf))
+    // `elide` is canonical: its directory is the real install dir.
+    let elide_home = elide
+        .parent()
+        .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     let resolv_conf = std::fs::canonicalize("/etc/resolv.conf")
         .ok()
@@ -259,6 +269,106 @@ fn node_facts(
         task_tmp_exists: task_dir.join("tmp").is_dir(),
         events,
     })
+}
+
+/// The Elide binaries the operator lets jobs run, each as `(name, configured path, canonical
+/// path)`: the default (name None: `elide_binary`, or the one found on the node) and the
+/// `elide_versions`.
+pub(super) type Choice = (Option<String>, PathBuf, Option<PathBuf>);
+
+fn elide_choices(cfg: &PluginConfig, default: Option<&Path>) -> Vec<Choice> {
+    let entry = |name: Option<&String>, p: &Path| {
+        (
+            name.cloned(),
+            p.to_path_buf(),
+            std::fs::canonicalize(p).ok(),
+        )
+    };
+    default
+        .map(|p| entry(None, p))
+        .into_iter()
+        .chain(cfg.elide_versions.iter().map(|(n, p)| entry(Some(n), p)))
+        .collect()
+}
+
+/// Why a job's choice of Elide is refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PickError {
+    #[error(
+        "config.elide_opts.elide_version {name:?} is not an Elide version of this node; {allowed}"
+    )]
+    UnknownVersion { name: String, allowed: String },
+    #[error("config.elide_opts.elide_binary {path:?} is not an Elide binary the operator allows: a job may only pick one the plugin config lists; {allowed}")]
+    NotListed { path: String, allowed: String },
+}
+
+/// What a job may pick, for the errors: the names, or that there is nothing to pick.
+fn allowed_list(
+    listed: &[Choice],
+    versions: &std::collections::BTreeMap<String, PathBuf>,
+) -> String {
+    let default = listed
+        .iter()
+        .find(|(n, _, _)| n.is_none())
+        .map(|(_, p, _)| format!("{} (the default; leave elide_binary out)", p.display()));
+    if versions.is_empty() {
+        return format!(
+            "this node lists no elide_versions, so tasks run its default Elide{}; remove elide_opts.elide_binary/elide_version (operators add choices with the plugin's elide_versions)",
+            default.map(|d| format!(" {d}")).unwrap_or_default()
+        );
+    }
+    let names: Vec<String> = versions
+        .iter()
+        .map(|(n, p)| format!("{n:?} ({})", p.display()))
+        .collect();
+    format!(
+        "use elide_version = one of {}{}",
+        names.join(", "),
+        default
+            .map(|d| format!(", or the default {d}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The binary a job runs: the default, an `elide_versions` entry by name, or (the old
+/// `elide_binary`) one of those by its exact path. A path is never resolved against
+/// anything a job controls: it must equal a listed path or its canonical form.
+pub(super) fn pick_elide(
+    opts: Option<&common::config::ElideOpts>,
+    listed: &[Choice],
+    versions: &std::collections::BTreeMap<String, PathBuf>,
+) -> Result<PathBuf, PickError> {
+    let allowed = || allowed_list(listed, versions);
+    let by_name = |name: Option<&String>| {
+        listed
+            .iter()
+            .find(|(n, _, _)| n.as_ref() == name)
+            .map(|(_, p, _)| p.clone())
+    };
+    match opts {
+        Some(o) if o.elide_version.is_some() => {
+            let name = o.elide_version.clone().unwrap_or_default();
+            by_name(Some(&name)).ok_or_else(|| PickError::UnknownVersion {
+                name,
+                allowed: allowed(),
+            })
+        }
+        Some(o) if o.elide_binary.is_some() => {
+            let want = o.elide_binary.clone().unwrap_or_default();
+            listed
+                .iter()
+                .find(|(_, p, c)| *p == want || c.as_ref() == Some(&want))
+                .map(|(_, p, _)| p.clone())
+                .ok_or_else(|| PickError::NotListed {
+                    path: want.display().to_string(),
+                    allowed: allowed(),
+                })
+        }
+        _ => by_name(None).ok_or_else(|| PickError::NotListed {
+            path: String::new(),
+            allowed: allowed(),
+        }),
+    }
 }
 
 /// The host's resolver lists (what a job's empty `dns {}` lists fall back to); behind

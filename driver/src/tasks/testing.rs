@@ -440,6 +440,19 @@ pub struct Harness {
     pub events: broadcast::Receiver<DriverTaskEvent>,
 }
 
+/// A root-owned directory with no group/other write bit anywhere above it: the workspace's
+/// target dir.
+pub fn trusted_tmp() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target/test-tmp");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
 fn executable(path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, "#!/bin/sh\n").unwrap();
@@ -448,7 +461,9 @@ fn executable(path: &Path) {
 
 impl Harness {
     pub fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        // Not below /tmp: StartTask only runs binaries in directories no one but root can
+        // write (fingerprint::trusted), and /tmp's sticky bit is only accepted above that.
+        let dir = tempfile::tempdir_in(trusted_tmp()).unwrap();
         let bin = dir.path().join("bin");
         executable(&bin.join("elide"));
         executable(&bin.join("elide-executor"));

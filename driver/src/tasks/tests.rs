@@ -842,3 +842,121 @@ async fn stats_of_a_task_with_a_cgroup_are_read_by_the_plugin_without_waking_the
     assert!(h.tasks.stats(req).await.is_err());
     assert_eq!(*h.script().stats_calls.lock().unwrap(), 1);
 }
+
+/// The job's config with an `elide_opts` block holding `opts`.
+fn config_with_elide_opts(opts: &[(&str, &str)]) -> Vec<u8> {
+    use rmpv::Value;
+    let block = Value::Map(
+        opts.iter()
+            .map(|(k, v)| (Value::from(*k), Value::from(*v)))
+            .collect(),
+    );
+    let map = Value::Map(vec![
+        (Value::from("script"), Value::from("local/app.py")),
+        (Value::from("elide_opts"), block),
+    ]);
+    let mut b = Vec::new();
+    rmpv::encode::write_value(&mut b, &map).unwrap();
+    b
+}
+
+/// Issue #18 item 3: the job picks among the operator's Elide binaries only. Any other
+/// program (a host binary, another allocation's file, a relative path) is refused naming
+/// what is allowed; a listed one runs, by name or by its exact path, and only its install
+/// dir is made visible.
+#[tokio::test]
+async fn a_job_runs_only_an_elide_the_operator_listed() {
+    let h = Harness::new();
+    let v11_dir = h.dir.path().join("elide-1.1");
+    std::fs::create_dir_all(&v11_dir).unwrap();
+    let v11 = v11_dir.join("elide");
+    std::fs::write(&v11, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&v11, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = h.plugin.config();
+    cfg.elide_versions = [("1.1".to_owned(), v11.clone())].into_iter().collect();
+    h.plugin.set_config(cfg, None);
+    let other_alloc = h.dir.path().join("alloc/web/local/app.py");
+    for (i, bad) in [
+        "/bin/cat",
+        "local/elide",
+        "../../../bin/sh",
+        &other_alloc.display().to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut task = h.task(&format!("t{i}"));
+        task.msgpack_driver_config = config_with_elide_opts(&[("elide_binary", bad)]);
+        let e = h.start(task).await.unwrap_err();
+        assert!(!recoverable(&e), "{e:?}");
+        let m = e.message();
+        assert!(
+            m.starts_with(&format!(
+                "config.elide_opts.elide_binary {bad:?} is not an Elide binary the operator allows"
+            )) && m.contains(&format!(
+                "use elide_version = one of \"1.1\" ({})",
+                v11.display()
+            )),
+            "{m}"
+        );
+    }
+    let mut task = h.task("u");
+    task.msgpack_driver_config = config_with_elide_opts(&[("elide_version", "2.0")]);
+    let m = h.start(task).await.unwrap_err().message().to_owned();
+    assert!(
+        m.starts_with("config.elide_opts.elide_version \"2.0\" is not an Elide version of this node; use elide_version = one of \"1.1\""),
+        "{m}"
+    );
+    assert!(
+        h.launcher.specs.lock().unwrap().is_empty(),
+        "nothing was launched"
+    );
+    // By name and by the listed path: that binary runs, its dir is the visible install dir.
+    let real = std::fs::canonicalize(&v11).unwrap();
+    for (name, opts) in [
+        ("n", ("elide_version", "1.1")),
+        ("p", ("elide_binary", v11.to_str().unwrap())),
+    ] {
+        let mut task = h.task(name);
+        task.msgpack_driver_config = config_with_elide_opts(&[opts]);
+        h.start(task).await.unwrap();
+        let spec = h.launcher.specs.lock().unwrap().last().unwrap().clone();
+        assert_eq!(Path::new(&spec.argv[0]), real);
+        let sandbox = spec.sandbox.unwrap();
+        assert_eq!(sandbox.readable_paths[0], real.parent().unwrap());
+    }
+}
+
+/// Without elide_versions, a job's elide_binary may only name the default binary.
+#[tokio::test]
+async fn without_versions_a_job_can_only_name_the_default_elide() {
+    let h = Harness::new();
+    let default = h.plugin.config().elide_binary.unwrap();
+    let mut task = h.task("a");
+    task.msgpack_driver_config = config_with_elide_opts(&[("elide_binary", "/usr/bin/env")]);
+    let m = h.start(task).await.unwrap_err().message().to_owned();
+    assert!(
+        m.contains("this node lists no elide_versions")
+            && m.contains(&default.display().to_string()),
+        "{m}"
+    );
+    let mut task = h.task("b");
+    task.msgpack_driver_config =
+        config_with_elide_opts(&[("elide_binary", default.to_str().unwrap())]);
+    h.start(task).await.unwrap();
+}
+
+/// The fingerprint's check applies at start too: an Elide in a world-writable dir is refused.
+#[tokio::test]
+async fn start_refuses_an_elide_others_could_replace() {
+    let h = Harness::new();
+    let bin = h.plugin.config().elide_binary.unwrap();
+    let dir = bin.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = h.start(h.task("web")).await.unwrap_err();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        e.message().starts_with("cannot run Elide: ") && e.message().contains("world-writable"),
+        "{e:?}"
+    );
+}
