@@ -54,6 +54,8 @@ pub enum StartError {
     Fifo(#[from] crate::fifo::FifoError),
     #[error(transparent)]
     Spawn(#[from] crate::runtime::SpawnError),
+    #[error("the task's resource limits cannot be enforced: {0}; the task was not started. Fix the node's cgroups (see docs/operator-guide.md), or let tasks run without limits with allow_no_cgroup = true in the plugin config")]
+    Cgroup(String),
     #[error("cannot record the started runtime (pid {pid}) in the state file: {source}; the runtime was killed")]
     Record {
         pid: i32,

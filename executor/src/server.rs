@@ -21,7 +21,9 @@ fn start_status(e: StartError) -> Status {
         StartError::AlreadyStarted(_) | StartError::InProgress => Code::AlreadyExists,
         StartError::ShuttingDown => Code::Unavailable,
         StartError::Fifo(f) if f.is_transient() => Code::Unavailable,
-        StartError::Fifo(_) | StartError::Spawn(_) => Code::FailedPrecondition,
+        StartError::Fifo(_) | StartError::Spawn(_) | StartError::Cgroup(_) => {
+            Code::FailedPrecondition
+        }
         StartError::Record { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -181,7 +181,7 @@ impl Shim {
         if self.closing.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown);
         }
-        let cg = self.make_cgroup();
+        let cg = self.make_cgroup()?;
         let procs = cg.as_ref().map(|c| c.procs_files()).unwrap_or_default();
         // On the main thread (current_thread runtime): see runtime.rs about PDEATHSIG.
         let pid = match runtime::spawn(&self.spec, opened.stdout, opened.stderr, procs) {
@@ -228,17 +228,33 @@ impl Shim {
         })
     }
 
-    fn make_cgroup(&self) -> Option<Arc<TaskCgroup>> {
-        match TaskCgroup::for_task(&self.spec)? {
-            Ok(cg) => {
-                for note in cg.apply(&self.spec.resources) {
-                    tracing::warn!(note, "cgroup limit not applied");
-                }
-                Some(Arc::new(cg))
+    /// The task's cgroup with its limits. Fails closed: a task whose cgroup cannot be made
+    /// (or whose limits cannot be set) is not started, unless the operator allowed tasks
+    /// without limits (`allow_no_cgroup`): then it runs with a warning.
+    fn make_cgroup(&self) -> Result<Option<Arc<TaskCgroup>>, StartError> {
+        let allowed = self.spec.resources.allow_no_cgroup;
+        match TaskCgroup::for_task(&self.spec) {
+            None => {
+                let why = format!(
+                    "no usable cgroup hierarchy under {}",
+                    common::cgroup::DEFAULT_ROOT
+                );
+                without_limits(allowed, why).map(|_| None)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no task cgroup (limits and cgroup stats off)");
-                None
+            Some(Ok(cg)) => {
+                let notes = cg.apply(&self.spec.resources);
+                if notes.is_empty() {
+                    return Ok(Some(Arc::new(cg)));
+                }
+                if let Err(e) = without_limits(allowed, notes.join("; ")) {
+                    cg.remove();
+                    return Err(e);
+                }
+                Ok(Some(Arc::new(cg)))
+            }
+            Some(Err(e)) => {
+                without_limits(allowed, format!("cannot create the task's cgroup: {e}"))
+                    .map(|_| None)
             }
         }
     }
@@ -602,4 +618,34 @@ pub fn kill_leftovers(pgid: i32) -> Vec<i32> {
         let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
     }
     targets
+}
+
+/// A task's limits cannot all be enforced (`why`): refused, unless the operator's
+/// `allow_no_cgroup` lets it run without them (with a warning in the shim's log).
+fn without_limits(allowed: bool, why: String) -> Result<(), StartError> {
+    if allowed {
+        tracing::warn!(
+            why,
+            "running without (some) cgroup limits: allow_no_cgroup = true"
+        );
+        Ok(())
+    } else {
+        Err(StartError::Cgroup(why))
+    }
+}
+
+#[cfg(test)]
+mod cgroup_policy_tests {
+    #[test]
+    fn a_task_without_limits_is_refused_unless_the_operator_allows_it() {
+        let e = super::without_limits(false, "cannot create the task's cgroup: EACCES".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the task's resource limits cannot be enforced: cannot create the task's cgroup: EACCES; the task was not started")
+                && e.contains("allow_no_cgroup = true"),
+            "{e}"
+        );
+        assert!(super::without_limits(true, "x".into()).is_ok());
+    }
 }

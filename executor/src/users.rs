@@ -100,13 +100,30 @@ fn getent(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `user` may be looked up: a numeric uid or a POSIX portable user name (letters,
+/// digits, `.`, `_`, `-`, a final `$`), never starting with `-`, so no lookup tool takes it
+/// for an option (`getent passwd --service=files` would answer root).
+pub fn is_valid_name(user: &str) -> bool {
+    let body = user.strip_suffix('$').unwrap_or(user);
+    !body.is_empty()
+        && user.len() <= 256
+        && !user.starts_with('-')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Resolves a user NSS knows but the files do not (`getent passwd`, `getent initgroups`).
 fn from_nss(user: &str) -> Option<Credentials> {
-    let passwd = getent(&["passwd", user])?;
+    // "--" ends getent's options: a name is only ever a key.
+    let passwd = getent(&["passwd", "--", user])?;
     let (name, uid, gid) = passwd.lines().find_map(passwd_entry)?;
     let name = name.to_owned();
     // `getent initgroups NAME` prints `NAME  gid gid …`.
-    let extra = getent(&["initgroups", &name])
+    if !is_valid_name(&name) {
+        return None;
+    }
+    let extra = getent(&["initgroups", "--", &name])
         .map(|l| {
             l.split_whitespace()
                 .skip(1)
@@ -118,7 +135,11 @@ fn from_nss(user: &str) -> Option<Credentials> {
 }
 
 /// The user's credentials: from /etc/passwd and /etc/group, else from NSS through `getent`.
+/// A name that is not [`is_valid_name`] resolves to nothing.
 pub fn lookup(user: &str) -> Option<Credentials> {
+    if !is_valid_name(user) {
+        return None;
+    }
     from_files(Path::new("/etc"), user).or_else(|| from_nss(user))
 }
 
@@ -178,5 +199,36 @@ nogroup:x:65534:
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(lookup("0").unwrap().name, "root");
         assert_eq!(lookup("no-such-user-xyz"), None);
+    }
+
+    /// `getent passwd --service=files` lists every user, root first: a "user" that is an
+    /// option must never reach getent, and names are passed after "--".
+    #[test]
+    fn option_like_names_resolve_to_nothing() {
+        for bad in [
+            "--service=files",
+            "-s",
+            "-",
+            "a b",
+            "a:b",
+            "",
+            "x$y",
+            "$",
+            "a/b",
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+            assert_eq!(lookup(bad), None, "{bad:?}");
+        }
+        for good in [
+            "root",
+            "nobody",
+            "www-data",
+            "svc_app.1",
+            "MACHINE$",
+            "1001",
+        ] {
+            assert!(is_valid_name(good), "{good:?}");
+        }
+        assert_eq!(from_nss("--service=files"), None);
     }
 }
