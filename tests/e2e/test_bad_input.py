@@ -137,7 +137,7 @@ REFUSED = [
      r"config\.pids_limit: .*-1"),
     ("elide-binary-missing", dict(config='script = "local/app.py"\nelide_opts {\n  elide_binary = "/nonexistent/elide"\n}',
                                   files=OK_APP),
-     r"elide_opts\.elide_binary /nonexistent/elide does not exist or is not executable"),
+     r"config\.elide_opts\.elide_binary \"/nonexistent/elide\" is not an Elide binary the operator allows"),
     ("user-missing", dict(config='script = "local/app.py"', files=OK_APP, task='user = "no-such-user-h11"'),
      r"task user \"no-such-user-h11\" does not exist on this node"),
 ]
@@ -198,7 +198,8 @@ def bad_agent(nomad_bin, binaries, tmp_path_factory, apps):
     from conftest import AgentFactory
     factory = AgentFactory(nomad_bin, binaries, str(tmp_path_factory.mktemp("badinput")),
                            lambda a: None)
-    agent = factory({"absolute_script_dirs": [apps]}, name="bad")
+    # allow_host_pid: the SIGKILL case below runs with pid_mode = "host" too.
+    agent = factory({"absolute_script_dirs": [apps], "allow_host_pid": True}, name="bad")
     agent.wait_driver_healthy()
     yield agent
     problems = factory.teardown()
