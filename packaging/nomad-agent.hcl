@@ -15,6 +15,8 @@ plugin "nomad-driver-elide" {
   config {
     # enabled            = true
     # elide_binary       = "/usr/bin/elide"   # default: PATH, ~/elide/elide, /usr/bin/elide, ...
+    # elide_versions     = { "1.1" = "/opt/elide-1.1/elide" }   # jobs pick by elide_version
+    #                      # (every listed binary and dir above it: root's, not group/world-writable)
     # executor_binary    = "/usr/local/libexec/nomad-driver-elide/elide-executor"
     # runtime_dir        = "/run/nomad-driver-elide"   # shim sockets; keep it short
     # guest_env          = "host"    # host | nomad | none: what guest code sees of the task env
@@ -22,7 +24,8 @@ plugin "nomad-driver-elide" {
     # run_flags          = []        # flags after `run` for every task
     # fingerprint_period = "30s"
     # version_timeout    = "10s"
-    # pids_limit         = 0         # 0 = unlimited
+    # pids_limit         = 0         # 0 = unlimited; else a ceiling jobs cannot raise
+    # allow_no_cgroup    = false     # true: run tasks whose cgroup/limits cannot be set up
     # heap_percent       = 75        # -Xmx = this share of the task's memory limit
     # fifo_open_timeout  = "10s"
     # The task sandbox (docs/driver.md, "Sandbox"); these are the defaults:
@@ -31,6 +34,8 @@ plugin "nomad-driver-elide" {
     #                       "setuid", "sys_chroot"]
     # default_pid_mode   = "private"   # private | host
     # default_ipc_mode   = "private"   # private | host
+    # allow_host_pid     = false       # let jobs set pid_mode = "host"
+    # allow_host_ipc     = false       # let jobs set ipc_mode = "host"
     # fs_isolation       = "readonly"  # readonly | none (raw_exec-like file system access)
     # hidden_paths       = ["/etc/shadow", "/etc/gshadow", "/etc/nomad.d", "/etc/consul.d",
     #                       "/etc/vault.d", "/home", "/root", "/run", "/var/lib", "/var/log"]
