@@ -384,6 +384,15 @@ impl Masks {
         }
         Ok(())
     }
+
+    /// The hiding dirs, read-only.
+    fn seal(&self) -> Result<(), Failure> {
+        for fs in &self.dirs {
+            m::set_attr(fs, false, MOUNT_ATTR_RDONLY, 0)
+                .map_err(|e| fail("making a hiding dir read-only", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The entries below `dir` (a host dir only the host's root controls) that only root may
@@ -455,16 +464,21 @@ fn host_root(p: &MountPlan) -> Result<(), Failure> {
     if p.fresh_proc {
         let at = m::open_path(Path::new("/proc"), libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .map_err(|e| fail("opening /proc", e))?;
-        fresh_proc(&at, None)?;
+        let mut masks = Masks {
+            null: m::open_path(Path::new("/dev/null"), 0)
+                .map_err(|e| fail("opening /dev/null", e))?,
+            dirs: Vec::new(),
+        };
+        fresh_proc(&at, &mut masks)?;
+        masks.seal()?;
     }
     Ok(())
 }
 
 fn shm_fs() -> io::Result<OwnedFd> {
-    let size = format!("{SHM_SIZE}");
     m::new_fs(
         "tmpfs",
-        &[("mode", Some("1777")), ("size", Some(&size))],
+        &[("mode", Some("1777")), ("size", Some(SHM_SIZE))],
         MOUNT_ATTR_INERT,
     )
 }
@@ -523,13 +537,10 @@ fn attach_volumes(p: &MountPlan, task: &OwnedFd, trees: Vec<OwnedFd>) -> Result<
 
 /// A fresh `/proc` for the task's PID namespace attached on `at`, runc's masked paths hidden
 /// and its read-only paths read-only.
-fn fresh_proc(at: &OwnedFd, masks: Option<&mut Masks>) -> Result<(), Failure> {
+fn fresh_proc(at: &OwnedFd, masks: &mut Masks) -> Result<(), Failure> {
     let proc_ = m::new_fs("proc", &[], MOUNT_ATTR_INERT)
         .and_then(|fs| m::attach(&fs, at).map(|_| fs))
         .map_err(|e| fail("mounting /proc for the task's PID namespace", e))?;
-    let Some(masks) = masks else {
-        return Ok(());
-    };
     for name in PROC_MASKED {
         if let Some(at) = existing_beneath(&proc_, Path::new(name))
             .map_err(|e| fail(format!("opening /proc/{name}"), e))?
@@ -627,7 +638,7 @@ fn new_root(p: &MountPlan) -> Result<(), Failure> {
         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
     )
     .map_err(|e| fail("creating the task's new root (a tmpfs)", m::needs_kernel(e)))?;
-    let stage = m::open_path(Path::new("/tmp"), libc::O_DIRECTORY | libc::O_NOFOLLOW)
+    m::open_path(Path::new("/tmp"), libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .and_then(|at| m::attach(&root, &at))
         .map_err(|e| {
             fail(
@@ -635,7 +646,6 @@ fn new_root(p: &MountPlan) -> Result<(), Failure> {
                 e,
             )
         })?;
-    let _ = stage;
     let dir_in_root = |name: &str| {
         make_beneath(&root, Path::new(name), false)
             .map_err(|e| fail(format!("creating /{name} in the task's root"), e))
@@ -773,7 +783,7 @@ fn new_root(p: &MountPlan) -> Result<(), Failure> {
     // 7. /proc of the task's PID namespace, /sys read-only with the firmware masked.
     if p.fresh_proc {
         let at = dir_in_root("proc")?;
-        fresh_proc(&at, Some(&mut masks))?;
+        fresh_proc(&at, &mut masks)?;
     }
     let at = dir_in_root("sys")?;
     m::attach(&sys, &at).map_err(|e| fail("binding /sys read-only", e))?;
@@ -809,10 +819,7 @@ fn new_root(p: &MountPlan) -> Result<(), Failure> {
     }
 
     // 9. Read-only, then pivot.
-    for fs in &masks.dirs {
-        m::set_attr(fs, false, MOUNT_ATTR_RDONLY, 0)
-            .map_err(|e| fail("making a hiding dir read-only", e))?;
-    }
+    masks.seal()?;
     m::set_attr(&root, false, MOUNT_ATTR_RDONLY, 0)
         .map_err(|e| fail("making the task's root read-only", e))?;
     m::pivot_into(&root).map_err(|e| fail("pivoting into the task's new root", e))?;
