@@ -225,22 +225,18 @@ pub fn open_in_root(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
     )
 }
 
-/// An `O_PATH` fd on an absolute host path, resolved from `/` without any symlink.
-pub fn open_host_strict(path: &Path) -> io::Result<OwnedFd> {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    let root = open_path(Path::new("/"), libc::O_DIRECTORY)?;
-    if rel.as_os_str().is_empty() {
-        return Ok(root);
-    }
-    open_beneath(&root, rel, 0)
-}
-
-/// An `O_PATH` fd on a path, following symlinks (for paths only the host's root controls).
+/// An `O_PATH` fd on a path, following symlinks unless `extra` has `O_NOFOLLOW` (for paths
+/// only the host's root controls).
 pub fn open_path(path: &Path, extra: libc::c_int) -> io::Result<OwnedFd> {
     let c = cstr(path.as_os_str())?;
     // SAFETY: open of a NUL-terminated path; the fd is owned from here on.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
-    fd_of(fd as libc::c_long)
+    let fd = fd_of(fd as libc::c_long)?;
+    // O_PATH | O_NOFOLLOW opens a symlink itself: refuse it.
+    if extra & libc::O_NOFOLLOW != 0 && file_type(&fd)? == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    Ok(fd)
 }
 
 /// `mkdirat`, an existing entry being fine.

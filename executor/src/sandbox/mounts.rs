@@ -305,14 +305,11 @@ fn make_rprivate() -> io::Result<()> {
 }
 
 /// A detached copy of the host tree at `path` with `attrs` set on every mount of it.
-/// `strict`: resolved from `/` without following any symlink (paths a task may write
-/// below); else the host's own symlinks are followed.
+/// `strict` (the task's own dirs): the last component is never a symlink (`ELOOP`); the
+/// dirs above it are Nomad's (its data dir, the root-owned alloc dir: no task writes there),
+/// whose symlinks an operator may use. Else the host's own symlinks are followed.
 fn host_tree(path: &Path, strict: bool, recursive: bool, attrs: u64) -> io::Result<OwnedFd> {
-    let at = if strict {
-        m::open_host_strict(path)?
-    } else {
-        m::open_path(path, 0)?
-    };
+    let at = m::open_path(path, if strict { libc::O_NOFOLLOW } else { 0 })?;
     let tree = m::clone_tree(at.as_raw_fd(), Path::new(""), recursive)?;
     m::set_attr(&tree, recursive, attrs, 0)?;
     Ok(tree)
@@ -448,7 +445,7 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
 /// task's own.
 fn host_root(p: &MountPlan) -> Result<(), Failure> {
     let volumes = volume_trees(p)?;
-    let task = m::open_host_strict(&p.task_dir).map_err(|e| {
+    let task = m::open_path(&p.task_dir, libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(|e| {
         fail(
             format!("opening the task dir {}", display(&p.task_dir)),
             m::needs_kernel(e),
