@@ -962,7 +962,7 @@ async fn swapping_a_volume_dir_for_a_symlink_during_setup_never_makes_a_read_onl
             swaps
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
     let (mut started, mut refused) = (0, 0);
     while std::time::Instant::now() < deadline {
         let mut l = layout(
@@ -1013,8 +1013,9 @@ if touch $HOME_RO/pwned 2>/dev/null; then echo "wrote=yes"; else echo "wrote=no"
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
     eprintln!("{started} started, {refused} refused, {swaps} swaps");
+    // Both outcomes happen: the swapping really raced the setup.
     assert!(
-        started + refused >= 10,
+        started >= 3 && refused >= 3,
         "{started} started, {refused} refused"
     );
     assert!(swaps > 1000, "{swaps} swaps");
