@@ -37,9 +37,11 @@ plugin "nomad-driver-elide" {
     # allow_host_pid     = false       # let jobs set pid_mode = "host"
     # allow_host_ipc     = false       # let jobs set ipc_mode = "host"
     # fs_isolation       = "readonly"  # readonly | none (raw_exec-like file system access)
-    # hidden_paths       = ["/etc/shadow", "/etc/gshadow", "/etc/nomad.d", "/etc/consul.d",
-    #                       "/etc/vault.d", "/home", "/root", "/run", "/var/lib", "/var/log"]
-    #                                  # replace it to add yours, e.g. "/opt/consul"
+    # extra_host_paths   = []          # host paths added (read-only) to the tasks' view
+    # hidden_paths       = ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
+    #                       "/etc/sudoers", "/etc/sudoers.d", "/etc/ssl/private",
+    #                       "/etc/nomad.d", "/etc/consul.d", "/etc/vault.d"]
+    #                                  # replace it to add yours, e.g. "/etc/myapp/keys"
     # denied_host_uids   = ""          # e.g. "0" to refuse tasks running as root
     # denied_host_gids   = ""
     # absolute_script_dirs = []      # dirs whose files jobs may name as an absolute `script`

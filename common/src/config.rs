@@ -149,8 +149,12 @@ pub struct PluginConfig {
     pub default_pid_mode: NamespaceMode,
     pub default_ipc_mode: NamespaceMode,
     pub fs_isolation: FsIsolation,
-    /// Host paths no task may see (on top of Nomad's data dir and the runtime dir).
+    /// Host paths no task may see, inside the allow-listed view (on top of the credential
+    /// stores of `/etc`, Nomad's data dir and the runtime dir, which the view never shows).
     pub hidden_paths: Vec<PathBuf>,
+    /// Host paths the task sees read-only at their own paths, on top of the default
+    /// allow-list (`common::sandbox::DEFAULT_HOST_PATHS`).
+    pub extra_host_paths: Vec<PathBuf>,
     /// raw_exec's `denied_host_uids` / `denied_host_gids` (`"0,1000-1999"`).
     pub denied_host_uids: String,
     pub denied_host_gids: String,
@@ -210,6 +214,7 @@ impl Default for PluginConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            extra_host_paths: Vec::new(),
             denied_host_uids: String::new(),
             denied_host_gids: String::new(),
             absolute_script_dirs: Vec::new(),
@@ -242,6 +247,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "default_ipc_mode",
     "fs_isolation",
     "hidden_paths",
+    "extra_host_paths",
     "denied_host_uids",
     "denied_host_gids",
     "absolute_script_dirs",
@@ -451,6 +457,7 @@ impl PluginConfig {
                 "list(string)",
                 literal(&quoted_list(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
             ),
+            defaulted("extra_host_paths", "list(string)", literal("[]")),
             defaulted("denied_host_uids", "string", literal_string("")),
             defaulted("denied_host_gids", "string", literal_string("")),
             defaulted("absolute_script_dirs", "list(string)", literal("[]")),
@@ -585,9 +592,13 @@ impl PluginConfig {
             },
             // Present but empty hides nothing more; absent is the default list.
             hidden_paths: match o.get("hidden_paths") {
-                Some(_) => hidden_paths(o.string_list("hidden_paths")?)?,
+                Some(_) => host_path_list("hidden_paths", o.string_list("hidden_paths")?)?,
                 None => d.hidden_paths,
             },
+            extra_host_paths: host_path_list(
+                "extra_host_paths",
+                o.string_list("extra_host_paths")?,
+            )?,
             denied_host_uids: id_ranges("denied_host_uids", o.string("denied_host_uids")?)?,
             denied_host_gids: id_ranges("denied_host_gids", o.string("denied_host_gids")?)?,
             log_collection: match o.string("log_collection")? {
@@ -661,11 +672,12 @@ fn namespace_mode(field: &str, v: Option<String>) -> Result<Option<NamespaceMode
     .transpose()
 }
 
-fn hidden_paths(list: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+/// `hidden_paths`, `extra_host_paths`: absolute paths, never `/` itself.
+fn host_path_list(name: &str, list: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
     list.into_iter()
         .enumerate()
         .map(|(i, p)| {
-            let field = format!("hidden_paths[{i}]");
+            let field = format!("{name}[{i}]");
             no_nul(&field, &p)?;
             let path = PathBuf::from(&p);
             if !path.is_absolute() || path.parent().is_none() {
@@ -1034,6 +1046,7 @@ mod tests {
             ("default_ipc_mode", s("private")),
             ("fs_isolation", s("readonly")),
             ("hidden_paths", strs(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+            ("extra_host_paths", Value::Array(vec![])),
             ("denied_host_uids", s("")),
             ("denied_host_gids", s("")),
             ("absolute_script_dirs", Value::Array(vec![])),
@@ -1243,6 +1256,7 @@ mod tests {
             ("default_ipc_mode", s("host")),
             ("fs_isolation", s("none")),
             ("hidden_paths", strs(&["/root", "/etc/nomad.d"])),
+            ("extra_host_paths", strs(&["/srv/models", "/var/lib/app"])),
             ("denied_host_uids", s(" 0,1000-1999 ")),
             ("denied_host_gids", s("0")),
         ]))
@@ -1257,6 +1271,10 @@ mod tests {
         assert_eq!(
             c.hidden_paths,
             [PathBuf::from("/root"), PathBuf::from("/etc/nomad.d")]
+        );
+        assert_eq!(
+            c.extra_host_paths,
+            [PathBuf::from("/srv/models"), PathBuf::from("/var/lib/app")]
         );
         assert_eq!(c.denied_host_uids, "0,1000-1999");
         assert_eq!(c.denied_host_gids, "0");
@@ -1287,6 +1305,10 @@ mod tests {
             (
                 ("hidden_paths", strs(&["/"])),
                 "hidden_paths[0]: \"/\" must be",
+            ),
+            (
+                ("extra_host_paths", strs(&["/srv", "srv"])),
+                "extra_host_paths[1]: \"srv\" must be an absolute path",
             ),
             (
                 ("denied_host_uids", s("0-x")),

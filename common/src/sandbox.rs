@@ -5,24 +5,39 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
-/// The plugin's default `hidden_paths`: what a root task could otherwise read or reach on a
-/// typical Nomad client, beyond what the driver always hides (Nomad's and other tasks' dirs,
-/// the plugin's runtime dir). `/run` holds the sockets of dockerd, containerd and the system
-/// D-Bus (each a way to root on the host); `/var/lib` the state of Consul, Vault, Docker…;
-/// `/etc/nomad.d` & co. the agents' keys and tokens; `/root` and `/home` SSH keys. Paths that do
-/// not exist are skipped; Elide's install dir and the host's resolv.conf stay visible below
-/// them.
+/// The host paths every task sees read-only at their own paths (with
+/// `fs_isolation = "readonly"`), like Nomad exec's `chroot_env`: the system's programs and
+/// libraries and `/etc`. Nothing else of the host is in the task's new root but its own dirs,
+/// Elide's install dir, the resolv.conf target, an allowed script dir and the operator's
+/// `extra_host_paths`. Paths missing on the host are skipped; a top-level symlink
+/// (`/lib -> usr/lib`) is recreated as the same symlink.
+pub const DEFAULT_HOST_PATHS: &[&str] = &[
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr",
+    "/etc",
+    "/run/resolvconf",
+];
+
+/// The plugin's default `hidden_paths`: credential stores inside the allow-listed view
+/// (`/etc`) that are hidden even when world-readable. On top of these, every entry of `/etc`
+/// that no one but root may read is hidden whatever its name (`ssl/private`, SSH host keys,
+/// `sudoers`, `security/opasswd`…). Paths that do not exist are skipped.
 pub const DEFAULT_HIDDEN_PATHS: &[&str] = &[
     "/etc/shadow",
+    "/etc/shadow-",
     "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssl/private",
     "/etc/nomad.d",
     "/etc/consul.d",
     "/etc/vault.d",
-    "/home",
-    "/root",
-    "/run",
-    "/var/lib",
-    "/var/log",
 ];
 
 /// `pid_mode` / `ipc_mode`: a namespace of the task's own, or the host's (as in Nomad exec).
@@ -61,9 +76,10 @@ impl NamespaceMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsIsolation {
-    /// The host root read-only; Nomad's data dir, other allocations and tasks, the plugin's
-    /// runtime dir and `hidden_paths` hidden; the task dir and `alloc/` writable at their host
-    /// paths; private `/tmp`, `/dev` and `/dev/shm`.
+    /// A new root (`pivot_root`) holding only the allow-listed host paths, read-only
+    /// (`readable_paths`: [`DEFAULT_HOST_PATHS`], Elide's install dir…), with root-only
+    /// `/etc` entries and `hidden_paths` hidden; the task dir and `alloc/` writable at their
+    /// host paths; private `/tmp`, `/dev`, `/dev/shm` and `/proc`, `/sys` read-only.
     #[default]
     Readonly,
     /// The host's file system as it is (raw_exec-like); only a fresh `/proc` for a private
@@ -133,10 +149,13 @@ pub struct SandboxSpec {
     /// `alloc/` dir). With `fs_isolation = "none"` they are simply there.
     #[serde(default)]
     pub writable_paths: Vec<PathBuf>,
-    /// Host paths kept visible (read-only) even below a hidden path: Elide's install dir.
-    #[serde(default)]
+    /// The allow-list: host paths the task sees read-only at their own paths
+    /// ([`DEFAULT_HOST_PATHS`], Elide's install dir, the operator's `extra_host_paths`…).
+    /// Absent: [`DEFAULT_HOST_PATHS`].
+    #[serde(default = "default_host_paths")]
     pub readable_paths: Vec<PathBuf>,
-    /// Host paths the task must not see (each becomes an empty read-only dir).
+    /// Host paths the task must not see where the allow-list would show them (each becomes
+    /// an empty read-only dir, or `/dev/null` over a file).
     #[serde(default)]
     pub hidden_paths: Vec<PathBuf>,
     #[serde(default)]
@@ -162,6 +181,10 @@ pub struct SandboxSpec {
     pub hosts: Option<crate::hosts::HostsSpec>,
 }
 
+fn default_host_paths() -> Vec<PathBuf> {
+    DEFAULT_HOST_PATHS.iter().map(PathBuf::from).collect()
+}
+
 fn default_capabilities() -> Vec<String> {
     let all = crate::capabilities::nomad_defaults();
     crate::capabilities::calculate(&all, &[], &[]).unwrap_or_default()
@@ -175,7 +198,8 @@ impl Default for SandboxSpec {
             ipc_mode: NamespaceMode::Private,
             fs_isolation: FsIsolation::Readonly,
             writable_paths: Vec::new(),
-            readable_paths: Vec::new(),
+            // The default host view (what the plugin sends unless told otherwise).
+            readable_paths: default_host_paths(),
             hidden_paths: Vec::new(),
             volumes: Vec::new(),
             devices: Vec::new(),

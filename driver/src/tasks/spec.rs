@@ -140,13 +140,15 @@ pub fn build_spec(i: &SpecInput<'_>) -> Result<TaskSpec, BuildError> {
 }
 
 /// The sandbox (docs/driver.md, "Sandbox"): exec's capability rules, the PID/IPC modes, and
-/// the file system view: the task dir and the alloc's `alloc/` writable at their host paths;
-/// hidden: the allocations root (other allocations, this alloc's other tasks and the shims'
-/// state in `<alloc>/.elide`), Nomad's data dir when the alloc dir sits in its default place
-/// (`<data_dir>/alloc/<id>`: the client state DB), the plugin's runtime dir (shim sockets),
-/// the task's `private/` dir, and the operator's `hidden_paths`; kept readable even below
-/// a hidden path or in the private `/tmp`: Elide's home, resolv.conf's target and the
-/// allowed dir of an absolute script.
+/// the file system view: a new root holding only the allow-list, read-only (the system's
+/// programs, libraries and `/etc`: `DEFAULT_HOST_PATHS`; Elide's home, resolv.conf's target,
+/// the allowed dir of an absolute script and the operator's `extra_host_paths`), and the task
+/// dir and the alloc's `alloc/` writable at their host paths; hidden wherever that view would
+/// show them: the allocations root (other allocations, this alloc's other tasks and the
+/// shims' state in `<alloc>/.elide`), Nomad's data dir when the alloc dir sits in its default
+/// place (`<data_dir>/alloc/<id>`: the client state DB), the plugin's runtime dir (shim
+/// sockets), the task's `private/` dir, and the operator's `hidden_paths` (by default the
+/// credential stores of `/etc`).
 pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
     let (plugin, config, task) = (i.plugin, i.config, i.task);
     let (pid_mode, ipc_mode) = namespace_modes(plugin, config)?;
@@ -221,10 +223,16 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         ipc_mode,
         fs_isolation: plugin.fs_isolation,
         writable_paths: vec![task_dir, alloc_dir.join("alloc")],
-        readable_paths: [Some(i.elide_home), i.resolv_conf, i.script_dir]
-            .into_iter()
-            .flatten()
-            .map(Path::to_path_buf)
+        readable_paths: sandbox::DEFAULT_HOST_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .chain(
+                [Some(i.elide_home), i.resolv_conf, i.script_dir]
+                    .into_iter()
+                    .flatten()
+                    .map(Path::to_path_buf),
+            )
+            .chain(plugin.extra_host_paths.iter().cloned())
             .collect(),
         hidden_paths,
         volumes,
@@ -753,8 +761,21 @@ mod tests {
                 PathBuf::from("/var/lib/nomad/alloc/a1/alloc")
             ]
         );
+        // The allow-list: the system's programs, libraries and /etc, then Elide's home and
+        // resolv.conf's target.
+        let n = common::sandbox::DEFAULT_HOST_PATHS.len();
+        assert!(s.readable_paths[..n]
+            .iter()
+            .zip(common::sandbox::DEFAULT_HOST_PATHS)
+            .all(|(a, b)| a == Path::new(b)));
+        for p in ["/usr", "/etc", "/bin", "/lib"] {
+            assert!(s.readable_paths.contains(&PathBuf::from(p)), "{p}");
+        }
+        for p in ["/opt", "/var", "/home", "/root", "/run", "/srv", "/"] {
+            assert!(!s.readable_paths.contains(&PathBuf::from(p)), "{p}");
+        }
         assert_eq!(
-            s.readable_paths,
+            s.readable_paths[n..],
             [
                 PathBuf::from("/opt/elide/1.0"),
                 PathBuf::from("/run/systemd/resolve/stub-resolv.conf")
@@ -769,13 +790,12 @@ mod tests {
                 PathBuf::from("/var/lib/nomad/alloc/a1/web/private"),
             ]
         );
-        // Then the plugin's hidden_paths, by default the sockets of /run, /var/lib, homes…
+        // Then the plugin's hidden_paths, by default the credential stores of /etc.
         for p in [
-            "/run",
-            "/var/lib",
-            "/root",
-            "/home",
             "/etc/shadow",
+            "/etc/gshadow",
+            "/etc/ssl/private",
+            "/etc/sudoers.d",
             "/etc/nomad.d",
         ] {
             assert!(s.hidden_paths.contains(&PathBuf::from(p)), "{p}: {s:?}");
@@ -811,8 +831,9 @@ mod tests {
             host_dns: None,
         })
         .unwrap();
+        let n = common::sandbox::DEFAULT_HOST_PATHS.len();
         assert_eq!(
-            s.readable_paths,
+            s.readable_paths[n..],
             [PathBuf::from("/usr/bin"), PathBuf::from("/tmp/apps")]
         );
         assert!(!s.writable_paths.iter().any(|p| p.starts_with("/tmp")));
@@ -826,6 +847,7 @@ mod tests {
             default_pid_mode: NamespaceMode::Host,
             allow_host_ipc: true,
             hidden_paths: vec!["/etc/nomad.d".into()],
+            extra_host_paths: vec!["/srv/models".into()],
             denied_host_uids: "0".into(),
             ..Default::default()
         };
@@ -841,6 +863,8 @@ mod tests {
         assert_eq!(s.pid_mode, NamespaceMode::Private);
         assert_eq!(s.ipc_mode, NamespaceMode::Host);
         assert_eq!(s.hidden_paths.last().unwrap(), Path::new("/etc/nomad.d"));
+        // The operator's extra host paths join the allow-list, last.
+        assert_eq!(s.readable_paths.last().unwrap(), Path::new("/srv/models"));
         assert_eq!(s.denied_uids, "0");
 
         let config = TaskConfig {

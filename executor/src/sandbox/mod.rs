@@ -29,6 +29,7 @@
 
 pub mod creds;
 pub mod init;
+pub mod mountapi;
 pub mod mounts;
 pub mod report;
 
@@ -104,6 +105,7 @@ pub fn clone_flags(spec: &TaskSpec) -> libc::c_int {
 mod tests {
     use super::*;
     use common::sandbox::{NamespaceMode, SandboxSpec};
+    use std::path::Path;
 
     fn spec(sandbox: Option<SandboxSpec>) -> TaskSpec {
         let mut s: TaskSpec = serde_json::from_value(serde_json::json!({
@@ -128,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_sandbox_is_private_and_hides_the_shims_own_dirs() {
+    fn the_default_sandbox_is_private_and_its_new_root_leaves_the_shims_own_dirs_out() {
         let s = spec(Some(SandboxSpec {
             writable_paths: vec!["/data/alloc/a/t".into()],
             ..Default::default()
@@ -141,21 +143,24 @@ mod tests {
         assert!(p.pid_init && p.credentials.no_new_privs);
         assert_eq!(p.credentials.capabilities.as_ref().unwrap().len(), 13);
         let m = p.mounts.unwrap();
-        let hidden: Vec<_> = m
+        assert!(m.new_root);
+        // The new root shows only its binds: the shim's dirs are simply not in it.
+        let binds: Vec<_> = m
             .overlays
             .iter()
             .filter_map(|o| match o {
-                mounts::Overlay::Hide { path } => Some(path.clone()),
-                _ => None,
+                mounts::Overlay::Bind { path, .. } => Some(path.clone()),
+                mounts::Overlay::Hide { .. } => None,
             })
             .collect();
-        assert_eq!(
-            hidden,
-            [
-                PathBuf::from("/run/nde"),
-                PathBuf::from("/data/alloc/a/.elide/k")
-            ]
-        );
+        assert_eq!(binds.last(), Some(&PathBuf::from("/data/alloc/a/t")));
+        assert!(binds.contains(&PathBuf::from("/usr")) && binds.contains(&PathBuf::from("/etc")));
+        for shim_dir in ["/run/nde", "/data/alloc/a/.elide/k"] {
+            assert!(
+                !binds.iter().any(|b| Path::new(shim_dir).starts_with(b)),
+                "{shim_dir}"
+            );
+        }
         let host = spec(Some(SandboxSpec {
             pid_mode: NamespaceMode::Host,
             ipc_mode: NamespaceMode::Host,

@@ -1,41 +1,56 @@
 //! The task's file system view, set up by `sandbox-init` in the task's own mount namespace.
 //!
-//! [`plan`] (pure) turns the spec's sandbox into a [`MountPlan`]; [`apply`] carries it out.
-//! With `fs_isolation = "readonly"`:
+//! [`plan`] (pure) turns the spec's sandbox into a [`MountPlan`]; [`apply`] carries it out with
+//! the fd-based mount API ([`super::mountapi`]): every bind is a detached copy of a tree
+//! (`open_tree(OPEN_TREE_CLONE)`), its access mode is set on that copy (`mount_setattr` on the
+//! fd) and it is attached (`move_mount`) onto an fd of its mount point that was resolved
+//! without following any symlink (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, one
+//! component at a time where mount points are created). No step after an fd is obtained looks
+//! a path up again, so a task that swaps a directory of a volume for a symlink meanwhile
+//! cannot redirect a mount or an attribute change (issue #18, item 1).
+//!
+//! With `fs_isolation = "readonly"` the task gets a **new root**, built from an allow-list:
 //! 1. every mount becomes private (nothing propagates to or from the host);
-//! 2. the sources of all binds are opened (`O_PATH`) while the host view is still complete;
-//! 3. the whole tree is made read-only (`mount_setattr(AT_RECURSIVE)`, kernel >= 5.12; else a
-//!    remount of each mount from `/proc/self/mountinfo`, keeping its other flags);
-//! 4. `/tmp` becomes a private tmpfs, `/dev` a minimal one;
-//! 5. hidden paths become empty tmpfs dirs and the task's own dirs are bound back at their host
-//!    paths, outer paths first (a bind below a hidden path gets its mount point created in
-//!    that fresh tmpfs, never on the host); writable binds get `nosuid,nodev`; then the
-//!    task's own resolv.conf (Nomad's `dns {}`), written in a private tmpfs that is detached
-//!    again, is bound read-only over where `/etc/resolv.conf` leads in the task's view, and
-//!    in group network mode the task's `/etc/hosts` the same way (its address and hostname
-//!    found here, in the task's network namespace, unless Nomad sent them);
-//! 6. volumes are bound beneath the task dir; the mount point is created component by
-//!    component with `O_NOFOLLOW`, so a symlink planted in the task dir is never followed;
-//! 7. `/dev` gets null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
-//!    `/dev/mqueue` and the task's devices, then turns read-only;
-//! 8. a fresh `/proc` (the task's PID namespace) with `kcore` and friends masked and `sys`,
-//!    `sysrq-trigger`, `irq`, `bus`… read-only, as Nomad exec (runc's defaults) does; `/sys/firmware`
-//!    masked;
-//! 9. the hiding tmpfs mounts become read-only.
+//! 2. while the host view is complete: detached copies of the allow-listed host paths
+//!    (`/bin`, `/sbin`, `/lib*`, `/usr`, `/etc`… plus Elide's install dir, the resolv.conf
+//!    target, an allowed script dir and the operator's `extra_host_paths`: read-only, nosuid,
+//!    nodev), of the task dir and the alloc's `alloc/` (writable, nosuid, nodev), of the
+//!    volumes, devices and `/sys` (read-only); the entries of `/etc` no one but root may read
+//!    are listed (`shadow`, `ssl/private`, SSH host keys, `sudoers`…);
+//! 3. a fresh tmpfs becomes the new root (attached over `/tmp` while it is built); a
+//!    top-level allow-listed symlink (`/lib -> usr/lib`) is recreated as a symlink, every
+//!    other path is attached at its host path (tasks rely on absolute task-dir paths);
+//!    mount points are created only in our own tmpfs mounts (`EROFS` in a read-only bind);
+//! 4. private `/tmp` (tmpfs), `/dev` (tmpfs with null, zero, full, random, urandom, tty, a
+//!    private devpts, `/dev/shm`, `/dev/mqueue` and the task's devices, then read-only);
+//! 5. hidden paths that the view still shows (the task's `private/`, `/etc/shadow`,
+//!    `/etc/nomad.d`…, the listed root-only `/etc` entries, the operator's `hidden_paths`)
+//!    become empty read-only dirs or `/dev/null`;
+//! 6. volumes beneath the task dir, mount points created component by component;
+//! 7. a fresh `/proc` (the task's PID namespace) with runc's masked and read-only paths,
+//!    `/sys` with `firmware` masked;
+//! 8. the task's resolv.conf (Nomad's `dns {}`) and, in group network mode, its `/etc/hosts`,
+//!    written into the new root's tmpfs, bound read-only over where the task's
+//!    `/etc/resolv.conf`/`/etc/hosts` lead, and unlinked again;
+//! 9. the new root and the hiding dirs turn read-only, then `pivot_root` into the new root
+//!    and a lazy unmount of the old one: nothing of the host that is not in the allow-list is
+//!    reachable, and `/proc/self/mountinfo` lists only the task's own mounts (no other
+//!    allocation's paths, issue #18 item 12).
 //!
 //! With `"none"` only volumes, a fresh `/proc` for a private PID namespace and a private
-//! `/dev/shm` for a private IPC namespace are set up.
+//! `/dev/shm` for a private IPC namespace are set up (the host's root, no pivot).
 
+use super::mountapi::{self as m, MOUNT_ATTR_INERT, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC};
+use super::mountapi::{MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use super::report::{Failure, Step};
 use common::hosts::HostsSpec;
 use common::sandbox::{relative_task_path, FsIsolation, SandboxSpec};
-use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
+use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Devices every task gets in its private `/dev` (bound from the host's).
@@ -54,9 +69,15 @@ const PROC_MASKED: &[&str] = &[
 /// `/proc` entries bound read-only (runc's default read-only paths).
 const PROC_READONLY: &[&str] = &["asound", "bus", "fs", "irq", "sys", "sysrq-trigger"];
 /// `/sys` entries replaced by an empty dir.
-const SYS_MASKED: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
+const SYS_MASKED: &[&str] = &["firmware", "devices/virtual/powercap"];
+/// The attributes of a device node's bind (a device, so not nodev).
+const DEVICE: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
 /// Size of the task's `/dev/shm` (Nomad exec's 64 MiB).
 const SHM_SIZE: &str = "65536k";
+/// Allow-listed host dirs whose entries no one but root may read (mode without `o+r`) are
+/// hidden: the credential stores of `/etc` (`shadow`, `gshadow`, `ssl/private`, SSH host
+/// keys, `sudoers`, `security/opasswd`…) whatever their names on this host.
+pub const SCRUBBED: &[&str] = &["/etc"];
 
 /// One step of the overlay phase, at a host path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,11 +85,14 @@ const SHM_SIZE: &str = "65536k";
 pub enum Overlay {
     /// An empty read-only dir (or `/dev/null` over a file) in its place.
     Hide { path: PathBuf },
-    /// The host path bound back at the same path.
+    /// The host path bound at the same path.
     Bind {
         path: PathBuf,
         writable: bool,
-        /// Missing on the host: a failure (the task dir) or skipped (Elide's home).
+        /// Missing on the host: a failure (the task dir) or skipped (Elide's home, `/lib32`).
+        /// Required paths are resolved without following any symlink; the others are host
+        /// paths only the host's root controls (the allow-list), whose symlinks are followed
+        /// (a top-level one, `/lib -> usr/lib`, is recreated as a symlink).
         required: bool,
     },
 }
@@ -99,13 +123,17 @@ pub struct Device {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountPlan {
-    pub readonly_root: bool,
+    /// Build a new root from the allow-listed binds and pivot into it.
+    pub new_root: bool,
     pub private_tmp: bool,
     pub private_dev: bool,
     pub fresh_proc: bool,
     pub private_shm: bool,
     pub mqueue: bool,
     pub overlays: Vec<Overlay>,
+    /// Bound dirs ([`SCRUBBED`]) whose root-only entries are hidden.
+    #[serde(default)]
+    pub scrubbed: Vec<PathBuf>,
     pub task_dir: PathBuf,
     pub volumes: Vec<Volume>,
     pub devices: Vec<Device>,
@@ -129,7 +157,7 @@ fn above(a: &Path, b: &Path) -> bool {
 }
 
 /// The mount plan of a sandbox. `shim_dirs`: the shim's own dirs (socket dir, state dir),
-/// hidden on top of the spec's list.
+/// hidden on top of the spec's list (wherever the view would show them).
 pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPlan {
     let readonly = s.fs_isolation == FsIsolation::Readonly;
     let overlays = if readonly {
@@ -137,6 +165,15 @@ pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPla
     } else {
         Vec::new()
     };
+    let scrubbed = overlays
+        .iter()
+        .filter_map(|o| match o {
+            Overlay::Bind { path, .. } if SCRUBBED.iter().any(|s| Path::new(s) == path) => {
+                Some(path.clone())
+            }
+            _ => None,
+        })
+        .collect();
     let volumes = s
         .volumes
         .iter()
@@ -164,13 +201,14 @@ pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPla
         Vec::new()
     };
     MountPlan {
-        readonly_root: readonly,
+        new_root: readonly,
         private_tmp: readonly,
         private_dev: readonly,
         fresh_proc: readonly || s.pid_mode.is_private(),
         private_shm: readonly || s.ipc_mode.is_private(),
         mqueue: readonly && s.ipc_mode.is_private(),
         overlays,
+        scrubbed,
         task_dir: task_dir.to_path_buf(),
         volumes,
         devices,
@@ -179,8 +217,10 @@ pub fn plan(s: &SandboxSpec, task_dir: &Path, shim_dirs: &[PathBuf]) -> MountPla
     }
 }
 
-/// Hides and same-path binds, outer paths first; a hide below another hide is dropped unless
-/// a bind between them brings its part of the tree back (`/tmp` and `/dev` count as hides).
+/// Binds (the allow-list, the task's own dirs) and hides, outer paths first. The new root
+/// shows nothing but the binds (and the private `/tmp`, `/dev`, `/proc`, `/sys`), so a hide
+/// is kept only where a bind would show it, and not below another hide unless a bind between
+/// them brings its part of the tree back.
 fn overlays(s: &SandboxSpec, shim_dirs: &[PathBuf]) -> Vec<Overlay> {
     let mut binds: Vec<(PathBuf, bool, bool)> = Vec::new();
     for (p, writable, required) in s
@@ -189,6 +229,9 @@ fn overlays(s: &SandboxSpec, shim_dirs: &[PathBuf]) -> Vec<Overlay> {
         .map(|p| (p, true, true))
         .chain(s.readable_paths.iter().map(|p| (p, false, false)))
     {
+        if p.parent().is_none() {
+            continue; // never the whole host root
+        }
         match binds.iter_mut().find(|b| b.0 == *p) {
             Some(b) => {
                 b.1 |= writable;
@@ -197,7 +240,10 @@ fn overlays(s: &SandboxSpec, shim_dirs: &[PathBuf]) -> Vec<Overlay> {
             None => binds.push((p.clone(), writable, required)),
         }
     }
-    let mut covers: Vec<PathBuf> = vec!["/tmp".into(), "/dev".into()];
+    // A read-only path inside another bind is already there (and could not get a mount
+    // point in a read-only bind): only writable ones are bound again.
+    let snapshot = binds.clone();
+    binds.retain(|b| b.1 || !snapshot.iter().any(|o| above(&o.0, &b.0)));
     let mut hides: Vec<PathBuf> = Vec::new();
     let mut wanted: Vec<&PathBuf> = s.hidden_paths.iter().chain(shim_dirs).collect();
     wanted.sort_by_key(|p| depth(p));
@@ -205,14 +251,14 @@ fn overlays(s: &SandboxSpec, shim_dirs: &[PathBuf]) -> Vec<Overlay> {
         if hides.contains(h) || binds.iter().any(|b| b.0 == *h) {
             continue;
         }
-        let covered = covers.iter().chain(hides.iter()).any(|a| {
-            (above(a, h) || a == h) && !binds.iter().any(|b| above(a, &b.0) && h.starts_with(&b.0))
-        });
-        if !covered {
+        let shown = binds.iter().any(|b| above(&b.0, h));
+        let covered = hides
+            .iter()
+            .any(|a| above(a, h) && !binds.iter().any(|b| above(a, &b.0) && h.starts_with(&b.0)));
+        if shown && !covered {
             hides.push(h.clone());
         }
     }
-    covers.clear();
     let mut out: Vec<Overlay> = hides
         .into_iter()
         .map(|path| Overlay::Hide { path })
@@ -237,460 +283,232 @@ fn fail(detail: impl Into<String>, e: io::Error) -> Failure {
     Failure::new(Step::Mounts, detail, &e)
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+fn display(p: &Path) -> String {
+    p.display().to_string()
 }
 
-fn mount(
-    src: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> io::Result<()> {
-    nix::mount::mount(src, target, fstype, flags, data).map_err(io::Error::from)
+/// `p` without its leading `/` (what `openat2` beneath the new root takes).
+fn rel(p: &Path) -> &Path {
+    p.strip_prefix("/").unwrap_or(p)
 }
 
-/// An `O_PATH` handle on a mount source or target; mounted through `/proc/self/fd/N`.
-struct Handle(OwnedFd);
-
-impl Handle {
-    fn open(p: &Path, flags: libc::c_int) -> io::Result<Handle> {
-        let c = cstr(p)?;
-        // SAFETY: open of a NUL-terminated path; the fd is owned from here on.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd.
-        Ok(Handle(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn at(dir: RawFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<Handle> {
-        let c = CString::new(name.as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: openat relative to a live dir fd.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW | flags,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd.
-        Ok(Handle(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
-    }
-
-    fn is_dir(&self) -> bool {
-        file_type(self).is_ok_and(|t| t == libc::S_IFDIR)
-    }
-}
-
-/// `mount_setattr(2)`'s argument.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-/// Sets/clears read-only (and sets nosuid/nodev) on the mount at `path` and every mount
-/// below it.
-fn set_tree(path: &Path, readonly: bool, nosuid_nodev: bool) -> io::Result<()> {
-    let mut attr = MountAttr {
-        attr_set: 0,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    if readonly {
-        attr.attr_set |= MOUNT_ATTR_RDONLY;
-    } else {
-        attr.attr_clr |= MOUNT_ATTR_RDONLY;
-    }
-    if nosuid_nodev {
-        attr.attr_set |= MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    }
-    let c = cstr(path)?;
-    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes of a live struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
-    }
-    remount_each(path, readonly, nosuid_nodev)
-}
-
-/// The pre-5.12 way: remount every mount at or below `path`, keeping its other flags.
-fn remount_each(path: &Path, readonly: bool, nosuid_nodev: bool) -> io::Result<()> {
-    // thread-self: a mount namespace belongs to a thread (it is what a test unshares).
-    let info = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
-    for (mount_point, options) in parse_mountinfo(&info) {
-        if !mount_point.starts_with(path) {
-            continue;
-        }
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept_flags(&options);
-        if readonly {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        if nosuid_nodev {
-            flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        }
-        mount(None, &mount_point, None, flags, None)?;
-    }
-    Ok(())
-}
-
-/// (mount point, per-mount options) of each line of `/proc/self/mountinfo`.
-pub fn parse_mountinfo(info: &str) -> Vec<(PathBuf, String)> {
-    info.lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let mount_point = f.nth(4)?;
-            let options = f.next()?;
-            Some((PathBuf::from(unescape(mount_point)), options.to_owned()))
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The flags a bind remount must repeat so it does not clear them (read-only is decided by
-/// the caller).
-fn kept_flags(options: &str) -> MsFlags {
-    options.split(',').fold(MsFlags::empty(), |f, o| {
-        f | match o {
-            "nosuid" => MsFlags::MS_NOSUID,
-            "nodev" => MsFlags::MS_NODEV,
-            "noexec" => MsFlags::MS_NOEXEC,
-            "noatime" => MsFlags::MS_NOATIME,
-            "nodiratime" => MsFlags::MS_NODIRATIME,
-            "relatime" => MsFlags::MS_RELATIME,
-            _ => MsFlags::empty(),
-        }
-    })
-}
-
-fn tmpfs(path: &Path, flags: MsFlags, data: &str) -> io::Result<()> {
-    mount(
-        Some(Path::new("tmpfs")),
-        path,
-        Some("tmpfs"),
-        flags,
-        Some(data),
+/// `mount --make-rprivate /`: no mount event goes to or comes from the host any more.
+fn make_rprivate() -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
     )
+    .map_err(io::Error::from)
 }
 
-/// Makes a tmpfs (or any mount) we created read-only, keeping nosuid/nodev/noexec.
-fn seal(path: &Path, extra: MsFlags) -> io::Result<()> {
-    mount(
-        None,
-        path,
-        None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra,
-        None,
-    )
+/// A detached copy of the host tree at `path` with `attrs` set on every mount of it.
+/// `strict` (the task's own dirs): the last component is never a symlink (`ELOOP`); the
+/// dirs above it are Nomad's (its data dir, the root-owned alloc dir: no task writes there),
+/// whose symlinks an operator may use. Else the host's own symlinks are followed.
+fn host_tree(path: &Path, strict: bool, recursive: bool, attrs: u64) -> io::Result<OwnedFd> {
+    let at = m::open_path(path, if strict { libc::O_NOFOLLOW } else { 0 })?;
+    let tree = m::clone_tree(at.as_raw_fd(), Path::new(""), recursive)?;
+    m::set_attr(&tree, recursive, attrs, 0)?;
+    Ok(tree)
 }
 
-const HIDE_FLAGS: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC);
-
-/// Creates `path` (a dir, or an empty file when `file`) inside the deepest of our tmpfs
-/// mounts above it, unless it is there; the components are fresh dirs we make, so nothing is
-/// followed.
-fn make_mount_point_in(roots: &[PathBuf], path: &Path, file: bool) -> io::Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir() != file) {
-        return Ok(());
-    }
-    let root = roots
-        .iter()
-        .filter(|r| above(r, path))
-        .max_by_key(|r| depth(r))
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-    let rel = path
-        .strip_prefix(root)
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    walk_beneath(root, rel, file).map(|_| ())
-}
-
-/// Resolves `rel` beneath `base` one component at a time without following any symlink,
-/// creating missing dirs (0755), and the last component as an empty file when `file`.
-/// Returns an `O_PATH` handle on it.
-fn walk_beneath(base: &Path, rel: &Path, file: bool) -> io::Result<Handle> {
-    let mut dir = Handle::open(base, libc::O_DIRECTORY)?;
-    let parts: Vec<&std::ffi::OsStr> = rel
+/// An `O_PATH` fd on `rel` beneath `base`, creating what is missing (dirs 0755, the last
+/// component as an empty file when `file`), one component at a time, never following a
+/// symlink (`ELOOP`/`ENOTDIR`): a task swapping a component meanwhile only makes this fail.
+/// Where `base` is a read-only bind nothing can be created (`EROFS`): mount points are only
+/// ever made in our own tmpfs mounts or in the task's writable dirs.
+fn make_beneath(base: &OwnedFd, rel: &Path, file: bool) -> io::Result<OwnedFd> {
+    let parts: Vec<&OsStr> = rel
         .components()
         .map(|c| match c {
             Component::Normal(n) => Ok(n),
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         })
         .collect::<io::Result<_>>()?;
+    let mut dir = m::open_beneath(base, Path::new("."), libc::O_DIRECTORY)?;
     for (i, name) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        let c = CString::new(name.as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if last && file {
-            // SAFETY: openat relative to a live dir fd; the created fd is closed at once.
-            let fd = unsafe {
-                libc::openat(
-                    dir.0.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_WRONLY
-                        | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: closing the fd just opened.
-                unsafe { libc::close(fd) };
+        if i + 1 == parts.len() && file {
+            m::mkfile_at(&dir, name, 0o644)?;
+            let h = m::open_beneath(&dir, Path::new(name), 0)?;
+            if m::file_type(&h)? == libc::S_IFDIR {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
             }
-            let h = Handle::at(dir.0.as_raw_fd(), name, 0)?;
-            // O_PATH|O_NOFOLLOW on a symlink opens the link itself: refuse it.
-            return match file_type(&h)? {
-                libc::S_IFLNK => Err(io::Error::from_raw_os_error(libc::ELOOP)),
-                libc::S_IFDIR => Err(io::Error::from_raw_os_error(libc::EISDIR)),
-                _ => Ok(h),
-            };
+            return Ok(h);
         }
-        // SAFETY: mkdirat relative to a live dir fd.
-        let r = unsafe { libc::mkdirat(dir.0.as_raw_fd(), c.as_ptr(), 0o755) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(e);
-            }
-        }
-        // A symlink or a file here: O_PATH|O_NOFOLLOW|O_DIRECTORY fails with ENOTDIR.
-        dir = Handle::at(dir.0.as_raw_fd(), name, libc::O_DIRECTORY)?;
+        m::mkdir_at(&dir, name, 0o755)?;
+        dir = m::open_beneath(&dir, Path::new(name), libc::O_DIRECTORY)?;
     }
     Ok(dir)
 }
 
-/// The `S_IFMT` bits of what a handle refers to (a symlink itself for `O_NOFOLLOW` ones).
-fn file_type(h: &Handle) -> io::Result<libc::mode_t> {
-    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatat with AT_EMPTY_PATH on a live fd, into a live struct.
-    let r = unsafe {
-        libc::fstatat(
-            h.0.as_raw_fd(),
-            c"".as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+/// An existing entry `rel` beneath `base` (no symlink followed); None when it is missing or
+/// a symlink (nothing to hide there: a symlink leads into the view's own files).
+fn existing_beneath(base: &OwnedFd, rel: &Path) -> io::Result<Option<OwnedFd>> {
+    match m::open_beneath(base, rel, 0) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(st.st_mode & libc::S_IFMT)
 }
 
-fn bind(src: &Handle, target: &Path) -> io::Result<()> {
-    mount(
-        Some(&src.proc_path()),
-        target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
+/// What the sandbox hides things with.
+struct Masks {
+    /// `O_PATH` on the host's `/dev/null` (cloned for each file to hide).
+    null: OwnedFd,
+    /// Hiding tmpfs mounts, writable until the end (a bind may need a mount point in one).
+    dirs: Vec<OwnedFd>,
 }
 
-fn display(p: &Path) -> String {
-    p.display().to_string()
+impl Masks {
+    /// An empty dir (made read-only at the end) or `/dev/null` over what `at` is.
+    fn hide(&mut self, at: &OwnedFd) -> io::Result<()> {
+        if m::file_type(at)? == libc::S_IFDIR {
+            let fs = m::new_fs(
+                "tmpfs",
+                &[("mode", Some("755")), ("size", Some("16k"))],
+                MOUNT_ATTR_INERT,
+            )?;
+            m::attach(&fs, at)?;
+            self.dirs.push(fs);
+        } else {
+            let null = m::clone_tree(self.null.as_raw_fd(), Path::new(""), false)?;
+            // Not nodev: it reads as empty, like runc's masked paths.
+            m::set_attr(&null, false, MOUNT_ATTR_RDONLY | DEVICE, 0)?;
+            m::attach(&null, at)?;
+        }
+        Ok(())
+    }
+
+    /// The hiding dirs, read-only.
+    fn seal(&self) -> Result<(), Failure> {
+        for fs in &self.dirs {
+            m::set_attr(fs, false, MOUNT_ATTR_RDONLY, 0)
+                .map_err(|e| fail("making a hiding dir read-only", e))?;
+        }
+        Ok(())
+    }
 }
 
-/// `mount --make-rprivate /`: no mount event goes to or comes from the host any more.
-fn make_rprivate() -> io::Result<()> {
-    mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )
+/// The entries below `dir` (a host dir only the host's root controls) that only root may
+/// read (no `o+r`), relative to it; such a dir is listed whole, not walked into. Symlinks
+/// are not followed, other file systems not entered.
+fn root_only_entries(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, at: &Path, dev: u64, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(at) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.mode() & 0o004 == 0 {
+                if let Ok(r) = p.strip_prefix(base) {
+                    out.push(r.to_path_buf());
+                }
+            } else if meta.is_dir() && meta.dev() == dev {
+                walk(base, &p, dev, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(meta) = std::fs::metadata(dir) {
+        walk(dir, dir, meta.dev(), &mut out);
+    }
+    out
+}
+
+/// A detached tree or a symlink to recreate, for a bind of the plan.
+enum Source {
+    Tree(OwnedFd),
+    Symlink(PathBuf),
 }
 
 /// Carries out the plan (as root, in a new mount namespace).
 pub fn apply(p: &MountPlan) -> Result<(), Failure> {
     // 1. Nothing we do may reach the host.
     make_rprivate().map_err(|e| fail("making every mount private (mount --make-rprivate /)", e))?;
-
-    // 2. Sources, while the host view is complete.
-    let mut overlay_src: Vec<Option<Handle>> = Vec::new();
-    for o in &p.overlays {
-        overlay_src.push(match o {
-            Overlay::Hide { .. } => None,
-            Overlay::Bind { path, required, .. } => match Handle::open(path, 0) {
-                Ok(h) => Some(h),
-                Err(_) if !required => None,
-                Err(e) => return Err(fail(format!("opening {} to bind it", display(path)), e)),
-            },
-        });
+    if p.new_root {
+        new_root(p)
+    } else {
+        host_root(p)
     }
-    let volume_src = p
-        .volumes
+}
+
+/// `fs_isolation = "none"`: the host's view, with volumes, `/proc` and `/dev/shm` of the
+/// task's own.
+fn host_root(p: &MountPlan) -> Result<(), Failure> {
+    let volumes = volume_trees(p)?;
+    let task = m::open_path(&p.task_dir, libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(|e| {
+        fail(
+            format!("opening the task dir {}", display(&p.task_dir)),
+            m::needs_kernel(e),
+        )
+    })?;
+    attach_volumes(p, &task, volumes)?;
+    if p.private_shm {
+        if let Ok(shm) = m::open_path(Path::new("/dev/shm"), libc::O_DIRECTORY | libc::O_NOFOLLOW) {
+            let fs = shm_fs().map_err(|e| fail("mounting a private /dev/shm", e))?;
+            m::attach(&fs, &shm).map_err(|e| fail("mounting a private /dev/shm", e))?;
+        }
+    }
+    if p.fresh_proc {
+        let at = m::open_path(Path::new("/proc"), libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .map_err(|e| fail("opening /proc", e))?;
+        let mut masks = Masks {
+            null: m::open_path(Path::new("/dev/null"), 0)
+                .map_err(|e| fail("opening /dev/null", e))?,
+            dirs: Vec::new(),
+        };
+        fresh_proc(&at, &mut masks)?;
+        masks.seal()?;
+    }
+    Ok(())
+}
+
+fn shm_fs() -> io::Result<OwnedFd> {
+    m::new_fs(
+        "tmpfs",
+        &[("mode", Some("1777")), ("size", Some(SHM_SIZE))],
+        MOUNT_ATTR_INERT,
+    )
+}
+
+/// Detached copies of the volumes, their access mode already set (before anything of them
+/// is attached where a task could reach it).
+fn volume_trees(p: &MountPlan) -> Result<Vec<OwnedFd>, Failure> {
+    p.volumes
         .iter()
         .map(|v| {
-            Handle::open(&v.source, 0).map_err(|e| {
+            let attrs = MOUNT_ATTR_NOSUID
+                | MOUNT_ATTR_NODEV
+                | if v.read_only { MOUNT_ATTR_RDONLY } else { 0 };
+            host_tree(&v.source, false, true, attrs).map_err(|e| {
                 fail(
                     format!(
                         "opening the host volume {} (for {})",
                         display(&v.source),
                         display(&v.dest)
                     ),
-                    e,
+                    m::needs_kernel(e),
                 )
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let device_src = p
-        .devices
-        .iter()
-        .map(|d| {
-            Handle::open(&d.source, 0)
-                .map_err(|e| fail(format!("opening the device {}", display(&d.source)), e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let null = Handle::open(Path::new("/dev/null"), 0).map_err(|e| fail("opening /dev/null", e))?;
-    let standard_src: Vec<(&str, Option<Handle>)> = if p.private_dev {
-        STANDARD_DEVICES
-            .iter()
-            .map(|d| (*d, Handle::open(&Path::new("/dev").join(d), 0).ok()))
-            .collect()
-    } else {
-        Vec::new()
-    };
+        .collect()
+}
 
-    // 3. The host root, read-only.
-    if p.readonly_root {
-        set_tree(Path::new("/"), true, false)
-            .map_err(|e| fail("making the host file system read-only", e))?;
-    }
-    // 4. Private /tmp and /dev.
-    let mut tmpfs_roots: Vec<PathBuf> = Vec::new();
-    for (wanted, path, flags, data) in [
-        // Executable: Elide extracts its native libraries to /tmp.
-        (
-            p.private_tmp,
-            "/tmp",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=1777",
-        ),
-        (
-            p.private_dev,
-            "/dev",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            "mode=755,size=64k",
-        ),
-    ] {
-        if wanted {
-            tmpfs(Path::new(path), flags, data)
-                .map_err(|e| fail(format!("mounting a private {path}"), e))?;
-            tmpfs_roots.push(path.into());
-        }
-    }
-
-    // 5. Hides and same-path binds.
-    let mut sealed: Vec<PathBuf> = Vec::new();
-    for (o, src) in p.overlays.iter().zip(overlay_src) {
-        match o {
-            Overlay::Hide { path } => {
-                let Ok(meta) = std::fs::metadata(path) else {
-                    continue; // not there (or already hidden): nothing to hide
-                };
-                if meta.is_dir() {
-                    tmpfs(path, HIDE_FLAGS, "mode=755,size=1m")
-                        .map_err(|e| fail(format!("hiding {}", display(path)), e))?;
-                    tmpfs_roots.push(path.clone());
-                    sealed.push(path.clone());
-                } else {
-                    bind(&null, path).map_err(|e| fail(format!("hiding {}", display(path)), e))?;
-                }
-            }
-            Overlay::Bind { path, writable, .. } => {
-                let Some(src) = src else { continue };
-                make_mount_point_in(&tmpfs_roots, path, !src.is_dir())
-                    .map_err(|e| fail(format!("creating the mount point {}", display(path)), e))?;
-                bind(&src, path).map_err(|e| fail(format!("binding {}", display(path)), e))?;
-                set_tree(path, !writable, *writable).map_err(|e| {
-                    fail(format!("setting the access mode of {}", display(path)), e)
-                })?;
-            }
-        }
-    }
-
-    // 5, last. The task's resolv.conf, once the binds that bring a symlinked one back are there.
-    if let Some(content) = &p.resolv_conf {
-        mount_file_over(
-            content,
-            Path::new(common::dns::RESOLV_CONF),
-            Path::new("/tmp"),
-            &tmpfs_roots,
-            "the task's DNS config",
-        )?;
-    }
-    if let Some(hosts) = &p.hosts {
-        // None: loopback only (`network { mode = "none" }`), nothing to map.
-        if let Some(content) = etc_hosts(hosts)? {
-            mount_file_over(
-                &content,
-                Path::new(common::hosts::ETC_HOSTS),
-                Path::new("/tmp"),
-                &tmpfs_roots,
-                "the task's hosts file",
-            )?;
-        }
-    }
-
-    // 6. Volumes beneath the task dir.
-    for (v, src) in p.volumes.iter().zip(&volume_src) {
-        let target = walk_beneath(&p.task_dir, &v.dest, !src.is_dir()).map_err(|e| {
+/// Attaches each volume tree beneath the task dir; its mount point is resolved (and made)
+/// from the task dir's fd without following any symlink.
+fn attach_volumes(p: &MountPlan, task: &OwnedFd, trees: Vec<OwnedFd>) -> Result<(), Failure> {
+    for (v, tree) in p.volumes.iter().zip(trees) {
+        let file = m::file_type(&tree).is_ok_and(|t| t != libc::S_IFDIR);
+        let target = make_beneath(task, &v.dest, file).map_err(|e| {
             fail(
                 format!(
                     "creating the mount point {} for the host volume {} (no symlinks are followed inside the task dir)",
@@ -700,7 +518,7 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
                 e,
             )
         })?;
-        bind(src, &target.proc_path()).map_err(|e| {
+        m::attach(&tree, &target).map_err(|e| {
             fail(
                 format!(
                     "binding the host volume {} at {}",
@@ -710,24 +528,213 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
                 e,
             )
         })?;
-        let at = p.task_dir.join(&v.dest);
-        set_tree(&at, v.read_only, true).map_err(|e| {
+    }
+    Ok(())
+}
+
+/// A fresh `/proc` for the task's PID namespace attached on `at`, runc's masked paths hidden
+/// and its read-only paths read-only.
+fn fresh_proc(at: &OwnedFd, masks: &mut Masks) -> Result<(), Failure> {
+    let proc_ = m::new_fs("proc", &[], MOUNT_ATTR_INERT)
+        .and_then(|fs| m::attach(&fs, at).map(|_| fs))
+        .map_err(|e| fail("mounting /proc for the task's PID namespace", e))?;
+    for name in PROC_MASKED {
+        if let Some(at) = existing_beneath(&proc_, Path::new(name))
+            .map_err(|e| fail(format!("opening /proc/{name}"), e))?
+        {
+            masks
+                .hide(&at)
+                .map_err(|e| fail(format!("masking /proc/{name}"), e))?;
+        }
+    }
+    for name in PROC_READONLY {
+        let Some(at) = existing_beneath(&proc_, Path::new(name))
+            .map_err(|e| fail(format!("opening /proc/{name}"), e))?
+        else {
+            continue;
+        };
+        let r = m::clone_tree(at.as_raw_fd(), Path::new(""), true)
+            .and_then(|t| m::set_attr(&t, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_INERT, 0).map(|_| t))
+            .and_then(|t| m::attach(&t, &at));
+        r.map_err(|e| fail(format!("making /proc/{name} read-only"), e))?;
+    }
+    Ok(())
+}
+
+/// `fs_isolation = "readonly"`: the new root (module docs).
+fn new_root(p: &MountPlan) -> Result<(), Failure> {
+    // 2. Sources, while the host view is complete.
+    let rw = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    let ro = rw | MOUNT_ATTR_RDONLY;
+    let mut sources: Vec<Option<Source>> = Vec::new();
+    for o in &p.overlays {
+        sources.push(match o {
+            Overlay::Hide { .. } => None,
+            Overlay::Bind {
+                path,
+                writable,
+                required,
+            } => {
+                let attrs = if *writable { rw } else { ro };
+                let link = std::fs::symlink_metadata(path)
+                    .ok()
+                    .filter(|m| m.file_type().is_symlink() && depth(path) == 2);
+                if let (Some(_), false) = (link, *required) {
+                    match std::fs::read_link(path) {
+                        Ok(to) => Some(Source::Symlink(to)),
+                        Err(_) => None,
+                    }
+                } else {
+                    match host_tree(path, *required, true, attrs) {
+                        Ok(t) => Some(Source::Tree(t)),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) || *required => {
+                            return Err(fail(
+                                format!("opening {} to bind it", display(path)),
+                                m::needs_kernel(e),
+                            ))
+                        }
+                        Err(_) => None,
+                    }
+                }
+            }
+        });
+    }
+    let scrub: Vec<PathBuf> = p
+        .scrubbed
+        .iter()
+        .flat_map(|d| root_only_entries(d).into_iter().map(move |e| d.join(e)))
+        .collect();
+    let volumes = volume_trees(p)?;
+    let devices = p
+        .devices
+        .iter()
+        .map(|d| {
+            let attrs = DEVICE | if d.writable { 0 } else { MOUNT_ATTR_RDONLY };
+            host_tree(&d.source, false, false, attrs)
+                .map_err(|e| fail(format!("opening the device {}", display(&d.source)), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let standard: Vec<(&str, OwnedFd)> = STANDARD_DEVICES
+        .iter()
+        .filter_map(|d| {
+            let tree = host_tree(&Path::new("/dev").join(d), false, false, DEVICE).ok()?;
+            Some((*d, tree))
+        })
+        .collect();
+    let sys = host_tree(Path::new("/sys"), false, true, ro | MOUNT_ATTR_NOEXEC)
+        .map_err(|e| fail("opening /sys", e))?;
+    let mut masks = Masks {
+        null: m::open_path(Path::new("/dev/null"), 0).map_err(|e| fail("opening /dev/null", e))?,
+        dirs: Vec::new(),
+    };
+
+    // 3. The new root: a tmpfs, attached over /tmp (of this namespace only) while it is built.
+    let root = m::new_fs(
+        "tmpfs",
+        &[("mode", Some("755")), ("size", Some("1m"))],
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| fail("creating the task's new root (a tmpfs)", m::needs_kernel(e)))?;
+    m::open_path(Path::new("/tmp"), libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .and_then(|at| m::attach(&root, &at))
+        .map_err(|e| {
             fail(
-                format!("setting the access mode of the volume at {}", display(&at)),
+                "attaching the task's new root over /tmp while it is built",
                 e,
             )
         })?;
+    let dir_in_root = |name: &str| {
+        make_beneath(&root, Path::new(name), false)
+            .map_err(|e| fail(format!("creating /{name} in the task's root"), e))
+    };
+
+    // 4. Private /tmp and /dev (before the binds: one may go below /tmp).
+    if p.private_tmp {
+        // Executable: Elide extracts its native libraries to /tmp.
+        let at = dir_in_root("tmp")?;
+        m::new_fs("tmpfs", &[("mode", Some("1777"))], rw)
+            .and_then(|fs| m::attach(&fs, &at))
+            .map_err(|e| fail("mounting a private /tmp", e))?;
+    }
+    let dev = if p.private_dev {
+        let at = dir_in_root("dev")?;
+        let fs = m::new_fs(
+            "tmpfs",
+            &[("mode", Some("755")), ("size", Some("64k"))],
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        )
+        .and_then(|fs| m::attach(&fs, &at).map(|_| fs))
+        .map_err(|e| fail("mounting a private /dev", e))?;
+        Some(fs)
+    } else {
+        None
+    };
+
+    // 3 (cont.) and 5. Binds and hides, outer first.
+    for (o, src) in p.overlays.iter().zip(sources) {
+        match o {
+            Overlay::Hide { path } => {
+                let at = existing_beneath(&root, rel(path))
+                    .map_err(|e| fail(format!("opening {} to hide it", display(path)), e))?;
+                if let Some(at) = at {
+                    masks
+                        .hide(&at)
+                        .map_err(|e| fail(format!("hiding {}", display(path)), e))?;
+                }
+            }
+            Overlay::Bind { path, .. } => match src {
+                None => {}
+                Some(Source::Symlink(to)) => {
+                    let r = rel(path);
+                    let name = r.file_name().unwrap_or(r.as_os_str());
+                    m::symlink_at(&to, &root, name)
+                        .map_err(|e| fail(format!("creating the symlink {}", display(path)), e))?;
+                }
+                Some(Source::Tree(tree)) => {
+                    let file = m::file_type(&tree).is_ok_and(|t| t != libc::S_IFDIR);
+                    let at = make_beneath(&root, rel(path), file).map_err(|e| {
+                        fail(format!("creating the mount point {}", display(path)), e)
+                    })?;
+                    m::attach(&tree, &at)
+                        .map_err(|e| fail(format!("binding {}", display(path)), e))?;
+                }
+            },
+        }
+    }
+    for path in &scrub {
+        if let Some(at) = existing_beneath(&root, rel(path))
+            .map_err(|e| fail(format!("opening {} to hide it", display(path)), e))?
+        {
+            masks.hide(&at).map_err(|e| {
+                fail(
+                    format!("hiding {} (only root may read it)", display(path)),
+                    e,
+                )
+            })?;
+        }
     }
 
-    // 7. /dev.
-    let dev = Path::new("/dev");
-    if p.private_dev {
-        for (name, src) in &standard_src {
-            let Some(src) = src else { continue };
-            device_bind(dev, Path::new(name), src, true)?;
+    // 6. Volumes beneath the task dir.
+    if !p.volumes.is_empty() {
+        let task = m::open_beneath(&root, rel(&p.task_dir), libc::O_DIRECTORY).map_err(|e| {
+            fail(
+                format!(
+                    "opening the task dir {} in the new root",
+                    display(&p.task_dir)
+                ),
+                e,
+            )
+        })?;
+        attach_volumes(p, &task, volumes)?;
+    }
+
+    // 4 (cont.). /dev.
+    if let Some(dev) = &dev {
+        for (name, tree) in standard {
+            device_attach(dev, Path::new(name), tree)?;
         }
-        for (d, src) in p.devices.iter().zip(&device_src) {
-            device_bind(dev, &d.dest, src, d.writable)?;
+        for (d, tree) in p.devices.iter().zip(devices) {
+            device_attach(dev, &d.dest, tree)?;
         }
         for (link, target) in [
             ("fd", "/proc/self/fd"),
@@ -736,83 +743,195 @@ pub fn apply(p: &MountPlan) -> Result<(), Failure> {
             ("stderr", "/proc/self/fd/2"),
             ("ptmx", "pts/ptmx"),
         ] {
-            std::os::unix::fs::symlink(target, dev.join(link))
+            m::symlink_at(Path::new(target), dev, OsStr::new(link))
                 .map_err(|e| fail(format!("creating /dev/{link}"), e))?;
         }
-        let pts = dev.join("pts");
-        std::fs::create_dir(&pts).map_err(|e| fail("creating /dev/pts", e))?;
-        mount(
-            Some(Path::new("devpts")),
-            &pts,
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
+        let pts =
+            make_beneath(dev, Path::new("pts"), false).map_err(|e| fail("creating /dev/pts", e))?;
+        m::new_fs(
+            "devpts",
+            &[
+                ("newinstance", None),
+                ("ptmxmode", Some("0666")),
+                ("mode", Some("0620")),
+            ],
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
         )
+        .and_then(|fs| m::attach(&fs, &pts))
         .map_err(|e| fail("mounting a private /dev/pts", e))?;
-        std::fs::create_dir(dev.join("shm")).map_err(|e| fail("creating /dev/shm", e))?;
-        if p.mqueue {
-            let mq = dev.join("mqueue");
-            std::fs::create_dir(&mq).map_err(|e| fail("creating /dev/mqueue", e))?;
-            mount(
-                Some(Path::new("mqueue")),
-                &mq,
-                Some("mqueue"),
-                HIDE_FLAGS,
-                None,
-            )
-            .map_err(|e| fail("mounting /dev/mqueue", e))?;
-        }
-    }
-    if p.private_shm {
-        let shm = dev.join("shm");
-        if shm.is_dir() {
-            tmpfs(&shm, HIDE_FLAGS, &format!("mode=1777,size={SHM_SIZE}"))
+        let shm =
+            make_beneath(dev, Path::new("shm"), false).map_err(|e| fail("creating /dev/shm", e))?;
+        if p.private_shm {
+            shm_fs()
+                .and_then(|fs| m::attach(&fs, &shm))
                 .map_err(|e| fail("mounting a private /dev/shm", e))?;
         }
-    }
-    if p.private_dev {
-        seal(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+        if p.mqueue {
+            let mq = make_beneath(dev, Path::new("mqueue"), false)
+                .map_err(|e| fail("creating /dev/mqueue", e))?;
+            m::new_fs("mqueue", &[], MOUNT_ATTR_INERT)
+                .and_then(|fs| m::attach(&fs, &mq))
+                .map_err(|e| fail("mounting /dev/mqueue", e))?;
+        }
+        m::set_attr(dev, false, MOUNT_ATTR_RDONLY, 0)
             .map_err(|e| fail("making /dev read-only", e))?;
     }
 
-    // 8. /proc of the task's PID namespace, and the kernel's knobs out of reach.
+    // 7. /proc of the task's PID namespace, /sys read-only with the firmware masked.
     if p.fresh_proc {
-        let proc_ = Path::new("/proc");
-        mount(
-            Some(Path::new("proc")),
-            proc_,
-            Some("proc"),
-            HIDE_FLAGS,
-            None,
-        )
-        .map_err(|e| fail("mounting /proc for the task's PID namespace", e))?;
-        for name in PROC_MASKED {
-            mask(&proc_.join(name), &null)?;
-        }
-        for name in PROC_READONLY {
-            let path = proc_.join(name);
-            if std::fs::symlink_metadata(&path).is_err() {
-                continue;
-            }
-            let h = Handle::open(&path, 0)
-                .map_err(|e| fail(format!("opening {}", display(&path)), e))?;
-            bind(&h, &path).map_err(|e| fail(format!("binding {}", display(&path)), e))?;
-            seal(&path, HIDE_FLAGS)
-                .map_err(|e| fail(format!("making {} read-only", display(&path)), e))?;
-        }
+        let at = dir_in_root("proc")?;
+        fresh_proc(&at, &mut masks)?;
     }
-    if p.readonly_root {
-        for path in SYS_MASKED {
-            mask(Path::new(path), &null)?;
+    let at = dir_in_root("sys")?;
+    m::attach(&sys, &at).map_err(|e| fail("binding /sys read-only", e))?;
+    for name in SYS_MASKED {
+        if let Some(at) = existing_beneath(&sys, Path::new(name))
+            .map_err(|e| fail(format!("opening /sys/{name}"), e))?
+        {
+            masks
+                .hide(&at)
+                .map_err(|e| fail(format!("masking /sys/{name}"), e))?;
         }
     }
 
-    // 9. The hiding dirs, read-only.
-    for path in sealed {
-        seal(&path, HIDE_FLAGS)
-            .map_err(|e| fail(format!("making {} read-only", display(&path)), e))?;
+    // 8. The task's resolv.conf and /etc/hosts.
+    if let Some(content) = &p.resolv_conf {
+        mount_file_over(
+            &root,
+            content,
+            Path::new(common::dns::RESOLV_CONF),
+            "the task's DNS config",
+        )?;
     }
+    if let Some(hosts) = &p.hosts {
+        // None: loopback only (`network { mode = "none" }`), nothing to map.
+        if let Some(content) = etc_hosts(hosts)? {
+            mount_file_over(
+                &root,
+                &content,
+                Path::new(common::hosts::ETC_HOSTS),
+                "the task's hosts file",
+            )?;
+        }
+    }
+
+    // 9. Read-only, then pivot.
+    masks.seal()?;
+    m::set_attr(&root, false, MOUNT_ATTR_RDONLY, 0)
+        .map_err(|e| fail("making the task's root read-only", e))?;
+    m::pivot_into(&root).map_err(|e| fail("pivoting into the task's new root", e))?;
     Ok(())
+}
+
+fn device_attach(dev: &OwnedFd, dest: &Path, tree: OwnedFd) -> Result<(), Failure> {
+    let at = Path::new("/dev").join(dest);
+    let file = m::file_type(&tree).is_ok_and(|t| t != libc::S_IFDIR);
+    let target =
+        make_beneath(dev, dest, file).map_err(|e| fail(format!("creating {}", display(&at)), e))?;
+    m::attach(&tree, &target).map_err(|e| fail(format!("binding the device {}", display(&at)), e))
+}
+
+/// Where a resolver opening `link` (`/etc/resolv.conf`) in the new root ends up: followed as
+/// the task would (never out of the root). A dangling symlink (its target below a path the
+/// view does not show) gets its target created as an empty file in our tmpfs.
+fn mount_target(root: &OwnedFd, link: &Path) -> io::Result<OwnedFd> {
+    match m::open_in_root(root, rel(link)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        r => return r,
+    }
+    let parent = link.parent().unwrap_or(Path::new("/"));
+    let pfd = m::open_in_root(root, rel(parent))?;
+    let name = link.file_name().unwrap_or(link.as_os_str());
+    let to = readlink_at(&pfd, name)?;
+    let mut target = parent.to_path_buf();
+    for c in to.components() {
+        match c {
+            Component::RootDir => target = PathBuf::from("/"),
+            Component::ParentDir => {
+                target.pop();
+            }
+            Component::Normal(n) => target.push(n),
+            Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    make_beneath(root, rel(&target), true)
+}
+
+fn readlink_at(dir: &OwnedFd, name: &OsStr) -> io::Result<PathBuf> {
+    let c = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: readlinkat into a live buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
+}
+
+/// Mounts `content` (`what`, for errors) read-only over where `link` leads in the new root.
+/// The file is written by us (root, before the task runs) into the new root's own tmpfs,
+/// bound read-only over the target, and unlinked again: the only way to it is the read-only
+/// bind, and nothing a task controls is ever written through.
+fn mount_file_over(root: &OwnedFd, content: &str, link: &Path, what: &str) -> Result<(), Failure> {
+    let target = mount_target(root, link).map_err(|e| {
+        fail(
+            format!(
+                "finding {} to mount {what} over (the host needs one, even empty)",
+                display(link)
+            ),
+            e,
+        )
+    })?;
+    if m::file_type(&target).is_ok_and(|t| t == libc::S_IFDIR) {
+        return Err(fail(
+            format!("{} is a directory, not a file", display(link)),
+            io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    let name = format!(
+        ".elide-{}",
+        link.file_name()
+            .unwrap_or(OsStr::new("file"))
+            .to_string_lossy()
+    );
+    let staged = (|| {
+        let c = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: openat relative to a live dir fd; the fd is owned from here on.
+        let fd = unsafe {
+            libc::openat(
+                root.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        f.write_all(content.as_bytes())?;
+        drop(f);
+        let tree = m::clone_tree(root.as_raw_fd(), Path::new(&name), false)?;
+        m::set_attr(&tree, false, MOUNT_ATTR_RDONLY | MOUNT_ATTR_INERT, 0)?;
+        m::attach(&tree, &target)
+    })();
+    let c = std::ffi::CString::new(name.as_bytes()).ok();
+    if let Some(c) = c {
+        // SAFETY: unlinkat relative to a live dir fd (the bind keeps the file alive).
+        unsafe { libc::unlinkat(root.as_raw_fd(), c.as_ptr(), 0) };
+    }
+    staged.map_err(|e| fail(format!("mounting {what} over {}", display(link)), e))
 }
 
 /// The task's `/etc/hosts` text: Nomad's address and hostname, else the address of this
@@ -870,106 +989,6 @@ fn etc_hosts(h: &HostsSpec) -> Result<Option<String>, Failure> {
     )))
 }
 
-/// Where a resolver opening `link` (`/etc/resolv.conf`) ends up in this mount namespace.
-/// A symlink whose target is gone (below a hidden dir) gets its target created as an empty
-/// file in our tmpfs above it; a missing file is an error (the host root is read-only).
-fn mount_target(link: &Path, tmpfs_roots: &[PathBuf]) -> io::Result<PathBuf> {
-    if let Ok(t) = std::fs::canonicalize(link) {
-        return Ok(t);
-    }
-    let to = std::fs::read_link(link)?;
-    let mut target = link.parent().unwrap_or(Path::new("/")).to_path_buf();
-    for c in to.components() {
-        match c {
-            Component::RootDir => target = PathBuf::from("/"),
-            Component::ParentDir => {
-                target.pop();
-            }
-            Component::Normal(n) => target.push(n),
-            Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    make_mount_point_in(tmpfs_roots, &target, true)?;
-    Ok(target)
-}
-
-/// Mounts `content` (`what`, for errors) read-only over where `link` leads. The file is written by us (root, before
-/// the task runs) into a fresh tmpfs on a 0700 dir made in `stage_in` (the private `/tmp`);
-/// that tmpfs is detached again once bound, so the only way to the file is the read-only
-/// bind: nothing the task controls is ever written through.
-fn mount_file_over(
-    content: &str,
-    link: &Path,
-    stage_in: &Path,
-    tmpfs_roots: &[PathBuf],
-    what: &str,
-) -> Result<(), Failure> {
-    let target = mount_target(link, tmpfs_roots).map_err(|e| {
-        fail(
-            format!(
-                "finding {} to mount {what} over (the host needs one, even empty)",
-                display(link)
-            ),
-            e,
-        )
-    })?;
-    if std::fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
-        return Err(fail(
-            format!("{} is a directory, not a file", display(&target)),
-            io::Error::from_raw_os_error(libc::EISDIR),
-        ));
-    }
-    let name = link.file_name().unwrap_or(std::ffi::OsStr::new("file"));
-    let stage = stage_in.join(format!(".elide-stage-{}", std::process::id()));
-    let staged = (|| {
-        std::fs::DirBuilder::new().mode(0o700).create(&stage)?;
-        // Room for the content (a job's dns block, the node's /etc/hosts), page-rounded.
-        let size = (content.len() / 4096 + 2) * 4096;
-        tmpfs(&stage, HIDE_FLAGS, &format!("mode=700,size={size}"))?;
-        let file = stage.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&file)?
-            .write_all(content.as_bytes())?;
-        let src = Handle::open(&file, 0)?;
-        bind(&src, &target)?;
-        seal(&target, HIDE_FLAGS)
-    })();
-    // Detached whatever happened: the bind keeps the file alive on its own.
-    let _ = nix::mount::umount2(&stage, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir(&stage);
-    staged.map_err(|e| fail(format!("mounting {what} over {}", display(&target)), e))
-}
-
-/// An empty read-only dir, or /dev/null, in place of `path` (if it exists).
-fn mask(path: &Path, null: &Handle) -> Result<(), Failure> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let r = if meta.is_dir() {
-        tmpfs(path, HIDE_FLAGS | MsFlags::MS_RDONLY, "mode=755,size=4k")
-    } else {
-        bind(null, path).and_then(|_| seal(path, HIDE_FLAGS))
-    };
-    r.map_err(|e| fail(format!("masking {}", display(path)), e))
-}
-
-fn device_bind(dev: &Path, dest: &Path, src: &Handle, writable: bool) -> Result<(), Failure> {
-    let at = dev.join(dest);
-    let target = walk_beneath(dev, dest, !src.is_dir())
-        .map_err(|e| fail(format!("creating {}", display(&at)), e))?;
-    bind(src, &target.proc_path())
-        .map_err(|e| fail(format!("binding the device {}", display(&at)), e))?;
-    if writable {
-        // The source came from the host /dev, which step 3 made read-only.
-        set_tree(&at, false, false)
-            .map_err(|e| fail(format!("making {} writable", display(&at)), e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,12 +1000,19 @@ mod tests {
                 "/var/lib/nomad/alloc/a1/web".into(),
                 "/var/lib/nomad/alloc/a1/alloc".into(),
             ],
-            readable_paths: vec!["/opt/elide".into()],
+            readable_paths: vec![
+                "/usr".into(),
+                "/etc".into(),
+                "/lib".into(),
+                "/opt/elide".into(),
+            ],
             hidden_paths: vec![
                 "/var/lib/nomad/alloc".into(),
                 "/var/lib/nomad".into(),
                 "/run/nomad-driver-elide".into(),
                 "/var/lib/nomad/alloc/a1/web/private".into(),
+                "/etc/shadow".into(),
+                "/etc/nomad.d".into(),
             ],
             ..Default::default()
         }
@@ -1008,8 +1034,11 @@ mod tests {
             .collect()
     }
 
+    /// The new root shows the binds only: hides outside them (Nomad's data dir, the plugin's
+    /// runtime dir, the shim's state) are not needed, those inside (`/etc/shadow`, the task's
+    /// `private/`) are kept, after their bind.
     #[test]
-    fn outer_paths_first_and_redundant_hides_dropped() {
+    fn outer_paths_first_and_only_hides_a_bind_would_show() {
         let p = plan(
             &spec(),
             Path::new("/var/lib/nomad/alloc/a1/web"),
@@ -1021,26 +1050,48 @@ mod tests {
         assert_eq!(
             ops(&p),
             [
-                "hide /run/nomad-driver-elide",
+                "bind-ro /usr",
+                "bind-ro /etc",
+                "bind-ro /lib",
+                "hide /etc/shadow",
+                "hide /etc/nomad.d",
                 "bind-ro /opt/elide",
-                "hide /var/lib/nomad",
                 "bind-rw /var/lib/nomad/alloc/a1/web",
                 "bind-rw /var/lib/nomad/alloc/a1/alloc",
-                // Inside the task dir bind, so it needs its own hide.
                 "hide /var/lib/nomad/alloc/a1/web/private",
             ]
         );
-        assert!(p.readonly_root && p.private_tmp && p.private_dev && p.fresh_proc);
+        assert_eq!(p.scrubbed, [PathBuf::from("/etc")]);
+        assert!(p.new_root && p.private_tmp && p.private_dev && p.fresh_proc);
         assert!(p.private_shm && p.mqueue);
+        // Only the task's own dirs are required (resolved without symlinks, never skipped).
+        for o in &p.overlays {
+            if let Overlay::Bind { path, required, .. } = o {
+                assert_eq!(*required, path.starts_with("/var/lib/nomad"), "{o:?}");
+            }
+        }
     }
 
+    /// A read-only path inside another bind is already visible (and a read-only bind could
+    /// not take a mount point); a writable one inside a read-only bind is bound again; a
+    /// hide below another hide is dropped unless a bind between them shows it; `/` is
+    /// never bound.
     #[test]
-    fn hides_below_tmp_are_already_hidden_unless_a_bind_brings_them_back() {
+    fn nested_binds_and_hides() {
         let s = SandboxSpec {
-            writable_paths: vec!["/tmp/t/data/alloc/a1/web".into()],
+            writable_paths: vec!["/tmp/t/data/alloc/a1/web".into(), "/srv/rw".into()],
+            readable_paths: vec![
+                "/".into(),
+                "/srv".into(),
+                "/srv/elide".into(),
+                "/usr/local/elide".into(),
+                "/usr".into(),
+            ],
             hidden_paths: vec![
                 "/tmp/t/data".into(),
-                "/tmp/nde-1".into(),
+                "/srv/keys".into(),
+                "/srv/keys/a".into(),
+                "/srv/rw/x".into(),
                 "/tmp/t/data/alloc/a1/web/private".into(),
             ],
             ..Default::default()
@@ -1049,57 +1100,16 @@ mod tests {
         assert_eq!(
             ops(&p),
             [
+                "bind-ro /srv",
+                "bind-ro /usr",
+                "hide /srv/keys",
+                "bind-rw /srv/rw",
+                "hide /srv/rw/x",
                 "bind-rw /tmp/t/data/alloc/a1/web",
                 "hide /tmp/t/data/alloc/a1/web/private"
             ]
         );
-    }
-
-    /// An operator's absolute_script_dirs entry (a readable path) is bound back into the
-    /// private /tmp and below a hidden dir, read-only, while hides below it still apply.
-    #[test]
-    fn readable_paths_come_back_in_the_private_tmp_and_below_hidden_dirs() {
-        let mut s = spec();
-        s.readable_paths = vec![
-            "/opt/elide".into(),
-            "/tmp/pytest-of-root/allowed0/apps".into(),
-            "/var/lib/apps".into(),
-            "/srv/apps".into(),
-        ];
-        s.hidden_paths.extend([
-            "/var/lib".into(),
-            "/tmp/pytest-of-root".into(),
-            "/srv/apps/keys".into(),
-        ]);
-        let p = plan(&s, Path::new("/var/lib/nomad/alloc/a1/web"), &[]);
-        assert_eq!(
-            ops(&p),
-            [
-                "hide /run/nomad-driver-elide",
-                "hide /var/lib",
-                "bind-ro /opt/elide",
-                "bind-ro /srv/apps",
-                // After the bind it is below.
-                "hide /srv/apps/keys",
-                // After the hide it is below (made in its tmpfs).
-                "bind-ro /var/lib/apps",
-                // After the private /tmp (made in it); /tmp/pytest-of-root needs no hide.
-                "bind-ro /tmp/pytest-of-root/allowed0/apps",
-                "bind-rw /var/lib/nomad/alloc/a1/web",
-                "bind-rw /var/lib/nomad/alloc/a1/alloc",
-                "hide /var/lib/nomad/alloc/a1/web/private",
-            ]
-        );
-        assert!(p.private_tmp);
-        // Missing on the host: skipped, never a failed start.
-        assert!(p.overlays.iter().all(|o| !matches!(
-            o,
-            Overlay::Bind {
-                writable: false,
-                required: true,
-                ..
-            }
-        )));
+        assert!(p.scrubbed.is_empty());
     }
 
     #[test]
@@ -1118,7 +1128,7 @@ mod tests {
         }];
         let p = plan(&s, Path::new("/t"), &[]);
         assert!(p.overlays.is_empty() && p.devices.is_empty());
-        assert!(!p.readonly_root && !p.private_tmp && !p.private_dev && !p.mqueue);
+        assert!(!p.new_root && !p.private_tmp && !p.private_dev && !p.mqueue);
         assert!(p.fresh_proc && p.private_shm);
         assert_eq!(
             p.volumes,
@@ -1133,7 +1143,6 @@ mod tests {
         let p = plan(&s, Path::new("/t"), &[]);
         assert!(!p.fresh_proc && !p.private_shm);
     }
-
     #[test]
     fn devices_go_below_dev_with_their_write_permission() {
         let mut s = spec();
@@ -1155,52 +1164,6 @@ mod tests {
         assert_eq!(p.devices[1].dest, Path::new("disk/x"));
         assert!(!p.devices[1].writable);
     }
-
-    /// Both ways of changing a whole tree (mount_setattr, and the remount of each mount that
-    /// kernels before 5.12 need), in a mount namespace of this test's thread only.
-    #[test]
-    fn a_tree_turns_read_only_and_back_with_submounts_and_both_methods() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let top = dir.path().to_path_buf();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-            make_rprivate().unwrap();
-            tmpfs(&top, MsFlags::empty(), "size=1m").unwrap();
-            let sub = top.join("sub");
-            std::fs::create_dir(&sub).unwrap();
-            tmpfs(&sub, MsFlags::empty(), "size=1m").unwrap();
-            let writable = |p: &Path| std::fs::write(p.join("f"), "x").is_ok();
-            let flags_of = |p: &Path| {
-                let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
-                parse_mountinfo(&info)
-                    .into_iter()
-                    .rfind(|(m, _)| m == p)
-                    .map(|(_, o)| o)
-                    .unwrap()
-            };
-            for legacy in [false, true] {
-                let set = |ro: bool, extra: bool| {
-                    if legacy {
-                        remount_each(&top, ro, extra)
-                    } else {
-                        set_tree(&top, ro, extra)
-                    }
-                };
-                set(true, false).unwrap();
-                assert!(!writable(&top) && !writable(&sub), "legacy={legacy}");
-                set(false, true).unwrap();
-                assert!(writable(&top) && writable(&sub), "legacy={legacy}");
-                assert!(flags_of(&sub).contains("nosuid") && flags_of(&sub).contains("nodev"));
-            }
-        })
-        .join()
-        .unwrap();
-    }
-
     #[test]
     fn a_dns_config_becomes_the_resolv_conf_to_mount_with_readonly_isolation_only() {
         let mut s = spec();
@@ -1217,7 +1180,6 @@ mod tests {
         s.fs_isolation = FsIsolation::None;
         assert_eq!(plan(&s, Path::new("/t"), &[]).resolv_conf, None);
     }
-
     #[test]
     fn a_hosts_config_is_planned_with_readonly_isolation_only() {
         let mut s = spec();
@@ -1231,9 +1193,6 @@ mod tests {
         s.fs_isolation = FsIsolation::None;
         assert_eq!(plan(&s, Path::new("/t"), &[]).hosts, None);
     }
-
-    /// Nomad's values are used as they are; else the namespace's address and the hostname;
-    /// a namespace with loopback only (`network { mode = "none" }`) gets no hosts file.
     #[test]
     fn etc_hosts_takes_nomads_values_or_the_network_namespaces() {
         let given = HostsSpec {
@@ -1259,92 +1218,69 @@ mod tests {
         .unwrap();
     }
 
-    /// The resolv.conf goes over where a symlinked one leads (systemd-resolved's), also when
-    /// that target is below a hidden dir; read-only; the host file and the staging dir are
-    /// untouched / gone afterwards.
+    /// Entries no one but root may read are listed (a dir whole); symlinks are not
+    /// followed.
     #[test]
-    fn resolv_conf_is_mounted_read_only_through_symlinks_and_the_host_file_stays() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
+    fn root_only_entries_are_found_without_following_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path();
+        std::fs::create_dir_all(b.join("ssl/private")).unwrap();
+        std::fs::create_dir_all(b.join("ssh")).unwrap();
+        for (f, mode) in [
+            ("shadow", 0o640),
+            ("passwd", 0o644),
+            ("ssh/ssh_host_ed25519_key", 0o600),
+            ("ssh/ssh_host_ed25519_key.pub", 0o644),
+            ("ssl/private/snakeoil.key", 0o640),
+        ] {
+            std::fs::write(b.join(f), "x").unwrap();
+            std::fs::set_permissions(b.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        let dir = tempfile::tempdir().unwrap();
-        let top = dir.path().to_path_buf();
-        let etc = top.join("etc");
-        let stage = top.join("tmp");
-        let hidden = top.join("run");
-        for d in [&etc, &stage, &hidden] {
-            std::fs::create_dir(d).unwrap();
-        }
-        std::fs::write(etc.join("real.conf"), "nameserver 10.255.255.53\n").unwrap();
-        std::os::unix::fs::symlink("real.conf", etc.join("resolv.conf")).unwrap();
-        std::os::unix::fs::symlink("../run/resolve/stub.conf", etc.join("dangling.conf")).unwrap();
-        let content = "nameserver 10.9.8.7\n";
-        let t = top.clone();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-            make_rprivate().unwrap();
-            let (etc, stage, hidden) = (t.join("etc"), t.join("tmp"), t.join("run"));
-            mount_file_over(content, &etc.join("resolv.conf"), &stage, &[], "dns").unwrap();
-            assert_eq!(
-                std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
-                content
-            );
-            assert_eq!(
-                std::fs::read_to_string(etc.join("real.conf")).unwrap(),
-                content
-            );
-            let w = std::fs::OpenOptions::new()
-                .write(true)
-                .open(etc.join("resolv.conf"))
-                .unwrap_err();
-            assert_eq!(w.raw_os_error(), Some(libc::EROFS));
-            assert_eq!(
-                std::fs::read_dir(&stage).unwrap().count(),
-                0,
-                "staging left behind"
-            );
-            // A target below a hidden dir (our tmpfs): created there, never on the host.
-            tmpfs(&hidden, MsFlags::empty(), "size=1m").unwrap();
-            mount_file_over(
-                content,
-                &etc.join("dangling.conf"),
-                &stage,
-                std::slice::from_ref(&hidden),
-                "dns",
-            )
-            .unwrap();
-            assert_eq!(
-                std::fs::read_to_string(etc.join("dangling.conf")).unwrap(),
-                content
-            );
-            // No file to mount over: the error says what is missing.
-            let e = mount_file_over(content, &etc.join("missing.conf"), &stage, &[], "dns")
-                .unwrap_err()
-                .detail;
-            assert!(e.contains("missing.conf"), "{e}");
-        })
-        .join()
+        std::fs::set_permissions(
+            b.join("ssl/private"),
+            std::fs::Permissions::from_mode(0o710),
+        )
         .unwrap();
+        std::os::unix::fs::symlink("shadow", b.join("link")).unwrap();
+        let mut found = root_only_entries(b);
+        found.sort();
         assert_eq!(
-            std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
-            "nameserver 10.255.255.53\n"
+            found,
+            [
+                PathBuf::from("shadow"),
+                PathBuf::from("ssh/ssh_host_ed25519_key"),
+                PathBuf::from("ssl/private"),
+            ]
         );
-        assert!(!top.join("run/resolve").exists());
-        assert_eq!(std::fs::read_dir(&stage).unwrap().count(), 0);
     }
 
+    /// A mount point is made one component at a time and a symlink anywhere on the way is
+    /// never followed, whatever it points at; the target of the symlink stays untouched.
     #[test]
-    fn mountinfo_lines_give_mount_points_and_their_flags() {
-        let info = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n\
-                    30 22 0:40 / /mnt/with\\040space ro,noatime - tmpfs tmpfs rw\n";
-        let m = parse_mountinfo(info);
-        assert_eq!(m[0].0, Path::new("/proc"));
-        assert_eq!(m[1].0, Path::new("/mnt/with space"));
-        let f = kept_flags(&m[0].1);
-        assert!(f.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC));
-        assert!(!f.contains(MsFlags::MS_RDONLY));
-        assert!(kept_flags(&m[1].1).contains(MsFlags::MS_NOATIME));
-        assert!(!kept_flags(&m[1].1).contains(MsFlags::MS_RDONLY));
+    fn mount_points_are_made_beneath_without_following_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("task");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(base.join("data")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("data/sub")).unwrap();
+        std::os::unix::fs::symlink("../..", base.join("up")).unwrap();
+        let fd = m::open_path(&base, libc::O_DIRECTORY).unwrap();
+        for rel in ["data/sub/x", "data/sub", "up/x"] {
+            let e = make_beneath(&fd, Path::new(rel), false).unwrap_err();
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+                "{rel}: {e}"
+            );
+        }
+        assert!(make_beneath(&fd, Path::new("data/sub/f"), true).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // Plain dirs and files are made as asked.
+        let h = make_beneath(&fd, Path::new("a/b/c"), false).unwrap();
+        assert_eq!(m::file_type(&h).unwrap(), libc::S_IFDIR);
+        let h = make_beneath(&fd, Path::new("a/b/f"), true).unwrap();
+        assert_eq!(m::file_type(&h).unwrap(), libc::S_IFREG);
+        assert!(make_beneath(&fd, Path::new("../x"), false).is_err());
     }
 }
