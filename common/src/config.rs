@@ -162,6 +162,10 @@ pub struct PluginConfig {
     /// `log_collection = "executor"`.
     pub log_max_files: u32,
     pub log_max_file_size: u64,
+    /// The tasks' syscall filter (`seccomp = "default"`), compiled for this host with the
+    /// operator's `seccomp_denied_syscalls`; None with `seccomp = "off"`.
+    pub seccomp: Option<crate::seccomp::Filters>,
+    pub seccomp_denied_syscalls: Vec<String>,
 }
 
 impl Default for PluginConfig {
@@ -193,6 +197,9 @@ impl Default for PluginConfig {
             log_collection: LogCollection::Executor,
             log_max_files: crate::spec::DEFAULT_LOG_MAX_FILES,
             log_max_file_size: crate::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
+            // None only on an architecture without a filter, where SetConfig says so.
+            seccomp: crate::seccomp::Filters::compile(&[]).ok(),
+            seccomp_denied_syscalls: Vec::new(),
         }
     }
 }
@@ -221,6 +228,8 @@ const PLUGIN_KEYS: &[&str] = &[
     "log_collection",
     "log_max_files",
     "log_max_file_size",
+    "seccomp",
+    "seccomp_denied_syscalls",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -426,6 +435,8 @@ impl PluginConfig {
             defaulted("log_collection", "string", literal_string("executor")),
             defaulted("log_max_files", "number", literal("10")),
             defaulted("log_max_file_size", "number", literal("10")),
+            defaulted("seccomp", "string", literal_string("default")),
+            defaulted("seccomp_denied_syscalls", "list(string)", literal("[]")),
         ])
     }
 
@@ -489,7 +500,10 @@ impl PluginConfig {
             }
             absolute_script_dirs.push(p);
         }
+        let (seccomp, seccomp_denied_syscalls) = seccomp_filters(&o)?;
         Ok(PluginConfig {
+            seccomp,
+            seccomp_denied_syscalls,
             absolute_script_dirs,
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
             elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
@@ -561,6 +575,33 @@ impl PluginConfig {
             log_max_file_size: log_max_file_size(&o, "log_max_file_size")?
                 .unwrap_or(d.log_max_file_size),
         })
+    }
+}
+
+/// `seccomp` ("default" or "off") and `seccomp_denied_syscalls`, compiled for this host.
+fn seccomp_filters(
+    o: &Obj<'_>,
+) -> Result<(Option<crate::seccomp::Filters>, Vec<String>), ConfigError> {
+    let extra = o.string_list("seccomp_denied_syscalls")?;
+    for (i, n) in extra.iter().enumerate() {
+        no_nul(&format!("seccomp_denied_syscalls[{i}]"), n)?;
+    }
+    match o.string("seccomp")?.as_deref().unwrap_or("default") {
+        "default" => crate::seccomp::Filters::compile(&extra)
+            .map(|f| (Some(f), extra))
+            .map_err(|(i, e)| match i {
+                Some(i) => invalid(&format!("seccomp_denied_syscalls[{i}]"), e),
+                None => invalid("seccomp", e),
+            }),
+        "off" if !extra.is_empty() => Err(invalid(
+            "seccomp_denied_syscalls",
+            "has no effect with seccomp = \"off\"; remove it or set seccomp = \"default\"",
+        )),
+        "off" => Ok((None, extra)),
+        other => Err(invalid(
+            "seccomp",
+            format!("{other:?} is not one of \"default\", \"off\""),
+        )),
     }
 }
 
@@ -941,6 +982,8 @@ mod tests {
             ("log_collection", s("executor")),
             ("log_max_files", Value::from(10u8)),
             ("log_max_file_size", Value::from(10u8)),
+            ("seccomp", s("default")),
+            ("seccomp_denied_syscalls", Value::Array(vec![])),
         ]
         .into_iter()
         .collect();
@@ -1016,6 +1059,47 @@ mod tests {
             ["-XX:+PrintGC", "-Xss4m", "-Dfoo=a=b", "-Djdk.graal.Dump="]
         );
         assert_eq!(c.run_flags, ["--js:esm", "--python:engine=native"]);
+    }
+
+    #[test]
+    fn seccomp_is_on_by_default_extendable_and_names_are_checked() {
+        let d = PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap();
+        let f = d.seccomp.expect("a filter by default");
+        assert!(f.private_pid.denied.iter().any(|n| n == "keyctl"));
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "seccomp_denied_syscalls",
+            strs(&["ptrace", "personality"]),
+        )]))
+        .unwrap();
+        assert_eq!(c.seccomp_denied_syscalls, ["ptrace", "personality"]);
+        let f = c.seccomp.unwrap();
+        assert!(f.private_pid.denied.iter().any(|n| n == "ptrace"));
+        let off = PluginConfig::from_msgpack(&plugin_payload(vec![("seccomp", s("off"))])).unwrap();
+        assert!(off.seccomp.is_none());
+        for (field, v, want) in [
+            (
+                "seccomp_denied_syscalls",
+                strs(&["keyctl", "keyctll"]),
+                "seccomp_denied_syscalls[1]: \"keyctll\" is not a system call on",
+            ),
+            (
+                "seccomp",
+                s("strict"),
+                "seccomp: \"strict\" is not one of \"default\", \"off\"",
+            ),
+        ] {
+            let e = PluginConfig::from_msgpack(&plugin_payload(vec![(field, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+        let e = PluginConfig::from_msgpack(&plugin_payload(vec![
+            ("seccomp", s("off")),
+            ("seccomp_denied_syscalls", strs(&["ptrace"])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no effect with seccomp = \"off\""), "{e}");
     }
 
     #[test]

@@ -209,6 +209,16 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         denied_gids: plugin.denied_host_gids.clone(),
         dns: dns_of(task.dns.as_ref(), plugin.fs_isolation, i.host_dns)?,
         hosts: hosts_of(task.network_isolation_spec.as_ref(), plugin.fs_isolation)?,
+        user_capabilities: common::capabilities::for_non_root(&config.cap_add),
+        seccomp: plugin.seccomp.as_ref().map(|f| {
+            f.for_host_pid(
+                !config
+                    .pid_mode
+                    .unwrap_or(plugin.default_pid_mode)
+                    .is_private(),
+            )
+            .clone()
+        }),
     };
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;

@@ -83,6 +83,11 @@ fn run() -> Result<i32, Failure> {
     })?;
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(&plan.env);
+    // Last: everything above may need a call the filter refuses. As PID 1 this process is
+    // filtered too (it only waits, forwards signals and forks the runtime).
+    if let Some(f) = &plan.credentials.seccomp {
+        super::seccomp::install(f)?;
+    }
     if plan.pid_init {
         return pid1(cmd);
     }
