@@ -735,6 +735,33 @@ mod tests {
     }
 
     #[test]
+    fn the_syscall_filter_follows_the_pid_mode_and_a_non_root_user_gets_only_cap_add() {
+        use common::capabilities::parse_name;
+        use common::sandbox::NamespaceMode;
+        let plugin = PluginConfig::default();
+        let s = sandbox_for(&plugin, &TaskConfig::default(), &nomad_task()).unwrap();
+        assert!(s.user_capabilities.is_empty());
+        let f = s.seccomp.expect("the filter is on by default");
+        assert!(f.denied.iter().any(|n| n == "keyctl"));
+        assert!(!f.denied.iter().any(|n| n == "ptrace"), "{f:?}");
+        let host = TaskConfig {
+            pid_mode: Some(NamespaceMode::Host),
+            cap_add: vec![parse_name("net_bind_service").unwrap()],
+            ..Default::default()
+        };
+        let s = sandbox_for(&plugin, &host, &nomad_task()).unwrap();
+        assert!(s.seccomp.unwrap().denied.iter().any(|n| n == "ptrace"));
+        assert_eq!(s.user_capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(s.capabilities.len(), 13);
+        let off = PluginConfig {
+            seccomp: None,
+            ..Default::default()
+        };
+        let s = sandbox_for(&off, &TaskConfig::default(), &nomad_task()).unwrap();
+        assert!(s.seccomp.is_none());
+    }
+
+    #[test]
     fn volumes_and_devices_are_passed_on_or_refused_with_the_reason() {
         use common::proto::drivers::{Device, Mount};
         let plugin = PluginConfig::default();
