@@ -452,6 +452,13 @@ mod tests {
             assert!(!f.private_pid.denied.iter().any(|d| d == "ptrace"));
             assert!(f.host_pid.denied.iter().any(|d| d == "ptrace"));
         }
+        // Small: a few KiB of BPF per task spec, far below the kernel's 4096 instructions.
+        for arch in ARCHES {
+            let f = Filters::compile_for(arch, &[]).unwrap();
+            let sizes: Vec<usize> = f.host_pid.programs.iter().map(|p| p.len() / 16).collect();
+            eprintln!("{arch}: instructions per program {sizes:?}");
+            assert!(sizes.iter().sum::<usize>() < 1024, "{arch}: {sizes:?}");
+        }
         // x86-only names are skipped on aarch64, not an error.
         let a = Filters::compile_for("aarch64", &[]).unwrap();
         assert!(!a.private_pid.denied.iter().any(|d| d == "iopl"));
