@@ -137,6 +137,15 @@ pub fn calculate(
     Ok(set.into_iter().map(kernel_name).collect())
 }
 
+/// What a task user other than root keeps (kernel names, ordered by number): only what the
+/// job named in `cap_add` — the default set is for root. A non-root user with capabilities
+/// could `setuid(0)` (CAP_SETUID) or walk around the operator's `denied_host_uids`; Nomad's
+/// exec hands it the whole default set through the ambient set. Call after [`calculate`]
+/// accepted `add` (every name in `allow_caps`).
+pub fn for_non_root(add: &[CapName]) -> Vec<String> {
+    union(add).into_iter().map(kernel_name).collect()
+}
+
 fn by_index(i: u8) -> Option<Capability> {
     caps::all().into_iter().find(|c| c.index() == i)
 }
@@ -247,6 +256,16 @@ mod tests {
         assert!(msg.contains("allow_caps is [audit_write, chown,"), "{msg}");
         let e = calculate(&nomad_defaults(), &names(&["all"]), &[]).unwrap_err();
         assert!(e.denied.contains(&"sys_admin".to_owned()));
+    }
+
+    #[test]
+    fn a_non_root_user_keeps_only_what_cap_add_names() {
+        assert!(for_non_root(&[]).is_empty());
+        assert_eq!(
+            for_non_root(&names(&["net_bind_service", "CAP_KILL"])),
+            ["CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        );
+        assert_eq!(for_non_root(&names(&["all"])).len(), caps::all().len());
     }
 
     #[test]

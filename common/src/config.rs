@@ -177,6 +177,10 @@ pub struct PluginConfig {
     /// Whether a task whose cgroup (or one of its limits) cannot be set up may still run,
     /// without limits. Default: such a task fails to start.
     pub allow_no_cgroup: bool,
+    /// The tasks' syscall filter (`seccomp = "default"`), compiled for this host with the
+    /// operator's `seccomp_denied_syscalls`; None with `seccomp = "off"`.
+    pub seccomp: Option<crate::seccomp::Filters>,
+    pub seccomp_denied_syscalls: Vec<String>,
 }
 
 impl PluginConfig {
@@ -225,6 +229,9 @@ impl Default for PluginConfig {
             allow_host_pid: false,
             allow_host_ipc: false,
             allow_no_cgroup: false,
+            // None only on an architecture without a filter, where SetConfig says so.
+            seccomp: crate::seccomp::Filters::compile(&[]).ok(),
+            seccomp_denied_syscalls: Vec::new(),
         }
     }
 }
@@ -258,6 +265,8 @@ const PLUGIN_KEYS: &[&str] = &[
     "allow_host_pid",
     "allow_host_ipc",
     "allow_no_cgroup",
+    "seccomp",
+    "seccomp_denied_syscalls",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -470,6 +479,8 @@ impl PluginConfig {
             defaulted("allow_host_pid", "bool", literal("false")),
             defaulted("allow_host_ipc", "bool", literal("false")),
             defaulted("allow_no_cgroup", "bool", literal("false")),
+            defaulted("seccomp", "string", literal_string("default")),
+            defaulted("seccomp_denied_syscalls", "list(string)", literal("[]")),
         ])
     }
 
@@ -533,7 +544,10 @@ impl PluginConfig {
             }
             absolute_script_dirs.push(p);
         }
+        let (seccomp, seccomp_denied_syscalls) = seccomp_filters(&o)?;
         Ok(PluginConfig {
+            seccomp,
+            seccomp_denied_syscalls,
             absolute_script_dirs,
             enabled: o.bool("enabled")?.unwrap_or(d.enabled),
             elide_binary: optional_path("elide_binary", o.string("elide_binary")?)?,
@@ -651,6 +665,33 @@ fn elide_versions(map: BTreeMap<String, String>) -> Result<BTreeMap<String, Path
         out.insert(name, p);
     }
     Ok(out)
+}
+
+/// `seccomp` ("default" or "off") and `seccomp_denied_syscalls`, compiled for this host.
+fn seccomp_filters(
+    o: &Obj<'_>,
+) -> Result<(Option<crate::seccomp::Filters>, Vec<String>), ConfigError> {
+    let extra = o.string_list("seccomp_denied_syscalls")?;
+    for (i, n) in extra.iter().enumerate() {
+        no_nul(&format!("seccomp_denied_syscalls[{i}]"), n)?;
+    }
+    match o.string("seccomp")?.as_deref().unwrap_or("default") {
+        "default" => crate::seccomp::Filters::compile(&extra)
+            .map(|f| (Some(f), extra))
+            .map_err(|(i, e)| match i {
+                Some(i) => invalid(&format!("seccomp_denied_syscalls[{i}]"), e),
+                None => invalid("seccomp", e),
+            }),
+        "off" if !extra.is_empty() => Err(invalid(
+            "seccomp_denied_syscalls",
+            "has no effect with seccomp = \"off\"; remove it or set seccomp = \"default\"",
+        )),
+        "off" => Ok((None, extra)),
+        other => Err(invalid(
+            "seccomp",
+            format!("{other:?} is not one of \"default\", \"off\""),
+        )),
+    }
 }
 
 /// An HCL list literal of strings.
@@ -1057,6 +1098,8 @@ mod tests {
             ("allow_host_pid", Value::Boolean(false)),
             ("allow_host_ipc", Value::Boolean(false)),
             ("allow_no_cgroup", Value::Boolean(false)),
+            ("seccomp", s("default")),
+            ("seccomp_denied_syscalls", Value::Array(vec![])),
         ]
         .into_iter()
         .collect();
@@ -1228,6 +1271,47 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
         }
+    }
+
+    #[test]
+    fn seccomp_is_on_by_default_extendable_and_names_are_checked() {
+        let d = PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap();
+        let f = d.seccomp.expect("a filter by default");
+        assert!(f.private_pid.denied.iter().any(|n| n == "keyctl"));
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "seccomp_denied_syscalls",
+            strs(&["ptrace", "personality"]),
+        )]))
+        .unwrap();
+        assert_eq!(c.seccomp_denied_syscalls, ["ptrace", "personality"]);
+        let f = c.seccomp.unwrap();
+        assert!(f.private_pid.denied.iter().any(|n| n == "ptrace"));
+        let off = PluginConfig::from_msgpack(&plugin_payload(vec![("seccomp", s("off"))])).unwrap();
+        assert!(off.seccomp.is_none());
+        for (field, v, want) in [
+            (
+                "seccomp_denied_syscalls",
+                strs(&["keyctl", "keyctll"]),
+                "seccomp_denied_syscalls[1]: \"keyctll\" is not a system call on",
+            ),
+            (
+                "seccomp",
+                s("strict"),
+                "seccomp: \"strict\" is not one of \"default\", \"off\"",
+            ),
+        ] {
+            let e = PluginConfig::from_msgpack(&plugin_payload(vec![(field, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+        let e = PluginConfig::from_msgpack(&plugin_payload(vec![
+            ("seccomp", s("off")),
+            ("seccomp_denied_syscalls", strs(&["ptrace"])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no effect with seccomp = \"off\""), "{e}");
     }
 
     #[test]

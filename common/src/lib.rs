@@ -19,6 +19,7 @@ pub mod proto;
 pub mod remains;
 pub mod runtime_args;
 pub mod sandbox;
+pub mod seccomp;
 pub mod shim_api;
 pub mod signals;
 pub mod spec;

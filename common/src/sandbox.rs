@@ -179,6 +179,15 @@ pub struct SandboxSpec {
     /// host network mode): the task sees the host's. Left out of the JSON when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<crate::hosts::HostsSpec>,
+    /// What a task user other than root keeps of `capabilities` (effective, permitted,
+    /// inheritable, ambient): only the job's `cap_add` ([`crate::capabilities::for_non_root`]).
+    /// Absent (older specs): nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_capabilities: Vec<String>,
+    /// The syscall filter, installed last before the runtime's (and every exec'd command's)
+    /// exec; None: the plugin's `seccomp = "off"` (and older specs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<crate::seccomp::SeccompSpec>,
 }
 
 fn default_host_paths() -> Vec<PathBuf> {
@@ -207,6 +216,8 @@ impl Default for SandboxSpec {
             denied_gids: String::new(),
             dns: None,
             hosts: None,
+            user_capabilities: Vec::new(),
+            seccomp: None,
         }
     }
 }
@@ -337,6 +348,22 @@ impl SandboxSpec {
         }
         if let Some(Err((field, e))) = self.hosts.as_ref().map(|h| h.validate()) {
             return err(&format!("hosts.{field}"), e);
+        }
+        if let Err(e) = crate::capabilities::from_kernel_names(&self.user_capabilities) {
+            return err("user_capabilities", e);
+        }
+        if let Some(extra) = self
+            .user_capabilities
+            .iter()
+            .find(|c| !self.capabilities.contains(c))
+        {
+            return err(
+                "user_capabilities",
+                format!("{extra} is not in sandbox.capabilities"),
+            );
+        }
+        if let Some(Err(e)) = self.seccomp.as_ref().map(|s| s.decode()) {
+            return err("seccomp", e);
         }
         Ok(())
     }

@@ -241,6 +241,16 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         denied_gids: plugin.denied_host_gids.clone(),
         dns: dns_of(task.dns.as_ref(), plugin.fs_isolation, i.host_dns)?,
         hosts: hosts_of(task.network_isolation_spec.as_ref(), plugin.fs_isolation)?,
+        user_capabilities: common::capabilities::for_non_root(&config.cap_add),
+        seccomp: plugin.seccomp.as_ref().map(|f| {
+            f.for_host_pid(
+                !config
+                    .pid_mode
+                    .unwrap_or(plugin.default_pid_mode)
+                    .is_private(),
+            )
+            .clone()
+        }),
     };
     spec.validate()
         .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
@@ -878,6 +888,33 @@ mod tests {
             e.starts_with("config.cap_add: the driver does not allow the capabilities sys_admin"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_syscall_filter_follows_the_pid_mode_and_a_non_root_user_gets_only_cap_add() {
+        use common::capabilities::parse_name;
+        use common::sandbox::NamespaceMode;
+        let plugin = PluginConfig::default();
+        let s = sandbox_for(&plugin, &TaskConfig::default(), &nomad_task()).unwrap();
+        assert!(s.user_capabilities.is_empty());
+        let f = s.seccomp.expect("the filter is on by default");
+        assert!(f.denied.iter().any(|n| n == "keyctl"));
+        assert!(!f.denied.iter().any(|n| n == "ptrace"), "{f:?}");
+        let host = TaskConfig {
+            pid_mode: Some(NamespaceMode::Host),
+            cap_add: vec![parse_name("net_bind_service").unwrap()],
+            ..Default::default()
+        };
+        let s = sandbox_for(&plugin, &host, &nomad_task()).unwrap();
+        assert!(s.seccomp.unwrap().denied.iter().any(|n| n == "ptrace"));
+        assert_eq!(s.user_capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(s.capabilities.len(), 13);
+        let off = PluginConfig {
+            seccomp: None,
+            ..Default::default()
+        };
+        let s = sandbox_for(&off, &TaskConfig::default(), &nomad_task()).unwrap();
+        assert!(s.seccomp.is_none());
     }
 
     #[test]

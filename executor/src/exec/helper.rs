@@ -10,7 +10,8 @@
 //!    controlling terminal), the task user with the task's capabilities and no_new_privs
 //!    ([`Credentials::apply`](crate::sandbox::creds::Credentials::apply)), `PR_SET_PDEATHSIG`,
 //!    the task's umask and cwd, default signals, and the exec of the command with exactly the
-//!    task's environment (the program is looked up in its `PATH`);
+//!    task's environment (the program is looked up in its `PATH`), the task's syscall filter
+//!    installed right before that exec;
 //! 5. report: a failed step as a frame on [`ERROR_FD`], else `S<pid>` (+ the pty master) on
 //!    [`CONTROL_FD`] and EOF on [`ERROR_FD`];
 //! 6. wait: SIGTERM/SIGINT/SIGHUP kill the command's process group, the command's exit ends
@@ -307,6 +308,12 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
             &io::Error::from_raw_os_error(libc::EINVAL),
         );
     };
+    // The task's syscall filter, last (as sandbox-init does before the runtime's exec).
+    if let Some(f) = &plan.credentials.seccomp {
+        if let Err(f) = crate::sandbox::seccomp::install(f) {
+            return f;
+        }
+    }
     // With the environment replaced, the program is looked up in the task's PATH.
     let e = Command::new(program)
         .args(args)

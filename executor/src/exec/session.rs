@@ -153,11 +153,7 @@ pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecE
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
         umask: runtime::task_umask(),
-        credentials: Credentials {
-            user,
-            capabilities: spec.sandbox.as_ref().map(|s| s.capabilities.clone()),
-            no_new_privs: spec.sandbox.is_some(),
-        },
+        credentials: Credentials::for_task(spec.sandbox.as_ref(), user),
         target_pid,
         namespaces,
         netns: netns.is_some(),

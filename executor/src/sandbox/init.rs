@@ -39,7 +39,7 @@ fn run() -> Result<i32, Failure> {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let plan: Plan = read_plan()?;
+    let mut plan: Plan = read_plan()?;
     // The shim's umask (077) came along: the mount points made in the hiding tmpfs dirs must
     // be traversable by the task user. The task's own umask is set at the end.
     // SAFETY: umask has no preconditions.
@@ -83,6 +83,12 @@ fn run() -> Result<i32, Failure> {
     })?;
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(&plan.env);
+    // Last: everything above may need a call the filter refuses. As PID 1 this process is
+    // filtered too (it only waits, forwards signals and forks the runtime). Taken out of
+    // the plan: the init does not keep the program's text for the task's whole life.
+    if let Some(f) = plan.credentials.seccomp.take() {
+        super::seccomp::install(&f)?;
+    }
     if plan.pid_init {
         return pid1(cmd);
     }

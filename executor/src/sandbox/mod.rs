@@ -8,7 +8,7 @@
 //! ```text
 //! shim ──clone(CLONE_NEWNS [|CLONE_NEWPID] [|CLONE_NEWIPC])──► child: setsid, cgroup,
 //!      PDEATHSIG, fds ──exec──► sandbox-init: plan → setns(net) → mounts → credentials
-//!      (no_new_privs, bounding set, user, caps) → PDEATHSIG again → cwd →
+//!      (no_new_privs, bounding set, user, caps) → PDEATHSIG again → cwd → seccomp →
 //!        pid_mode "host":    exec the runtime (same pid)
 //!        pid_mode "private": stay as PID 1 of the namespace: fork+exec the runtime, forward
 //!                            every signal to it, reap every zombie, and when the runtime
@@ -32,6 +32,7 @@ pub mod init;
 pub mod mountapi;
 pub mod mounts;
 pub mod report;
+pub mod seccomp;
 
 use common::spec::TaskSpec;
 use serde::{Deserialize, Serialize};
@@ -77,11 +78,7 @@ pub fn plan_for(spec: &TaskSpec, user: Option<creds::User>, umask: u32) -> Plan 
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
         umask,
-        credentials: creds::Credentials {
-            user,
-            capabilities: sandbox.map(|s| s.capabilities.clone()),
-            no_new_privs: sandbox.is_some(),
-        },
+        credentials: creds::Credentials::for_task(sandbox, user),
         netns: spec.netns_path.is_some(),
         mounts: sandbox.map(|s| mounts::plan(s, &spec.cwd, &shim_dirs)),
         pid_init: sandbox.is_some_and(|s| s.pid_mode.is_private()),

@@ -29,10 +29,12 @@ pub enum Step {
     // In `sandbox-exec` (a command run inside the task).
     Enter = 19,
     Terminal = 20,
+    // In both: the syscall filter, installed last.
+    Seccomp = 30,
 }
 
 impl Step {
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Session,
         Step::Cgroup,
         Step::Fds,
@@ -49,6 +51,7 @@ impl Step {
         Step::Exec,
         Step::Enter,
         Step::Terminal,
+        Step::Seccomp,
     ];
 
     pub fn from_byte(b: u8) -> Option<Step> {
@@ -74,6 +77,7 @@ impl Step {
             Step::Exec => "exec",
             Step::Enter => "entering the task's namespaces",
             Step::Terminal => "setting up the terminal",
+            Step::Seccomp => "installing the syscall filter (seccomp)",
         }
     }
 }
