@@ -40,14 +40,14 @@ if [ ! -s "$dir/vmlinuz" ] || [ ! -d "$dir/modules" ]; then
   rm -rf "$tmp"; trap - EXIT
 fi
 
-stamp="$(cat "$here/init" "$busybox" | sha256sum | cut -c1-16)"
+stamp="$(cat "$here/init" "$0" "$busybox" | sha256sum | cut -c1-16)"
 if [ "$(cat "$dir/initramfs.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -s "$dir/initramfs.cpio.gz" ]; then
   log "building the initramfs"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   mkdir -p "$tmp"/{bin,dev,proc,sys,lower,upper,newroot,modules}
   cp "$busybox" "$tmp/bin/busybox"
-  for a in sh mount umount mkdir insmod chroot cat echo poweroff sleep ip ls mknod; do
+  for a in sh mount umount mkdir insmod switch_root cat echo poweroff sleep ip ls mknod hostname ln; do
     ln -s busybox "$tmp/bin/$a"
   done
   cp "$dir"/modules/*.ko "$tmp/modules/"
