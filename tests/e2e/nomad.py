@@ -589,6 +589,10 @@ class NomadAgent:
         # scripts/test runs the tests that read logs once more with logmon collecting them.
         if os.environ.get("NDE_E2E_LOG_COLLECTION"):
             cfg["log_collection"] = os.environ["NDE_E2E_LOG_COLLECTION"]
+        # The cgroup v2 lane runs under QEMU's software emulation, where even the stand-in's
+        # `--version` takes seconds (scripts/test-cgroup2).
+        if os.environ.get("NDE_E2E_VERSION_TIMEOUT"):
+            cfg["version_timeout"] = os.environ["NDE_E2E_VERSION_TIMEOUT"]
         if self.executor_path:
             cfg["executor_binary"] = self.executor_path
         return cfg

@@ -65,6 +65,11 @@ pub struct TaskCgroup {
     members: Vec<Member>,
     /// The counter files, opened at the first sample ([`TaskCgroup::counters`]).
     counter_files: std::sync::Mutex<Option<crate::usage::CounterReader>>,
+    /// The cpuset is this task's alone, so [`TaskCgroup::apply`] writes its `cpuset.cpus`:
+    /// always on v2 (the task's scope), and on v1 the cpuset Nomad >= 1.7 made for reserved
+    /// cores, `cpuset/<parent>/reserve/<alloc>.<task>` (made with only `cpuset.mems`: joining
+    /// it before `cpuset.cpus` is written fails with ENOSPC). Never a shared partition.
+    task_cpuset: bool,
 }
 
 /// runc's conversion of cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000). Shares
@@ -121,6 +126,7 @@ impl TaskCgroup {
         let handed = nomad::handed_over(root, nomad_cgroup);
         let own = Path::new(own);
         let mut members = Vec::new();
+        let mut task_cpuset = version == Version::V2;
         match version {
             Version::V2 => {
                 let (rel, owned) = match handed {
@@ -164,8 +170,10 @@ impl TaskCgroup {
                         owned: adopted.is_none(),
                     });
                 }
-                // Nomad's cpuset (shared or reserved cores): joined, never ours to change.
+                // Nomad's cpuset (shared or reserved cores): joined; its cpuset.cpus is
+                // written only when it is the task's own (Nomad >= 1.7's reserve/<alloc>.<task>).
                 if let Some(rel) = handed {
+                    task_cpuset = nomad::v1_reserved_task_cpuset(&rel, alloc_task);
                     let controller = rel.iter().next().and_then(|c| c.to_str()).unwrap_or("");
                     let inner: PathBuf = rel.iter().skip(1).collect();
                     members.push(Member {
@@ -180,6 +188,7 @@ impl TaskCgroup {
             version,
             members,
             counter_files: Default::default(),
+            task_cpuset,
         })
     }
 
@@ -295,8 +304,9 @@ impl TaskCgroup {
                 }
             }
         }
-        // v1 cpusets are Nomad's (joined as they are); on v2 the task's scope takes them.
-        if v2 && !r.cpuset_cpus.is_empty() {
+        // The task's own cpuset takes the cores (v2: its scope; v1: Nomad >= 1.7's reserved
+        // cpuset). Nomad's shared v1 partitions and 1.6's cpusets are joined as they are.
+        if self.task_cpuset && !r.cpuset_cpus.is_empty() {
             if let Some((cpuset, d)) = self.with::<CpuSetController>() {
                 set(
                     d,
@@ -497,6 +507,7 @@ impl TaskCgroup {
             version,
             members,
             counter_files: Default::default(),
+            task_cpuset: false,
         })
     }
 

@@ -64,6 +64,23 @@ pub fn v1_client_cgroups(
         .collect()
 }
 
+/// Whether the v1 cpuset Nomad passed (`cpuset_rel`, below the root) is the one Nomad >= 1.7
+/// made for this task's reserved cores, `cpuset/<parent>/reserve/<alloc>.<task>`: the client
+/// creates it with `cgroup.clone_children = 0` and only `cpuset.mems`, and leaves
+/// `cpuset.cpus` to the driver. Not Nomad's `share` partition (every task's) nor 1.6's
+/// `reserved/<alloc>-<task>` (whose cores 1.6's client writes itself).
+pub fn v1_reserved_task_cpuset(cpuset_rel: &Path, alloc_task: &str) -> bool {
+    let parts: Vec<&OsStr> = cpuset_rel.iter().collect();
+    matches!(
+        parts.as_slice(),
+        [first, .., reserve, scope] if parts.len() >= 4
+            && *first == OsStr::new("cpuset")
+            && *reserve == OsStr::new("reserve")
+            && !alloc_task.is_empty()
+            && *scope == OsStr::new(alloc_task)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +157,26 @@ mod tests {
                 "{cpuset}"
             );
         }
+    }
+
+    #[test]
+    fn only_nomad_17s_reserved_cpuset_of_this_task_is_the_tasks_own() {
+        let own = |p: &str| v1_reserved_task_cpuset(Path::new(p), "a1.web");
+        assert!(own("cpuset/nomad/reserve/a1.web"));
+        assert!(own("cpuset/custom/parent/reserve/a1.web"));
+        for not in [
+            "cpuset/nomad/share",
+            "cpuset/nomad/reserve",
+            "cpuset/nomad/reserve/a2.api",
+            "cpuset/nomad/reserved/a1-web",
+            "cpuset/reserve/a1.web",
+            "memory/nomad/reserve/a1.web",
+        ] {
+            assert!(!own(not), "{not}");
+        }
+        assert!(!v1_reserved_task_cpuset(
+            Path::new("cpuset/nomad/reserve/x"),
+            ""
+        ));
     }
 }

@@ -497,3 +497,31 @@ fn v1_leftovers_never_include_nomads_shared_cpusets() {
         ]
     );
 }
+
+/// Nomad >= 1.7 on v1 with `cores = N`: the client made `cpuset/nomad/reserve/<alloc>.<task>`
+/// with `cgroup.clone_children = 0` and only `cpuset.mems`, and leaves `cpuset.cpus` to the
+/// driver (joining a v1 cpuset with no cpus fails with ENOSPC). The task's reserved cores go
+/// there; the shared partition (every task's) and Nomad 1.6's cpusets are never written.
+#[test]
+fn v1_writes_the_reserved_cores_into_the_cpuset_nomad_17_made_for_the_task() {
+    for (cpuset, written) in [
+        ("cpuset/nomad/reserve/a1.web", true),
+        ("cpuset/nomad/share", false),
+        ("cpuset/nomad/reserved/a1-web", false),
+    ] {
+        let root = fake_v1();
+        let r = root.path();
+        let given = r.join(cpuset);
+        fs::create_dir_all(&given).unwrap();
+        fs::write(given.join("cpuset.cpus"), "").unwrap();
+        fs::write(given.join("cpuset.mems"), "0").unwrap();
+        let cg = TaskCgroup::create_for(r, Version::V1, &spec(given.to_str().unwrap())).unwrap();
+        let notes = cg.apply(&limits("1"));
+        assert!(notes.is_empty(), "{cpuset}: {notes:?}");
+        let want = if written { "1" } else { "" };
+        assert_eq!(rd(&given, "cpuset.cpus"), want, "{cpuset}");
+        assert_eq!(rd(&given, "cpuset.mems"), "0", "{cpuset}: mems untouched");
+        cg.remove();
+        assert!(given.is_dir(), "{cpuset} is Nomad's, never removed");
+    }
+}
