@@ -276,6 +276,15 @@ impl StateDir {
                 _ => (dir, vec![]),
             }
         };
+        if create && !crate::paths::is_plugin_state_dir(dir) {
+            // An operator's own dir (a `run` spec): its parents are the operator's to trust.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(base)
+                .map_err(io_err("create the dir of", dir))?;
+        }
         let mut fd = nix::fcntl::open(base, DIR_FLAGS, Mode::empty())
             .map(owned)
             .map_err(|e| io_err("open the dir of", dir)(e.into()))?;
