@@ -240,6 +240,8 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
 pub struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// The vetted dir holding this one, and this one's name in it (to remove it).
+    parent: Option<(OwnedFd, std::ffi::OsString)>,
 }
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
@@ -292,6 +294,7 @@ impl StateDir {
         if parts.is_empty() {
             vet_dir(&fd, &at)?;
         }
+        let mut parent = None;
         for part in parts {
             at.push(part);
             if create {
@@ -318,11 +321,12 @@ impl StateDir {
                 e => io_err("open the dir of", &at)(e.into()),
             })?;
             vet_dir(&next, &at)?;
-            fd = next;
+            parent = Some((std::mem::replace(&mut fd, next), part.to_os_string()));
         }
         Ok(StateDir {
             fd,
             path: dir.to_path_buf(),
+            parent,
         })
     }
 
@@ -420,6 +424,39 @@ impl StateDir {
         vet_file(&f, &path)?;
         f.lock_exclusive().map_err(io_err("lock", &path))?;
         Ok(f)
+    }
+
+    /// Removes the state dir `dir` and the files in it (the state dir holds files only; a
+    /// subdirectory, which only someone else can have made, makes it stay), by fd: nothing
+    /// is followed. A missing dir is fine.
+    pub fn remove_dir(dir: &Path) -> Result<(), StateError> {
+        let d = match StateDir::open(dir, false) {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let list = nix::dir::Dir::openat(Some(d.fd.as_raw_fd()), ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err("list", dir)(e.into()))?;
+        let names: Vec<String> = list
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        for n in names {
+            d.unlink(&n)?;
+        }
+        if let Some((parent, name)) = &d.parent {
+            match nix::unistd::unlinkat(
+                Some(parent.as_raw_fd()),
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(io_err("remove", dir)(e.into())),
+            }
+        }
+        Ok(())
     }
 
     /// Removes `name` (never what it may point to); a missing file is fine.
@@ -791,6 +828,21 @@ mod tests {
         assert_eq!(d.path(), dir);
         let mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        // Removed by fd: files go, then the dir; a symlink in it goes, not its target.
+        let victim = alloc.path().join("victim");
+        fs::write(&victim, "v").unwrap();
+        s.write(&dir.join("state.json")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
+        StateDir::remove_dir(&dir).unwrap();
+        assert!(!dir.exists() && root.exists());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "v");
+        StateDir::remove_dir(&dir).unwrap();
+        // A symlink as the key dir: refused, its target kept.
+        fs::write(elsewhere.join("keep"), "k").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        assert!(StateDir::remove_dir(&dir).is_err());
+        assert!(elsewhere.join("keep").exists());
+        fs::remove_file(&dir).unwrap();
         // A missing state dir reads as "not found" and creates nothing.
         let gone = crate::paths::state_dir(alloc.path(), "x/y/z");
         let e = TaskState::read(&gone.join("state.json")).unwrap_err();
