@@ -149,19 +149,21 @@ def test_a_task_named_like_the_alloc_dir_or_the_state_root_is_refused(shared_age
     job = agent.run_job(job_hcl("names-" + ("dot" if attacker == "." else "elide"), [victim, bad]))
     alloc = agent.first_alloc(job["ID"])
     ts = agent.wait_task(alloc["ID"], attacker, "dead")
+    # The victim is stopped with its failed sibling (its shim writes its exit then).
+    vs = agent.wait_task(alloc["ID"], "victim", "dead")
+    with open(host_file) as f:
+        body = f.read()
+    assert body == HOST_TEXT, f"the host file was overwritten with: {body[:300]}"
+    # The attacker never ran: nothing planted, nothing read.
+    shared = alloc_path(agent, alloc["ID"], "alloc")
+    stolen = os.path.join(shared, "stolen")
+    assert not os.path.exists(stolen), open(stolen).read()
+    assert not os.path.exists(os.path.join(shared, "planted"))
+    assert "victim exits" not in agent.logs(alloc["ID"], "victim"), events_text(vs)
     text = events_text(ts)
     assert ts["Failed"], text
     assert f'task name "{attacker}" is refused' in text and "rename the task" in text, text
     assert not any(e["Type"] == "Started" for e in ts["Events"]), text
-    # The victim is stopped with its failed sibling.
-    vs = agent.wait_task(alloc["ID"], "victim", "dead")
-    assert "victim exits" not in agent.logs(alloc["ID"], "victim"), events_text(vs)
-    # The attacker never ran: nothing planted, nothing read.
-    shared = alloc_path(agent, alloc["ID"], "alloc")
-    assert not os.path.exists(os.path.join(shared, "planted")), open(os.path.join(shared, "stolen")).read()
-    assert not os.path.exists(os.path.join(shared, "stolen"))
-    with open(host_file) as f:
-        assert f.read() == HOST_TEXT, "the host file was overwritten"
     root = alloc_path(agent, alloc["ID"], ".elide")
     for dirpath, dirnames, filenames in os.walk(root):
         for n in filenames + dirnames:
@@ -195,10 +197,11 @@ sys.exit(1)
     job = agent.run_job(nm.elide_job("logs-symlink", app, jtype="batch", group=group))
     alloc = agent.first_alloc(job["ID"])
     ts = agent.wait_task(alloc["ID"], "t", "dead", pred=lambda t: t["Restarts"] >= 1)
+    body = target.read_text()
+    assert body == HOST_TEXT, f"the task's output reached the file outside: {body!r}"
     text = events_text(ts)
     assert ts["Failed"], text
     assert "symlink" in text and "refusing to write task output" in text, text
-    assert target.read_text() == HOST_TEXT, "the task's output reached the file outside"
     assert not target.is_symlink() and target.is_file()
 
 
