@@ -306,7 +306,7 @@ mod tests {
         );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
-        assert!(parse_stat(&line.replace(" S ", " Z ")).unwrap().is_exited());
+        assert!(parse_stat(line.replace(" S ", " Z ")).unwrap().is_exited());
     }
 
     /// `comm` is the name the process gave itself: a process whose name is not UTF-8 must
