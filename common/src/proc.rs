@@ -29,13 +29,20 @@ impl Stat {
     }
 }
 
-/// Parses a `/proc/<pid>/stat` line. `comm` (field 2) may itself contain spaces and parens,
-/// so the fixed fields are counted from the *last* `)`.
-pub fn parse_stat(stat: &str) -> Option<Stat> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let pid = stat[..open].trim().parse().ok()?;
-    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+/// Parses a `/proc/<pid>/stat` line. `comm` (field 2) is whatever the process named itself:
+/// any bytes (not UTF-8 at all, spaces, parens), so the line is taken as bytes and the fixed
+/// fields are counted from the *last* `)`.
+pub fn parse_stat(stat: impl AsRef<[u8]>) -> Option<Stat> {
+    let stat = stat.as_ref();
+    let open = stat.iter().position(|b| *b == b'(')?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let pid = std::str::from_utf8(stat.get(..open)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3.
     let field = |n: usize| f.get(n - 3).copied();
     Some(Stat {
@@ -65,8 +72,8 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
             format!("invalid pid {pid}"),
         ));
     }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| invalid(pid))
+    let bytes = std::fs::read(format!("/proc/{pid}/stat"))?;
+    parse_stat(&bytes).ok_or_else(|| invalid(pid))
 }
 
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
@@ -299,7 +306,47 @@ mod tests {
         );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
-        assert!(parse_stat(&line.replace(" S ", " Z ")).unwrap().is_exited());
+        assert!(parse_stat(line.replace(" S ", " Z ")).unwrap().is_exited());
+    }
+
+    /// `comm` is the name the process gave itself: a process whose name is not UTF-8 must
+    /// still be seen (kill_leftovers, the process tree), or it escapes every cleanup.
+    #[test]
+    fn a_process_whose_comm_is_not_utf8_is_still_listed() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut line =
+            b"77 (bad\xff\xfe) name) S 1 77 77 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 555 0 0".to_vec();
+        let s = parse_stat(&line).unwrap();
+        assert_eq!((s.pid, s.pgrp, s.utime, s.start_time), (77, 77, 3, 555));
+        line.truncate(20);
+        assert_eq!(parse_stat(&line), None);
+
+        // A real one: exec'd under a name that is not UTF-8 (comm is the file name).
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"sl\xffp");
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link)
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Until exec the child's comm is still ours: wait for the new one.
+        let comm = format!("/proc/{pid}/comm");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read(&comm).unwrap() != b"sl\xffp\n" {
+            assert!(std::time::Instant::now() < deadline, "never exec'd");
+            std::thread::yield_now();
+        }
+        let st = stat(pid);
+        let members = group_members(pid);
+        let listed = all_processes().iter().any(|p| p.pid == pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(st.unwrap().pgrp, pid);
+        assert_eq!(members, vec![pid]);
+        assert!(listed);
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! events only; spans (its libraries' ones are at debug/trace) are not recorded. The JSON has
 //! the shape `tracing-subscriber`'s `json()` wrote: `{"timestamp":…,"level":…,"fields":{…}}`.
 
+use common::state::{StateDir, StateError};
 use std::fmt::Write as _;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,13 +25,11 @@ fn level() -> LevelFilter {
         .unwrap_or(LevelFilter::INFO)
 }
 
-/// JSON lines appended to `file`.
-pub fn to_file(file: &Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(file)?;
+/// JSON lines appended to the shim's `executor.log` in its state dir `dir`, which is made
+/// (or vetted) first. The dir sits in the alloc dir, so the log is opened through the dir's
+/// fd only, never through a symlink or a hard link ([`StateDir`]).
+pub fn to_state_dir(dir: &Path) -> Result<(), StateError> {
+    let f = StateDir::open(dir, true)?.append_file(common::paths::LOG_FILE)?;
     install(Logger {
         max: level(),
         json: true,

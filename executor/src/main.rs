@@ -103,12 +103,7 @@ async fn serve_cmd(spec_path: &Path, task: &str, mut ready: Ready) -> anyhow::Re
         .unwrap_or(Path::new("/"))
         .to_path_buf();
     let log = dir.join(common::paths::LOG_FILE);
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .and_then(|_| executor::logging::to_file(&log))
-    {
+    if let Err(e) = executor::logging::to_state_dir(&dir) {
         let msg = format!(
             "cannot open the shim log {}: {e}; check that the task's state dir is writable",
             log.display()
@@ -119,8 +114,6 @@ async fn serve_cmd(spec_path: &Path, task: &str, mut ready: Ready) -> anyhow::Re
     let ready_fd = ready.raw_fd();
     Ok(serve::run(spec, Mode::Serve { ready_fd }, ready).await?)
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 async fn run(cmd: Cmd, ready: Ready) -> anyhow::Result<i32> {
     match cmd {

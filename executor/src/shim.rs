@@ -561,7 +561,7 @@ impl Shim {
         let Some(dir) = path.parent() else { return };
         let key = common::paths::task_key(&self.spec.task_id);
         if dir.file_name().and_then(|n| n.to_str()) == Some(key.as_str()) {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = common::state::StateDir::remove_dir(dir);
         } else {
             let _ = std::fs::remove_file(dir.join(common::paths::LOG_FILE));
         }

@@ -378,3 +378,44 @@ async fn what_a_killed_shim_leaves_is_killed_and_its_cgroups_removed() {
         );
     }
 }
+
+/// Issue #18 (2): Nomad builds a task dir (owner nobody, mode 0777) for a task named
+/// `.elide` before StartTask, so `<alloc>/.elide` may be anybody's. The shim neither creates
+/// its state dir in it nor follows a symlink in its place: it refuses to start, naming it.
+#[test]
+fn a_state_root_the_driver_did_not_make_fails_the_start_and_stays_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = short_dir();
+    let alloc = dir.path().join("alloc-dir");
+    std::fs::create_dir(&alloc).unwrap();
+    let mut s = spec(dir.path(), "exit 0");
+    s.state_path = common::paths::state_dir(&alloc, &s.task_id).join("state.json");
+    let root = alloc.join(".elide");
+
+    // World-writable, as Nomad leaves a task dir.
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let p = write_spec(&s, dir.path());
+    let (mut child, line) = launch_raw(&p, None);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(
+        line.starts_with("ERROR ") && line.contains("refusing to use") && line.contains(".elide"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing made in it"
+    );
+
+    // A symlink in its place: not followed.
+    std::fs::remove_dir(&root).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &root).unwrap();
+    let (mut child, line) = launch_raw(&p, None);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(line.contains("symlink"), "{line}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert!(!s.socket_path.exists());
+}

@@ -43,6 +43,8 @@ impl Tasks {
         let task = req
             .task
             .ok_or_else(|| Status::invalid_argument("StartTask without a task config"))?;
+        // Before anything is read or written in the task dir `<alloc>/<name>`.
+        common::paths::check_task_name(&task.name).map_err(|e| status::permanent(e.to_string()))?;
         if self.store.get(&task.id).is_some() {
             return Err(Status::already_exists(format!(
                 "task {} is already started",
@@ -89,14 +91,23 @@ impl Tasks {
         .map_err(|e| status::permanent(e.to_string()))?;
         spec.validate()
             .map_err(|e| status::permanent(format!("cannot run this task: {e}")))?;
-        let dirs = [
-            (cfg.runtime_dir.clone(), "runtime_dir"),
-            (
-                spec.state_path.parent().unwrap_or(Path::new("/")).into(),
-                "task state dir",
-            ),
-        ];
+        let dirs = [(cfg.runtime_dir.clone(), "runtime_dir")];
         blocking(move || make_private_dirs(&dirs)).await?;
+        // The state dir sits in the alloc dir: made and vetted without following a symlink.
+        let state_dir = spec
+            .state_path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        blocking(move || common::state::StateDir::open(&state_dir, true).map(drop))
+            .await
+            .map_err(|e| {
+                let msg = format!("cannot create the task state dir: {e}");
+                match e {
+                    common::state::StateError::Unsafe { .. } => status::permanent(msg),
+                    _ => status::recoverable(msg),
+                }
+            })?;
 
         let launch_started = std::time::Instant::now();
         let launched = self

@@ -121,7 +121,7 @@ impl Tasks {
         let s = entry.state.clone();
         blocking(move || {
             if let Some(dir) = s.state_path.parent() {
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = common::state::StateDir::remove_dir(dir);
             }
         })
         .await;

@@ -960,3 +960,58 @@ async fn start_refuses_an_elide_others_could_replace() {
         "{e:?}"
     );
 }
+
+/// Issue #18 (2, 5): the task dir is `<alloc>/<name>`; a name that is the alloc dir, its
+/// parent, the shims' state root or the shared dir is refused before any shim runs, naming
+/// the rule and the fix.
+#[tokio::test]
+async fn task_names_the_alloc_dir_keeps_for_itself_are_refused_before_any_shim() {
+    let h = Harness::new();
+    for name in [".elide", ".", "..", "alloc"] {
+        let e = h.start(h.task(name)).await.unwrap_err();
+        assert!(!recoverable(&e), "{name}: {e:?}");
+        assert!(
+            e.message()
+                .contains(&format!("task name {name:?} is refused"))
+                && e.message().contains("rename the task"),
+            "{name}: {e:?}"
+        );
+    }
+    assert!(
+        h.launcher.specs.lock().unwrap().is_empty(),
+        "no shim launched"
+    );
+    let root = h.dir.path().join("alloc/.elide");
+    let made: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        made,
+        ["local"],
+        "no state dir made in the refused task's dir"
+    );
+}
+
+/// A state root the driver did not make (Nomad built it as the task dir of a task named
+/// `.elide`, of any driver: world-writable) is not used: the start fails, naming it.
+#[tokio::test]
+async fn a_state_root_that_is_not_the_drivers_own_fails_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new();
+    let task = h.task("web");
+    let root = h.dir.path().join("alloc/.elide");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = h.start(task).await.unwrap_err();
+    assert!(!recoverable(&e), "{e:?}");
+    assert!(
+        e.message().contains("refusing to use") && e.message().contains("mode 0777"),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    assert!(
+        h.launcher.specs.lock().unwrap().is_empty(),
+        "no shim launched"
+    );
+}

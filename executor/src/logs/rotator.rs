@@ -38,6 +38,12 @@ const FILE_MODE: u32 = 0o644;
 
 /// The highest index a log file can have (logmon parses indexes as Go `int`).
 const MAX_INDEX: u64 = i64::MAX as u64;
+/// The highest index an existing entry may have to be continued from (or counted at all):
+/// 2^32 indexes below [`MAX_INDEX`]. Rotation counts up by one, so a real file never gets
+/// near it; above it an entry can only be planted (e.g. `<base>.9223372036854775807` by a
+/// task: continuing from there would exhaust the indexes and drop all output), and is
+/// passed over like every other planted entry.
+const MAX_FOUND_INDEX: u64 = MAX_INDEX - (1 << 32);
 /// No index (above every [`MAX_INDEX`] one).
 const NO_INDEX: u64 = u64::MAX;
 
@@ -175,13 +181,14 @@ fn own(fd: std::os::fd::RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// `<base>.<digits>` → the index (digits only, at most `MAX_INDEX`).
+/// `<base>.<digits>` → the index (digits only, at most [`MAX_FOUND_INDEX`]: a higher one is
+/// planted and ignored).
 fn parse_index(name: &str, base: &str) -> Option<u64> {
     let digits = name.strip_prefix(base)?.strip_prefix('.')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse::<u64>().ok().filter(|n| *n <= MAX_INDEX)
+    digits.parse::<u64>().ok().filter(|n| *n <= MAX_FOUND_INDEX)
 }
 
 /// A failed write: how much of the data did reach the file before `error`.
@@ -732,5 +739,50 @@ mod tests {
             parse_index("web.stdout.99999999999999999999", "web.stdout"),
             None
         );
+        assert_eq!(
+            parse_index("web.stdout.9223372036854775807", "web.stdout"),
+            None
+        );
+        assert_eq!(
+            parse_index(&format!("web.stdout.{MAX_FOUND_INDEX}"), "web.stdout"),
+            Some(MAX_FOUND_INDEX)
+        );
+    }
+
+    /// Issue #18 (14): an entry planted at the highest index (a symlink, or a file of the
+    /// task's) made the rotator start there, skip it, find no next index and drop every
+    /// write with "log file index exhausted". Such entries are passed over like any other
+    /// planted one: output goes on at the real indexes.
+    #[test]
+    fn an_entry_planted_at_the_highest_index_is_passed_over() {
+        let (t, logs, dir) = setup();
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, "").unwrap();
+        std::os::unix::fs::symlink(&outside, logs.join(format!("t.stdout.{MAX_INDEX}"))).unwrap();
+        std::fs::write(logs.join(format!("t.stderr.{MAX_INDEX}")), "planted\n").unwrap();
+        std::fs::write(logs.join("t.stderr.2"), "earlier\n").unwrap();
+        let mut out = Rotator::new("t.stdout", 3, 64 * 1024);
+        out.write(&dir, b"hello\n").unwrap();
+        assert_eq!(out.index(), 0);
+        assert_eq!(read(&logs, "t.stdout.0"), "hello\n");
+        let mut err = Rotator::new("t.stderr", 3, 64 * 1024);
+        err.write(&dir, b"oops\n").unwrap();
+        assert_eq!(err.index(), 2, "the last real file is continued");
+        assert_eq!(read(&logs, "t.stderr.2"), "earlier\noops\n");
+        // Rotation and the purge go on as usual and leave the planted entries alone.
+        let line = format!("{}\n", "p".repeat(1023));
+        for _ in 0..(64 * 5) {
+            out.write(&dir, line.as_bytes()).unwrap();
+        }
+        assert!(out.index() >= 4, "{}", out.index());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "");
+        assert!(logs.join(format!("t.stdout.{MAX_INDEX}")).is_symlink());
+        // One planted just within reach still leaves 2^32 indexes after it.
+        let (_t, logs, dir) = setup();
+        std::os::unix::fs::symlink(&outside, logs.join(format!("t.stdout.{MAX_FOUND_INDEX}")))
+            .unwrap();
+        let mut r = Rotator::new("t.stdout", 3, 64 * 1024);
+        r.write(&dir, b"x\n").unwrap();
+        assert_eq!(r.index(), MAX_FOUND_INDEX + 1);
     }
 }
