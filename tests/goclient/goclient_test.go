@@ -43,6 +43,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 	version "github.com/hashicorp/go-version"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -56,10 +57,11 @@ const (
 	// phaseEnv makes the re-executed test binary play the agent before its crash.
 	phaseEnv = "NDE_GOCLIENT_PHASE"
 	// stateEnv: where that child writes what the agent's state DB would hold.
-	stateEnv   = "NDE_GOCLIENT_STATE"
-	workEnv    = "NDE_GOCLIENT_WORKDIR"
-	rpcTimeout = 30 * time.Second
-	taskWait   = 60 * time.Second
+	stateEnv     = "NDE_GOCLIENT_STATE"
+	workEnv      = "NDE_GOCLIENT_WORKDIR"
+	rpcTimeout   = 30 * time.Second
+	taskWait     = 60 * time.Second
+	phaseTimeout = 5 * time.Minute
 )
 
 // The running task's app: notes what it sees in local/events, logs a line, idles.
@@ -221,8 +223,9 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-// processesUnder lists live processes whose command line or cwd mentions dir.
-func processesUnder(dir string) []string {
+// processesUnder lists live processes whose command line mentions dir or the allocation
+// (a shim's `--task <alloc id>/<task>/<suffix>`), or whose cwd is beneath dir.
+func processesUnder(dir, allocID string) []string {
 	var found []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -233,7 +236,8 @@ func processesUnder(dir string) []string {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 		line := strings.ReplaceAll(string(cmdline), "\x00", " ")
-		if strings.Contains(line, dir) || strings.HasPrefix(cwd, dir) {
+		if strings.Contains(line, dir) || strings.HasPrefix(cwd, dir) ||
+			(allocID != "" && strings.Contains(line, allocID)) {
 			found = append(found, fmt.Sprintf("%d: %s (cwd %s)", pid, line, cwd))
 		}
 	}
@@ -355,11 +359,17 @@ func TestNomad2GoClient(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the harness needs root: the driver's sandbox does (run it as root, like CI)")
 	}
+	// When the agent child dies, its orphans (the plugin) come to us, as a crashed agent's
+	// plugins go to systemd, which reaps them at once. A late reaper would leave the plugin a
+	// zombie, which go-plugin's reattached client (kill(pid, 0) once a second) takes for a
+	// live process: its Kill would wait out its 2 s and SIGKILL.
+	must(t, unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
 	work, err := os.MkdirTemp("/tmp", "ngc") // short: sockets live beneath it
 	must(t, err, "work dir")
 	must(t, os.Chmod(work, 0o755), "work dir")
+	allocID := ""
 	t.Cleanup(func() {
-		if left := processesUnder(work); len(left) > 0 {
+		if left := processesUnder(work, allocID); len(left) > 0 {
 			t.Errorf("processes left behind: %v", left)
 		}
 		_ = os.RemoveAll(work)
@@ -373,13 +383,14 @@ func TestNomad2GoClient(t *testing.T) {
 	ok := t.Run("agent: long-lived instance, then crash", func(t *testing.T) {
 		st = runAgentChild(t, work)
 		pluginPid = st.Reattach.Pid
+		allocID = filepath.Base(st.AllocDir)
 	})
 	if !ok {
 		// Whatever the child left running: the plugin, the shims (found under work).
 		if pluginPid > 0 && alive(pluginPid) {
 			_ = syscall.Kill(pluginPid, syscall.SIGKILL)
 		}
-		killLeftovers(work)
+		killLeftovers(work, allocID)
 		return
 	}
 	t.Run("restarted agent: reattach, recover, stop, shutdown", func(t *testing.T) {
@@ -388,15 +399,15 @@ func TestNomad2GoClient(t *testing.T) {
 				if alive(pluginPid) {
 					_ = syscall.Kill(pluginPid, syscall.SIGKILL)
 				}
-				killLeftovers(work)
+				killLeftovers(work, allocID)
 			}
 		}()
 		afterRestart(t, work, st)
 	})
 }
 
-func killLeftovers(work string) {
-	for _, p := range processesUnder(work) {
+func killLeftovers(work, allocID string) {
+	for _, p := range processesUnder(work, allocID) {
 		if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -511,6 +522,11 @@ func agentBeforeCrash() int {
 		return true
 	}()
 	if !ok {
+		// Leave nothing running: the plugin (go-plugin's Kill), and the tasks by the work dir.
+		if t.onFail != nil {
+			t.onFail()
+		}
+		killLeftovers(os.Getenv(workEnv), "")
 		return 1
 	}
 	return 0 // not reached: agent() ends with SIGKILL
@@ -518,7 +534,10 @@ func agentBeforeCrash() int {
 
 // childT is a minimal testing.TB for the child process (testing.T cannot be made outside
 // `go test`'s runner): a failure prints and unwinds.
-type childT struct{ testing.TB }
+type childT struct {
+	testing.TB
+	onFail func()
+}
 type childFailed struct{}
 
 func (c *childT) Helper()                   {}
@@ -531,12 +550,14 @@ func agent(t *childT) {
 	cmd := exec.Command(binary(t, "NDE_PLUGIN"))
 	cfg.Cmd = cmd
 	client := plugin.NewClient(cfg)
+	t.onFail = client.Kill
 	rpc, err := client.Client()
 	must(t, err, "launching the long-lived plugin")
 	raw, err := rpc.Dispense(PluginTypeDriver)
 	must(t, err, "dispensing driver")
 	d := raw.(*Driver)
-	ctx, cancel := rpcCtx()
+	// One context for the unary calls of the whole phase (each call is short; the phase is not).
+	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
 	defer cancel()
 
 	// SetConfig as the driver manager sends it (ports and, since 1.7, the topology), then
@@ -742,14 +763,19 @@ func afterRestart(t *testing.T, work string, st state) {
 	shimPid, runtimePid := intField(t, ds, "shim_pid"), intField(t, ds, "runtime_pid")
 	check(t, alive(st.Reattach.Pid), "the plugin (pid %d) did not survive the agent's crash", st.Reattach.Pid)
 	check(t, alive(shimPid) && alive(runtimePid), "the task did not survive the agent's crash")
-	ppid := func(pid int) int {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		n, _ := strconv.Atoi(f[1])
-		return n
-	}
-	check(t, ppid(st.Reattach.Pid) != os.Getpid(), "the plugin is our child: not a reattach test")
+	// The orphaned plugin is ours to reap (PR_SET_CHILD_SUBREAPER): its exit status tells
+	// whether it left by itself or was SIGKILLed.
+	exited := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(st.Reattach.Pid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		exited <- ws
+	}()
 
 	rc, err := st.Reattach.ToGoPlugin()
 	must(t, err, "reattach config")
@@ -762,7 +788,7 @@ func afterRestart(t *testing.T, work string, st state) {
 	raw, err := rpc.Dispense(PluginTypeDriver)
 	must(t, err, "dispensing driver after reattach")
 	d := raw.(*Driver)
-	ctx, cancel := rpcCtx()
+	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
 	defer cancel()
 
 	// No SetConfig after a reattach (the instance keeps its config); 2.0 sends Init on every
@@ -835,10 +861,16 @@ func afterRestart(t *testing.T, work string, st state) {
 	check(t, client.Exited(), "the plugin is still running after Kill")
 	check(t, took < 2*time.Second, "Kill took %v: the plugin did not exit after the controller's "+
 		"Shutdown and go-plugin SIGKILLed it", took)
-	waitFor(t, "the plugin process to be gone", 10*time.Second, func() bool { return !alive(st.Reattach.Pid) })
+	select {
+	case ws := <-exited:
+		check(t, ws.Exited() && ws.ExitStatus() == 0, "the plugin ended with %v, want exit status 0 "+
+			"(it leaves by itself after the controller's Shutdown)", ws)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the plugin (pid %d) is still there 10 s after Kill", st.Reattach.Pid)
+	}
 	_, err = os.Stat(st.Reattach.Addr)
 	check(t, os.IsNotExist(err), "the plugin's socket %s remains", st.Reattach.Addr)
-	if left := processesUnder(work); len(left) > 0 {
+	if left := processesUnder(work, filepath.Base(st.AllocDir)); len(left) > 0 {
 		t.Fatalf("processes left behind: %v", left)
 	}
 }
