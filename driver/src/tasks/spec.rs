@@ -905,7 +905,12 @@ mod tests {
             cap_add: vec![parse_name("net_bind_service").unwrap()],
             ..Default::default()
         };
-        let s = sandbox_for(&plugin, &host, &nomad_task()).unwrap();
+        // pid_mode = "host" takes the operator's allow_host_pid.
+        let host_ok = PluginConfig {
+            allow_host_pid: true,
+            ..Default::default()
+        };
+        let s = sandbox_for(&host_ok, &host, &nomad_task()).unwrap();
         assert!(s.seccomp.unwrap().denied.iter().any(|n| n == "ptrace"));
         assert_eq!(s.user_capabilities, ["CAP_NET_BIND_SERVICE"]);
         assert_eq!(s.capabilities.len(), 12);
