@@ -30,8 +30,8 @@ plugin "nomad-driver-elide" {
     # fifo_open_timeout  = "10s"
     # The task sandbox (docs/driver.md, "Sandbox"); these are the defaults:
     # allow_caps         = ["audit_write", "chown", "dac_override", "fowner", "fsetid", "kill",
-    #                       "mknod", "net_bind_service", "setfcap", "setgid", "setpcap",
-    #                       "setuid", "sys_chroot"]
+    #                       "mknod", "net_bind_service", "setgid", "setpcap",
+    #                       "setuid", "sys_chroot"]   # Nomad's list without setfcap
     # default_pid_mode   = "private"   # private | host
     # default_ipc_mode   = "private"   # private | host
     # allow_host_pid     = false       # let jobs set pid_mode = "host"

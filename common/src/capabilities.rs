@@ -1,16 +1,18 @@
 //! Linux capabilities of a task, with Nomad exec's semantics: the plugin's `allow_caps`
-//! (default: Nomad's list), the task's `cap_add` / `cap_drop`, and the set the runtime keeps:
-//! `(defaults ∩ allow_caps) − cap_drop ∪ cap_add`, where every `cap_add` must be allowed.
-//! `"all"` means every capability (in `allow_caps`, `cap_add`; in `cap_drop` it empties the
-//! set before `cap_add` is applied). Names are case-insensitive, with or without `CAP_`.
-//! The executor applies the set (docs/executor.md, "Sandbox").
+//! (default: [`DRIVER_DEFAULTS`], Nomad's list without `setfcap`), the task's `cap_add` /
+//! `cap_drop`, and the set the runtime keeps: `(defaults ∩ allow_caps) − cap_drop ∪ cap_add`,
+//! where every `cap_add` must be allowed. `"all"` means every capability (in `allow_caps`,
+//! `cap_add`; in `cap_drop` it empties the set before `cap_add` is applied). Names are
+//! case-insensitive, with or without `CAP_`. The executor applies the set (docs/executor.md,
+//! "Sandbox").
 
 use caps::Capability;
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
 /// Nomad's default capabilities (`drivers/shared/capabilities` in Nomad): Docker's defaults
-/// without `net_raw`. The default of `allow_caps`, and what a task gets by default.
+/// without `net_raw`. Not the driver's defaults (see [`DRIVER_DEFAULTS`]); kept to document
+/// (and test) how the two differ.
 pub const NOMAD_DEFAULTS: &[&str] = &[
     "audit_write",
     "chown",
@@ -21,6 +23,28 @@ pub const NOMAD_DEFAULTS: &[&str] = &[
     "mknod",
     "net_bind_service",
     "setfcap",
+    "setgid",
+    "setpcap",
+    "setuid",
+    "sys_chroot",
+];
+
+/// The driver's default capabilities: the default of `allow_caps`, and what a root task keeps
+/// by default. Nomad's list ([`NOMAD_DEFAULTS`]) without `setfcap`: with CAP_SETFCAP a root
+/// task can give a copy of a program in its task dir a file capability
+/// (`security.capability`, e.g. `cap_setuid+ep`); the task dir is on the host's disk, where
+/// `nosuid` does not hold, so a local account that runs that file gets the capability (and
+/// with CAP_SETUID, root). Setting file capabilities takes the operator's `allow_caps` and
+/// the job's `cap_add` (docs/driver.md, "Setuid files").
+pub const DRIVER_DEFAULTS: &[&str] = &[
+    "audit_write",
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "mknod",
+    "net_bind_service",
     "setgid",
     "setpcap",
     "setuid",
@@ -89,9 +113,10 @@ pub fn parse_names(names: &[String]) -> Result<Vec<CapName>, (usize, String)> {
     Ok(out)
 }
 
-/// The default `allow_caps`.
-pub fn nomad_defaults() -> Vec<CapName> {
-    NOMAD_DEFAULTS
+/// The driver's defaults ([`DRIVER_DEFAULTS`]): the default `allow_caps` and a root task's
+/// default set.
+pub fn driver_defaults() -> Vec<CapName> {
+    DRIVER_DEFAULTS
         .iter()
         .map(|n| CapName((*n).to_owned()))
         .collect()
@@ -124,7 +149,7 @@ pub fn calculate(
             allowed: allow.iter().map(|c| c.to_string()).collect(),
         });
     }
-    let defaults = union(&nomad_defaults());
+    let defaults = union(&driver_defaults());
     let mut set: BTreeSet<u8> = defaults.intersection(&allowed).copied().collect();
     if drop.iter().any(CapName::is_all) {
         set.clear();
@@ -205,9 +230,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_nomads_list() {
-        let set = calculate(&nomad_defaults(), &[], &[]).unwrap();
-        assert_eq!(set.len(), 13);
+    fn defaults_are_nomads_list_without_setfcap() {
+        let nomad: Vec<&str> = NOMAD_DEFAULTS
+            .iter()
+            .copied()
+            .filter(|c| *c != "setfcap")
+            .collect();
+        assert_eq!(DRIVER_DEFAULTS, nomad.as_slice());
+        let set = calculate(&driver_defaults(), &[], &[]).unwrap();
+        assert_eq!(set.len(), 12);
+        assert!(!set.contains(&"CAP_SETFCAP".to_owned()));
         assert!(set.contains(&"CAP_CHOWN".to_owned()));
         assert!(!set.contains(&"CAP_NET_RAW".to_owned()));
         assert!(!set.contains(&"CAP_SYS_ADMIN".to_owned()));
@@ -217,14 +249,14 @@ mod tests {
 
     #[test]
     fn exec_semantics_drop_then_add_and_all() {
-        let allow = nomad_defaults();
+        let allow = driver_defaults();
         assert_eq!(
             calculate(&allow, &names(&["kill", "chown"]), &names(&["all"])).unwrap(),
             ["CAP_CHOWN", "CAP_KILL"]
         );
         assert!(calculate(&allow, &[], &names(&["all"])).unwrap().is_empty());
         let set = calculate(&allow, &[], &names(&["chown", "CAP_KILL"])).unwrap();
-        assert_eq!(set.len(), 11);
+        assert_eq!(set.len(), 10);
         assert!(!set.iter().any(|c| c == "CAP_KILL" || c == "CAP_CHOWN"));
         // allow_caps narrower than the defaults narrows the task's set too.
         assert_eq!(
@@ -233,16 +265,32 @@ mod tests {
         );
         // "all" in allow_caps permits any cap_add, but adds nothing by itself.
         let set = calculate(&names(&["all"]), &names(&["sys_admin"]), &[]).unwrap();
-        assert_eq!(set.len(), 14);
+        assert_eq!(set.len(), 13);
         assert!(set.contains(&"CAP_SYS_ADMIN".to_owned()));
         let set = calculate(&names(&["all"]), &names(&["all"]), &[]).unwrap();
         assert_eq!(set.len(), caps::all().len());
     }
 
     #[test]
+    fn setfcap_takes_the_operators_allow_caps_and_the_jobs_cap_add() {
+        // By default a job cannot ask for it...
+        let e = calculate(&driver_defaults(), &names(&["setfcap"]), &[]).unwrap_err();
+        assert_eq!(e.denied, ["setfcap"]);
+        // ...the operator allowing it does not hand it to every task...
+        let mut allow = driver_defaults();
+        allow.push(parse_name("setfcap").unwrap());
+        let set = calculate(&allow, &[], &[]).unwrap();
+        assert_eq!(set, calculate(&driver_defaults(), &[], &[]).unwrap());
+        // ...only a job that names it in cap_add gets it.
+        let set = calculate(&allow, &names(&["CAP_SETFCAP"]), &[]).unwrap();
+        assert_eq!(set.len(), 13);
+        assert!(set.contains(&"CAP_SETFCAP".to_owned()));
+    }
+
+    #[test]
     fn an_add_outside_allow_caps_names_it() {
         let e = calculate(
-            &nomad_defaults(),
+            &driver_defaults(),
             &names(&["sys_admin", "kill", "net_raw"]),
             &[],
         )
@@ -254,7 +302,7 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("allow_caps is [audit_write, chown,"), "{msg}");
-        let e = calculate(&nomad_defaults(), &names(&["all"]), &[]).unwrap_err();
+        let e = calculate(&driver_defaults(), &names(&["all"]), &[]).unwrap_err();
         assert!(e.denied.contains(&"sys_admin".to_owned()));
     }
 
@@ -270,7 +318,7 @@ mod tests {
 
     #[test]
     fn kernel_names_round_trip_to_masks() {
-        let set = calculate(&nomad_defaults(), &[], &[]).unwrap();
+        let set = calculate(&driver_defaults(), &[], &[]).unwrap();
         let caps = from_kernel_names(&set).unwrap();
         assert_eq!(caps.len(), set.len());
         // CAP_CHOWN is bit 0, CAP_KILL bit 5.

@@ -195,7 +195,7 @@ fn default_host_paths() -> Vec<PathBuf> {
 }
 
 fn default_capabilities() -> Vec<String> {
-    let all = crate::capabilities::nomad_defaults();
+    let all = crate::capabilities::driver_defaults();
     crate::capabilities::calculate(&all, &[], &[]).unwrap_or_default()
 }
 
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn defaults_serialise_and_validate() {
         let s = SandboxSpec::default();
-        assert_eq!(s.capabilities.len(), 13);
+        assert_eq!(s.capabilities.len(), 12);
         s.validate().unwrap();
         let back: SandboxSpec = serde_json::from_str("{}").unwrap();
         assert_eq!(back, s);

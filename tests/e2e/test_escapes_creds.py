@@ -6,11 +6,14 @@ was refused, that the host did not change and that the victim's data stayed unre
 
 - item 6: a `user = "nobody"` task calls `setresuid(0, 0, 0)` — refused (it has no
   capabilities at all), so `denied_host_uids` cannot be walked around;
-- item 7: a root task (Nomad's default capabilities, CAP_SETUID among them) becomes the uid of
+- item 7: a root task (the driver's default capabilities, CAP_SETUID among them) becomes the uid of
   a host user and reads that user's keyring key; creates a user namespace; mounts; the same
   attempts through `nomad alloc exec`; ordinary work (threads, subprocesses, Node) still runs;
 - item 9: a root task plants a setuid/setgid root shell in `local/` (chmod, open with a mode,
-  mknod, `chmod u+s`) — no file with either bit is left on the host's disk.
+  mknod, `chmod u+s`) — no file with either bit is left on the host's disk; nor can it give a
+  copy of python3 a file capability (`security.capability` = cap_setuid+ep, which a local
+  account running that file would turn into root): CAP_SETFCAP is not in the driver's
+  defaults, only with the operator's `allow_caps` and the job's `cap_add`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import platform
 import secrets
 import stat
+import struct
 import subprocess
 
 import nomad as nm
@@ -106,9 +110,11 @@ def common_attempts():
 '''
 
 
-def probe_job(name: str, body: str, *, task: str = "", jtype: str = "batch") -> str:
+def probe_job(name: str, body: str, *, task: str = "", config: str = "",
+              jtype: str = "batch") -> str:
     group = nm.NO_RESTART if jtype == "batch" else ""
-    return nm.elide_job(name, ATTEMPTS + body, jtype=jtype, group=group, task=task)
+    return nm.elide_job(name, ATTEMPTS + body, jtype=jtype, group=group, task=task,
+                        config=config)
 
 
 def run_probe(agent, name: str, body: str, **kw) -> tuple[dict, dict, dict]:
@@ -131,6 +137,22 @@ def setid_files(top: str) -> list[str]:
             p = os.path.join(d, n)
             m = os.lstat(p).st_mode
             if not stat.S_ISDIR(m) and m & (stat.S_ISUID | stat.S_ISGID):
+                found.append(p)
+    return found
+
+
+def fcap_files(top: str) -> list[str]:
+    """Every file below `top` with a file capability (`security.capability`; symlinks not
+    followed)."""
+    found = []
+    for d, dirs, files in os.walk(top):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            try:
+                names = os.listxattr(p, follow_symlinks=False)
+            except OSError:
+                continue
+            if "security.capability" in names:
                 found.append(p)
     return found
 
@@ -310,3 +332,63 @@ console.log("NODE " + fs.readFileSync("local/out.txt", "utf8") + " " + r.stdout.
     assert "NODE node-ok child-ok" in out, (out, agent.logs(alloc["ID"], "t", "stderr"),
                                              nm.describe_task(ts))
     assert nm.exit_code_of(ts) == 0, nm.describe_task(ts)
+
+
+CAP_SETUID = 7
+# The plugin's default allow_caps (common/src/capabilities.rs DRIVER_DEFAULTS).
+DRIVER_DEFAULT_CAPS = ["audit_write", "chown", "dac_override", "fowner", "fsetid", "kill",
+                       "mknod", "net_bind_service", "setgid", "setpcap", "setuid", "sys_chroot"]
+# struct vfs_cap_data, revision 2 (linux/capability.h): magic_etc = VFS_CAP_REVISION_2 |
+# VFS_CAP_FLAGS_EFFECTIVE, then {permitted, inheritable} for capabilities 0-31 and 32-63:
+# cap_setuid+ep, what `setcap cap_setuid+ep` writes.
+SETUID_EP = struct.pack("<5I", 0x02000000 | 0x1, 1 << CAP_SETUID, 0, 0, 0)
+
+FCAP_PROBE = rf"""
+import shutil, sys
+local = os.environ["NOMAD_TASK_DIR"]
+target = os.path.join(local, "py-setuid")
+shutil.copy(os.path.realpath(sys.executable), target)
+attempt("setfcap", lambda: os.setxattr(target, "security.capability", {SETUID_EP!r}))
+attempt("setcap_cli", lambda: "done" if shutil.which("setcap") and subprocess.run(
+    ["setcap", "cap_setuid+ep", target], stderr=subprocess.DEVNULL).returncode == 0 else -1)
+result["status"] = status()
+print("RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def test_no_file_capability_survives_on_the_host(shared_agent):
+    # A root task has the driver's default capabilities, which are Nomad's without setfcap.
+    agent = shared_agent
+    report, alloc, ts = run_probe(agent, "fcap-planter", FCAP_PROBE)
+    assert report["setfcap"] == "EPERM", report
+    assert report["setcap_cli"] != "ok", report
+    assert report["status"]["Uid"].split() == ["0"] * 4, report
+    assert int(report["status"]["CapEff"], 16) & (1 << 31) == 0, report
+    alloc_dir = os.path.join(agent.data_dir, "alloc", alloc["ID"])
+    copy = os.path.join(alloc_dir, "t", "local", "py-setuid")
+    assert os.path.exists(copy), os.listdir(os.path.dirname(copy))
+    assert fcap_files(alloc_dir) == [], fcap_files(alloc_dir)
+    assert not ts["Failed"], nm.describe_task(ts)
+
+
+def test_file_capabilities_take_allow_caps_and_cap_add(nomad_agent):
+    # The operator's consent: allow_caps with setfcap. Even then only a job that asks for it
+    # (cap_add) gets it; a job that does not keeps the defaults.
+    agent = nomad_agent({"allow_caps": DRIVER_DEFAULT_CAPS + ["setfcap"]})
+    agent.wait_driver_healthy()
+    report, alloc, ts = run_probe(agent, "fcap-not-asked", FCAP_PROBE)
+    assert report["setfcap"] == "EPERM", report
+    assert fcap_files(os.path.join(agent.data_dir, "alloc", alloc["ID"])) == []
+
+    report, alloc, ts = run_probe(agent, "fcap-consented", FCAP_PROBE,
+                                  config='cap_add = ["setfcap"]')
+    assert report["setfcap"] == "ok", report
+    assert int(report["status"]["CapEff"], 16) & (1 << 31), report
+    copy = os.path.join(agent.data_dir, "alloc", alloc["ID"], "t", "local", "py-setuid")
+    try:
+        assert fcap_files(os.path.join(agent.data_dir, "alloc", alloc["ID"])) == [copy]
+        assert os.getxattr(copy, "security.capability") == SETUID_EP
+    finally:
+        # Do not leave a cap_setuid+ep python on the host until the alloc dir goes.
+        os.removexattr(copy, "security.capability")
+    assert not ts["Failed"], nm.describe_task(ts)

@@ -761,7 +761,7 @@ mod tests {
         let mut task = nomad_task();
         task.alloc_dir = "/var/lib/nomad/alloc/a1".into();
         let s = sandbox_for(&plugin, &config, &task).unwrap();
-        assert_eq!(s.capabilities.len(), 13);
+        assert_eq!(s.capabilities.len(), 12);
         assert!(s.pid_mode.is_private() && s.ipc_mode.is_private());
         assert_eq!(s.fs_isolation, FsIsolation::Readonly);
         assert_eq!(
@@ -905,10 +905,15 @@ mod tests {
             cap_add: vec![parse_name("net_bind_service").unwrap()],
             ..Default::default()
         };
-        let s = sandbox_for(&plugin, &host, &nomad_task()).unwrap();
+        // pid_mode = "host" takes the operator's allow_host_pid.
+        let host_ok = PluginConfig {
+            allow_host_pid: true,
+            ..Default::default()
+        };
+        let s = sandbox_for(&host_ok, &host, &nomad_task()).unwrap();
         assert!(s.seccomp.unwrap().denied.iter().any(|n| n == "ptrace"));
         assert_eq!(s.user_capabilities, ["CAP_NET_BIND_SERVICE"]);
-        assert_eq!(s.capabilities.len(), 13);
+        assert_eq!(s.capabilities.len(), 12);
         let off = PluginConfig {
             seccomp: None,
             ..Default::default()

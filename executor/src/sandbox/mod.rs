@@ -138,7 +138,7 @@ mod tests {
         );
         let p = plan_for(&s, None, 0o022);
         assert!(p.pid_init && p.credentials.no_new_privs);
-        assert_eq!(p.credentials.capabilities.as_ref().unwrap().len(), 13);
+        assert_eq!(p.credentials.capabilities.as_ref().unwrap().len(), 12);
         let m = p.mounts.unwrap();
         assert!(m.new_root);
         // The new root shows only its binds: the shim's dirs are simply not in it.
