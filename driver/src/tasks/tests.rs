@@ -923,7 +923,18 @@ async fn a_job_runs_only_an_elide_the_operator_listed() {
         let spec = h.launcher.specs.lock().unwrap().last().unwrap().clone();
         assert_eq!(Path::new(&spec.argv[0]), real);
         let sandbox = spec.sandbox.unwrap();
-        assert_eq!(sandbox.readable_paths[0], real.parent().unwrap());
+        // After the host's allow-list: the chosen install's dir, never the default one's.
+        let n = common::sandbox::DEFAULT_HOST_PATHS.len();
+        assert_eq!(sandbox.readable_paths[n], real.parent().unwrap());
+        let default_dir = std::fs::canonicalize(h.plugin.config().elide_binary.unwrap()).unwrap();
+        assert!(
+            !sandbox
+                .readable_paths
+                .iter()
+                .any(|p| p == default_dir.parent().unwrap()),
+            "{:?}",
+            sandbox.readable_paths
+        );
     }
 }
 
