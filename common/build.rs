@@ -18,7 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "elide/executor/v1/executor.proto",
     ];
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY of intent: build scripts run single-threaded; tonic-prost-build reads PROTOC.
+    // tonic-prost-build reads PROTOC.
+    // SAFETY: a build script runs single-threaded, so no other thread reads the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let include = protoc_bin_vendored::include_path()?;
     let files: Vec<PathBuf> = protos.iter().map(|p| root.join(p)).collect();

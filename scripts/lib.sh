@@ -108,6 +108,7 @@ NDE_DEPS=(
   "a static busybox (the cgroup v2 guest's initramfs)|cgroup2|[ -x /bin/busybox ] && ! ldd /bin/busybox|apt:busybox-static"
   "Debian's package lists (the cgroup v2 lane downloads the kernel package)|cgroup2|apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'linux-image-[0-9]'|fn:apt_update"
   "Rust (cargo)|any|command -v cargo >/dev/null 2>&1|fn:install_rust"
+  "rustfmt and clippy (scripts/test's formatting and lint steps)|unit|cargo fmt --version >/dev/null 2>&1 && cargo clippy --version|fn:install_rust_components"
   "cargo-deb $CARGO_DEB_VERSION (packaging/release)|e2e|cargo_deb_ok|fn:need_cargo_deb"
 )
 
@@ -135,6 +136,8 @@ apt_install() {
   if [ "$apt_updated" = 0 ]; then as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q; apt_updated=1; fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
+
+install_rust_components() { rustup component add rustfmt clippy; }
 
 apt_update() { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q && apt_updated=1; }
 

@@ -24,4 +24,6 @@ pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod usage;

@@ -454,6 +454,10 @@ struct Child<'a> {
 
 impl Child<'_> {
     /// Reports `step` with the current errno on the error pipe and exits.
+    ///
+    /// # Safety
+    /// Only in the forked child before exec: it writes to the raw error-pipe fd and ends the
+    /// process with `_exit`, running no destructor or atexit handler of the parent's state.
     unsafe fn fail(&self, step: report::Step) -> ! {
         let errno = *libc::__errno_location();
         let h = report::header(step, errno, 0);
@@ -462,6 +466,11 @@ impl Child<'_> {
     }
 
     /// The child between fork and exec: async-signal-safe calls only, no allocation.
+    ///
+    /// # Safety
+    /// Only in the child of a `fork`/`clone` of a multi-threaded process, before exec: every
+    /// pointer in `self` must stay valid (they point into the parent's memory, copied into
+    /// the child), and nothing here may allocate or take a lock another thread could hold.
     unsafe fn run(&self) -> ! {
         // Its own session and process group: stop/kill address the whole group, and terminal
         // or agent signals never reach it.

@@ -16,11 +16,7 @@ use support::*;
 use tempfile::TempDir;
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: the sandbox needs root");
-    false
+    common::testing::root_or_skip("the sandbox needs root")
 }
 
 /// Each attempt runs in a child process; prints `name=ok` or `name=<errno name>`.

@@ -16,11 +16,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: entering a sandbox needs root");
-    false
+    common::testing::root_or_skip("entering a sandbox needs root")
 }
 
 /// A running task whose runtime sleeps: its own dir outside /tmp (which the sandbox

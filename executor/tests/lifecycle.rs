@@ -543,8 +543,7 @@ async fn status_and_stats_describe_the_running_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_user_applies_and_the_parent_death_signal_survives_the_switch() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !common::testing::root_or_skip("switching users needs root") {
         return;
     }
     let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {

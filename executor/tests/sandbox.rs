@@ -15,11 +15,7 @@ use support::*;
 use tempfile::TempDir;
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: the sandbox needs root");
-    false
+    common::testing::root_or_skip("the sandbox needs root")
 }
 
 struct Layout {

@@ -1201,8 +1201,7 @@ mod tests {
         };
         let text = etc_hosts(&given).unwrap().unwrap();
         assert!(text.ends_with("\n172.26.64.5 a1b2c3d4e5f6\n"), "{text}");
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: a network namespace needs root");
+        if !common::testing::root_or_skip("a network namespace needs root") {
             return;
         }
         std::thread::spawn(|| {

@@ -8,8 +8,7 @@ pub struct Tmpfs(PathBuf);
 impl Tmpfs {
     /// `options` as for mount(8), e.g. "size=256k". None (and a note) when not root.
     pub fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
+        if !common::testing::root_or_skip("mounting a tmpfs needs root") {
             return None;
         }
         nix::mount::mount(
