@@ -18,7 +18,7 @@ fn main() {
     }
     // The plugin's `serve` line without clap; everything else (operators) through clap.
     let argv: Vec<_> = std::env::args_os().collect();
-    let cli = match args::plugin_serve(&argv[1.min(argv.len())..]) {
+    let cli = match args::plugin_serve(argv.get(1..).unwrap_or_default()) {
         Some(cmd) => cmd,
         None => args::parse(argv).unwrap_or_else(|e| e.exit()),
     };

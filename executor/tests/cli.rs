@@ -240,8 +240,19 @@ async fn a_live_shim_without_its_socket_is_told_apart_from_a_dead_one() {
 fn help_version_usage_errors_and_completions_from_the_binary() {
     let (code, stdout, stderr) = cli(&["--help"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("Usage: elide-executor <COMMAND>"), "{stdout}");
-    for c in ["status", "stop", "signal", "exec", "run", "serve", "completions"] {
+    assert!(
+        stdout.contains("Usage: elide-executor <COMMAND>"),
+        "{stdout}"
+    );
+    for c in [
+        "status",
+        "stop",
+        "signal",
+        "exec",
+        "run",
+        "serve",
+        "completions",
+    ] {
         assert!(stdout.contains(&format!("\n  {c} ")), "{c}: {stdout}");
     }
     // What the plugin's fingerprint parses.
@@ -264,7 +275,10 @@ fn help_version_usage_errors_and_completions_from_the_binary() {
     );
     let (code, _, stderr) = cli(&[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("Usage: elide-executor <COMMAND>"), "{stderr}");
+    assert!(
+        stderr.contains("Usage: elide-executor <COMMAND>"),
+        "{stderr}"
+    );
     let (code, _, stderr) = cli(&["serve", "--spec", "-"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--task <TASK>"), "{stderr}");
