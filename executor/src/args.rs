@@ -1,484 +1,232 @@
-//! The command line of `elide-executor`, parsed by hand: six subcommands with a few options
-//! each do not need an argument-parsing library in a binary that runs once per task
-//! (docs/performance.md). Accepts `--opt value` and `--opt=value`, `--` before a positional
-//! that starts with `-`, `-h`/`--help` (also `help [COMMAND]`) and `-V`/`--version`; usage
-//! errors exit 2, as they did with clap.
+//! The command line of `elide-executor`: `clap` (derive) for every command, with one exception.
+//! The line the plugin starts each shim with (`serve --spec - --ready-fd N --task ID`,
+//! driver/src/tasks/launch.rs) is matched by [`plugin_serve`] before clap runs, so the
+//! per-task processes never execute clap's parser (its code stays untouched, shared file
+//! pages; docs/performance.md). `sandbox-init` and `sandbox-exec` are matched in main.rs
+//! before anything else. Anything else, including a malformed `serve` line, goes to clap,
+//! which prints the usage errors (exit 2), `--help` and `--version`.
 
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-#[derive(Debug, PartialEq)]
-pub enum Cmd {
-    Serve {
-        spec: PathBuf,
-        ready_fd: Option<i32>,
-        task: String,
-    },
-    Run {
-        spec: PathBuf,
-    },
-    Status {
-        json: bool,
-        state_dir: PathBuf,
-        task: Option<String>,
-    },
-    Stop {
-        signal: String,
-        timeout: String,
-        state_dir: PathBuf,
-        task: String,
-    },
-    Exec {
-        tty: bool,
-        no_tty: bool,
-        state_dir: PathBuf,
-        task: String,
-        command: Vec<String>,
-    },
-    Signal {
-        signal: String,
-        state_dir: PathBuf,
-        task: String,
-    },
-}
-
-/// Not a command to run: what to print instead, and the exit status.
-#[derive(Debug, PartialEq)]
-pub enum Exit {
-    /// Help text on stdout, status 0.
-    Help(String),
-    /// `--version`, status 0.
-    Version,
-    /// A usage error on stderr, status 2.
-    Usage(String),
-}
-
 const ABOUT: &str = "Per-task shim of nomad-driver-elide, and the operator's view of its tasks";
 
-const TOP: &str = "\
-Usage: elide-executor <COMMAND>
+/// A task, as the operator commands name it.
+const TASK_HELP: &str = "A task id, task key, alloc id prefix or task name";
 
-Commands:
-  serve   Run one shim for the plugin (started by nomad-driver-elide; not for interactive use)
-  run     Run one shim in the foreground without Nomad, for debugging: starts the runtime,
-          serves the socket (status/stop/signal work), exits with the runtime's exit code
-  status  List every Elide task on this node
-  stop    Stop one task: send the signal, wait, then SIGKILL its process group
-  exec    Run a command inside one running task (its sandbox, cgroup, user, environment and
-          dir), like `nomad alloc exec`: `elide-executor exec TASK -- /bin/sh`
-  signal  Send a signal to one task's runtime
-  help    Print this message or the help of the given command
-
-Options:
-  -h, --help     Print help
-  -V, --version  Print version
-";
-
-/// (name, usage line, help body) of each command.
-const COMMANDS: &[(&str, &str, &str)] = &[
-    (
-        "serve",
-        "serve --spec <SPEC> [--ready-fd <N>] --task <TASK>",
-        "Run one shim for the plugin (started by nomad-driver-elide; not for interactive use)
-
-Options:
-      --spec <SPEC>      The task spec (JSON, docs/executor.md); `-` reads it from stdin, as the
-                         plugin passes it (the task's environment never touches the disk)
-      --ready-fd <N>     Write `READY` (or `ERROR <message>`) and close this fd once the socket is up
-      --task <TASK>      The task id (`<alloc id>/<task name>/<n>`), so `ps` shows which task a
-                         shim runs; it must be the spec's `task_id`
-  -h, --help             Print help
-",
-    ),
-    (
-        "run",
-        "run --spec <SPEC>",
-        "Run one shim in the foreground without Nomad, for debugging: starts the runtime, serves
-the socket (status/stop/signal work), exits with the runtime's exit code
-
-Options:
-      --spec <SPEC>  The task spec (JSON, docs/executor.md)
-  -h, --help         Print help
-",
-    ),
-    (
-        "status",
-        "status [--json] [--state-dir <STATE_DIR>] [TASK]",
-        "List every Elide task on this node
-
-Arguments:
-  [TASK]  Only this task: a task id, task key, alloc id prefix (>= 4 chars) or task name
-
-Options:
-      --json                   JSON (an array of objects) instead of a table
-      --state-dir <STATE_DIR>  The plugin's runtime_dir, holding the sockets and the task index
-                               [default: /run/nomad-driver-elide]
-  -h, --help                   Print help
-",
-    ),
-    (
-        "stop",
-        "stop [--signal <SIGNAL>] [--timeout <TIMEOUT>] [--state-dir <STATE_DIR>] <TASK>",
-        "Stop one task: send the signal, wait, then SIGKILL its process group
-
-Arguments:
-  <TASK>  A task id, task key, alloc id prefix or task name
-
-Options:
-      --signal <SIGNAL>        [default: SIGTERM]
-      --timeout <TIMEOUT>      How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s)
-                               [default: 5s]
-      --state-dir <STATE_DIR>  [default: /run/nomad-driver-elide]
-  -h, --help                   Print help
-",
-    ),
-    (
-        "exec",
-        "exec [-t|-T] [--state-dir <STATE_DIR>] <TASK> <COMMAND>...",
-        "Run a command inside one running task (its sandbox, cgroup, user, environment and dir),
-like `nomad alloc exec`: `elide-executor exec TASK -- /bin/sh`
-
-Arguments:
-  <TASK>        A task id, task key, alloc id prefix or task name
-  <COMMAND>...  The program (looked up in the task's PATH) and its arguments
-
-Options:
-  -t, --tty                    Run it on a terminal (default: when stdin and stdout are terminals)
-  -T, --no-tty                 Never run it on a terminal
-      --state-dir <STATE_DIR>  [default: /run/nomad-driver-elide]
-  -h, --help                   Print help
-",
-    ),
-    (
-        "signal",
-        "signal [--state-dir <STATE_DIR>] <SIGNAL> <TASK>",
-        "Send a signal to one task's runtime
-
-Arguments:
-  <SIGNAL>  e.g. SIGUSR1, HUP, 10
-  <TASK>    A task id, task key, alloc id prefix or task name
-
-Options:
-      --state-dir <STATE_DIR>  [default: /run/nomad-driver-elide]
-  -h, --help                   Print help
-",
-    ),
-];
-
-fn top_help() -> String {
-    format!("{ABOUT}\n\n{TOP}")
+#[derive(Debug, Parser)]
+#[command(name = "elide-executor", about = ABOUT, subcommand_required = true)]
+#[command(arg_required_else_help = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
 }
 
-fn command_help(name: &str) -> Option<String> {
-    let (_, usage, body) = COMMANDS.iter().find(|(n, _, _)| *n == name)?;
-    let (about, rest) = body.split_once("\n\n").unwrap_or((body, ""));
-    Some(format!(
-        "{about}\n\nUsage: elide-executor {usage}\n\n{rest}"
-    ))
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum Cmd {
+    /// Run one shim for the plugin (started by nomad-driver-elide; not for interactive use)
+    Serve {
+        /// The task spec (JSON, docs/executor.md); `-` reads it from stdin, as the plugin
+        /// passes it (the task's environment never touches the disk)
+        #[arg(long)]
+        spec: PathBuf,
+        /// Write `READY` (or `ERROR <message>`) and close this fd once the socket is up
+        #[arg(long, value_name = "N")]
+        ready_fd: Option<i32>,
+        /// The task id (`<alloc id>/<task name>/<n>`), so `ps` shows which task a shim runs;
+        /// it must be the spec's `task_id`
+        #[arg(long)]
+        task: String,
+    },
+    /// Run one shim in the foreground without Nomad, for debugging: starts the runtime,
+    /// serves the socket (status/stop/signal work), exits with the runtime's exit code
+    Run {
+        /// The task spec (JSON, docs/executor.md)
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// List every Elide task on this node
+    Status {
+        /// JSON (an array of objects) instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDir,
+        /// Only this task: a task id, task key, alloc id prefix (>= 4 chars) or task name
+        task: Option<String>,
+    },
+    /// Stop one task: send the signal, wait, then SIGKILL its process group
+    Stop {
+        #[arg(long, default_value = common::spec::DEFAULT_STOP_SIGNAL)]
+        signal: String,
+        /// How long to wait after the signal before SIGKILL (e.g. 5s, 1m30s)
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(help = TASK_HELP)]
+        task: String,
+    },
+    /// Run a command inside one running task (its sandbox, cgroup, user, environment and
+    /// dir), like `nomad alloc exec`: `elide-executor exec TASK -- /bin/sh`
+    Exec {
+        /// Run it on a terminal (default: when stdin and stdout are terminals)
+        #[arg(short = 't', long, conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never run it on a terminal
+        #[arg(short = 'T', long)]
+        no_tty: bool,
+        #[command(flatten)]
+        state: StateDir,
+        #[arg(help = TASK_HELP)]
+        task: String,
+        /// The program (looked up in the task's PATH) and its arguments
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Send a signal to one task's runtime
+    Signal {
+        /// e.g. SIGUSR1, HUP, 10
+        signal: String,
+        #[arg(help = TASK_HELP)]
+        task: String,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Print a shell completion script on stdout (e.g. `completions bash >
+    /// /etc/bash_completion.d/elide-executor`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
-fn usage(cmd: Option<&str>, message: String) -> Exit {
-    let line = cmd
-        .and_then(|c| COMMANDS.iter().find(|(n, _, _)| *n == c))
-        .map(|(_, u, _)| format!("elide-executor {u}"))
-        .unwrap_or_else(|| "elide-executor <COMMAND>".into());
-    let help = match cmd {
-        Some(c) => format!("elide-executor {c} --help"),
-        None => "elide-executor --help".into(),
-    };
-    Exit::Usage(format!(
-        "error: {message}\n\nUsage: {line}\n\nFor more information, try '{help}'."
-    ))
+/// `--state-dir`, shared by the operator commands.
+#[derive(Debug, PartialEq, Args)]
+pub struct StateDir {
+    /// The plugin's runtime_dir, holding the sockets and the task index
+    #[arg(long = "state-dir", value_name = "STATE_DIR",
+          default_value = common::paths::DEFAULT_RUNTIME_DIR)]
+    pub path: PathBuf,
 }
 
-/// The options and positionals after a command name.
-struct Words {
-    cmd: &'static str,
-    options: Vec<(String, Option<String>)>,
-    positionals: Vec<String>,
-}
-
-impl Words {
-    /// Splits `args` by what each option of `cmd` takes (`takes_value`); `--help` anywhere
-    /// wins.
-    fn split(
-        cmd: &'static str,
-        args: &mut dyn Iterator<Item = String>,
-        known: &[(&str, bool)],
-    ) -> Result<Words, Exit> {
-        Self::split_trailing(cmd, args, known, &[], usize::MAX)
+/// The line the plugin starts a shim with, exactly: `serve` and `--spec <SPEC>`,
+/// `--ready-fd <N>` (optional) and `--task <TASK>`, each once as `--opt value`, in any order.
+/// `None` for anything else: clap then parses it (and explains what is wrong).
+pub fn plugin_serve(args: &[OsString]) -> Option<Cmd> {
+    let (first, rest) = args.split_first()?;
+    if first != "serve" || rest.len() % 2 != 0 {
+        return None;
     }
-
-    /// [`Words::split`] where `short` maps one-letter options to long ones, and the
-    /// positional at index `trailing` takes the rest of the line verbatim (a command and its
-    /// arguments): once it starts, nothing after it is an option.
-    fn split_trailing(
-        cmd: &'static str,
-        args: &mut dyn Iterator<Item = String>,
-        known: &[(&str, bool)],
-        short: &[(&str, &str)],
-        trailing: usize,
-    ) -> Result<Words, Exit> {
-        let mut w = Words {
-            cmd,
-            options: Vec::new(),
-            positionals: Vec::new(),
+    let (mut spec, mut ready_fd, mut task) = (None, None, None);
+    for pair in rest.chunks(2) {
+        let value = &pair[1];
+        let slot_was_empty = match pair[0].to_str()? {
+            "--spec" => spec.replace(PathBuf::from(value)).is_none(),
+            "--ready-fd" => ready_fd.replace(value.to_str()?.parse().ok()?).is_none(),
+            "--task" => task.replace(value.to_str()?.to_owned()).is_none(),
+            _ => return None,
         };
-        let mut only_positionals = false;
-        while let Some(a) = args.next() {
-            if w.positionals.len() > trailing {
-                w.positionals.push(a);
-                continue;
-            }
-            if only_positionals || !a.starts_with('-') || a == "-" {
-                w.positionals.push(a);
-                continue;
-            }
-            if a == "--" {
-                only_positionals = true;
-                continue;
-            }
-            if a == "-h" || a == "--help" {
-                return Err(Exit::Help(command_help(cmd).unwrap_or_default()));
-            }
-            let (name, inline) = match a.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (a.clone(), None),
-            };
-            let name = short
-                .iter()
-                .find(|(s, _)| *s == name)
-                .map(|(_, long)| (*long).to_owned())
-                .unwrap_or(name);
-            let Some((_, takes_value)) = known.iter().find(|(n, _)| *n == name) else {
-                if w.positionals.len() == trailing {
-                    // The command itself may start with a dash.
-                    w.positionals.push(a);
-                    continue;
-                }
-                return Err(usage(Some(cmd), format!("unexpected argument '{a}' found")));
-            };
-            let value = match (takes_value, inline) {
-                (true, Some(v)) => Some(v),
-                (true, None) => Some(args.next().ok_or_else(|| {
-                    usage(
-                        Some(cmd),
-                        format!("a value is required for '{name}' but none was supplied"),
-                    )
-                })?),
-                (false, None) => None,
-                (false, Some(_)) => {
-                    return Err(usage(Some(cmd), format!("'{name}' takes no value")))
-                }
-            };
-            if w.options.iter().any(|(n, _)| *n == name) {
-                return Err(usage(
-                    Some(cmd),
-                    format!("the argument '{name}' cannot be used multiple times"),
-                ));
-            }
-            w.options.push((name, value));
+        if !slot_was_empty {
+            return None;
         }
-        Ok(w)
     }
-
-    fn value(&self, name: &str) -> Option<String> {
-        self.options
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.clone())
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.options.iter().any(|(n, _)| n == name)
-    }
-
-    fn required(&self, name: &str, value_name: &str) -> Result<String, Exit> {
-        self.value(name)
-            .ok_or_else(|| self.not_provided([format!("{name} <{value_name}>")]))
-    }
-
-    /// The usage error listing required arguments that are missing, clap's way.
-    fn not_provided(&self, missing: impl IntoIterator<Item = String>) -> Exit {
-        let lines: Vec<String> = missing.into_iter().map(|m| format!("  {m}")).collect();
-        usage(
-            Some(self.cmd),
-            format!(
-                "the following required arguments were not provided:\n{}",
-                lines.join("\n")
-            ),
-        )
-    }
-
-    /// The positionals of a command whose last one takes the rest of the line: at least
-    /// `names.len()` of them.
-    fn positionals_and_rest(&self, names: &[&str]) -> Result<Vec<String>, Exit> {
-        let n = self.positionals.len();
-        if n < names.len() {
-            return Err(self.not_provided(names[n..].iter().map(|m| m.to_string())));
-        }
-        Ok(self.positionals.clone())
-    }
-
-    /// Exactly `names.len() - optional` to `names.len()` positionals.
-    fn positionals(&self, names: &[&str], optional: usize) -> Result<Vec<String>, Exit> {
-        let n = self.positionals.len();
-        if n > names.len() {
-            return Err(usage(
-                Some(self.cmd),
-                format!(
-                    "unexpected argument '{}' found",
-                    self.positionals[names.len()]
-                ),
-            ));
-        }
-        if n + optional < names.len() {
-            let missing = names[n..names.len() - optional].iter();
-            return Err(self.not_provided(missing.map(|m| format!("<{m}>"))));
-        }
-        Ok(self.positionals.clone())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.value("--state-dir")
-            .unwrap_or_else(|| common::paths::DEFAULT_RUNTIME_DIR.into())
-            .into()
-    }
+    Some(Cmd::Serve {
+        spec: spec?,
+        ready_fd,
+        task: task?,
+    })
 }
 
-/// Parses the arguments after the program name.
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, Exit> {
-    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
-    let Some(first) = args.next() else {
-        return Err(Exit::Usage(format!(
-            "{}\nerror: a command is required",
-            top_help()
-        )));
-    };
-    let cmd: &'static str = match first.as_str() {
-        "-h" | "--help" => return Err(Exit::Help(top_help())),
-        "-V" | "--version" => return Err(Exit::Version),
-        "help" => {
-            return Err(Exit::Help(match args.next() {
-                Some(c) => command_help(&c)
-                    .ok_or_else(|| usage(None, format!("unrecognized subcommand '{c}'")))?,
-                None => top_help(),
-            }))
-        }
-        c => match COMMANDS.iter().find(|(n, _, _)| *n == c) {
-            Some((n, _, _)) => n,
-            None => return Err(usage(None, format!("unrecognized subcommand '{c}'"))),
-        },
-    };
-    Ok(match cmd {
-        "serve" => {
-            let w = Words::split(
-                cmd,
-                &mut args,
-                &[("--spec", true), ("--ready-fd", true), ("--task", true)],
-            )?;
-            w.positionals(&[], 0)?;
-            let ready_fd = match w.value("--ready-fd") {
-                None => None,
-                Some(v) => Some(v.parse().map_err(|_| {
-                    usage(
-                        Some(cmd),
-                        format!("invalid value '{v}' for '--ready-fd <N>': not a number"),
-                    )
-                })?),
-            };
-            Cmd::Serve {
-                spec: w.required("--spec", "SPEC")?.into(),
-                ready_fd,
-                task: w.required("--task", "TASK")?,
-            }
-        }
-        "run" => {
-            let w = Words::split(cmd, &mut args, &[("--spec", true)])?;
-            w.positionals(&[], 0)?;
-            Cmd::Run {
-                spec: w.required("--spec", "SPEC")?.into(),
-            }
-        }
-        "status" => {
-            let w = Words::split(cmd, &mut args, &[("--json", false), ("--state-dir", true)])?;
-            let p = w.positionals(&["TASK"], 1)?;
-            Cmd::Status {
-                json: w.flag("--json"),
-                state_dir: w.state_dir(),
-                task: p.into_iter().next(),
-            }
-        }
-        "stop" => {
-            let w = Words::split(
-                cmd,
-                &mut args,
-                &[
-                    ("--signal", true),
-                    ("--timeout", true),
-                    ("--state-dir", true),
-                ],
-            )?;
-            let p = w.positionals(&["TASK"], 0)?;
-            Cmd::Stop {
-                signal: w
-                    .value("--signal")
-                    .unwrap_or_else(|| common::spec::DEFAULT_STOP_SIGNAL.into()),
-                timeout: w.value("--timeout").unwrap_or_else(|| "5s".into()),
-                state_dir: w.state_dir(),
-                task: p.into_iter().next().unwrap_or_default(),
-            }
-        }
-        "exec" => {
-            let w = Words::split_trailing(
-                cmd,
-                &mut args,
-                &[("--tty", false), ("--no-tty", false), ("--state-dir", true)],
-                &[("-t", "--tty"), ("-T", "--no-tty")],
-                1,
-            )?;
-            let (tty, no_tty) = (w.flag("--tty"), w.flag("--no-tty"));
-            if tty && no_tty {
-                return Err(usage(
-                    Some(cmd),
-                    "the argument '--tty' cannot be used with '--no-tty'".into(),
-                ));
-            }
-            let mut p = w
-                .positionals_and_rest(&["<TASK>", "<COMMAND>..."])?
-                .into_iter();
-            Cmd::Exec {
-                tty,
-                no_tty,
-                state_dir: w.state_dir(),
-                task: p.next().unwrap_or_default(),
-                command: p.collect(),
-            }
-        }
-        _ => {
-            let w = Words::split(cmd, &mut args, &[("--state-dir", true)])?;
-            let mut p = w.positionals(&["SIGNAL", "TASK"], 0)?.into_iter();
-            Cmd::Signal {
-                signal: p.next().unwrap_or_default(),
-                task: p.next().unwrap_or_default(),
-                state_dir: w.state_dir(),
-            }
-        }
-    })
+/// The clap command, with the version line the plugin's fingerprint reads
+/// (`elide-executor <version> (revision …, shim API … level N)`).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let version = common::shim_api::version_text(crate::VERSION, crate::REVISION);
+    // Once per process, at its edge: clap keeps the text for the command's lifetime.
+    Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        // The usage lines name the program, however it is installed or invoked.
+        .bin_name("elide-executor")
+}
+
+/// Parses the whole command line (program name first); clap's errors, `--help` and
+/// `--version` as a [`clap::Error`] to `exit()` with (status 2 for usage errors, 0 otherwise).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cmd, clap::Error> {
+    use clap::FromArgMatches;
+    let matches = command().try_get_matches_from(args)?;
+    Ok(Cli::from_arg_matches(&matches)?.cmd)
+}
+
+/// `completions SHELL`: the script on stdout.
+pub fn print_completions(shell: clap_complete::Shell) {
+    let mut cmd = command();
+    clap_complete::generate(shell, &mut cmd, "elide-executor", &mut std::io::stdout());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
 
-    fn p(args: &[&str]) -> Result<Cmd, Exit> {
-        parse(args.iter().map(OsString::from))
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    fn p(args: &[&str]) -> Result<Cmd, clap::Error> {
+        parse(
+            std::iter::once("elide-executor")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
     }
 
     fn err(args: &[&str]) -> String {
         match p(args) {
-            Err(Exit::Usage(m)) => m,
+            Err(e) if e.exit_code() == 2 => e.render().to_string(),
             other => panic!("{args:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    fn state(p: &str) -> StateDir {
+        StateDir { path: p.into() }
+    }
+
+    const RUN: &str = common::paths::DEFAULT_RUNTIME_DIR;
+
+    #[test]
+    fn the_plugins_serve_line_needs_no_clap() {
+        let serve = Cmd::Serve {
+            spec: "-".into(),
+            ready_fd: Some(3),
+            task: "a/t/0".into(),
+        };
+        let line = ["serve", "--spec", "-", "--ready-fd", "3", "--task", "a/t/0"];
+        assert_eq!(plugin_serve(&os(&line)), Some(serve));
+        // Clap reads the same line the same way.
+        assert_eq!(p(&line).unwrap(), plugin_serve(&os(&line)).unwrap());
+        assert_eq!(
+            plugin_serve(&os(&["serve", "--task", "a/t/0", "--spec", "/s.json"])),
+            Some(Cmd::Serve {
+                spec: "/s.json".into(),
+                ready_fd: None,
+                task: "a/t/0".into()
+            })
+        );
+        // Anything else is clap's to parse or refuse.
+        for other in [
+            &["serve"][..],
+            &["serve", "--spec", "-"],
+            &["serve", "--spec=-", "--task=a/t/0"],
+            &["serve", "--spec", "-", "--task", "a", "--task", "b"],
+            &["serve", "--spec", "-", "--task", "a", "--ready-fd", "three"],
+            &["serve", "--spec", "-", "--task", "a", "--help", "x"],
+            &["run", "--spec", "-"],
+            &["status"],
+            &[],
+        ] {
+            assert_eq!(plugin_serve(&os(other)), None, "{other:?}");
         }
     }
 
@@ -492,114 +240,137 @@ mod tests {
                 "--ready-fd=3",
                 "--task",
                 "a/t/0"
-            ]),
-            Ok(Cmd::Serve {
+            ])
+            .unwrap(),
+            Cmd::Serve {
                 spec: "/s.json".into(),
                 ready_fd: Some(3),
                 task: "a/t/0".into()
-            })
+            }
         );
         assert_eq!(
-            p(&["serve", "--spec", "-", "--task=a/t/0"]),
-            Ok(Cmd::Serve {
-                spec: "-".into(),
-                ready_fd: None,
-                task: "a/t/0".into()
-            })
-        );
-        assert_eq!(
-            p(&["run", "--spec=/s.json"]),
-            Ok(Cmd::Run {
+            p(&["run", "--spec=/s.json"]).unwrap(),
+            Cmd::Run {
                 spec: "/s.json".into()
-            })
+            }
         );
         assert_eq!(
-            p(&["status"]),
-            Ok(Cmd::Status {
+            p(&["status"]).unwrap(),
+            Cmd::Status {
                 json: false,
-                state_dir: common::paths::DEFAULT_RUNTIME_DIR.into(),
+                state: state(RUN),
                 task: None
-            })
+            }
         );
         assert_eq!(
-            p(&["status", "web", "--json", "--state-dir", "/r"]),
-            Ok(Cmd::Status {
+            p(&["status", "web", "--json", "--state-dir", "/r"]).unwrap(),
+            Cmd::Status {
                 json: true,
-                state_dir: "/r".into(),
+                state: state("/r"),
                 task: Some("web".into())
-            })
+            }
         );
         assert_eq!(
-            p(&["stop", "--signal", "SIGINT", "a1b2"]),
-            Ok(Cmd::Stop {
+            p(&["stop", "--signal", "SIGINT", "a1b2"]).unwrap(),
+            Cmd::Stop {
                 signal: "SIGINT".into(),
                 timeout: "5s".into(),
-                state_dir: common::paths::DEFAULT_RUNTIME_DIR.into(),
+                state: state(RUN),
                 task: "a1b2".into()
-            })
+            }
         );
         assert_eq!(
-            p(&["signal", "--state-dir", "/r", "HUP", "--", "-odd-name"]),
-            Ok(Cmd::Signal {
+            p(&["signal", "--state-dir", "/r", "HUP", "--", "-odd-name"]).unwrap(),
+            Cmd::Signal {
                 signal: "HUP".into(),
-                state_dir: "/r".into(),
+                state: state("/r"),
                 task: "-odd-name".into()
-            })
+            }
+        );
+        assert_eq!(
+            p(&["signal", "SIGHUP", "--state-dir", "/r", "web"]).unwrap(),
+            Cmd::Signal {
+                signal: "SIGHUP".into(),
+                state: state("/r"),
+                task: "web".into()
+            }
         );
         let exec = |tty, no_tty, task: &str, command: &[&str]| Cmd::Exec {
             tty,
             no_tty,
-            state_dir: common::paths::DEFAULT_RUNTIME_DIR.into(),
+            state: state(RUN),
             task: task.into(),
             command: command.iter().map(|c| c.to_string()).collect(),
         };
         assert_eq!(
-            p(&["exec", "web", "--", "/bin/sh", "-c", "echo --tty"]),
-            Ok(exec(false, false, "web", &["/bin/sh", "-c", "echo --tty"]))
+            p(&["exec", "web", "--", "/bin/sh", "-c", "echo --tty"]).unwrap(),
+            exec(false, false, "web", &["/bin/sh", "-c", "echo --tty"])
         );
         // The command starts at its first word: what follows is its own.
         assert_eq!(
-            p(&["exec", "-t", "web", "ls", "-la", "--state-dir", "/x"]),
-            Ok(exec(
-                true,
-                false,
-                "web",
-                &["ls", "-la", "--state-dir", "/x"]
-            ))
+            p(&["exec", "-t", "web", "ls", "-la", "--state-dir", "/x"]).unwrap(),
+            exec(true, false, "web", &["ls", "-la", "--state-dir", "/x"])
         );
         assert_eq!(
-            p(&["exec", "web", "-T", "-x"]),
-            Ok(exec(false, true, "web", &["-x"]))
+            p(&["exec", "web", "-T", "-x"]).unwrap(),
+            exec(false, true, "web", &["-x"])
         );
         assert_eq!(
-            p(&["exec", "--state-dir=/r", "--no-tty", "web", "tty"]),
-            Ok(Cmd::Exec {
+            p(&["exec", "--state-dir=/r", "--no-tty", "web", "tty"]).unwrap(),
+            Cmd::Exec {
                 tty: false,
                 no_tty: true,
-                state_dir: "/r".into(),
+                state: state("/r"),
                 task: "web".into(),
                 command: vec!["tty".into()],
-            })
+            }
+        );
+        assert_eq!(
+            p(&["completions", "bash"]).unwrap(),
+            Cmd::Completions {
+                shell: clap_complete::Shell::Bash
+            }
         );
     }
 
     #[test]
     fn help_and_version() {
-        assert_eq!(p(&["--version"]), Err(Exit::Version));
-        assert_eq!(p(&["-V"]), Err(Exit::Version));
-        let Err(Exit::Help(h)) = p(&["--help"]) else {
-            panic!()
+        let out = |args: &[&str], kind| match p(args) {
+            Err(e) if e.kind() == kind && e.exit_code() == 0 => e.render().to_string(),
+            other => panic!("{args:?}: expected {kind:?}, got {other:?}"),
         };
-        assert!(h.contains("Usage: elide-executor <COMMAND>") && h.contains("signal"));
-        assert!(h.contains("  exec    Run a command inside one running task"));
-        let Err(Exit::Help(h)) = p(&["stop", "x", "--help"]) else {
-            panic!()
-        };
-        assert!(h.contains("Usage: elide-executor stop") && h.contains("[default: 5s]"));
+        let v = out(&["--version"], ErrorKind::DisplayVersion);
         assert_eq!(
-            p(&["help", "status"]),
-            Err(Exit::Help(command_help("status").unwrap()))
+            v,
+            common::shim_api::version_line("elide-executor", crate::VERSION, crate::REVISION)
+                + "\n"
         );
+        // What the plugin's fingerprint reads.
+        assert_eq!(
+            common::shim_api::parse_version_line(&v).map(|(_, l)| l),
+            Some(common::shim_api::API_LEVEL)
+        );
+        assert_eq!(out(&["-V"], ErrorKind::DisplayVersion), v);
+        let h = out(&["--help"], ErrorKind::DisplayHelp);
+        assert!(h.starts_with(ABOUT), "{h}");
+        assert!(
+            h.contains("Usage: elide-executor <COMMAND>") && h.contains("signal"),
+            "{h}"
+        );
+        assert!(
+            h.contains("  exec         Run a command inside one running task"),
+            "{h}"
+        );
+        assert!(h.contains("-V, --version"), "{h}");
+        let h = out(&["stop", "x", "--help"], ErrorKind::DisplayHelp);
+        assert!(
+            h.contains("Usage: elide-executor stop") && h.contains("[default: 5s]"),
+            "{h}"
+        );
+        assert!(h.contains("[default: /run/nomad-driver-elide]"), "{h}");
+        let status = out(&["help", "status"], ErrorKind::DisplayHelp);
+        assert_eq!(status, out(&["status", "--help"], ErrorKind::DisplayHelp));
+        assert!(status.contains("[TASK]  Only this task"), "{status}");
     }
 
     #[test]
@@ -613,21 +384,30 @@ mod tests {
             e.contains("Usage: elide-executor serve --spec <SPEC>"),
             "{e}"
         );
-        assert!(e.contains("try 'elide-executor serve --help'"), "{e}");
-        assert!(err(&["serve", "--spec"]).contains("a value is required for '--spec'"));
+        assert!(e.contains("try '--help'"), "{e}");
+        assert!(err(&["serve", "--spec"]).contains("a value is required for '--spec <SPEC>'"));
         assert!(err(&["serve", "--spec", "-"]).contains("not provided:\n  --task <TASK>"));
         assert!(err(&["exec", "web"]).contains("not provided:\n  <COMMAND>..."));
         assert!(err(&["exec"]).contains("not provided:\n  <TASK>\n  <COMMAND>..."));
         assert!(err(&["exec", "-t", "-T", "web", "sh"]).contains("cannot be used with"));
         assert!(err(&["exec", "--jsn", "web", "sh"]).contains("unexpected argument '--jsn'"));
-        assert!(err(&["serve", "--spec", "x", "--ready-fd", "three"]).contains("not a number"));
-        assert!(err(&["status", "--jsn"]).contains("unexpected argument '--jsn'"));
+        let e = err(&["serve", "--spec", "x", "--task", "t", "--ready-fd", "three"]);
+        assert!(
+            e.contains("invalid value 'three' for '--ready-fd <N>'"),
+            "{e}"
+        );
+        let e = err(&["status", "--jsn"]);
+        assert!(
+            e.contains("unexpected argument '--jsn'") && e.contains("'--json'"),
+            "{e}"
+        );
         assert!(err(&["status", "a", "b"]).contains("unexpected argument 'b'"));
         assert!(err(&["stop"]).contains("<TASK>"));
         assert!(err(&["signal", "HUP"]).contains("<TASK>"));
-        assert!(err(&["status", "--json=yes"]).contains("takes no value"));
+        assert!(err(&["status", "--json=yes"]).contains("unexpected value 'yes'"));
         assert!(err(&["stop", "--signal", "A", "--signal", "B", "t"]).contains("multiple times"));
         assert!(err(&["launch"]).contains("unrecognized subcommand 'launch'"));
-        assert!(err(&[]).contains("a command is required"));
+        assert!(err(&["completions", "tcsh"]).contains("invalid value 'tcsh'"));
+        assert!(err(&[]).contains("Usage: elide-executor <COMMAND>"));
     }
 }

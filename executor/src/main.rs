@@ -2,7 +2,7 @@
 //! (`status`, `stop`, `signal`, `exec`). See docs/executor.md.
 
 use anyhow::Context;
-use executor::args::{self, Cmd, Exit};
+use executor::args::{self, Cmd};
 use executor::serve::{self, Mode, Ready};
 use std::path::Path;
 
@@ -16,23 +16,11 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(executor::exec::EXEC_COMMAND.as_ref()) {
         executor::exec::helper::main();
     }
-    let cli = match args::parse(std::env::args_os().skip(1)) {
-        Ok(cmd) => cmd,
-        Err(Exit::Help(text)) => {
-            print!("{text}");
-            std::process::exit(0);
-        }
-        Err(Exit::Version) => {
-            println!(
-                "elide-executor {}",
-                common::shim_api::version_text(executor::VERSION, executor::REVISION)
-            );
-            std::process::exit(0);
-        }
-        Err(Exit::Usage(text)) => {
-            eprintln!("{text}");
-            std::process::exit(2);
-        }
+    // The plugin's `serve` line without clap; everything else (operators) through clap.
+    let argv: Vec<_> = std::env::args_os().collect();
+    let cli = match args::plugin_serve(argv.get(1..).unwrap_or_default()) {
+        Some(cmd) => cmd,
+        None => args::parse(argv).unwrap_or_else(|e| e.exit()),
     };
     // Before anything opens an fd (the async runtime's epoll would take a closed
     // --ready-fd's number): the readiness pipe, the signals a shim must survive, and no
@@ -126,26 +114,28 @@ async fn run(cmd: Cmd, ready: Ready) -> anyhow::Result<i32> {
                 .context("the shim failed")?;
             Ok(code)
         }
-        Cmd::Status {
-            json,
-            state_dir,
-            task,
-        } => Ok(executor::cli::status::run(&state_dir, json, task.as_deref()).await?),
+        Cmd::Status { json, state, task } => {
+            Ok(executor::cli::status::run(&state.path, json, task.as_deref()).await?)
+        }
         Cmd::Stop {
             signal,
             timeout,
-            state_dir,
+            state,
             task,
-        } => Ok(executor::cli::stop::run(&state_dir, &task, &signal, &timeout).await?),
+        } => Ok(executor::cli::stop::run(&state.path, &task, &signal, &timeout).await?),
         Cmd::Signal {
             signal,
-            state_dir,
+            state,
             task,
-        } => Ok(executor::cli::signal::run(&state_dir, &task, &signal).await?),
+        } => Ok(executor::cli::signal::run(&state.path, &task, &signal).await?),
+        Cmd::Completions { shell } => {
+            args::print_completions(shell);
+            Ok(0)
+        }
         Cmd::Exec {
             tty,
             no_tty,
-            state_dir,
+            state,
             task,
             command,
         } => {
@@ -155,7 +145,7 @@ async fn run(cmd: Cmd, ready: Ready) -> anyhow::Result<i32> {
                 (_, true) => Tty::No,
                 _ => Tty::Auto,
             };
-            Ok(executor::cli::exec::run(&state_dir, &task, tty, command).await?)
+            Ok(executor::cli::exec::run(&state.path, &task, tty, command).await?)
         }
     }
 }

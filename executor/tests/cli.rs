@@ -235,3 +235,61 @@ async fn a_live_shim_without_its_socket_is_told_apart_from_a_dead_one() {
     );
     assert_eq!(row(&dead.spec)["state"], "unreachable", "{stdout}");
 }
+
+#[test]
+fn help_version_usage_errors_and_completions_from_the_binary() {
+    let (code, stdout, stderr) = cli(&["--help"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Usage: elide-executor <COMMAND>"),
+        "{stdout}"
+    );
+    for c in [
+        "status",
+        "stop",
+        "signal",
+        "exec",
+        "run",
+        "serve",
+        "completions",
+    ] {
+        assert!(stdout.contains(&format!("\n  {c} ")), "{c}: {stdout}");
+    }
+    // What the plugin's fingerprint parses.
+    let (code, stdout, _) = cli(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        common::shim_api::parse_version_line(&stdout).map(|(_, level)| level),
+        Some(common::shim_api::API_LEVEL),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&["help", "stop"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Usage: elide-executor stop"), "{stdout}");
+    // Usage errors: exit 2, on stderr, with the fix.
+    let (code, stdout, stderr) = cli(&["stauts"]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(
+        stderr.contains("unrecognized subcommand 'stauts'") && stderr.contains("'status'"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("Usage: elide-executor <COMMAND>"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&["serve", "--spec", "-"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--task <TASK>"), "{stderr}");
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef elide-executor"),
+        ("fish", "complete -c elide-executor"),
+    ] {
+        let (code, stdout, stderr) = cli(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        assert!(stdout.contains(marker), "{shell}: {stdout}");
+        assert!(stdout.contains("state-dir"), "{shell}: {stdout}");
+    }
+}
