@@ -86,14 +86,20 @@ def host_secret():
 
 @pytest.fixture(scope="module")
 def alt_elide(tmp_path_factory):
-    """An operator-listed second Elide: a root-owned install dir holding a wrapper that
-    reports its own version and runs the stand-in."""
+    """An operator-listed second Elide: a self-contained, root-owned install dir (only
+    that dir is visible in the sandbox) holding a copy of the stand-in and a wrapper that
+    reports its own version and runs that copy."""
     d = tmp_path_factory.mktemp("elide-alt") / "elide-1.1"
     d.mkdir(mode=0o755)
     os.chmod(d.parent, 0o755)
+    standin_src = os.path.dirname(nm.STANDIN)
+    copy = d / "standin"
+    copy.mkdir(mode=0o755)
+    shutil.copy2(nm.STANDIN, copy / "elide")
+    shutil.copytree(os.path.join(standin_src, "support"), copy / "support")
     b = d / "elide"
     b.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then echo {ALT_VERSION}; exit 0; fi\n'
-                 f'exec {nm.STANDIN} "$@"\n')
+                 f'exec {copy / "elide"} "$@"\n')
     os.chmod(b, 0o755)
     return str(b)
 
