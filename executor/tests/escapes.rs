@@ -6,7 +6,6 @@
 
 mod support;
 
-use common::proto::executor as api;
 use common::sandbox::SandboxSpec;
 use common::spec::TaskSpec;
 use std::collections::BTreeMap;
@@ -131,22 +130,7 @@ fn task(user: &str, user_caps: &[&str]) -> Task {
 }
 
 async fn run(t: &Task) -> (i32, BTreeMap<String, String>, String) {
-    let dir = t.spec.socket_path.parent().unwrap().parent().unwrap();
-    let shim = launch(t.spec.clone(), dir);
-    let mut c = shim.client().await;
-    c.start(api::StartRequest {}).await.expect("start");
-    let exit = within("wait", c.wait(api::WaitRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .exit
-        .unwrap();
-    let text = std::fs::read_to_string(&t.out).unwrap();
-    let kv = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let (exit, kv, text) = run_to_exit(&t.spec, &t.out).await;
     (exit.exit_code, kv, text)
 }
 

@@ -132,22 +132,7 @@ impl Layout {
 
 /// Runs the spec to its exit; returns (exit, output as key=value lines).
 async fn run(l: &Layout) -> (api::ExitStatus, BTreeMap<String, String>, String) {
-    let shim = l.launch();
-    let mut c = shim.client().await;
-    c.start(api::StartRequest {}).await.expect("start");
-    let exit = within("wait", c.wait(api::WaitRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .exit
-        .unwrap();
-    let text = std::fs::read_to_string(&l.out).unwrap();
-    let kv = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    (exit, kv, text)
+    run_to_exit(&l.spec, &l.out).await
 }
 
 /// Reads `/proc/self/status` fields as `Name=value` lines.

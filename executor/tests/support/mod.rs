@@ -268,6 +268,36 @@ pub fn launch(spec: TaskSpec, dir: &Path) -> Shim {
     }
 }
 
+/// Launches a shim for `spec` (in the parent of its socket dir), starts the task and waits
+/// for its exit; returns (exit, the `key=value` lines of `out`, the whole of `out`).
+pub async fn run_to_exit(
+    spec: &TaskSpec,
+    out: &Path,
+) -> (
+    common::proto::executor::ExitStatus,
+    BTreeMap<String, String>,
+    String,
+) {
+    use common::proto::executor as api;
+    let dir = spec.socket_path.parent().unwrap().parent().unwrap();
+    let shim = launch(spec.clone(), dir);
+    let mut c = shim.client().await;
+    c.start(api::StartRequest {}).await.expect("start");
+    let exit = within("wait", c.wait(api::WaitRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .exit
+        .unwrap();
+    let text = std::fs::read_to_string(out).unwrap();
+    let kv = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    (exit, kv, text)
+}
+
 impl Shim {
     /// A shim spawned by hand (see [`spawn_serve`]).
     pub fn of(spec: TaskSpec, spec_path: &Path, child: Child, ready_line: String) -> Shim {
