@@ -225,11 +225,13 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie is not alive (the shim is not our child, but be exact anyway).
+    # A zombie is not alive (the shim is not our child, but be exact anyway). A process
+    # reaped between the kill and the read makes the open fail (ENOENT) or the read fail
+    # (ESRCH, ProcessLookupError): both mean it is gone.
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
