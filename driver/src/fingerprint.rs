@@ -4,7 +4,7 @@
 //! only when the binaries change (path, inode, mtime, size) or once per `fingerprint_period`,
 //! never on every tick.
 
-use common::config::PluginConfig;
+use crate::config::PluginConfig;
 use common::proto::drivers::fingerprint_response::HealthState;
 use common::proto::drivers::FingerprintResponse;
 use common::proto::structs::{attribute, Attribute};

@@ -10,12 +10,16 @@ pub const VERSION: &str = env!("NDE_BUILD_VERSION");
 pub const REVISION: &str = env!("NDE_BUILD_REVISION");
 
 mod base;
+pub mod config;
+pub mod cty;
 mod driver_service;
 mod fingerprint;
 mod goplugin;
+pub mod hclspec;
 mod idle;
 mod logging;
 mod plugin;
+pub mod runtime_args;
 pub mod server;
 mod shim_compat;
 mod stats;

@@ -2,7 +2,7 @@
 //! us, and the task-event fan-out. (The server that hosts the services is `server`; the tasks
 //! themselves are `tasks`.)
 
-use common::config::PluginConfig;
+use crate::config::PluginConfig;
 use common::proto::base::ClientTopology;
 use common::proto::drivers::DriverTaskEvent;
 use std::sync::{Arc, RwLock};

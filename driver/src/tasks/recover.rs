@@ -6,7 +6,7 @@
 use super::entry::TaskEntry;
 use super::handle::DriverState;
 use super::Tasks;
-use common::config::LogCollection;
+use crate::config::LogCollection;
 use common::proto::drivers::RecoverTaskRequest;
 use common::proto::executor as shim;
 use tonic::Status;

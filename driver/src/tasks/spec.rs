@@ -4,7 +4,7 @@
 //! New task options land here (and in `command` when they become Elide flags).
 
 use super::command;
-use common::config::{LogCollection, PluginConfig, TaskConfig};
+use crate::config::{LogCollection, PluginConfig, TaskConfig};
 use common::dns::DnsSpec;
 use common::hosts::HostsSpec;
 use common::paths::{self, PathError};

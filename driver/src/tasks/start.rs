@@ -5,8 +5,8 @@ use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
 use super::spec::{build_spec, dns_not_applied, hosts_not_applied, task_dir, SpecInput};
 use super::{blocking, script, status, Tasks};
+use crate::config::{LogCollection, PluginConfig, TaskConfig};
 use crate::fingerprint::{self, Located};
-use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::dns::DnsSpec;
 use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
@@ -345,7 +345,7 @@ fn allowed_list(
 /// `elide_binary`) one of those by its exact path. A path is never resolved against
 /// anything a job controls: it must equal a listed path or its canonical form.
 pub(super) fn pick_elide(
-    opts: Option<&common::config::ElideOpts>,
+    opts: Option<&crate::config::ElideOpts>,
     listed: &[Choice],
     versions: &std::collections::BTreeMap<String, PathBuf>,
 ) -> Result<PathBuf, PickError> {

@@ -4,7 +4,7 @@
 //! one-line form for logs and tests).
 //!
 //! ```
-//! use common::hclspec::*;
+//! use driver::hclspec::*;
 //! let spec = object(vec![
 //!     ("script", attr("script", "string", true)),
 //!     ("enabled", default_(attr("enabled", "bool", false), literal("true"))),
@@ -23,7 +23,7 @@
 //! is an HCL expression (`"true"`, `"[]"`, `"\"text\""` — use [`literal_string`] for text);
 //! the root should be an object.
 
-use crate::proto::hclspec::{self as h, spec::Block as B, Spec};
+use common::proto::hclspec::{self as h, spec::Block as B, Spec};
 use std::collections::HashMap;
 
 fn wrap(b: B) -> Spec {

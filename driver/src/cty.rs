@@ -7,7 +7,7 @@
 //! values as `[bin(type json), value]`. Nested blocks may be one object or a list of objects.
 //!
 //! ```
-//! # use common::cty::{decode, Obj};
+//! # use driver::cty::{decode, Obj};
 //! let bytes = [0x81, 0xa1, b'n', 0xa3, b'0', b'.', b'5']; // {"n": "0.5"}
 //! let value = decode(&bytes).unwrap();
 //! let root = Obj::root(&value, "config").unwrap();
