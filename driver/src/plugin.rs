@@ -1,5 +1,5 @@
 //! The plugin's shared state: configuration, what the fingerprint and Nomad's topology told
-//! us, and the task-event fan-out. (The server that hosts the services is `server`; the tasks
+//! us, and the task-event fan-out. (The process that hosts the services is `serve`; the tasks
 //! themselves are `tasks`.)
 
 use crate::config::PluginConfig;
