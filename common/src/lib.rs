@@ -9,6 +9,7 @@ pub mod client;
 pub mod dns;
 pub mod duration;
 pub mod env;
+pub mod error;
 pub mod hosts;
 pub mod paths;
 pub mod proc;

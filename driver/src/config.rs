@@ -6,6 +6,7 @@ use crate::cty::{self, CtyError, Obj};
 use crate::hclspec::{attr, block, default_, literal, literal_string, object};
 use crate::runtime_args::{self, RuntimeArg};
 use common::capabilities::{self, CapName};
+use common::error::FieldError;
 use common::paths::{DEFAULT_RUNTIME_DIR, MAX_SOCKET_PATH};
 use common::proto::hclspec::Spec;
 use common::sandbox::{FsIsolation, IdRanges, NamespaceMode};
@@ -18,15 +19,12 @@ use std::time::Duration;
 pub enum ConfigError {
     #[error(transparent)]
     Cty(#[from] CtyError),
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.to_owned(),
-        message: message.into(),
-    }
+    ConfigError::Invalid(FieldError::new(field, message))
 }
 
 /// What guest code sees of the task environment (Elide hides host env by default).
@@ -678,9 +676,9 @@ fn seccomp_filters(
     match o.string("seccomp")?.as_deref().unwrap_or("default") {
         "default" => common::seccomp::Filters::compile(&extra)
             .map(|f| (Some(f), extra))
-            .map_err(|(i, e)| match i {
-                Some(i) => invalid(&format!("seccomp_denied_syscalls[{i}]"), e),
-                None => invalid("seccomp", e),
+            .map_err(|e| match e.field.as_str() {
+                "" => e.within("seccomp").into(),
+                _ => e.within("seccomp_denied_syscalls").into(),
             }),
         "off" if !extra.is_empty() => Err(invalid(
             "seccomp_denied_syscalls",
@@ -702,7 +700,7 @@ fn quoted_list(items: &[&str]) -> String {
 
 /// A list of capability names (`allow_caps`, `cap_add`, `cap_drop`), normalised.
 fn cap_names(field: &str, names: &[String]) -> Result<Vec<CapName>, ConfigError> {
-    capabilities::parse_names(names).map_err(|(i, e)| invalid(&format!("{field}[{i}]"), e))
+    capabilities::parse_names(names).map_err(|e| e.within(field).into())
 }
 
 fn namespace_mode(field: &str, v: Option<String>) -> Result<Option<NamespaceMode>, ConfigError> {
@@ -734,7 +732,7 @@ fn host_path_list(name: &str, list: Vec<String>) -> Result<Vec<PathBuf>, ConfigE
 
 fn id_ranges(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     let v = v.unwrap_or_default();
-    IdRanges::parse(&v).map_err(|e| invalid(field, e))?;
+    IdRanges::parse(&v).map_err(|e| e.within(field))?;
     Ok(v.trim().to_owned())
 }
 

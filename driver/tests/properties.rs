@@ -104,7 +104,7 @@ fn poke_everything(o: &Obj<'_>) {
 }
 
 /// A type expression checked the way the plugin checks its schemas: as an attribute's type.
-fn check_type(expr: &str) -> Result<(), hclspec::SpecError> {
+fn check_type(expr: &str) -> Result<(), common::error::FieldError> {
     hclspec::check(&hclspec::object(vec![(
         "x",
         hclspec::attr("x", expr, false),
