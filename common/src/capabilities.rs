@@ -6,6 +6,7 @@
 //! case-insensitive, with or without `CAP_`. The executor applies the set (docs/executor.md,
 //! "Sandbox").
 
+use crate::error::FieldError;
 use caps::Capability;
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -86,7 +87,7 @@ impl std::fmt::Display for CapName {
 }
 
 /// Parses one name: `CAP_CHOWN`, `cap_chown`, `chown` or `all`; the error says what is valid.
-pub fn parse_name(name: &str) -> Result<CapName, String> {
+pub fn parse_name(name: &str) -> Result<CapName, FieldError> {
     let trimmed = name.trim();
     let lower = trimmed.to_ascii_lowercase();
     let short = lower.strip_prefix("cap_").unwrap_or(&lower);
@@ -95,17 +96,18 @@ pub fn parse_name(name: &str) -> Result<CapName, String> {
     }
     match Capability::from_str(&caps::to_canonical(short)) {
         Ok(_) if !short.is_empty() => Ok(CapName(short.to_owned())),
-        _ => Err(format!(
+        _ => Err(FieldError::value(format!(
             "{name:?} is not a Linux capability; use names such as \"chown\" or \"net_bind_service\" (capabilities(7), with or without CAP_), or \"all\""
-        )),
+        ))),
     }
 }
 
-/// Parses a list of names (see [`parse_name`]); duplicates are kept once.
-pub fn parse_names(names: &[String]) -> Result<Vec<CapName>, (usize, String)> {
+/// Parses a list of names (see [`parse_name`]); duplicates are kept once. The error's field
+/// is the bad name's index (`[1]`).
+pub fn parse_names(names: &[String]) -> Result<Vec<CapName>, FieldError> {
     let mut out: Vec<CapName> = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        let c = parse_name(n).map_err(|e| (i, e))?;
+        let c = parse_name(n).map_err(|e| e.within(&format!("[{i}]")))?;
         if !out.contains(&c) {
             out.push(c);
         }
@@ -188,12 +190,13 @@ fn short_name(i: u8) -> String {
 }
 
 /// Parses kernel names back (what the executor applies); unknown names are an error.
-pub fn from_kernel_names(names: &[String]) -> Result<Vec<Capability>, String> {
+pub fn from_kernel_names(names: &[String]) -> Result<Vec<Capability>, FieldError> {
     names
         .iter()
         .map(|n| {
-            Capability::from_str(n)
-                .map_err(|_| format!("{n:?} is not a capability this executor knows"))
+            Capability::from_str(n).map_err(|_| {
+                FieldError::value(format!("{n:?} is not a capability this executor knows"))
+            })
         })
         .collect()
 }
@@ -223,10 +226,10 @@ mod tests {
         assert!(parse_name("CAP_ALL").unwrap().is_all());
         for bad in ["", "cap_", "sys_admn", "CAP_FOO"] {
             let e = parse_name(bad).unwrap_err();
-            assert!(e.contains("is not a Linux capability"), "{e}");
+            assert!(e.message.contains("is not a Linux capability"), "{e}");
         }
         let e = parse_names(&["kill".into(), "nope".into()]).unwrap_err();
-        assert_eq!(e.0, 1);
+        assert_eq!(e.field, "[1]");
     }
 
     #[test]

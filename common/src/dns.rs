@@ -4,6 +4,7 @@
 //! `nameserver X` per server, `options x y`. A list the job leaves empty comes from the host's
 //! resolv.conf, as exec does it.
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -38,12 +39,12 @@ impl DnsSpec {
     }
 
     /// Every server an IP address, every search domain and option one non-empty word
-    /// without control characters. The error is `(field, message)`, the field relative to
-    /// the DNS block (`servers[0]`).
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// without control characters. The error's field is relative to the DNS block
+    /// (`servers[0]`).
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (i, s) in self.servers.iter().enumerate() {
             if s.parse::<IpAddr>().is_err() {
-                return Err((
+                return Err(FieldError::new(
                     format!("servers[{i}]"),
                     format!("{s:?} is not an IP address; give the name server's IPv4 or IPv6 address, e.g. \"10.0.0.2\""),
                 ));
@@ -52,7 +53,10 @@ impl DnsSpec {
         for (field, list) in [("searches", &self.searches), ("options", &self.options)] {
             for (i, v) in list.iter().enumerate() {
                 if let Some(why) = bad_word(v) {
-                    return Err((format!("{field}[{i}]"), format!("{v:?} {why}")));
+                    return Err(FieldError::new(
+                        format!("{field}[{i}]"),
+                        format!("{v:?} {why}"),
+                    ));
                 }
             }
         }
@@ -171,20 +175,23 @@ mod tests {
     fn bad_entries_are_refused_naming_the_field() {
         let field = |d: DnsSpec| d.validate().unwrap_err();
         assert_eq!(
-            field(dns(&["10.0.0.1", "dns.example"], &[], &[])).0,
+            field(dns(&["10.0.0.1", "dns.example"], &[], &[])).field,
             "servers[1]"
         );
         assert!(field(dns(&["dns.example"], &[], &[]))
-            .1
+            .message
             .contains("not an IP address"));
-        assert_eq!(field(dns(&["10.0.0.1\n"], &[], &[])).0, "servers[0]");
-        let (f, m) = field(dns(&[], &["a\nnameserver 6.6.6.6"], &[]));
+        assert_eq!(field(dns(&["10.0.0.1\n"], &[], &[])).field, "servers[0]");
+        let FieldError {
+            field: f,
+            message: m,
+        } = field(dns(&[], &["a\nnameserver 6.6.6.6"], &[]));
         assert_eq!(f, "searches[0]");
         assert!(m.contains("whitespace"), "{m}");
-        assert_eq!(field(dns(&[], &["ok", "a b"], &[])).0, "searches[1]");
-        assert_eq!(field(dns(&[], &[], &[""])).0, "options[0]");
-        assert_eq!(field(dns(&[], &[], &["ndots:1\tx"])).0, "options[0]");
-        assert_eq!(field(dns(&[], &["#x"], &[])).0, "searches[0]");
+        assert_eq!(field(dns(&[], &["ok", "a b"], &[])).field, "searches[1]");
+        assert_eq!(field(dns(&[], &[], &[""])).field, "options[0]");
+        assert_eq!(field(dns(&[], &[], &["ndots:1\tx"])).field, "options[0]");
+        assert_eq!(field(dns(&[], &["#x"], &[])).field, "searches[0]");
         assert!(
             dns(&["10.9.8.7", "::1"], &["example.internal"], &["ndots:2"])
                 .validate()

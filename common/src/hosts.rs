@@ -10,6 +10,7 @@
 //! Without this the task would see the host's `/etc/hosts`, whose entry for the hostname
 //! points at the host's address, not the allocation's (hashicorp/nomad#10768).
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -33,14 +34,14 @@ pub struct HostsSpec {
 }
 
 impl HostsSpec {
-    /// The hostname a valid RFC 1123 name, the address an IP address. The error is
-    /// `(field, message)`, the field relative to the hosts config (`hostname`).
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// The hostname a valid RFC 1123 name, the address an IP address. The error's field is
+    /// relative to the hosts config (`hostname`).
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(h) = &self.hostname {
-            check_hostname(h).map_err(|e| ("hostname".to_owned(), e))?;
+            check_hostname(h).map_err(|e| e.within("hostname"))?;
         }
         if let Some(a) = &self.address {
-            check_address(a).map_err(|e| ("address".to_owned(), e))?;
+            check_address(a).map_err(|e| e.within("address"))?;
         }
         Ok(())
     }
@@ -49,16 +50,18 @@ impl HostsSpec {
 /// Why `h` is not a hostname (RFC 1123: dot-separated labels of letters, digits and hyphens,
 /// no label starting or ending with a hyphen, labels of at most 63 and the name of at most 253
 /// characters), if it is not.
-pub fn check_hostname(h: &str) -> Result<(), String> {
+pub fn check_hostname(h: &str) -> Result<(), FieldError> {
     let name = h.strip_suffix('.').unwrap_or(h);
     if name.is_empty() {
-        return Err(format!("{h:?} is empty; give a DNS name such as \"web-1\""));
+        return Err(FieldError::value(format!(
+            "{h:?} is empty; give a DNS name such as \"web-1\""
+        )));
     }
     if name.len() > MAX_NAME {
-        return Err(format!(
+        return Err(FieldError::value(format!(
             "{h:?} is {} characters long; a hostname has at most {MAX_NAME}",
             name.len()
-        ));
+        )));
     }
     for label in name.split('.') {
         let why = if label.is_empty() {
@@ -80,18 +83,18 @@ pub fn check_hostname(h: &str) -> Result<(), String> {
             None
         };
         if let Some(why) = why {
-            return Err(format!(
+            return Err(FieldError::value(format!(
                 "{h:?} is not a valid hostname (RFC 1123): it {why}"
-            ));
+            )));
         }
     }
     Ok(())
 }
 
 /// Why `a` is not an IP address, if it is not.
-pub fn check_address(a: &str) -> Result<(), String> {
+pub fn check_address(a: &str) -> Result<(), FieldError> {
     a.parse::<IpAddr>().map(|_| ()).map_err(|_| {
-        format!("{a:?} is not an IP address; give the allocation's IPv4 or IPv6 address, e.g. \"172.26.64.5\"")
+        FieldError::value(format!("{a:?} is not an IP address; give the allocation's IPv4 or IPv6 address, e.g. \"172.26.64.5\""))
     })
 }
 
@@ -193,7 +196,7 @@ mod tests {
             (long_name.as_str(), "at most 253"),
         ] {
             let e = check_hostname(bad).unwrap_err();
-            assert!(e.contains(says), "{bad:?}: {e}");
+            assert!(e.message.contains(says), "{bad:?}: {e}");
         }
     }
 
@@ -207,12 +210,12 @@ mod tests {
         h.address = Some("fd00::5".into());
         assert_eq!(h.validate(), Ok(()));
         h.address = Some("172.26.64".into());
-        let (field, e) = h.validate().unwrap_err();
-        assert_eq!(field, "address");
-        assert!(e.contains("not an IP address"), "{e}");
+        let e = h.validate().unwrap_err();
+        assert_eq!(e.field, "address");
+        assert!(e.message.contains("not an IP address"), "{e}");
         h.address = None;
         h.hostname = Some("web_1".into());
-        assert_eq!(h.validate().unwrap_err().0, "hostname");
+        assert_eq!(h.validate().unwrap_err().field, "hostname");
         assert_eq!(HostsSpec::default().validate(), Ok(()));
     }
 

@@ -2,6 +2,7 @@
 //! namespaces, the filesystem view, volumes, devices and the host ids a task may not run as.
 //! What the shim does with it: docs/executor.md, "Sandbox".
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
@@ -228,7 +229,7 @@ pub struct IdRanges(Vec<(u32, u32)>);
 
 impl IdRanges {
     /// Parses `"a,b-c,…"`; "" is the empty set. The error names the bad part.
-    pub fn parse(s: &str) -> Result<IdRanges, String> {
+    pub fn parse(s: &str) -> Result<IdRanges, FieldError> {
         let mut out = Vec::new();
         if s.trim().is_empty() {
             return Ok(IdRanges(out));
@@ -237,7 +238,9 @@ impl IdRanges {
             let p = part.trim();
             let bound = |v: &str| {
                 v.trim().parse::<u32>().map_err(|_| {
-                    format!("{p:?} is not an id or a range such as \"0\" or \"1000-1999\"")
+                    FieldError::value(format!(
+                        "{p:?} is not an id or a range such as \"0\" or \"1000-1999\""
+                    ))
                 })
             };
             let (lo, hi) = match p.split_once('-') {
@@ -248,9 +251,9 @@ impl IdRanges {
                 }
             };
             if lo > hi {
-                return Err(format!(
+                return Err(FieldError::value(format!(
                     "{p:?}: the lower bound is greater than the upper one"
-                ));
+                )));
             }
             out.push((lo, hi));
         }
@@ -268,31 +271,32 @@ impl IdRanges {
 
 /// A volume's `task_path` as a path relative to the task dir: leading `/` dropped, no `..`,
 /// not empty. The error says why.
-pub fn relative_task_path(task_path: &str) -> Result<PathBuf, String> {
+pub fn relative_task_path(task_path: &str) -> Result<PathBuf, FieldError> {
     let rel: PathBuf = Path::new(task_path)
         .components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
         .map(|c| match c {
             Component::Normal(n) => Ok(n),
-            _ => Err(format!(
+            _ => Err(FieldError::value(format!(
                 "{task_path:?} leaves the task dir (\"..\"); give a destination inside it"
-            )),
+            ))),
         })
         .collect::<Result<_, _>>()?;
     if rel.as_os_str().is_empty() {
-        return Err(format!(
+        return Err(FieldError::value(format!(
             "{task_path:?} is the task dir itself; give a destination inside it, e.g. \"/data\""
-        ));
+        )));
     }
     Ok(rel)
 }
 
 impl SandboxSpec {
     /// What the shim must be able to rely on; the error names the field.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |f: &str, m: String| Err((format!("sandbox.{f}"), m));
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |f: &str, m: String| Err(FieldError::new(format!("sandbox.{f}"), m));
+        let within = |f: &str, e: FieldError| Err(e.within(&format!("sandbox.{f}")));
         if let Err(e) = crate::capabilities::from_kernel_names(&self.capabilities) {
-            return err("capabilities", e);
+            return within("capabilities", e);
         }
         for (field, list) in [
             ("writable_paths", &self.writable_paths),
@@ -316,7 +320,7 @@ impl SandboxSpec {
                 );
             }
             if let Err(e) = relative_task_path(&v.task_path) {
-                return err(&format!("volumes[{i}].task_path"), e);
+                return within(&format!("volumes[{i}].task_path"), e);
             }
         }
         for (i, d) in self.devices.iter().enumerate() {
@@ -338,19 +342,19 @@ impl SandboxSpec {
             }
         }
         if let Err(e) = IdRanges::parse(&self.denied_uids) {
-            return err("denied_uids", e);
+            return within("denied_uids", e);
         }
         if let Err(e) = IdRanges::parse(&self.denied_gids) {
-            return err("denied_gids", e);
+            return within("denied_gids", e);
         }
-        if let Some(Err((field, e))) = self.dns.as_ref().map(|d| d.validate()) {
-            return err(&format!("dns.{field}"), e);
+        if let Some(Err(e)) = self.dns.as_ref().map(|d| d.validate()) {
+            return within("dns", e);
         }
-        if let Some(Err((field, e))) = self.hosts.as_ref().map(|h| h.validate()) {
-            return err(&format!("hosts.{field}"), e);
+        if let Some(Err(e)) = self.hosts.as_ref().map(|h| h.validate()) {
+            return within("hosts", e);
         }
         if let Err(e) = crate::capabilities::from_kernel_names(&self.user_capabilities) {
-            return err("user_capabilities", e);
+            return within("user_capabilities", e);
         }
         if let Some(extra) = self
             .user_capabilities
@@ -363,7 +367,7 @@ impl SandboxSpec {
             );
         }
         if let Some(Err(e)) = self.seccomp.as_ref().map(|s| s.decode()) {
-            return err("seccomp", e);
+            return within("seccomp", e);
         }
         Ok(())
     }
@@ -406,29 +410,29 @@ mod tests {
         assert!(json.get("hosts").is_none(), "{json}");
         let mut bad = s.clone();
         bad.hidden_paths = vec!["/".into()];
-        assert_eq!(bad.validate().unwrap_err().0, "sandbox.hidden_paths");
+        assert_eq!(bad.validate().unwrap_err().field, "sandbox.hidden_paths");
         let mut bad = s.clone();
         bad.devices = vec![DeviceSpec {
             host_path: "/dev/fuse".into(),
             task_path: "/etc/fuse".into(),
             permissions: "rw".into(),
         }];
-        assert_eq!(bad.validate().unwrap_err().0, "sandbox.devices[0]");
+        assert_eq!(bad.validate().unwrap_err().field, "sandbox.devices[0]");
         let mut bad = s.clone();
         bad.capabilities = vec!["CAP_NOPE".into()];
-        assert_eq!(bad.validate().unwrap_err().0, "sandbox.capabilities");
+        assert_eq!(bad.validate().unwrap_err().field, "sandbox.capabilities");
         // A spec the shim reads (hand-written, or from another plugin) is checked too.
         let mut bad = s.clone();
         bad.hosts = Some(crate::hosts::HostsSpec {
             hostname: Some("web\n6.6.6.6 evil".into()),
             address: None,
         });
-        assert_eq!(bad.validate().unwrap_err().0, "sandbox.hosts.hostname");
+        assert_eq!(bad.validate().unwrap_err().field, "sandbox.hosts.hostname");
         let mut bad = s;
         bad.dns = Some(crate::dns::DnsSpec {
             searches: vec!["a\nnameserver 6.6.6.6".into()],
             ..Default::default()
         });
-        assert_eq!(bad.validate().unwrap_err().0, "sandbox.dns.searches[0]");
+        assert_eq!(bad.validate().unwrap_err().field, "sandbox.dns.searches[0]");
     }
 }

@@ -17,6 +17,7 @@
 //! ([`SeccompSpec`]): the static shim carries no compiler, and `sandbox-init` /
 //! `sandbox-exec` only install it (docs/executor.md, "Sandbox").
 
+use crate::error::FieldError;
 use seccompiler::TargetArch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -144,7 +145,11 @@ pub struct Insn {
 
 impl SeccompSpec {
     /// The programs as instructions; the error says what is malformed.
-    pub fn decode(&self) -> Result<Vec<Vec<Insn>>, String> {
+    pub fn decode(&self) -> Result<Vec<Vec<Insn>>, FieldError> {
+        self.instructions().map_err(FieldError::value)
+    }
+
+    fn instructions(&self) -> Result<Vec<Vec<Insn>>, String> {
         self.programs
             .iter()
             .enumerate()
@@ -180,26 +185,26 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// The default filter plus `extra` for the host's architecture. Err names the bad item
-    /// (its index in `extra`) or says the architecture is not supported.
-    pub fn compile(extra: &[String]) -> Result<Filters, (Option<usize>, String)> {
+    /// The default filter plus `extra` for the host's architecture. The error's field is the
+    /// bad item's index in `extra` (`[1]`), or empty when the architecture is not supported.
+    pub fn compile(extra: &[String]) -> Result<Filters, FieldError> {
         Self::compile_for(std::env::consts::ARCH, extra)
     }
 
-    pub fn compile_for(arch: &str, extra: &[String]) -> Result<Filters, (Option<usize>, String)> {
-        let target = target(arch).map_err(|e| (None, e))?;
+    pub fn compile_for(arch: &str, extra: &[String]) -> Result<Filters, FieldError> {
+        let target = target(arch).map_err(FieldError::value)?;
         for (i, name) in extra.iter().enumerate() {
             if !known(target, name) {
-                return Err((
-                    Some(i),
+                return Err(FieldError::new(
+                    format!("[{i}]"),
                     format!(
                         "{name:?} is not a system call on {arch}; use the kernel's name, e.g. \"ptrace\" or \"personality\" (syscalls(2))"
                     ),
                 ));
             }
         }
-        let private_pid = build(arch, target, extra, false).map_err(|e| (None, e))?;
-        let host_pid = build(arch, target, extra, true).map_err(|e| (None, e))?;
+        let private_pid = build(arch, target, extra, false).map_err(FieldError::value)?;
+        let host_pid = build(arch, target, extra, true).map_err(FieldError::value)?;
         Ok(Filters {
             private_pid,
             host_pid,
@@ -419,16 +424,6 @@ fn build(
     })
 }
 
-/// Checks the operator's `seccomp_denied_syscalls` for the host's architecture; Err is
-/// (index, message).
-pub fn check_names(names: &[String]) -> Result<(), (usize, String)> {
-    match Filters::compile(names) {
-        Ok(_) => Ok(()),
-        Err((Some(i), e)) => Err((i, e)),
-        Err((None, e)) => Err((0, e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,16 +467,17 @@ mod tests {
         assert!(f.private_pid.denied.iter().any(|d| d == "ptrace"));
         let e =
             Filters::compile_for("x86_64", &["keyctl".into(), "nosuchcall".into()]).unwrap_err();
-        assert_eq!(e.0, Some(1));
+        assert_eq!(e.field, "[1]");
         assert!(
-            e.1.contains("\"nosuchcall\" is not a system call on x86_64"),
-            "{}",
-            e.1
+            e.message
+                .contains("\"nosuchcall\" is not a system call on x86_64"),
+            "{e}"
         );
         let e = Filters::compile_for("aarch64", &["iopl".into()]).unwrap_err();
-        assert_eq!(e.0, Some(0));
+        assert_eq!(e.field, "[0]");
         let e = Filters::compile_for("s390x", &[]).unwrap_err();
-        assert!(e.1.contains("seccomp = \"off\""), "{}", e.1);
+        assert_eq!(e.field, "");
+        assert!(e.message.contains("seccomp = \"off\""), "{e}");
     }
 
     #[test]

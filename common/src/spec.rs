@@ -1,6 +1,7 @@
 //! The task spec: everything a shim needs to run one task, written by the plugin (or by an
 //! operator for `elide-executor run --spec FILE`) as JSON. Documented in docs/executor.md.
 
+use crate::error::FieldError;
 use crate::sandbox::SandboxSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -112,7 +113,7 @@ fn default_log_max_file_size_mb() -> u64 {
 
 impl LogFilesSpec {
     /// Sizes in range, and names that stay inside `dir`.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if !(1..=MAX_LOG_MAX_FILES).contains(&self.max_files) {
             return Err(spec_err(
                 "log_files.max_files",
@@ -206,22 +207,11 @@ pub const MAX_FIFO_OPEN_TIMEOUT_MS: u64 = 3_600 * 1_000;
 /// The longest a shim lingers after the exit (7 days).
 pub const MAX_LINGER_SECS: u64 = 7 * 24 * 3_600;
 
-/// A spec value outside what the shim can honour, naming the field.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
+fn spec_err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
 }
 
-fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
-    SpecError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
-fn at_most(field: &str, value: u64, max: u64, what: &str) -> Result<(), SpecError> {
+fn at_most(field: &str, value: u64, max: u64, what: &str) -> Result<(), FieldError> {
     if value > max {
         return Err(spec_err(
             field,
@@ -239,7 +229,7 @@ pub fn mib_to_bytes(mb: u64) -> Option<u64> {
 impl ResourceSpec {
     /// Refuses values no host can mean, so that every later conversion (MiB → bytes, shares →
     /// weight, heap percentages) stays in range.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         let memory_fix = "check the task's memory and memory_max";
         at_most(
             "resources.memory_mb",
@@ -274,7 +264,7 @@ impl TaskSpec {
     /// timeouts it can add to a clock, and an argv and environment `execve` will take (valid
     /// names, no NUL, within this node's exec limit). The plugin checks a spec before it
     /// writes it; the shim checks every spec it reads.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         self.resources.validate()?;
         at_most(
             "fifo_open_timeout_ms",
@@ -289,8 +279,7 @@ impl TaskSpec {
             "seconds (7 days)",
         )?;
         if let Some(s) = &self.sandbox {
-            s.validate()
-                .map_err(|(field, message)| spec_err(&field, message))?;
+            s.validate()?;
         }
         if let Some(l) = &self.log_files {
             l.validate()?;

@@ -1,10 +1,10 @@
 //! `Driver`: schemas, capabilities, the fingerprint and task-event streams, and the task RPCs
 //! (which live in `tasks`).
 
+use crate::config::{LogCollection, PluginConfig, TaskConfig};
 use crate::fingerprint;
 use crate::plugin::Plugin;
 use crate::tasks::Tasks;
-use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::proto::drivers::{
     driver_capabilities::{FsIsolation, MountConfigs},
     driver_server::Driver,
@@ -121,7 +121,7 @@ impl Driver for DriverService {
                     return;
                 }
                 // Re-check at the period, or as soon as a binary is installed/upgraded/removed.
-                let stamps = |cfg: &common::config::PluginConfig| {
+                let stamps = |cfg: &crate::config::PluginConfig| {
                     fingerprint::watched(cfg)
                         .into_iter()
                         .map(|p| (fingerprint::stamp(&p), p))

@@ -4,7 +4,8 @@
 //! only when the binaries change (path, inode, mtime, size) or once per `fingerprint_period`,
 //! never on every tick.
 
-use common::config::PluginConfig;
+use crate::config::PluginConfig;
+use common::error::FieldError;
 use common::proto::drivers::fingerprint_response::HealthState;
 use common::proto::drivers::FingerprintResponse;
 use common::proto::structs::{attribute, Attribute};
@@ -320,7 +321,11 @@ pub fn executor_too_old(bin: &Path, version: &str, level: u32) -> Option<String>
 /// task or local user could swap in a program of their own. A sticky root-owned directory
 /// (`/tmp`) is accepted above the binary's own directory: no one else can rename or replace
 /// what root made in it. Returns the canonical path.
-pub fn trusted(path: &Path) -> Result<PathBuf, String> {
+pub fn trusted(path: &Path) -> Result<PathBuf, FieldError> {
+    check_trusted(path).map_err(FieldError::value)
+}
+
+fn check_trusted(path: &Path) -> Result<PathBuf, String> {
     let canonical = std::fs::canonicalize(path)
         .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     let euid = nix::unistd::geteuid().as_raw();
@@ -405,7 +410,7 @@ async fn probe_elide(
     timeout: Duration,
     previous: &Elides,
 ) -> Result<Probed, String> {
-    let path = trusted(configured).map_err(|e| format!("{what}: {e}"))?;
+    let path = trusted(configured).map_err(|e| e.within(what).to_string())?;
     if let Some(version) = previous.version_of(&path) {
         return Ok(Probed {
             stamp: stamp(&path),
@@ -727,7 +732,7 @@ mod tests {
             (0o1777, "world-writable (mode 1777)"),
         ] {
             chmod(&install, mode);
-            let e = trusted(&link.join("elide")).unwrap_err();
+            let e = trusted(&link.join("elide")).unwrap_err().message;
             assert!(
                 e.contains(&format!("{} is {want}", install.display()))
                     && e.contains("not safe to run as root")
@@ -740,6 +745,7 @@ mod tests {
         chmod(&bin, 0o757);
         assert!(trusted(&bin)
             .unwrap_err()
+            .message
             .contains("world-writable (mode 0757)"));
         chmod(&bin, 0o755);
         // A sticky world-writable dir two levels up (like /tmp) is fine; a plain one is not.
@@ -748,15 +754,18 @@ mod tests {
         chmod(dir.path(), 0o777);
         assert!(trusted(&bin)
             .unwrap_err()
+            .message
             .contains("world-writable (mode 0777)"));
         chmod(dir.path(), 0o755);
         // Someone else's binary.
         nix::unistd::chown(&bin, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
         assert!(trusted(&bin)
             .unwrap_err()
+            .message
             .contains("owned by uid 65534, not root"));
         assert!(trusted(&install.join("missing"))
             .unwrap_err()
+            .message
             .starts_with("cannot resolve"));
     }
 

@@ -23,7 +23,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(driver::server::run()) {
+    if let Err(e) = runtime.block_on(driver::serve::run()) {
         tracing::error!(error = %format!("{e:#}"), "plugin failed");
         eprintln!("nomad-driver-elide: {e:#}");
         std::process::exit(1);

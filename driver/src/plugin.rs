@@ -1,8 +1,8 @@
 //! The plugin's shared state: configuration, what the fingerprint and Nomad's topology told
-//! us, and the task-event fan-out. (The server that hosts the services is `server`; the tasks
+//! us, and the task-event fan-out. (The process that hosts the services is `serve`; the tasks
 //! themselves are `tasks`.)
 
-use common::config::PluginConfig;
+use crate::config::PluginConfig;
 use common::proto::base::ClientTopology;
 use common::proto::drivers::DriverTaskEvent;
 use std::sync::{Arc, RwLock};

@@ -41,7 +41,7 @@ pub enum ShimError {
     State(#[from] common::state::StateError),
 }
 
-/// Why Start failed (its gRPC code is chosen in `server.rs`).
+/// Why Start failed (its gRPC code is chosen in `service.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("the runtime was already started by this shim (pid {0})")]
@@ -65,7 +65,7 @@ pub enum StartError {
 }
 
 /// Why Wait, Stop or Signal could not do what was asked (its gRPC code is chosen in
-/// `server.rs`).
+/// `service.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("the runtime was never started; {0}")]
@@ -83,7 +83,7 @@ pub enum TaskError {
     Signal { pid: i32, source: nix::Error },
 }
 
-/// Why a command could not be run inside the task (its gRPC code is chosen in `server.rs`).
+/// Why a command could not be run inside the task (its gRPC code is chosen in `service.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("the first Exec message must carry the setup (the command to run)")]

@@ -2,7 +2,7 @@
 //!
 //! - [`serve`]: one shim process — spec, socket, state file, readiness, the serve loop, linger;
 //! - [`shim`]: the task itself — start, reap, stop, signal, status, shutdown;
-//! - [`server`]: the tonic control API on top of it; [`listener`]: its bounded accept loop;
+//! - [`service`]: the tonic control API (the gRPC service) on top of it; [`listener`]: its bounded accept loop;
 //! - [`runtime`]: spawning the runtime (setsid, cgroup, PDEATHSIG, then `sandbox-init`);
 //!   [`users`]: the task user from /etc/passwd and /etc/group;
 //! - [`sandbox`]: the task sandbox (namespaces, mounts, credentials, capabilities, PID 1);
@@ -30,7 +30,7 @@ mod reaper;
 pub mod runtime;
 pub mod sandbox;
 pub mod serve;
-mod server;
+mod service;
 mod shim;
 mod stats;
 mod users;

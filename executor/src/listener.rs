@@ -175,7 +175,7 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the shim's gRPC service on every connection of `incoming` until `stop` resolves,
 /// then lets the calls in flight finish (the caller bounds how long: `serve.rs`).
 pub async fn serve(
-    service: ExecutorServer<crate::server::Service>,
+    service: ExecutorServer<crate::service::Service>,
     incoming: impl Stream<Item = io::Result<Conn>>,
     stop: impl Future<Output = ()>,
 ) {

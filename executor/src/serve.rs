@@ -2,7 +2,7 @@
 //! state, report ready, then serve, reap, linger after the exit, and go.
 
 use crate::error::ShimError;
-use crate::server::Service;
+use crate::service::Service;
 use crate::shim::Shim;
 use common::proto::executor::executor_server::ExecutorServer;
 use common::spec::{TaskSpec, TASK_SPEC_VERSION};

@@ -4,7 +4,7 @@
 //!        [--host:allow-env | --env K=V…] [--env:dotenv=false]
 //!        [run_flags…] [flags…] ./<script in the task dir> -- [args…]`
 
-use common::config::{GuestEnv, PluginConfig, TaskConfig};
+use crate::config::{GuestEnv, PluginConfig, TaskConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -150,7 +150,7 @@ pub fn environment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::config::{ElideOpts, RunMode};
+    use crate::config::{ElideOpts, RunMode};
 
     fn task() -> TaskConfig {
         TaskConfig {

@@ -14,7 +14,7 @@
 //! Nomad going away (the stream breaks, or nobody reads the replies) drops the shim call,
 //! which makes the shim kill the command.
 
-use super::{status, Tasks};
+use super::{TaskError, Tasks};
 use crate::shim_compat;
 use common::proto::drivers::{
     exec_task_streaming_request, ExecTaskRequest, ExecTaskResponse, ExecTaskStreamingIoOperation,
@@ -89,7 +89,7 @@ impl Tasks {
         let entry = self
             .store
             .get(task_id)
-            .ok_or_else(|| NotStarted::Other(status::not_found(task_id)))?;
+            .ok_or_else(|| NotStarted::Other(TaskError::not_found(task_id).into()))?;
         shim_compat::require(&self.plugin, &entry.state, shim_api::EXEC)
             .map_err(NotStarted::OldShim)?;
         let mut client = entry.client().await.map_err(|e| {

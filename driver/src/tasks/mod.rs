@@ -15,10 +15,12 @@
 //! - [`entry`] — one task as the plugin knows it, and what to do when its shim is gone;
 //! - [`logs`] — `log_collection`: the shim's events as task events, and the logmon Nomad
 //!   left to tasks started with logmon;
-//! - [`handle`] — `driver_state`; [`status`] — Nomad's recoverable/permanent start errors.
+//! - [`handle`] — `driver_state`; [`error`] — why a task RPC failed ([`TaskError`]) and its one
+//!   mapping to the gRPC status Nomad reads (recoverable/permanent start errors).
 
 mod command;
 mod entry;
+pub(crate) mod error;
 mod exec;
 pub(crate) mod handle;
 mod launch;
@@ -27,7 +29,6 @@ mod recover;
 mod script;
 mod spec;
 mod start;
-mod status;
 mod stop;
 mod store;
 mod wait;
@@ -38,6 +39,7 @@ mod testing;
 mod tests;
 
 use crate::plugin::Plugin;
+pub use error::TaskError;
 use launch::Launcher;
 use std::sync::Arc;
 use store::TaskStore;

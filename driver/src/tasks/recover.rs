@@ -5,30 +5,28 @@
 
 use super::entry::TaskEntry;
 use super::handle::DriverState;
-use super::Tasks;
-use common::config::LogCollection;
+use super::{TaskError, Tasks};
+use crate::config::LogCollection;
 use common::proto::drivers::RecoverTaskRequest;
 use common::proto::executor as shim;
-use tonic::Status;
 
 impl Tasks {
-    pub async fn recover(&self, req: RecoverTaskRequest) -> Result<(), Status> {
+    pub async fn recover(&self, req: RecoverTaskRequest) -> Result<(), TaskError> {
         let handle = req
             .handle
-            .ok_or_else(|| Status::invalid_argument("RecoverTask without a task handle"))?;
+            .ok_or_else(|| TaskError::BadRequest("RecoverTask without a task handle".into()))?;
         let config = handle
             .config
             .clone()
-            .ok_or_else(|| Status::invalid_argument("RecoverTask handle has no task config"))?;
+            .ok_or_else(|| TaskError::BadRequest("RecoverTask handle has no task config".into()))?;
         if self.store.get(&config.id).is_some() {
             return Ok(());
         }
-        let state = DriverState::decode(&handle.driver_state).map_err(|e| {
-            Status::failed_precondition(format!("cannot recover task {}: {e}", config.id))
-        })?;
+        let state = DriverState::decode(&handle.driver_state)
+            .map_err(|e| TaskError::Refused(format!("cannot recover task {}: {e}", config.id)))?;
         crate::shim_compat::supported(&state)?;
         if state.task_id != config.id {
-            return Err(Status::failed_precondition(format!(
+            return Err(TaskError::Refused(format!(
                 "task handle for {} holds the state of task {}; refusing to adopt it",
                 config.id, state.task_id
             )));
@@ -69,7 +67,7 @@ impl Tasks {
                 let recorded = entry.exit_from_state_file().await;
                 let killed = entry.clean_up_remains().await;
                 let Some(e) = recorded else {
-                    return Err(Status::failed_precondition(format!(
+                    return Err(TaskError::Refused(format!(
                         "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
                         entry.state.task_id,
                         if killed { "; what was left of the task (its process group and cgroup) was killed" } else { "" }
@@ -85,12 +83,12 @@ impl Tasks {
 }
 
 /// Same task, same runtime process (never a reused pid).
-fn check_identity(entry: &TaskEntry, st: &shim::StatusResponse) -> Result<(), Status> {
+fn check_identity(entry: &TaskEntry, st: &shim::StatusResponse) -> Result<(), TaskError> {
     let s = &entry.state;
     let other_runtime = st.runtime_pid != 0
         && (st.runtime_pid != s.runtime_pid || st.runtime_start_time != s.runtime_start_time);
     if st.task_id != s.task_id || other_runtime {
-        return Err(Status::failed_precondition(format!(
+        return Err(TaskError::Refused(format!(
             "the shim at {} serves task {} (runtime pid {}), not task {} (runtime pid {}); refusing to adopt it",
             s.socket_path.display(),
             st.task_id,

@@ -4,8 +4,9 @@
 //! New task options land here (and in `command` when they become Elide flags).
 
 use super::command;
-use common::config::{LogCollection, PluginConfig, TaskConfig};
+use crate::config::{LogCollection, PluginConfig, TaskConfig};
 use common::dns::DnsSpec;
+use common::error::FieldError;
 use common::hosts::HostsSpec;
 use common::paths::{self, PathError};
 use common::proto::drivers::network_isolation_spec::NetworkIsolationMode;
@@ -51,6 +52,8 @@ pub enum BuildError {
     Capabilities(#[from] common::capabilities::NotAllowed),
     #[error("{0}")]
     Sandbox(String),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error("config.{field} = \"host\" is not allowed on this node: the task would share the host's {what} namespace ({risk}); the operator must set {option} = true in the plugin config to allow it; remove {field} or set it to \"private\"")]
     HostNamespace {
         field: &'static str,
@@ -252,8 +255,7 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
             .clone()
         }),
     };
-    spec.validate()
-        .map_err(|(field, e)| BuildError::Sandbox(format!("{field}: {e}")))?;
+    spec.validate()?;
     Ok(spec)
 }
 
@@ -377,9 +379,10 @@ pub fn dns_of(
         searches: n.searches.clone(),
         options: n.options.clone(),
     };
-    dns.validate().map_err(|(field, e)| {
+    dns.validate().map_err(|e| {
         BuildError::Sandbox(format!(
-            "network.dns.{field}: {e}; fix the group's network {{ dns {{}} }} block"
+            "{}; fix the group's network {{ dns {{}} }} block",
+            e.within("network.dns")
         ))
     })?;
     if dns.is_empty() || fs_isolation == FsIsolation::None {
@@ -425,9 +428,9 @@ pub fn hosts_of(
         hostname: given(|h| &h.hostname),
         address: given(|h| &h.address),
     };
-    hosts.validate().map_err(|(field, e)| {
+    hosts.validate().map_err(|FieldError { field, message }| {
         BuildError::Sandbox(format!(
-            "the allocation's network {field} from Nomad (NetworkIsolationSpec.hosts_config.{field}): {e}; check the group's network {{ hostname }}"
+            "the allocation's network {field} from Nomad (NetworkIsolationSpec.hosts_config.{field}): {message}; check the group's network {{ hostname }}"
         ))
     })?;
     Ok((fs_isolation != FsIsolation::None).then_some(hosts))

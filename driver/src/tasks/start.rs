@@ -4,9 +4,9 @@
 use super::entry::TaskEntry;
 use super::handle::{DriverState, HANDLE_VERSION};
 use super::spec::{build_spec, dns_not_applied, hosts_not_applied, task_dir, SpecInput};
-use super::{blocking, script, status, Tasks};
+use super::{blocking, script, TaskError, Tasks};
+use crate::config::{LogCollection, PluginConfig, TaskConfig};
 use crate::fingerprint::{self, Located};
-use common::config::{LogCollection, PluginConfig, TaskConfig};
 use common::dns::DnsSpec;
 use common::proto::drivers::{
     start_task_response, StartTaskRequest, StartTaskResponse, TaskHandle,
@@ -15,7 +15,7 @@ use common::proto::executor as shim;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// How long the shim may take from spawn to READY before StartTask gives up (recoverable).
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,21 +39,22 @@ struct NodeFacts {
 }
 
 impl Tasks {
-    pub async fn start(&self, req: StartTaskRequest) -> Result<StartTaskResponse, Status> {
+    pub async fn start(&self, req: StartTaskRequest) -> Result<StartTaskResponse, TaskError> {
         let task = req
             .task
-            .ok_or_else(|| Status::invalid_argument("StartTask without a task config"))?;
+            .ok_or_else(|| TaskError::BadRequest("StartTask without a task config".into()))?;
         // Before anything is read or written in the task dir `<alloc>/<name>`.
-        common::paths::check_task_name(&task.name).map_err(|e| status::permanent(e.to_string()))?;
+        common::paths::check_task_name(&task.name)
+            .map_err(|e| TaskError::Permanent(e.to_string()))?;
         if self.store.get(&task.id).is_some() {
-            return Err(Status::already_exists(format!(
+            return Err(TaskError::AlreadyExists(format!(
                 "task {} is already started",
                 task.id
             )));
         }
         let cfg = self.plugin.config();
         let tc = TaskConfig::from_msgpack(&task.msgpack_driver_config)
-            .map_err(|e| status::permanent(format!("invalid elide task config: {e}")))?;
+            .map_err(|e| TaskError::Permanent(format!("invalid elide task config: {e}")))?;
         let wants_dns = task.dns.is_some();
         let facts = {
             let (cfg, tc, dir) = (cfg.clone(), tc.clone(), task_dir(&task));
@@ -88,9 +89,9 @@ impl Tasks {
             script_dir: facts.script_dir.as_deref(),
             host_dns: facts.host_dns.as_ref(),
         })
-        .map_err(|e| status::permanent(e.to_string()))?;
+        .map_err(|e| TaskError::Permanent(e.to_string()))?;
         spec.validate()
-            .map_err(|e| status::permanent(format!("cannot run this task: {e}")))?;
+            .map_err(|e| TaskError::Permanent(format!("cannot run this task: {e}")))?;
         let dirs = [(cfg.runtime_dir.clone(), "runtime_dir")];
         blocking(move || make_private_dirs(&dirs)).await?;
         // The state dir sits in the alloc dir: made and vetted without following a symlink.
@@ -104,8 +105,8 @@ impl Tasks {
             .map_err(|e| {
                 let msg = format!("cannot create the task state dir: {e}");
                 match e {
-                    common::state::StateError::Unsafe { .. } => status::permanent(msg),
-                    _ => status::recoverable(msg),
+                    common::state::StateError::Unsafe { .. } => TaskError::Permanent(msg),
+                    _ => TaskError::Recoverable(msg),
                 }
             })?;
 
@@ -117,9 +118,9 @@ impl Tasks {
             .map_err(|e| {
                 let msg = format!("cannot start the task's elide-executor: {e}");
                 if e.is_recoverable() {
-                    status::recoverable(msg)
+                    TaskError::Recoverable(msg)
                 } else {
-                    status::permanent(msg)
+                    TaskError::Permanent(msg)
                 }
             })?;
         tracing::debug!(
@@ -132,7 +133,7 @@ impl Tasks {
         let mut client = common::client::connect(&spec.socket_path)
             .await
             .map_err(|e| {
-                status::recoverable(format!(
+                TaskError::Recoverable(format!(
                     "elide-executor (pid {}) reported ready but does not answer: {e}",
                     launched.shim_pid
                 ))
@@ -145,9 +146,9 @@ impl Tasks {
                 let _ = client.shutdown(shim::ShutdownRequest {}).await;
                 let msg = s.message().to_owned();
                 return Err(if s.code() == Code::Unavailable {
-                    status::recoverable(msg)
+                    TaskError::Recoverable(msg)
                 } else {
-                    status::permanent(msg)
+                    TaskError::Permanent(msg)
                 });
             }
         };
@@ -216,10 +217,10 @@ fn node_facts(
     tc: &TaskConfig,
     task_dir: &Path,
     wants_dns: bool,
-) -> Result<NodeFacts, Status> {
+) -> Result<NodeFacts, TaskError> {
     let mut events = Vec::new();
     let checked = script::check(&tc.script, task_dir, &cfg.absolute_script_dirs)
-        .map_err(|e| status::permanent(e.to_string()))?;
+        .map_err(|e| TaskError::Permanent(e.to_string()))?;
     if checked.cleared_exec_bits {
         events.push(format!(
             "Cleared the execute bits of {}: Elide would run an executable file as a host program instead of interpreting it",
@@ -236,7 +237,7 @@ fn node_facts(
                 .as_ref()
                 .is_none_or(|o| o.elide_version.is_none() && o.elide_binary.is_none())
             {
-                return Err(status::recoverable(format!(
+                return Err(TaskError::Recoverable(format!(
                     "Elide not found on this node (searched {}); install it or set elide_binary",
                     fingerprint::searched_list(&searched)
                 )));
@@ -246,16 +247,16 @@ fn node_facts(
     };
     let listed = elide_choices(cfg, default.as_deref());
     let picked = pick_elide(tc.elide_opts.as_ref(), &listed, &cfg.elide_versions)
-        .map_err(|e| status::permanent(e.to_string()))?;
+        .map_err(|e| TaskError::Permanent(e.to_string()))?;
     // What runs (and whose install dir the sandbox shows) must be as safe as the fingerprint
     // found it: resolved, root's, writable by no one else.
     let elide = fingerprint::trusted(&picked)
-        .map_err(|e| status::recoverable(format!("cannot run Elide: {e}")))?;
+        .map_err(|e| TaskError::Recoverable(format!("cannot run Elide: {e}")))?;
     let executor = match bins.executor {
         Located::Found(p) => fingerprint::trusted(&p)
-            .map_err(|e| status::recoverable(format!("cannot run the elide-executor: {e}")))?,
+            .map_err(|e| TaskError::Recoverable(format!("cannot run the elide-executor: {e}")))?,
         Located::Missing { searched } => {
-            return Err(status::recoverable(format!(
+            return Err(TaskError::Recoverable(format!(
                 "elide-executor not found (searched {}); install it or set executor_binary",
                 fingerprint::searched_list(&searched)
             )))
@@ -345,7 +346,7 @@ fn allowed_list(
 /// `elide_binary`) one of those by its exact path. A path is never resolved against
 /// anything a job controls: it must equal a listed path or its canonical form.
 pub(super) fn pick_elide(
-    opts: Option<&common::config::ElideOpts>,
+    opts: Option<&crate::config::ElideOpts>,
     listed: &[Choice],
     versions: &std::collections::BTreeMap<String, PathBuf>,
 ) -> Result<PathBuf, PickError> {
@@ -399,12 +400,12 @@ fn host_dns() -> DnsSpec {
 }
 
 /// Creates each dir (mode 0700) or says which one could not be.
-fn make_private_dirs(dirs: &[(PathBuf, &str)]) -> Result<(), Status> {
+fn make_private_dirs(dirs: &[(PathBuf, &str)]) -> Result<(), TaskError> {
     for (dir, what) in dirs {
         std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| {
-                status::recoverable(format!("cannot create the {what} {}: {e}", dir.display()))
+                TaskError::Recoverable(format!("cannot create the {what} {}: {e}", dir.display()))
             })?;
     }
     Ok(())

@@ -3,18 +3,18 @@
 //! (entry.rs, common::remains).
 
 use super::entry::TaskEntry;
-use super::{blocking, status, Tasks};
+use super::{blocking, TaskError, Tasks};
 use common::proto::drivers::{DestroyTaskRequest, SignalTaskRequest, StopTaskRequest};
 use common::proto::executor as shim;
 use common::spec::DEFAULT_STOP_SIGNAL;
 use std::time::Duration;
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// Stop timeout when Nomad sends none.
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Tasks {
-    pub async fn stop(&self, req: StopTaskRequest) -> Result<(), Status> {
+    pub async fn stop(&self, req: StopTaskRequest) -> Result<(), TaskError> {
         let Some(entry) = self.store.get(&req.task_id) else {
             // Unknown or already destroyed: nothing to stop (an error would only make Nomad retry).
             return Ok(());
@@ -49,7 +49,7 @@ impl Tasks {
                 }
                 Ok(())
             }
-            Err(s) if s.code() == Code::InvalidArgument => Err(Status::invalid_argument(format!(
+            Err(s) if s.code() == Code::InvalidArgument => Err(TaskError::BadRequest(format!(
                 "cannot stop task {}: {}",
                 req.task_id,
                 s.message()
@@ -61,29 +61,32 @@ impl Tasks {
         }
     }
 
-    pub async fn signal(&self, req: SignalTaskRequest) -> Result<(), Status> {
+    pub async fn signal(&self, req: SignalTaskRequest) -> Result<(), TaskError> {
         let entry = self
             .store
             .get(&req.task_id)
-            .ok_or_else(|| status::not_found(&req.task_id))?;
+            .ok_or_else(|| TaskError::not_found(&req.task_id))?;
         let mut c = entry.client().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach the task's elide-executor: {e}"))
+            TaskError::ShimUnreachable(format!("cannot reach the task's elide-executor: {e}"))
         })?;
         c.signal(shim::SignalRequest {
             signal: req.signal.clone(),
         })
         .await
-        .map_err(|s| Status::new(s.code(), format!("cannot signal task: {}", s.message())))?;
+        .map_err(|s| TaskError::Shim {
+            code: s.code(),
+            message: format!("cannot signal task: {}", s.message()),
+        })?;
         Ok(())
     }
 
-    pub async fn destroy(&self, req: DestroyTaskRequest) -> Result<(), Status> {
+    pub async fn destroy(&self, req: DestroyTaskRequest) -> Result<(), TaskError> {
         let Some(entry) = self.store.get(&req.task_id) else {
             return Ok(());
         };
         let running = entry.exit_if_known().await.is_none();
         if running && !req.force {
-            return Err(Status::failed_precondition(format!(
+            return Err(TaskError::Refused(format!(
                 "cannot destroy running task {}; stop it first or destroy with force",
                 req.task_id
             )));
@@ -132,9 +135,9 @@ impl Tasks {
 
 /// Stop when the shim cannot be reached: retry later while it lives, else take the recorded
 /// exit (or kill the orphaned runtime and say the shim died).
-async fn stop_without_shim(entry: &TaskEntry, why: &str) -> Result<(), Status> {
+async fn stop_without_shim(entry: &TaskEntry, why: &str) -> Result<(), TaskError> {
     if entry.shim_alive().await {
-        return Err(Status::unavailable(format!(
+        return Err(TaskError::ShimUnreachable(format!(
             "elide-executor (pid {}) of task {} is alive but does not answer ({why}); retry",
             entry.state.shim_pid, entry.state.task_id
         )));

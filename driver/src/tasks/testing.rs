@@ -4,8 +4,8 @@
 
 use super::launch::{LaunchError, Launched, Launcher};
 use super::Tasks;
+use crate::config::PluginConfig;
 use crate::plugin::Plugin;
-use common::config::PluginConfig;
 use common::proto::drivers::{
     DriverTaskEvent, StartTaskRequest, TaskConfig as NomadTask, TaskHandle,
 };

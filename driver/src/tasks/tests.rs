@@ -752,7 +752,7 @@ async fn recover_reports_what_was_lost_meanwhile_and_follows_new_events() {
 async fn with_log_collection_nomad_the_fifos_stay_and_task_overrides_are_explained() {
     let mut h = Harness::new();
     let mut cfg = h.plugin.config();
-    cfg.log_collection = common::config::LogCollection::Nomad;
+    cfg.log_collection = crate::config::LogCollection::Nomad;
     h.plugin.set_config(cfg, None);
     let mut task = with_log_paths(h.task("web"));
     task.msgpack_driver_config = {

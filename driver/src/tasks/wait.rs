@@ -2,7 +2,7 @@
 //! and from its state file after.
 
 use super::entry::TaskEntry;
-use super::{blocking, status, Tasks};
+use super::{blocking, TaskError, Tasks};
 use common::proto::drivers::{
     ExitResult, InspectTaskResponse, TaskDriverStatus, TaskState, TaskStatsRequest,
     TaskStatsResponse, TaskStatus, WaitTaskResponse,
@@ -63,11 +63,11 @@ impl Tasks {
         }
     }
 
-    pub async fn inspect(&self, task_id: &str) -> Result<InspectTaskResponse, Status> {
+    pub async fn inspect(&self, task_id: &str) -> Result<InspectTaskResponse, TaskError> {
         let entry = self
             .store
             .get(task_id)
-            .ok_or_else(|| status::not_found(task_id))?;
+            .ok_or_else(|| TaskError::not_found(task_id))?;
         let exit = entry.exit_if_known().await;
         let state = if exit.is_some() {
             TaskState::Exited
@@ -104,18 +104,18 @@ impl Tasks {
     pub async fn stats(
         &self,
         req: TaskStatsRequest,
-    ) -> Result<BoxStream<TaskStatsResponse>, Status> {
+    ) -> Result<BoxStream<TaskStatsResponse>, TaskError> {
         let entry = self
             .store
             .get(&req.task_id)
-            .ok_or_else(|| status::not_found(&req.task_id))?;
+            .ok_or_else(|| TaskError::not_found(&req.task_id))?;
         let interval = req
             .collection_interval
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(1));
         let mut c = entry.client().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach the task's elide-executor: {e}"))
+            TaskError::ShimUnreachable(format!("cannot reach the task's elide-executor: {e}"))
         })?;
         let plugin = self.plugin.clone();
         let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;

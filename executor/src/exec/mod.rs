@@ -35,6 +35,7 @@ mod session;
 
 pub use session::{relay, start, Started};
 
+use common::error::FieldError;
 use common::state::SandboxState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -122,7 +123,7 @@ pub struct Plan {
 /// The namespaces a command joins, from what Start recorded (`mnt` → `mnt:[4026532871]`), in
 /// [`JOIN_ORDER`]; the others (`uts`, `cgroup`, `user`: the sandbox makes none of its own)
 /// stay the shim's. Err names an entry that is not a namespace link.
-pub fn namespaces_to_join(sandbox: &SandboxState) -> Result<Vec<Namespace>, String> {
+pub fn namespaces_to_join(sandbox: &SandboxState) -> Result<Vec<Namespace>, FieldError> {
     JOIN_ORDER
         .iter()
         .filter_map(|kind| sandbox.namespaces.get(*kind).map(|link| (*kind, link)))
@@ -133,7 +134,10 @@ pub fn namespaces_to_join(sandbox: &SandboxState) -> Result<Vec<Namespace>, Stri
                 .and_then(|rest| rest.strip_suffix(']'))
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| {
-                    format!("the recorded {kind} namespace {link:?} is not a namespace link")
+                    FieldError::new(
+                        format!("sandbox.namespaces.{kind}"),
+                        format!("the recorded {kind} namespace {link:?} is not a namespace link"),
+                    )
                 })?;
             Ok(Namespace {
                 kind: kind.to_string(),
@@ -188,7 +192,9 @@ mod tests {
             pid_init: false,
             namespaces: [("mnt".to_owned(), "net:[1]".to_owned())].into(),
         };
-        assert!(namespaces_to_join(&bad).unwrap_err().contains("mnt"));
+        let e = namespaces_to_join(&bad).unwrap_err();
+        assert_eq!(e.field, "sandbox.namespaces.mnt");
+        assert!(e.message.contains("mnt"), "{e}");
         let none = SandboxState {
             pid_init: false,
             namespaces: BTreeMap::new(),

@@ -72,7 +72,7 @@ fn cap_set(names: &[String]) -> Result<CapsHashSet, Failure> {
         .map_err(|e| {
             Failure::new(
                 Step::Capabilities,
-                e,
+                e.to_string(),
                 &io::Error::from_raw_os_error(libc::EINVAL),
             )
         })?

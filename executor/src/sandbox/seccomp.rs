@@ -25,7 +25,7 @@ pub fn install(spec: &SeccompSpec) -> Result<(), Failure> {
     let programs = spec.decode().map_err(|e| {
         Failure::new(
             Step::Seccomp,
-            e,
+            e.to_string(),
             &io::Error::from_raw_os_error(libc::EINVAL),
         )
     })?;

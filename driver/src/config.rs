@@ -2,13 +2,14 @@
 //! (job `config {…}`): their hclspec schemas, cty-msgpack decoding and validation.
 //! Reference: docs/driver.md.
 
-use crate::capabilities::{self, CapName};
 use crate::cty::{self, CtyError, Obj};
 use crate::hclspec::{attr, block, default_, literal, literal_string, object};
-use crate::paths::{DEFAULT_RUNTIME_DIR, MAX_SOCKET_PATH};
-use crate::proto::hclspec::Spec;
 use crate::runtime_args::{self, RuntimeArg};
-use crate::sandbox::{FsIsolation, IdRanges, NamespaceMode};
+use common::capabilities::{self, CapName};
+use common::error::FieldError;
+use common::paths::{DEFAULT_RUNTIME_DIR, MAX_SOCKET_PATH};
+use common::proto::hclspec::Spec;
+use common::sandbox::{FsIsolation, IdRanges, NamespaceMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,15 +19,12 @@ use std::time::Duration;
 pub enum ConfigError {
     #[error(transparent)]
     Cty(#[from] CtyError),
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.to_owned(),
-        message: message.into(),
-    }
+    ConfigError::Invalid(FieldError::new(field, message))
 }
 
 /// What guest code sees of the task environment (Elide hides host env by default).
@@ -179,7 +177,7 @@ pub struct PluginConfig {
     pub allow_no_cgroup: bool,
     /// The tasks' syscall filter (`seccomp = "default"`), compiled for this host with the
     /// operator's `seccomp_denied_syscalls`; None with `seccomp = "off"`.
-    pub seccomp: Option<crate::seccomp::Filters>,
+    pub seccomp: Option<common::seccomp::Filters>,
     pub seccomp_denied_syscalls: Vec<String>,
 }
 
@@ -209,12 +207,12 @@ impl Default for PluginConfig {
             version_timeout: Duration::from_secs(10),
             pids_limit: 0,
             heap_percent: 75,
-            fifo_open_timeout: crate::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
+            fifo_open_timeout: common::spec::DEFAULT_FIFO_OPEN_TIMEOUT,
             allow_caps: capabilities::driver_defaults(),
             default_pid_mode: NamespaceMode::Private,
             default_ipc_mode: NamespaceMode::Private,
             fs_isolation: FsIsolation::Readonly,
-            hidden_paths: crate::sandbox::DEFAULT_HIDDEN_PATHS
+            hidden_paths: common::sandbox::DEFAULT_HIDDEN_PATHS
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
@@ -223,14 +221,14 @@ impl Default for PluginConfig {
             denied_host_gids: String::new(),
             absolute_script_dirs: Vec::new(),
             log_collection: LogCollection::Executor,
-            log_max_files: crate::spec::DEFAULT_LOG_MAX_FILES,
-            log_max_file_size: crate::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
+            log_max_files: common::spec::DEFAULT_LOG_MAX_FILES,
+            log_max_file_size: common::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB,
             elide_versions: BTreeMap::new(),
             allow_host_pid: false,
             allow_host_ipc: false,
             allow_no_cgroup: false,
             // None only on an architecture without a filter, where SetConfig says so.
-            seccomp: crate::seccomp::Filters::compile(&[]).ok(),
+            seccomp: common::seccomp::Filters::compile(&[]).ok(),
             seccomp_denied_syscalls: Vec::new(),
         }
     }
@@ -270,7 +268,7 @@ const PLUGIN_KEYS: &[&str] = &[
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
-const MAX_PIDS: i64 = crate::spec::MAX_PIDS_LIMIT as i64;
+const MAX_PIDS: i64 = common::spec::MAX_PIDS_LIMIT as i64;
 
 /// Room a socket name needs inside runtime_dir: "/" + 16 hex + ".sock".
 const SOCKET_NAME_LEN: usize = 22;
@@ -280,7 +278,7 @@ fn defaulted(name: &'static str, ty: &str, default: Spec) -> (&'static str, Spec
     (name, with_default(name, ty, default))
 }
 
-fn with_default(name: &str, ty: &str, default: crate::proto::hclspec::Spec) -> Spec {
+fn with_default(name: &str, ty: &str, default: common::proto::hclspec::Spec) -> Spec {
     default_(attr(name, ty, false), default)
 }
 
@@ -291,14 +289,14 @@ fn duration_field(
     (min, max): (Duration, Duration),
 ) -> Result<Duration, ConfigError> {
     let Some(s) = v else { return Ok(default) };
-    let d = crate::duration::parse(&s).map_err(|e| invalid(field, e.to_string()))?;
+    let d = common::duration::parse(&s).map_err(|e| invalid(field, e.to_string()))?;
     if d < min || d > max {
         return Err(invalid(
             field,
             format!(
                 "must be between {} and {}, got {s:?}",
-                crate::duration::format(min),
-                crate::duration::format(max)
+                common::duration::format(min),
+                common::duration::format(max)
             ),
         ));
     }
@@ -313,7 +311,7 @@ const VERSION_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(600));
 const FIFO_OPEN_TIMEOUT_RANGE: (Duration, Duration) = (
     Duration::from_millis(100),
-    Duration::from_millis(crate::spec::MAX_FIFO_OPEN_TIMEOUT_MS),
+    Duration::from_millis(common::spec::MAX_FIFO_OPEN_TIMEOUT_MS),
 );
 
 fn no_nul(field: &str, v: &str) -> Result<(), ConfigError> {
@@ -464,7 +462,7 @@ impl PluginConfig {
             defaulted(
                 "hidden_paths",
                 "list(string)",
-                literal(&quoted_list(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+                literal(&quoted_list(common::sandbox::DEFAULT_HIDDEN_PATHS)),
             ),
             defaulted("extra_host_paths", "list(string)", literal("[]")),
             defaulted("denied_host_uids", "string", literal_string("")),
@@ -670,17 +668,17 @@ fn elide_versions(map: BTreeMap<String, String>) -> Result<BTreeMap<String, Path
 /// `seccomp` ("default" or "off") and `seccomp_denied_syscalls`, compiled for this host.
 fn seccomp_filters(
     o: &Obj<'_>,
-) -> Result<(Option<crate::seccomp::Filters>, Vec<String>), ConfigError> {
+) -> Result<(Option<common::seccomp::Filters>, Vec<String>), ConfigError> {
     let extra = o.string_list("seccomp_denied_syscalls")?;
     for (i, n) in extra.iter().enumerate() {
         no_nul(&format!("seccomp_denied_syscalls[{i}]"), n)?;
     }
     match o.string("seccomp")?.as_deref().unwrap_or("default") {
-        "default" => crate::seccomp::Filters::compile(&extra)
+        "default" => common::seccomp::Filters::compile(&extra)
             .map(|f| (Some(f), extra))
-            .map_err(|(i, e)| match i {
-                Some(i) => invalid(&format!("seccomp_denied_syscalls[{i}]"), e),
-                None => invalid("seccomp", e),
+            .map_err(|e| match e.field.as_str() {
+                "" => e.within("seccomp").into(),
+                _ => e.within("seccomp_denied_syscalls").into(),
             }),
         "off" if !extra.is_empty() => Err(invalid(
             "seccomp_denied_syscalls",
@@ -702,7 +700,7 @@ fn quoted_list(items: &[&str]) -> String {
 
 /// A list of capability names (`allow_caps`, `cap_add`, `cap_drop`), normalised.
 fn cap_names(field: &str, names: &[String]) -> Result<Vec<CapName>, ConfigError> {
-    capabilities::parse_names(names).map_err(|(i, e)| invalid(&format!("{field}[{i}]"), e))
+    capabilities::parse_names(names).map_err(|e| e.within(field).into())
 }
 
 fn namespace_mode(field: &str, v: Option<String>) -> Result<Option<NamespaceMode>, ConfigError> {
@@ -734,20 +732,20 @@ fn host_path_list(name: &str, list: Vec<String>) -> Result<Vec<PathBuf>, ConfigE
 
 fn id_ranges(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     let v = v.unwrap_or_default();
-    IdRanges::parse(&v).map_err(|e| invalid(field, e))?;
+    IdRanges::parse(&v).map_err(|e| e.within(field))?;
     Ok(v.trim().to_owned())
 }
 
 /// `log_max_files` (plugin or task config): 1 or more.
 fn log_max_files(o: &Obj<'_>, key: &str) -> Result<Option<u32>, ConfigError> {
-    Ok(o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILES as i64)?
+    Ok(o.integer(key, 1, common::spec::MAX_LOG_MAX_FILES as i64)?
         .map(|n| n as u32))
 }
 
 /// `log_max_file_size` (plugin or task config), MiB: 1 or more.
 fn log_max_file_size(o: &Obj<'_>, key: &str) -> Result<Option<u64>, ConfigError> {
     Ok(
-        o.integer(key, 1, crate::spec::MAX_LOG_MAX_FILE_SIZE_MB as i64)?
+        o.integer(key, 1, common::spec::MAX_LOG_MAX_FILE_SIZE_MB as i64)?
             .map(|n| n as u64),
     )
 }
@@ -952,7 +950,7 @@ impl TaskConfig {
         for (k, v) in &env {
             // A valid name never starts with "-", which with guest_env = "nomad" would make
             // the argv word "K=V" after `--env` read as an option.
-            crate::env::check_var(k, v).map_err(|e| invalid("config.env", e.to_string()))?;
+            common::env::check_var(k, v).map_err(|e| invalid("config.env", e.to_string()))?;
         }
         let runtime_options = o.string_list("runtime_options")?;
         check_options(
@@ -982,7 +980,7 @@ impl TaskConfig {
                     }
                 }
                 let memory_limit = b
-                    .integer("memory_limit", 1, crate::spec::MAX_MEMORY_MB as i64)?
+                    .integer("memory_limit", 1, common::spec::MAX_MEMORY_MB as i64)?
                     .map(|n| n as u64);
                 if memory_limit.is_some() && runtime_options.iter().any(|o| o.starts_with("-Xmx")) {
                     return Err(invalid(
@@ -1047,7 +1045,7 @@ impl TaskConfig {
 mod tests {
     use super::*;
     use crate::cty::payload::{enc, obj, s, strs};
-    use crate::proto::hclspec::spec::Block as B;
+    use common::proto::hclspec::spec::Block as B;
     use rmpv::Value;
 
     /// The top-level keys of a schema (and of a nested block's object).
@@ -1086,7 +1084,7 @@ mod tests {
             ("default_pid_mode", s("private")),
             ("default_ipc_mode", s("private")),
             ("fs_isolation", s("readonly")),
-            ("hidden_paths", strs(crate::sandbox::DEFAULT_HIDDEN_PATHS)),
+            ("hidden_paths", strs(common::sandbox::DEFAULT_HIDDEN_PATHS)),
             ("extra_host_paths", Value::Array(vec![])),
             ("denied_host_uids", s("")),
             ("denied_host_gids", s("")),

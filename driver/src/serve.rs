@@ -58,7 +58,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(BasePluginServer::new(crate::base::Base {
+        .add_service(BasePluginServer::new(crate::base_service::Base {
             plugin: plugin.clone(),
         }))
         .add_service(DriverServer::new(crate::driver_service::DriverService {

@@ -4,7 +4,7 @@
 //! one-line form for logs and tests).
 //!
 //! ```
-//! use common::hclspec::*;
+//! use driver::hclspec::*;
 //! let spec = object(vec![
 //!     ("script", attr("script", "string", true)),
 //!     ("enabled", default_(attr("enabled", "bool", false), literal("true"))),
@@ -23,7 +23,8 @@
 //! is an HCL expression (`"true"`, `"[]"`, `"\"text\""` — use [`literal_string`] for text);
 //! the root should be an object.
 
-use crate::proto::hclspec::{self as h, spec::Block as B, Spec};
+use common::error::FieldError;
+use common::proto::hclspec::{self as h, spec::Block as B, Spec};
 use std::collections::HashMap;
 
 fn wrap(b: B) -> Spec {
@@ -272,40 +273,32 @@ fn render_into(spec: &Spec, out: &mut String) {
     }
 }
 
-/// A schema that Nomad would refuse to convert (or that we refuse: a non-object root).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("hclspec at {path}: {message}")]
-pub struct SpecError {
-    /// Where in the spec, e.g. `<root>.elide_opts.nested.languages`.
-    pub path: String,
-    pub message: String,
-}
-
 /// Checks a schema the way Nomad's conversion (`hclspecutils`) does: no nil specs, every
 /// attribute and block has a name (implied only for direct children of an object), type
 /// expressions parse, blocks have a nested spec, block maps have labels, defaults have both
-/// halves. The root must be an object.
-pub fn check(spec: &Spec) -> Result<(), SpecError> {
+/// halves. The root must be an object. The error's field is where in the spec, e.g.
+/// `<root>.elide_opts.nested.languages`.
+pub fn check(spec: &Spec) -> Result<(), FieldError> {
     if !matches!(spec.block, Some(B::Object(_))) {
-        return Err(SpecError {
-            path: "<root>".into(),
+        return Err(FieldError {
+            field: "<root>".into(),
             message: "the root spec must be an object".into(),
         });
     }
     check_at(spec, "", "<root>")
 }
 
-fn check_at(spec: &Spec, implied: &str, path: &str) -> Result<(), SpecError> {
+fn check_at(spec: &Spec, implied: &str, path: &str) -> Result<(), FieldError> {
     let fail = |message: String| {
-        Err(SpecError {
-            path: path.to_owned(),
+        Err(FieldError {
+            field: path.to_owned(),
             message,
         })
     };
-    let name_of = |name: &str, what: &str| -> Result<(), SpecError> {
+    let name_of = |name: &str, what: &str| -> Result<(), FieldError> {
         if name.is_empty() && implied.is_empty() {
-            return Err(SpecError {
-                path: path.to_owned(),
+            return Err(FieldError {
+                field: path.to_owned(),
                 message: format!(
                     "Missing name in {what} spec (only direct children of an object get an implied name)"
                 ),
@@ -313,10 +306,10 @@ fn check_at(spec: &Spec, implied: &str, path: &str) -> Result<(), SpecError> {
         }
         Ok(())
     };
-    let nested = |n: Option<&Spec>| -> Result<(), SpecError> {
+    let nested = |n: Option<&Spec>| -> Result<(), FieldError> {
         match n {
-            None => Err(SpecError {
-                path: path.to_owned(),
+            None => Err(FieldError {
+                field: path.to_owned(),
                 message: "Missing spec block (nested)".into(),
             }),
             Some(n) => check_at(n, "", &format!("{path}.nested")),

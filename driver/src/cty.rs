@@ -7,7 +7,7 @@
 //! values as `[bin(type json), value]`. Nested blocks may be one object or a list of objects.
 //!
 //! ```
-//! # use common::cty::{decode, Obj};
+//! # use driver::cty::{decode, Obj};
 //! let bytes = [0x81, 0xa1, b'n', 0xa3, b'0', b'.', b'5']; // {"n": "0.5"}
 //! let value = decode(&bytes).unwrap();
 //! let root = Obj::root(&value, "config").unwrap();
@@ -16,6 +16,7 @@
 //! assert_eq!(err, "config.n: must be a whole number, got 0.5");
 //! ```
 
+use common::error::FieldError;
 use rmpv::Value;
 use std::collections::BTreeMap;
 
@@ -29,8 +30,8 @@ pub enum CtyError {
         expected: &'static str,
         got: String,
     },
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error("{field}: unknown key; remove it (valid keys: {valid})")]
     UnknownKey { field: String, valid: String },
 }
@@ -306,10 +307,10 @@ impl<'a> Obj<'a> {
             None => return Err(self.type_err(key, "a whole number", v)),
             Some(Num::Int(i)) => i,
             Some(Num::Float(f)) if f.fract() != 0.0 => {
-                return Err(CtyError::Invalid {
-                    field: self.field(key),
-                    message: format!("must be a whole number, got {}", number_text(v)),
-                })
+                return Err(CtyError::Invalid(FieldError::new(
+                    self.field(key),
+                    format!("must be a whole number, got {}", number_text(v)),
+                )))
             }
             // Saturates for huge values, which the range check below then rejects.
             Some(Num::Float(f)) => f as i128,
@@ -320,10 +321,10 @@ impl<'a> Obj<'a> {
             } else {
                 format!("between {min} and {max}")
             };
-            return Err(CtyError::Invalid {
-                field: self.field(key),
-                message: format!("must be {range}, got {}", number_text(v)),
-            });
+            return Err(CtyError::Invalid(FieldError::new(
+                self.field(key),
+                format!("must be {range}, got {}", number_text(v)),
+            )));
         }
         Ok(Some(n as i64))
     }
@@ -365,13 +366,13 @@ impl<'a> Obj<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) if a.is_empty() => Ok(None),
-            Some(Value::Array(a)) if a.len() > 1 => Err(CtyError::Invalid {
-                field: self.field(key),
-                message: format!(
+            Some(Value::Array(a)) if a.len() > 1 => Err(CtyError::Invalid(FieldError::new(
+                self.field(key),
+                format!(
                     "only one {key} block is allowed, got {}; merge them into one",
                     a.len()
                 ),
-            }),
+            ))),
             Some(v) => Obj::from_value(v, self.field(key)).map(Some),
         }
     }
@@ -411,13 +412,12 @@ impl<'a> Obj<'a> {
 
 fn string_of(v: &Value, field: impl FnOnce() -> String) -> Result<String, CtyError> {
     match v {
-        Value::String(s) => s
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| CtyError::Invalid {
-                field: field(),
-                message: "is not valid UTF-8; use UTF-8 text".into(),
-            }),
+        Value::String(s) => s.as_str().map(str::to_owned).ok_or_else(|| {
+            CtyError::Invalid(FieldError::new(
+                field(),
+                "is not valid UTF-8; use UTF-8 text",
+            ))
+        }),
         other => Err(CtyError::Type {
             field: field(),
             expected: "a string",

@@ -1,7 +1,7 @@
 //! `BasePlugin`: identity, config schema and SetConfig.
 
+use crate::config::PluginConfig;
 use crate::plugin::Plugin;
-use common::config::PluginConfig;
 use common::proto::base::{
     base_plugin_server::BasePlugin, ConfigSchemaRequest, ConfigSchemaResponse, PluginInfoRequest,
     PluginInfoResponse, PluginType, SetConfigRequest, SetConfigResponse,
