@@ -30,9 +30,9 @@ pub(crate) fn helper_start() {
     imp::start();
 }
 
-/// Writes the helper's counters so far. A later call appends a second profile to the same
-/// file (llvm-profdata reads concatenated raw profiles): PID 1 writes once before it starts
-/// the runtime, and again when it exits, unless SIGKILL ends it first.
+/// Writes the helper's counters so far, once: later calls do nothing (after a first write to
+/// its file object the profile runtime would fall back to `LLVM_PROFILE_FILE`'s path, out of
+/// sight after `pivot_root`, and print errors on the task's stderr).
 pub(crate) fn helper_dump() {
     #[cfg(coverage)]
     imp::dump();
@@ -88,7 +88,7 @@ mod imp {
     }
 
     pub(super) fn dump() {
-        if OPENED.load(Ordering::SeqCst) {
+        if OPENED.swap(false, Ordering::SeqCst) {
             // SAFETY: the runtime writes into the FILE set in `start`.
             unsafe { __llvm_profile_write_file() };
         }
