@@ -87,9 +87,10 @@ build_release() {
 # NDE_NO_INSTALL=1: install nothing, stop with the command to run instead.
 #
 # THE list: one line per tool, `name|needed by|check|install`, in install order.
-#   needed by: scripts/test parts (unit standin compat conformance goclient e2e), `demo`,
-#              `nomad` (building a Nomad agent: only when NOMAD_BIN is unset and none is cached),
-#              or `any`; `install_deps all` installs every line.
+#   needed by: scripts/test parts (unit standin compat conformance goclient e2e coverage),
+#              `demo`, `nomad` (building a Nomad agent: only when NOMAD_BIN is unset and none
+#              is cached), or `any`; `install_deps all` installs every line but those needed
+#              by `coverage` alone (scripts/test --coverage installs them when it runs).
 #   check:     a shell condition (no `|` in it: use a function), true when the tool is there.
 #   install:   apt:<Debian packages> | pip:<PyPI packages> | fn:<function defined below>
 NDE_DEPS=(
@@ -110,11 +111,16 @@ NDE_DEPS=(
   "Rust (cargo)|any|command -v cargo >/dev/null 2>&1|fn:install_rust"
   "rustfmt and clippy (scripts/test's formatting and lint steps)|unit|cargo fmt --version >/dev/null 2>&1 && cargo clippy --version|fn:install_rust_components"
   "cargo-deb $CARGO_DEB_VERSION (packaging/release)|e2e|cargo_deb_ok|fn:need_cargo_deb"
+  "llvm-tools (scripts/test --coverage)|coverage|llvm_tools_ok|fn:install_llvm_tools"
+  "cargo-llvm-cov (scripts/test --coverage)|coverage|cargo llvm-cov --version|fn:install_cargo_llvm_cov"
 )
 
 GO_VERSION="${GO_VERSION:-1.23.6}"   # the go.dev tarball, only when no Go >= 1.21 can be had from apt
 
 go_minor() { go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+llvm_tools_ok() { rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'; }
+install_llvm_tools() { rustup component add llvm-tools; }
+install_cargo_llvm_cov() { cargo install --locked cargo-llvm-cov; }
 cargo_deb_ok() { [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" = "$CARGO_DEB_VERSION" ]; }
 go_ok() { local m; m="$(go_minor)"; [ -n "$m" ] && [ "$m" -ge 21 ]; }
 
@@ -179,7 +185,7 @@ install_deps() {
   for line in "${NDE_DEPS[@]}"; do
     IFS='|' read -r name needs check how <<<"$line"
     needed=0
-    if [[ "$want" == *" all "* ]] || [ "$needs" = any ]; then needed=1; else
+    if { [[ "$want" == *" all "* ]] && [ "$needs" != coverage ]; } || [ "$needs" = any ]; then needed=1; else
       for part in $needs; do [[ "$want" == *" $part "* ]] && needed=1; done
     fi
     [ "$needed" = 1 ] || continue
@@ -211,6 +217,28 @@ install_deps() {
     esac
     eval "$check" >/dev/null 2>&1 || die "$name is still missing after installing it; install it by hand"
   done
+}
+
+# coverage_table LCOV MIN: lines covered per crate, by path prefix (driver/, executor/,
+# common/ of the repository: right wherever files move inside a crate); fails when a crate
+# is below MIN %.
+coverage_table() {
+  awk -v repo="$REPO/" -v min="$2" '
+    /^SF:/ { f = substr($0, 4); if (index(f, repo) == 1) f = substr(f, length(repo) + 1)
+             split(f, parts, "/"); crate = parts[1] }
+    /^LF:/ { total[crate] += substr($0, 4) }
+    /^LH:/ { hit[crate] += substr($0, 4) }
+    END {
+      bad = 0
+      printf "%-10s %8s %8s %8s\n", "crate", "lines", "covered", "%"
+      n = split("driver executor common", crates, " ")
+      for (i = 1; i <= n; i++) {
+        c = crates[i]; pct = total[c] ? 100 * hit[c] / total[c] : 0
+        printf "%-10s %8d %8d %7.1f%%%s\n", c "/", total[c], hit[c], pct, pct < min ? "  < " min " %" : ""
+        if (pct < min) bad = 1
+      }
+      exit bad
+    }' "$1"
 }
 
 # One line with the versions of the tools (CI logs).

@@ -19,6 +19,7 @@
 
 pub mod args;
 pub mod cli;
+mod coverage;
 mod error;
 mod events;
 pub mod exec;

@@ -394,7 +394,14 @@ pub(crate) fn fork_helper(
     let argv1 =
         CString::new(mode).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), argv1.as_ptr(), std::ptr::null()];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // Empty, but for LLVM_PROFILE_FILE in a coverage build (src/coverage.rs).
+    let profile_env = crate::coverage::helper_env();
+    let envp: [*const libc::c_char; 2] = [
+        profile_env
+            .as_ref()
+            .map_or(std::ptr::null(), |e| e.as_ptr()),
+        std::ptr::null(),
+    ];
     let child = Child {
         err_fd,
         cgroup_procs,
@@ -449,7 +456,7 @@ struct Child<'a> {
     moves: &'a [(RawFd, RawFd)],
     init: &'a CString,
     argv: &'a [*const libc::c_char; 3],
-    envp: &'a [*const libc::c_char; 1],
+    envp: &'a [*const libc::c_char; 2],
 }
 
 impl Child<'_> {

@@ -23,7 +23,8 @@ Nothing is ever skipped: a missing tool is a failure that says how to install it
 The session is a child subreaper (orphaned shims and tasks re-parent to it) and reaps
 adopted zombies on SIGCHLD; a process a test starts itself with start_new_session=True must
 be added to nm.OWN_CHILDREN, or its exit status could be reaped away from its Popen.
-Environment: NOMAD_BIN, NDE_E2E_NO_BUILD=1 (binaries already built), NDE_E2E_KEEP=1 (keep
+Environment: NOMAD_BIN, NDE_E2E_NO_BUILD=1 (binaries already built), NDE_E2E_PLUGIN and
+NDE_E2E_EXECUTOR (other binaries: scripts/test --coverage's instrumented ones), NDE_E2E_KEEP=1 (keep
 agent dirs and logs of passing tests too), NDE_E2E_LOG_DIR (copy every agent log there), NDE_E2E_LOG_COLLECTION=nomad
 (the plugin's log_collection for every agent; scripts/test reruns the log-reading tests so).
 """

@@ -80,10 +80,16 @@ def build_workspace() -> dict[str, str]:
     target/release/shim); returns their paths.
 
     NDE_E2E_NO_BUILD=1 skips the build (scripts/test builds first) but still checks the
-    binaries exist.
+    binaries exist. NDE_E2E_PLUGIN and NDE_E2E_EXECUTOR (both, with NDE_E2E_NO_BUILD=1) name
+    other binaries to test instead: `scripts/test --coverage` passes its instrumented ones.
     """
     script = os.path.join(REPO, "scripts", "build-release")
-    if os.environ.get("NDE_E2E_NO_BUILD") != "1":
+    plugin, executor = os.environ.get("NDE_E2E_PLUGIN"), os.environ.get("NDE_E2E_EXECUTOR")
+    if plugin or executor:
+        if not (plugin and executor) or os.environ.get("NDE_E2E_NO_BUILD") != "1":
+            raise HarnessError("NDE_E2E_PLUGIN and NDE_E2E_EXECUTOR go together, with "
+                               "NDE_E2E_NO_BUILD=1: set both (or neither)")
+    elif os.environ.get("NDE_E2E_NO_BUILD") != "1":
         if shutil.which("cargo") is None:
             raise HarnessError(
                 "cargo is not installed: install Rust with rustup (https://rustup.rs, "
@@ -92,7 +98,8 @@ def build_workspace() -> dict[str, str]:
         out = _run_logged([script], "scripts/build-release (the plugin and the static shim)")
     else:
         out = _run_logged([script, "--print"], "scripts/build-release --print")
-    plugin, executor = out.strip().splitlines()[-2:]
+    if not plugin:
+        plugin, executor = out.strip().splitlines()[-2:]
     for name, path in ((PLUGIN_NAME, plugin), (EXECUTOR_NAME, executor)):
         if not os.access(path, os.X_OK):
             raise HarnessError(f"{path} was not built: scripts/build-release must produce {name}")

@@ -119,6 +119,12 @@ pub async fn launch_shim(
         )
         .current_dir("/")
         .kill_on_drop(false);
+    // A coverage build (`scripts/test --coverage`, docs/testing.md) lets the shim write its
+    // counters where the plugin writes its own.
+    #[cfg(coverage)]
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        cmd.env("LLVM_PROFILE_FILE", profile);
+    }
     // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

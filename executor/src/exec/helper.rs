@@ -30,6 +30,7 @@ pub fn main() -> ! {
         Ok(status) => end_like(status),
         Err(f) => {
             f.send(ERROR_FD);
+            crate::coverage::helper_dump();
             // SAFETY: _exit ends the process without running anything else.
             unsafe { libc::_exit(127) }
         }
@@ -51,6 +52,7 @@ fn all_signals() -> libc::sigset_t {
 
 /// Returns the command's raw wait status.
 fn run() -> Result<libc::c_int, Failure> {
+    crate::coverage::helper_start();
     for fd in [PLAN_FD, ERROR_FD, CONTROL_FD, NETNS_FD] {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -348,6 +350,7 @@ fn send_started(pid: libc::pid_t, master: Option<&OwnedFd>) -> io::Result<()> {
 
 /// Ends this process the way the command ended: its exit code, or death by the same signal.
 fn end_like(status: libc::c_int) -> ! {
+    crate::coverage::helper_dump();
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         // SAFETY: restoring the default action and unblocking the one signal, then sending it

@@ -26,6 +26,7 @@ pub fn main() -> ! {
             127
         }
     };
+    crate::coverage::helper_dump();
     // SAFETY: _exit ends the process without running anything else.
     unsafe { libc::_exit(code) }
 }
@@ -35,6 +36,7 @@ fn os_err(step: Step, detail: impl Into<String>) -> Failure {
 }
 
 fn run() -> Result<i32, Failure> {
+    crate::coverage::helper_start();
     for fd in [PLAN_FD, ERROR_FD, ALIVE_FD, STATUS_FD, NETNS_FD] {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -89,6 +91,7 @@ fn run() -> Result<i32, Failure> {
     if let Some(f) = plan.credentials.seccomp.take() {
         super::seccomp::install(&f)?;
     }
+    crate::coverage::helper_dump();
     if plan.pid_init {
         return pid1(cmd);
     }
