@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// How long the operator commands wait for a shim to accept and to answer Status.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the operator commands wait for a shim to accept and to answer Status. Shims are
+/// asked all at once, so this bounds the whole listing; 1 s was too short on a node under load
+/// (an answering shim reported as hung at load average 120).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
