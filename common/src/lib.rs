@@ -13,6 +13,7 @@ pub mod duration;
 pub mod env;
 pub mod hclspec;
 pub mod hosts;
+pub mod model_ref;
 pub mod paths;
 pub mod proc;
 pub mod proto;

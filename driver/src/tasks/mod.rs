@@ -23,6 +23,7 @@ mod exec;
 pub(crate) mod handle;
 mod launch;
 mod logs;
+mod models;
 mod recover;
 mod script;
 mod spec;
@@ -48,6 +49,8 @@ pub struct Tasks {
     plugin: Arc<Plugin>,
     store: TaskStore,
     launcher: Arc<dyn Launcher>,
+    /// The node-wide model cache's downloads (driver/src/models).
+    models: crate::models::Models,
 }
 
 impl Tasks {
@@ -60,6 +63,7 @@ impl Tasks {
             plugin,
             store: TaskStore::default(),
             launcher,
+            models: Default::default(),
         }
     }
 
