@@ -233,7 +233,14 @@ def test_a_download_killed_half_way_leaves_no_model_visible(nomad_agent, models,
     alloc = agent.first_alloc(job["ID"])
     assert models.started_slow.wait(120), "the download never started"
     # Half of it is on disk, as a partial file only.
+    partial = os.path.join(cache, "partial")
     assert blobs(cache) == []
+    assert [f for f in os.listdir(partial) if f.startswith(sha + ".")], os.listdir(partial)
+    # The plugin dies mid-download (SIGKILL: nothing of it cleans up), then the agent.
+    plugins = [p for p in agent.processes() if "nomad-driver-elide" in p.cmdline.split()[0]]
+    assert plugins, [p.cmdline for p in agent.processes()]
+    for p in plugins:
+        os.kill(p.pid, 9)
     agent.kill()
     models.slow.discard("/small.gguf")
     models.release_slow.set()
