@@ -188,10 +188,17 @@ impl Models {
         Ok(out)
     }
 
-    /// Drops the task's refs (DestroyTask). A cache dir that cannot be opened has none.
+    /// Drops the task's refs (DestroyTask). A cache dir that does not exist (no task ever
+    /// used a model) or cannot be opened has none; it is never created here.
     pub async fn release(&self, cache_dir: &Path, task_id: &str) {
         let (dir, id) = (cache_dir.to_path_buf(), task_id.to_owned());
-        let r = blocking(move || Store::open(&dir).and_then(|s| s.release(&id))).await;
+        let r = blocking(move || {
+            if !dir.is_dir() {
+                return Ok(());
+            }
+            Store::open(&dir).and_then(|s| s.release(&id))
+        })
+        .await;
         if let Err(e) = r {
             tracing::debug!(task_id, error = %e, "releasing the task's model refs");
         }
