@@ -1,9 +1,19 @@
 # ai-inference: local LLM inference with Elide's built-in `elide:llm` module (llama.cpp),
 # called from Python through the polyglot API.
 #
-# THIS JOB CANNOT RUN ON THE BUILD MACHINES: it downloads a model (~670 MB) from Hugging
-# Face, and they have no internet access; the driver's Elide stand-in has no `elide:llm`
-# either. It is shipped as an example and checked with `nomad job validate` only.
+# THIS JOB CANNOT RUN ON THE BUILD MACHINES: the plugin downloads a model (~670 MB) from
+# Hugging Face, and they have no internet access; the driver's Elide stand-in has no
+# `elide:llm` either. It is shipped as an example and checked with `nomad job validate` only.
+#
+# The model comes from the node's model cache (docs/driver.md, "Models"): the plugin
+# downloads it once per node, checks its sha256, and binds it read-only into every task at
+# local/models/tinyllama.gguf ($ELIDE_MODELS_DIR), so ten of these tasks share one download,
+# one file on disk and one copy in memory. Give the digest Hugging Face lists for the file
+# (its "SHA256" on the file page; or `sha256sum` of a copy you trust):
+#
+#   nomad job run -var tinyllama_sha256=<64 hex digits> ai-inference.nomad
+#
+# Without it the task fails at start with "config.elide_opts.model[0].sha256: is required".
 #
 # Adapted from the seed's Example 3 where Elide's real contract requires it:
 #   * type = "batch", count = 1: the script infers once and exits (as a 2-instance service
@@ -12,11 +22,18 @@
 #     Elide's own examples, instead of a default export;
 #   * every params field is set: when JS passes a params object, omitted booleans and
 #     numbers decode to false/0 -- e.g. allowDownload would become false;
-#   * the model cache lives under $HOME, which the driver points at a writable directory.
-#     Elide's loader prints the Hugging Face repo, name and token (if any) to stderr, so do
-#     not put a token in this job; it would land in `nomad alloc logs`;
+#   * the model is loaded with `localModel("file://" + path)`: Elide turns the string into a
+#     path with Paths.get(URI.create(...)), so it must be a file:// URI (docs/elide.md §5);
+#     with a local model Elide downloads nothing (allowDownload = false) and never prints a
+#     Hugging Face token;
 #   * the script is "644" (Elide runs executable files as host programs) and prints
 #     NOMAD_ALLOC_ID and a job `env` value like the other examples.
+variable "tinyllama_sha256" {
+  type        = string
+  default     = ""
+  description = "sha256 of tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf (Hugging Face lists it)"
+}
+
 job "ai-worker" {
   datacenters = ["dc1"]
   type        = "batch"
@@ -33,7 +50,14 @@ job "ai-worker" {
         elide_opts {
           languages    = ["python", "js"]
           memory_limit = 1536
-          enable_ai    = true
+
+          # Fetched once per node into the plugin's model cache, verified, bound read-only.
+          model {
+            repo   = "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
+            file   = "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf"
+            sha256 = var.tinyllama_sha256
+            name   = "tinyllama.gguf"
+          }
         }
       }
 
@@ -53,18 +77,17 @@ import polyglot
 print("NOMAD_ALLOC_ID=" + os.environ.get("NOMAD_ALLOC_ID", "<not visible>"))
 prompt = os.environ.get("PROMPT", "What is Elide?")
 print("PROMPT=" + prompt)
+# The plugin's read-only copy of the model (ELIDE_MODELS_DIR = <task dir>/local/models).
+model_path = os.path.join(os.environ.get("ELIDE_MODELS_DIR", "local/models"), "tinyllama.gguf")
 
 # Load Elide's AI module via JavaScript
 helper = polyglot.eval(language='js', string='''
-  import { params, huggingface, inferSync } from "elide:llm";
-  export function infer(prompt) {
-    const model = huggingface({
-      repo: "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
-      name: "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf",
-    });
+  import { params, localModel, inferSync } from "elide:llm";
+  export function infer(modelPath, prompt) {
+    const model = localModel("file://" + modelPath);
     const p = params({
       verbose: false,
-      allowDownload: true,
+      allowDownload: false,
       disableGpu: true,
       gpuLayers: 0,
       contextSize: 2048,
@@ -76,7 +99,7 @@ helper = polyglot.eval(language='js', string='''
 ''')
 
 # Use it
-result = helper.infer(prompt)
+result = helper.infer(model_path, prompt)
 print(result)
 EOF
       }

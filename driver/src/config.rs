@@ -3,7 +3,7 @@
 //! Reference: docs/driver.md.
 
 use crate::cty::{self, CtyError, Obj};
-use crate::hclspec::{attr, block, default_, literal, literal_string, object};
+use crate::hclspec::{attr, block, block_list, default_, literal, literal_string, object};
 use crate::runtime_args::{self, RuntimeArg};
 use common::capabilities::{self, CapName};
 use common::error::FieldError;
@@ -179,7 +179,19 @@ pub struct PluginConfig {
     /// operator's `seccomp_denied_syscalls`; None with `seccomp = "off"`.
     pub seccomp: Option<common::seccomp::Filters>,
     pub seccomp_denied_syscalls: Vec<String>,
+    /// The node-wide model cache (`elide_opts { model {} }`, driver/src/models): a
+    /// root-only directory, never visible to tasks.
+    pub model_cache_dir: PathBuf,
+    /// Unreferenced models are evicted, least recently used first, above this size (MiB).
+    pub model_cache_max_mb: u64,
+    /// Replaces `https://huggingface.co` for the `repo`/`file` shorthand (air-gapped nodes).
+    pub model_mirror: String,
 }
+
+/// `model_cache_dir` when the plugin config names none.
+pub const DEFAULT_MODEL_CACHE_DIR: &str = "/var/lib/nomad-driver-elide/models";
+/// `model_cache_max_mb` when the plugin config names none: 50 GiB.
+pub const DEFAULT_MODEL_CACHE_MAX_MB: u64 = 50 * 1024;
 
 impl PluginConfig {
     /// Whether jobs may run in the host's PID namespace.
@@ -230,6 +242,9 @@ impl Default for PluginConfig {
             // None only on an architecture without a filter, where SetConfig says so.
             seccomp: common::seccomp::Filters::compile(&[]).ok(),
             seccomp_denied_syscalls: Vec::new(),
+            model_cache_dir: PathBuf::from(DEFAULT_MODEL_CACHE_DIR),
+            model_cache_max_mb: DEFAULT_MODEL_CACHE_MAX_MB,
+            model_mirror: String::new(),
         }
     }
 }
@@ -265,6 +280,9 @@ const PLUGIN_KEYS: &[&str] = &[
     "allow_no_cgroup",
     "seccomp",
     "seccomp_denied_syscalls",
+    "model_cache_dir",
+    "model_cache_max_mb",
+    "model_mirror",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -479,6 +497,17 @@ impl PluginConfig {
             defaulted("allow_no_cgroup", "bool", literal("false")),
             defaulted("seccomp", "string", literal_string("default")),
             defaulted("seccomp_denied_syscalls", "list(string)", literal("[]")),
+            defaulted(
+                "model_cache_dir",
+                "string",
+                literal_string(DEFAULT_MODEL_CACHE_DIR),
+            ),
+            defaulted(
+                "model_cache_max_mb",
+                "number",
+                literal(&DEFAULT_MODEL_CACHE_MAX_MB.to_string()),
+            ),
+            defaulted("model_mirror", "string", literal_string("")),
         ])
     }
 
@@ -543,7 +572,36 @@ impl PluginConfig {
             absolute_script_dirs.push(p);
         }
         let (seccomp, seccomp_denied_syscalls) = seccomp_filters(&o)?;
+        let model_cache_dir = optional_path("model_cache_dir", o.string("model_cache_dir")?)?
+            .unwrap_or(d.model_cache_dir);
+        if !model_cache_dir.is_absolute() || model_cache_dir.parent().is_none() {
+            return Err(invalid(
+                "model_cache_dir",
+                format!(
+                    "{} must be an absolute directory other than \"/\", e.g. {DEFAULT_MODEL_CACHE_DIR}",
+                    model_cache_dir.display()
+                ),
+            ));
+        }
+        let model_mirror = o.string("model_mirror")?.unwrap_or_default();
+        let model_mirror = model_mirror.trim().to_owned();
+        let is_url = model_mirror.starts_with("http://") || model_mirror.starts_with("https://");
+        if !model_mirror.is_empty() && !is_url {
+            return Err(invalid(
+                "model_mirror",
+                format!(
+                    "{:?} must be an http:// or https:// base URL (a Hugging Face mirror), or empty",
+                    crate::model_ref::redact_url(&model_mirror)
+                ),
+            ));
+        }
         Ok(PluginConfig {
+            model_cache_dir,
+            model_cache_max_mb: o
+                .integer("model_cache_max_mb", 0, 1 << 40)?
+                .map(|n| n as u64)
+                .unwrap_or(d.model_cache_max_mb),
+            model_mirror,
             seccomp,
             seccomp_denied_syscalls,
             absolute_script_dirs,
@@ -765,6 +823,9 @@ pub struct ElideOpts {
     /// Whether Elide loads `.env`/`.env.local` from the project root (the task dir) into the
     /// guest env; `None` = Elide's default (on). `Some(false)` passes `--env:dotenv=false`.
     pub dotenv: Option<bool>,
+    /// `model { … }` blocks: files fetched into the node's model cache and bound read-only
+    /// at `local/models/<name>` (crate::model_ref).
+    pub models: Vec<crate::model_ref::ModelRef>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -814,7 +875,9 @@ const ELIDE_OPTS_KEYS: &[&str] = &[
     "elide_binary",
     "elide_version",
     "dotenv",
+    "model",
 ];
+const MODEL_KEYS: &[&str] = &["source", "sha256", "name", "repo", "file", "revision"];
 
 /// Guest languages Elide knows (aliases normalised).
 pub const LANGUAGES: &[&str] = &[
@@ -904,6 +967,20 @@ impl TaskConfig {
                         ("elide_binary", attr("elide_binary", "string", false)),
                         ("elide_version", attr("elide_version", "string", false)),
                         ("dotenv", attr("dotenv", "bool", false)),
+                        (
+                            "model",
+                            block_list(
+                                "model",
+                                0,
+                                0,
+                                object(
+                                    MODEL_KEYS
+                                        .iter()
+                                        .map(|k| (*k, attr(k, "string", false)))
+                                        .collect(),
+                                ),
+                            ),
+                        ),
                     ]),
                 ),
             ),
@@ -1005,7 +1082,27 @@ impl TaskConfig {
                         ));
                     }
                 }
+                let mut models = Vec::new();
+                for (i, m) in b.block_list("model")?.iter().enumerate() {
+                    m.deny_unknown(MODEL_KEYS)?;
+                    let raw = crate::model_ref::RawModel {
+                        source: m.string("source")?,
+                        sha256: m.string("sha256")?,
+                        name: m.string("name")?,
+                        repo: m.string("repo")?,
+                        file: m.string("file")?,
+                        revision: m.string("revision")?,
+                    };
+                    let field = format!("config.elide_opts.model[{i}]");
+                    models.push(
+                        crate::model_ref::parse(&field, raw)
+                            .map_err(|e| invalid(&e.field, e.message))?,
+                    );
+                }
+                crate::model_ref::check_list("config.elide_opts.model", &models)
+                    .map_err(|e| invalid(&e.field, e.message))?;
                 Some(ElideOpts {
+                    models,
                     languages,
                     memory_limit,
                     enable_ai: b.bool("enable_ai")?.unwrap_or(false),
@@ -1098,6 +1195,12 @@ mod tests {
             ("allow_no_cgroup", Value::Boolean(false)),
             ("seccomp", s("default")),
             ("seccomp_denied_syscalls", Value::Array(vec![])),
+            ("model_cache_dir", s(DEFAULT_MODEL_CACHE_DIR)),
+            (
+                "model_cache_max_mb",
+                Value::from(DEFAULT_MODEL_CACHE_MAX_MB),
+            ),
+            ("model_mirror", s("")),
         ]
         .into_iter()
         .collect();
@@ -1566,6 +1669,68 @@ mod tests {
             m.insert(k, v);
         }
         obj(m.into_iter().collect())
+    }
+
+    #[test]
+    fn model_blocks_decode_and_bad_ones_name_the_field() {
+        let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let model = |pairs: Vec<(&str, &str)>| {
+            let mut m: BTreeMap<&str, Value> =
+                MODEL_KEYS.iter().map(|k| (*k, Value::Nil)).collect();
+            for (k, v) in pairs {
+                m.insert(k, s(v));
+            }
+            obj(m.into_iter().collect())
+        };
+        let payload = |models: Vec<Value>| {
+            task_payload(vec![(
+                "elide_opts",
+                elide_opts(vec![("model", Value::Array(models))]),
+            )])
+        };
+        let t = TaskConfig::from_msgpack(&payload(vec![
+            model(vec![
+                ("source", "https://h/t.gguf"),
+                ("sha256", sha),
+                ("name", "t.gguf"),
+            ]),
+            model(vec![("repo", "o/r"), ("file", "x.gguf"), ("sha256", sha)]),
+        ]))
+        .unwrap();
+        let models = t.elide_opts.unwrap().models;
+        assert_eq!(models.len(), 2);
+        assert_eq!(models[0].name, "t.gguf");
+        assert_eq!(
+            models[1].url(""),
+            "https://huggingface.co/o/r/resolve/main/x.gguf"
+        );
+        let e = TaskConfig::from_msgpack(&payload(vec![model(vec![
+            ("source", "https://h/t.gguf"),
+            ("name", "t.gguf"),
+        ])]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config.elide_opts.model[0].sha256: is required"),
+            "{e}"
+        );
+        let e = TaskConfig::from_msgpack(&payload(vec![model(vec![
+            ("source", "https://h/t.gguf"),
+            ("sha256", sha),
+            ("name", "../../etc/passwd"),
+        ])]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("config.elide_opts.model[0].name:"), "{e}");
+        let p =
+            PluginConfig::from_msgpack(&plugin_payload(vec![("model_cache_dir", s("relative"))]))
+                .unwrap_err()
+                .to_string();
+        assert!(p.starts_with("model_cache_dir:"), "{p}");
+        let p = PluginConfig::from_msgpack(&plugin_payload(vec![("model_mirror", s("ftp://x"))]))
+            .unwrap_err()
+            .to_string();
+        assert!(p.starts_with("model_mirror:"), "{p}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod goplugin;
 pub mod hclspec;
 mod idle;
 mod logging;
+pub mod model_ref;
+pub mod models;
 mod plugin;
 pub mod runtime_args;
 pub mod serve;

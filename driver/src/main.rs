@@ -12,6 +12,10 @@ fn main() {
         );
         return;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("models") {
+        std::process::exit(driver::models::cli::run(&args[1..]));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -25,6 +25,7 @@ mod exec;
 pub(crate) mod handle;
 mod launch;
 mod logs;
+mod models;
 mod recover;
 mod script;
 mod spec;
@@ -50,6 +51,8 @@ pub struct Tasks {
     plugin: Arc<Plugin>,
     store: TaskStore,
     launcher: Arc<dyn Launcher>,
+    /// The node-wide model cache's downloads (driver/src/models).
+    models: crate::models::Models,
 }
 
 impl Tasks {
@@ -62,6 +65,7 @@ impl Tasks {
             plugin,
             store: TaskStore::default(),
             launcher,
+            models: Default::default(),
         }
     }
 

@@ -171,6 +171,9 @@ pub fn sandbox_of(i: &SpecInput<'_>) -> Result<SandboxSpec, BuildError> {
         .collect();
     hidden_paths.push(plugin.runtime_dir.clone());
     hidden_paths.push(task_dir.join("private"));
+    // Other jobs' models: a task sees only its own, bound at local/models/<name>, even if
+    // an extra_host_paths entry would show the cache dir.
+    hidden_paths.push(plugin.model_cache_dir.clone());
     hidden_paths.extend(plugin.hidden_paths.iter().cloned());
     let volumes = task
         .mounts
@@ -822,6 +825,8 @@ mod tests {
         let s = sandbox_for(&plugin, &config, &task).unwrap();
         assert_eq!(s.hidden_paths[0], Path::new("/srv/allocs"));
         assert_eq!(s.hidden_paths[1], plugin.runtime_dir);
+        // The model cache: a task sees its own models only (bound at local/models).
+        assert!(s.hidden_paths.contains(&plugin.model_cache_dir), "{s:?}");
         // Never "/" itself.
         task.alloc_dir = "/a1".into();
         let s = sandbox_for(&plugin, &config, &task).unwrap();

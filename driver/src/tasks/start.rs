@@ -40,6 +40,19 @@ struct NodeFacts {
 
 impl Tasks {
     pub async fn start(&self, req: StartTaskRequest) -> Result<StartTaskResponse, TaskError> {
+        let task_id = req.task.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+        let r = self.start_task(req).await;
+        if let Err(e) = &r {
+            // A start that failed uses no model (a task already started keeps its refs).
+            if !matches!(e, TaskError::AlreadyExists(_)) && !task_id.is_empty() {
+                let dir = self.plugin.config().model_cache_dir.clone();
+                self.models.release(&dir, &task_id).await;
+            }
+        }
+        r
+    }
+
+    async fn start_task(&self, req: StartTaskRequest) -> Result<StartTaskResponse, TaskError> {
         let task = req
             .task
             .ok_or_else(|| TaskError::BadRequest("StartTask without a task config".into()))?;
@@ -62,6 +75,10 @@ impl Tasks {
         };
         let emit = |msg: String| self.plugin.emit(&task.id, &task.alloc_id, &task.name, msg);
         facts.events.into_iter().for_each(emit);
+        // Models: fetched into the node's cache (progress as task events), then bound
+        // read-only into the task like read-only host volumes.
+        let mut tc = tc;
+        let models = self.prepare_models(&cfg, &task, &mut tc).await?;
         if cfg.log_collection == LogCollection::Nomad
             && (tc.log_max_files.is_some() || tc.log_max_file_size.is_some())
         {
@@ -90,6 +107,10 @@ impl Tasks {
             host_dns: facts.host_dns.as_ref(),
         })
         .map_err(|e| TaskError::Permanent(e.to_string()))?;
+        let mut spec = spec;
+        if let Some(sandbox) = spec.sandbox.as_mut() {
+            sandbox.volumes.extend(models);
+        }
         spec.validate()
             .map_err(|e| TaskError::Permanent(format!("cannot run this task: {e}")))?;
         let dirs = [(cfg.runtime_dir.clone(), "runtime_dir")];

@@ -129,6 +129,8 @@ impl Tasks {
         })
         .await;
         self.store.remove(&req.task_id);
+        let cache_dir = self.plugin.config().model_cache_dir.clone();
+        self.models.release(&cache_dir, &req.task_id).await;
         Ok(())
     }
 }
