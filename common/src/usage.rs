@@ -19,17 +19,39 @@ pub trait UsageSource: Send {
     fn read(&mut self) -> Counters;
 }
 
-/// The counter files of a task cgroup (v1: one dir per controller; v2: one dir).
+/// The counter files of a task cgroup (v1: one dir per controller; v2: one dir), as few as
+/// give Nomad's fields, since the plugin holds them open for every task it runs (fds per
+/// task, docs/operator-guide.md):
+///
+/// - v2: `cpu.stat` (CPU time, user, system, throttling), `memory.stat` (anon, file) and
+///   `memory.current`; `memory.swap.current` only where the task may swap (the shim sets
+///   `memory.swap.max` to 0, so normally not);
+/// - v1: `cpuacct.usage_all` (user and system ns per CPU; `cpuacct.usage` + `cpuacct.stat` on
+///   kernels without it) and `memory.stat` (total_rss, total_cache, total_swap; usage is
+///   rss + cache, the figure the kernel documents as exact where `memory.usage_in_bytes` is
+///   fuzzy); `cpu.stat` only where a CFS quota is set.
+///
+/// Without a quota nothing is ever throttled: throttling is then reported as a measured 0.
+/// The peak (`memory.peak`, `memory.max_usage_in_bytes`) is not read: Nomad's own v2
+/// executor does not report it either, and it would be one more fd per task.
 #[derive(Debug)]
 pub struct CounterReader {
     v2: bool,
-    cpu_stat: Option<File>,
-    cpuacct_usage: Option<File>,
-    cpuacct_stat: Option<File>,
+    /// v2 `cpu.stat`; v1 `cpuacct.usage_all`, else `cpuacct.usage`.
+    cpu: Option<File>,
+    /// v1 without `cpuacct.usage_all`: `cpuacct.stat` (user and system in ticks).
+    cpu_split: Option<File>,
+    /// v1 `cpu.stat` where a CFS quota is set.
+    throttling: Option<File>,
+    /// v1 without a CFS quota: throttling is 0 by construction.
+    unthrottled: bool,
     memory_stat: Option<File>,
+    /// v2 `memory.current`.
     memory_usage: Option<File>,
-    memory_max_usage: Option<File>,
+    /// v2 `memory.swap.current` where swap is allowed.
     memory_swap: Option<File>,
+    /// v2 with `memory.swap.max` = 0: swap is 0 by construction.
+    no_swap: bool,
 }
 
 /// The first of `dirs` that has file `name`, opened.
@@ -37,42 +59,63 @@ fn open_in(dirs: &[PathBuf], name: &str) -> Option<File> {
     dirs.iter().find_map(|d| File::open(d.join(name)).ok())
 }
 
+/// The trimmed text of file `name` in the first of `dirs` that has it (read once, at open).
+fn read_in(dirs: &[PathBuf], name: &str) -> Option<String> {
+    dirs.iter()
+        .find_map(|d| std::fs::read_to_string(d.join(name)).ok())
+        .map(|t| t.trim().to_owned())
+}
+
 impl CounterReader {
     /// Opens the counter files found in `dirs` (`v2`: the unified hierarchy). None when
     /// there is none at all.
     pub fn open(v2: bool, dirs: &[PathBuf]) -> Option<CounterReader> {
         let r = if v2 {
+            let no_swap = read_in(dirs, "memory.swap.max").as_deref() == Some("0");
             CounterReader {
                 v2,
-                cpu_stat: open_in(dirs, "cpu.stat"),
-                cpuacct_usage: None,
-                cpuacct_stat: None,
+                cpu: open_in(dirs, "cpu.stat"),
+                cpu_split: None,
+                throttling: None,
+                unthrottled: false,
                 memory_stat: open_in(dirs, "memory.stat"),
                 // memory.current exists only where the memory controller is enabled.
                 memory_usage: open_in(dirs, "memory.current"),
-                memory_max_usage: open_in(dirs, "memory.peak"),
-                memory_swap: open_in(dirs, "memory.swap.current"),
+                memory_swap: if no_swap {
+                    None
+                } else {
+                    open_in(dirs, "memory.swap.current")
+                },
+                no_swap,
             }
         } else {
+            let (cpu, cpu_split) = match open_in(dirs, "cpuacct.usage_all") {
+                Some(all) => (Some(all), None),
+                None => (
+                    open_in(dirs, "cpuacct.usage"),
+                    open_in(dirs, "cpuacct.stat"),
+                ),
+            };
+            // No quota ("-1", or no cpu controller at all): nothing to throttle.
+            let quota = read_in(dirs, "cpu.cfs_quota_us");
+            let unthrottled = quota.as_deref().is_none_or(|q| q.starts_with('-'));
             CounterReader {
                 v2,
-                cpu_stat: open_in(dirs, "cpu.stat"),
-                cpuacct_usage: open_in(dirs, "cpuacct.usage"),
-                cpuacct_stat: open_in(dirs, "cpuacct.stat"),
+                cpu,
+                cpu_split,
+                throttling: if unthrottled {
+                    None
+                } else {
+                    open_in(dirs, "cpu.stat")
+                },
+                unthrottled,
                 memory_stat: open_in(dirs, "memory.stat"),
-                memory_usage: open_in(dirs, "memory.usage_in_bytes"),
-                memory_max_usage: open_in(dirs, "memory.max_usage_in_bytes"),
+                memory_usage: None,
                 memory_swap: None,
+                no_swap: false,
             }
         };
-        let any = [
-            &r.cpu_stat,
-            &r.cpuacct_usage,
-            &r.memory_stat,
-            &r.memory_usage,
-        ]
-        .iter()
-        .any(|f| f.is_some());
+        let any = [&r.cpu, &r.memory_stat].iter().any(|f| f.is_some());
         any.then_some(r)
     }
 
@@ -83,51 +126,129 @@ impl CounterReader {
         Self::open(v2, dirs)
     }
 
+    /// How many files this reader holds open (for the bench and the operator guide).
+    pub fn open_files(&self) -> usize {
+        [
+            &self.cpu,
+            &self.cpu_split,
+            &self.throttling,
+            &self.memory_stat,
+            &self.memory_usage,
+            &self.memory_swap,
+        ]
+        .iter()
+        .filter(|f| f.is_some())
+        .count()
+    }
+
+    /// One sample: one `pread` per open file.
     pub fn counters(&self) -> Counters {
-        let mut buf = [0u8; 8192];
-        let mut text = |f: &Option<File>| -> Option<String> {
-            let n = f.as_ref()?.read_at(&mut buf, 0).ok()?;
-            std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)
-        };
-        let number = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+        let mut buf = Vec::new();
         let mut s = Counters::default();
-        if let Some(stat) = text(&self.cpu_stat) {
-            if self.v2 {
-                let usec = |k| keyed(&stat, k).map(|u| u.saturating_mul(1000));
+        if self.v2 {
+            if let Some(stat) = read_text(&self.cpu, &mut buf) {
+                let usec = |k| keyed(stat, k).map(|u| u.saturating_mul(1000));
                 s.cpu_total_ns = usec("usage_usec");
                 s.cpu_user_ns = usec("user_usec");
                 s.cpu_system_ns = usec("system_usec");
                 s.throttled_ns = usec("throttled_usec");
-            } else {
-                s.throttled_ns = keyed(&stat, "throttled_time");
+                s.throttled_periods = keyed(stat, "nr_throttled");
             }
-            s.throttled_periods = keyed(&stat, "nr_throttled");
+            if self.memory_usage.is_some() {
+                if let Some(stat) = read_text(&self.memory_stat, &mut buf) {
+                    s.memory_rss = keyed(stat, "anon");
+                    s.memory_cache = keyed(stat, "file");
+                }
+                s.memory_usage = read_text(&self.memory_usage, &mut buf).and_then(number);
+                s.memory_swap = if self.no_swap {
+                    Some(0)
+                } else {
+                    read_text(&self.memory_swap, &mut buf).and_then(number)
+                };
+            }
+            return s;
         }
-        if !self.v2 {
-            if let Some(stat) = text(&self.cpuacct_stat) {
+        if self.cpu_split.is_none() {
+            if let Some(all) = read_text(&self.cpu, &mut buf) {
+                let (user, system) = per_cpu_sums(all);
+                s.cpu_user_ns = user;
+                s.cpu_system_ns = system;
+                s.cpu_total_ns = user.zip(system).map(|(u, y)| u.saturating_add(y));
+            }
+        } else {
+            s.cpu_total_ns = read_text(&self.cpu, &mut buf).and_then(number);
+            if let Some(stat) = read_text(&self.cpu_split, &mut buf) {
                 let ticks =
-                    |k| keyed(&stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
+                    |k| keyed(stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
                 s.cpu_user_ns = ticks("user");
                 s.cpu_system_ns = ticks("system");
             }
-            s.cpu_total_ns = number(text(&self.cpuacct_usage));
         }
-        if self.memory_usage.is_some() {
-            let stat = text(&self.memory_stat).unwrap_or_default();
-            s.memory_usage = number(text(&self.memory_usage));
-            s.memory_max_usage = number(text(&self.memory_max_usage));
-            if self.v2 {
-                s.memory_rss = keyed(&stat, "anon");
-                s.memory_cache = keyed(&stat, "file");
-                s.memory_swap = number(text(&self.memory_swap));
-            } else {
-                s.memory_rss = keyed(&stat, "total_rss");
-                s.memory_cache = keyed(&stat, "total_cache");
-                s.memory_swap = keyed(&stat, "total_swap");
-            }
+        if self.unthrottled {
+            (s.throttled_ns, s.throttled_periods) = (Some(0), Some(0));
+        } else if let Some(stat) = read_text(&self.throttling, &mut buf) {
+            s.throttled_ns = keyed(stat, "throttled_time");
+            s.throttled_periods = keyed(stat, "nr_throttled");
+        }
+        if let Some(stat) = read_text(&self.memory_stat, &mut buf) {
+            s.memory_rss = keyed(stat, "total_rss");
+            s.memory_cache = keyed(stat, "total_cache");
+            s.memory_swap = keyed(stat, "total_swap");
+            s.memory_usage = s
+                .memory_rss
+                .zip(s.memory_cache)
+                .map(|(r, c)| r.saturating_add(c));
         }
         s
     }
+}
+
+/// The whole of `f` (one `pread` from offset 0; a second only for a file larger than the
+/// buffer, such as `cpuacct.usage_all` on a host with hundreds of CPUs), as text in `buf`.
+fn read_text<'a>(f: &Option<File>, buf: &'a mut Vec<u8>) -> Option<&'a str> {
+    let f = f.as_ref()?;
+    buf.clear();
+    buf.resize(8192, 0);
+    let mut len = 0;
+    loop {
+        let n = f.read_at(&mut buf[len..], len as u64).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
+fn number(t: &str) -> Option<u64> {
+    t.trim().parse().ok()
+}
+
+/// User and system ns summed over the CPUs of `cpuacct.usage_all` ("cpu user system", then
+/// one line per CPU).
+fn per_cpu_sums(text: &str) -> (Option<u64>, Option<u64>) {
+    let mut lines = text.lines();
+    if lines
+        .next()
+        .map(str::split_whitespace)
+        .map(|h| h.collect::<Vec<_>>())
+        != Some(vec!["cpu", "user", "system"])
+    {
+        return (None, None);
+    }
+    let (mut user, mut system) = (0u64, 0u64);
+    for l in lines {
+        let mut it = l.split_whitespace().skip(1).map(str::parse::<u64>);
+        match (it.next(), it.next()) {
+            (Some(Ok(u)), Some(Ok(y))) => {
+                user = user.saturating_add(u);
+                system = system.saturating_add(y);
+            }
+            _ => return (None, None),
+        }
+    }
+    (Some(user), Some(system))
 }
 
 impl UsageSource for CounterReader {
@@ -326,21 +447,52 @@ mod tests {
     #[test]
     fn counter_files_are_found_in_whichever_dir_has_them_and_read_again_each_time() {
         let t = tempfile::tempdir().unwrap();
-        let (cpu, mem, cpuset) = (
+        let (cpu, acct, mem, cpuset) = (
             t.path().join("cpu"),
+            t.path().join("cpuacct"),
             t.path().join("mem"),
             t.path().join("s"),
         );
-        for d in [&cpu, &mem, &cpuset] {
+        for d in [&cpu, &acct, &mem, &cpuset] {
             std::fs::create_dir(d).unwrap();
         }
-        std::fs::write(cpu.join("cpuacct.usage"), "5000\n").unwrap();
-        std::fs::write(cpu.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        std::fs::write(
+            acct.join("cpuacct.usage_all"),
+            "cpu user system\n0 3000 1000\n1 2000 0\n",
+        )
+        .unwrap();
+        // Files the reader must not need when usage_all is there.
+        std::fs::write(acct.join("cpuacct.usage"), "1\n").unwrap();
+        std::fs::write(acct.join("cpuacct.stat"), "user 1\nsystem 1\n").unwrap();
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").unwrap();
         std::fs::write(cpu.join("cpu.stat"), "nr_throttled 2\nthrottled_time 9\n").unwrap();
-        std::fs::write(mem.join("memory.usage_in_bytes"), "8192\n").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "1\n").unwrap();
+        std::fs::write(mem.join("memory.max_usage_in_bytes"), "1\n").unwrap();
         std::fs::write(mem.join("memory.stat"), "total_rss 4096\ntotal_cache 1\n").unwrap();
-        let dirs = vec![cpuset, cpu.clone(), mem.clone()];
+        let dirs = vec![cpuset, cpu.clone(), acct.clone(), mem.clone()];
         let r = CounterReader::open_dirs(&dirs).expect("v1 counters");
+        assert_eq!(r.open_files(), 2, "{r:?}");
+        let c = r.counters();
+        assert_eq!(c.cpu_total_ns, Some(6000));
+        assert_eq!((c.cpu_user_ns, c.cpu_system_ns), (Some(5000), Some(1000)));
+        // No quota: nothing is throttled (cpu.stat is not read).
+        assert_eq!((c.throttled_periods, c.throttled_ns), (Some(0), Some(0)));
+        assert_eq!(
+            (c.memory_usage, c.memory_rss, c.memory_cache),
+            (Some(4097), Some(4096), Some(1))
+        );
+        assert_eq!(c.memory_max_usage, None);
+        // The same files, read again (a cgroup file regenerates; here the test rewrites it).
+        std::fs::write(mem.join("memory.stat"), "total_rss 8192\ntotal_cache 0\n").unwrap();
+        assert_eq!(r.counters().memory_usage, Some(8192));
+
+        // With a quota, cpu.stat is read; a kernel without usage_all: usage + stat.
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "50000\n").unwrap();
+        std::fs::remove_file(acct.join("cpuacct.usage_all")).unwrap();
+        std::fs::write(acct.join("cpuacct.usage"), "5000\n").unwrap();
+        std::fs::write(acct.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        let r = CounterReader::open_dirs(&dirs).unwrap();
+        assert_eq!(r.open_files(), 4, "{r:?}");
         let c = r.counters();
         let tick = crate::proc::nanos_per_tick();
         assert_eq!(c.cpu_total_ns, Some(5000));
@@ -349,14 +501,7 @@ mod tests {
             (Some(3 * tick), Some(tick))
         );
         assert_eq!((c.throttled_periods, c.throttled_ns), (Some(2), Some(9)));
-        assert_eq!(
-            (c.memory_usage, c.memory_rss, c.memory_cache),
-            (Some(8192), Some(4096), Some(1))
-        );
-        assert_eq!(c.memory_max_usage, None);
-        // The same files, read again (a cgroup file regenerates; here the test rewrites it).
-        std::fs::write(mem.join("memory.usage_in_bytes"), "16384\n").unwrap();
-        assert_eq!(r.counters().memory_usage, Some(16384));
+
         // v2: one dir; no memory controller, no memory figures.
         let v2 = t.path().join("v2");
         std::fs::create_dir(&v2).unwrap();
@@ -366,14 +511,49 @@ mod tests {
             "usage_usec 7\nuser_usec 4\nsystem_usec 3\n",
         )
         .unwrap();
-        let r = CounterReader::open_dirs(&[v2]).unwrap();
+        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
         let c = r.counters();
         assert_eq!(c.cpu_total_ns, Some(7000));
         assert_eq!(c.memory_usage, None);
+        // With memory: swap.max = 0 (as the shim sets it) means no swap file held.
+        std::fs::write(v2.join("memory.stat"), "anon 10\nfile 20\n").unwrap();
+        std::fs::write(v2.join("memory.current"), "40\n").unwrap();
+        std::fs::write(v2.join("memory.swap.max"), "0\n").unwrap();
+        std::fs::write(v2.join("memory.swap.current"), "7\n").unwrap();
+        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
+        assert_eq!(r.open_files(), 3, "{r:?}");
+        let c = r.counters();
+        assert_eq!(
+            (c.memory_rss, c.memory_cache, c.memory_usage, c.memory_swap),
+            (Some(10), Some(20), Some(40), Some(0))
+        );
+        std::fs::write(v2.join("memory.swap.max"), "max\n").unwrap();
+        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
+        assert_eq!((r.open_files(), r.counters().memory_swap), (4, Some(7)));
+
         assert!(CounterReader::open_dirs(&[t.path().join("none")]).is_none());
         assert_eq!(
             cgroup_dirs("/a, /b,"),
             [PathBuf::from("/a"), PathBuf::from("/b")]
         );
+    }
+
+    #[test]
+    fn usage_all_is_summed_over_cpus_and_a_file_larger_than_the_buffer_is_read_whole() {
+        let mut text = String::from("cpu user system\n");
+        for cpu in 0..1000 {
+            text.push_str(&format!("{cpu} 1000000000 2\n"));
+        }
+        assert!(text.len() > 8192);
+        assert_eq!(
+            per_cpu_sums(&text),
+            (Some(1000 * 1_000_000_000), Some(2000))
+        );
+        assert_eq!(per_cpu_sums("garbage\n"), (None, None));
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), &text).unwrap();
+        let f = Some(File::open(t.path()).unwrap());
+        let mut buf = Vec::new();
+        assert_eq!(read_text(&f, &mut buf), Some(text.as_str()));
     }
 }

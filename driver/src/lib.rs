@@ -22,6 +22,7 @@ mod idle;
 mod logging;
 pub mod model_ref;
 pub mod models;
+mod nofile;
 mod plugin;
 pub mod runtime_args;
 pub mod serve;

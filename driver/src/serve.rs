@@ -36,6 +36,7 @@ pub async fn run() -> anyhow::Result<()> {
         )?;
     }
     crate::logging::init();
+    crate::nofile::raise_and_log();
 
     let socket = goplugin::socket_path(
         std::env::var("PLUGIN_UNIX_SOCKET_DIR").ok().as_deref(),

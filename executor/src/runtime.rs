@@ -106,6 +106,15 @@ pub enum SpawnError {
     },
 }
 
+impl SpawnError {
+    /// A failure a later attempt can get past: the sandbox setup timing out (a node starting
+    /// a thousand tasks at once can take longer than a minute to set one up) — as opposed to
+    /// a bad spec, a missing user or a denied id, which fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SpawnError::Setup { source, .. } if source.raw_os_error() == Some(libc::ETIMEDOUT))
+    }
+}
+
 /// A started runtime.
 #[derive(Debug)]
 pub struct Spawned {
@@ -579,6 +588,19 @@ fn exec_error(spec: &TaskSpec, program: String, source: std::io::Error) -> Spawn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_sandbox_setup_that_timed_out_is_transient() {
+        let setup = |errno| SpawnError::Setup {
+            program: "elide".into(),
+            what: "the sandbox setup".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert!(setup(libc::ETIMEDOUT).is_transient());
+        assert!(!setup(libc::EPERM).is_transient());
+        assert!(!SpawnError::EmptyArgv.is_transient());
+        assert!(!SpawnError::NoSuchUser("x".into()).is_transient());
+    }
 
     #[test]
     fn users_resolve_by_name_and_uid_and_unknown_ones_say_so() {

@@ -420,12 +420,18 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                if exited_at.is_some() {
-                    tracing::info!("nobody shut the shim down within the linger time; the exit stays in the state file");
-                    break Ended::Lingered;
+                match at_deadline(exited_at.is_some(), shim.runtime_pid().is_some()) {
+                    Some(Ended::Lingered) => {
+                        tracing::info!("nobody shut the shim down within the linger time; the exit stays in the state file");
+                        break Ended::Lingered;
+                    }
+                    Some(e) => {
+                        tracing::warn!("no Start within {:?}: the plugin gave up on this shim; removing it", linger.max(START_DEADLINE));
+                        break e;
+                    }
+                    // Started while this wait was armed (nothing else woke the loop since).
+                    None => continue,
                 }
-                tracing::warn!("no Start within {:?}: the plugin gave up on this shim; removing it", linger.max(START_DEADLINE));
-                break Ended::NeverStarted;
             }
         }
     };
@@ -453,6 +459,18 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
         server.abort();
     }
     ended
+}
+
+/// What the shim does when the deadline it armed passes: the start deadline was computed
+/// before Start, and a Start that nothing else followed (no signal, no exit) does not re-arm
+/// it, so the runtime having started since means there is no deadline any more (before this
+/// check, every idle task was removed as "never started" 5 minutes after its start).
+fn at_deadline(exited: bool, started: bool) -> Option<Ended> {
+    match (exited, started) {
+        (true, _) => Some(Ended::Lingered),
+        (false, false) => Some(Ended::NeverStarted),
+        (false, true) => None,
+    }
 }
 
 /// `t + d`, or a time about a century away when that does not fit the clock (`Instant + d`
@@ -487,6 +505,14 @@ pub async fn run(spec: TaskSpec, mode: Mode, mut ready: Ready) -> Result<i32, Sh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runtime_started_after_the_start_deadline_was_armed_is_not_removed() {
+        assert_eq!(at_deadline(false, true), None);
+        assert_eq!(at_deadline(false, false), Some(Ended::NeverStarted));
+        assert_eq!(at_deadline(true, false), Some(Ended::Lingered));
+        assert_eq!(at_deadline(true, true), Some(Ended::Lingered));
+    }
 
     #[test]
     fn deadlines_never_overflow_the_clock() {

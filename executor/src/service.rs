@@ -14,13 +14,14 @@ pub struct Service {
     pub shim: Arc<Shim>,
 }
 
-/// The gRPC code of each Start failure: the plugin retries `Unavailable` (no FIFO reader yet)
-/// and fails the task for good on the others.
+/// The gRPC code of each Start failure: the plugin retries `Unavailable` (no FIFO reader yet,
+/// a sandbox setup that timed out) and fails the task for good on the others.
 fn start_status(e: StartError) -> Status {
     let code = match &e {
         StartError::AlreadyStarted(_) | StartError::InProgress => Code::AlreadyExists,
         StartError::ShuttingDown => Code::Unavailable,
         StartError::Fifo(f) if f.is_transient() => Code::Unavailable,
+        StartError::Spawn(e) if e.is_transient() => Code::Unavailable,
         StartError::Fifo(_) | StartError::Spawn(_) | StartError::Cgroup(_) => {
             Code::FailedPrecondition
         }

@@ -141,7 +141,11 @@ fn v2_own_cgroup_limits_stats_and_oom_on_a_fake_root() {
     assert_eq!(s.memory_rss, Some(1024));
     assert_eq!(s.memory_cache, Some(2048));
     assert_eq!(s.memory_max_usage, None, "no memory.peak on this kernel");
-    assert_eq!(s.memory_swap, None, "no memory.swap.current on this kernel");
+    assert_eq!(
+        s.memory_swap,
+        Some(0),
+        "memory.swap.max = 0: no swap by construction"
+    );
     fs::write(d.join("cgroup.procs"), "12\n34\n").unwrap();
     assert_eq!(cg.procs(), vec![12, 34]);
     assert_eq!(cg.procs_files().len(), 1);
@@ -267,6 +271,8 @@ fn v1_own_cgroups_with_a_separate_cpuacct_hierarchy() {
         "nr_periods 3\nnr_throttled 1\nthrottled_time 77\n",
     )
     .unwrap();
+    // A CFS quota (cpu_hard_limit): only then is cpu.stat read for throttling.
+    fs::write(dir("cpu").join("cpu.cfs_quota_us"), "10000\n").unwrap();
     fs::write(
         dir("memory").join("memory.oom_control"),
         "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -286,7 +292,8 @@ fn v1_own_cgroups_with_a_separate_cpuacct_hierarchy() {
         (Some(3 * tick), Some(tick))
     );
     assert_eq!((s.throttled_periods, s.throttled_ns), (Some(1), Some(77)));
-    assert_eq!(s.memory_usage, Some(8192));
+    // rss + cache from memory.stat (memory.usage_in_bytes is fuzzy, and not read).
+    assert_eq!(s.memory_usage, Some(5120));
     assert_eq!(s.memory_rss, Some(4096));
     assert_eq!(s.memory_cache, Some(1024));
     assert_eq!(s.memory_swap, None);

@@ -145,32 +145,34 @@ impl Tasks {
 }
 
 /// Samples of the task's cgroup, one at once, then one per `interval` until the task has
-/// exited or Nomad stops listening. The reads are a handful of `pread`s of cgroup files
-/// (never blocking on I/O), done inline.
+/// exited or Nomad stops listening (it drops the stream). The reads are a `pread` of each of
+/// the two or three counter files the reader holds open (never blocking on I/O), done
+/// inline. The stream is polled by the task that sends it to Nomad: one wake-up per task per
+/// interval, no task or channel of its own.
 fn local_samples(
     entry: std::sync::Arc<TaskEntry>,
     reader: common::usage::CounterReader,
     interval: Duration,
     to_response: impl Fn(&shim::ResourceUsage) -> TaskStatsResponse + Send + 'static,
 ) -> BoxStream<TaskStatsResponse> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        let mut sampler = common::usage::Sampler::new(Box::new(reader));
-        loop {
-            let u = sampler.sample();
-            if tx.send(Ok(to_response(&u))).await.is_err() {
-                return;
+    let sampler = common::usage::Sampler::new(Box::new(reader));
+    let state = (sampler, to_response, true);
+    Box::pin(futures::stream::unfold(
+        state,
+        move |(mut sampler, to_response, first)| {
+            let entry = entry.clone();
+            async move {
+                if !first {
+                    tokio::time::sleep(common::usage::until_aligned(interval)).await;
+                    if entry.cached_exit().is_some() {
+                        return None;
+                    }
+                }
+                let r = to_response(&sampler.sample());
+                Some((Ok(r), (sampler, to_response, false)))
             }
-            tokio::select! {
-                _ = tokio::time::sleep(common::usage::until_aligned(interval)) => {}
-                _ = tx.closed() => return,
-            }
-            if entry.cached_exit().is_some() {
-                return;
-            }
-        }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        },
+    ))
 }
 
 /// The task's exit: from the shim's Wait, else (shim gone) from its state file, else a
