@@ -29,7 +29,6 @@
 
 pub mod creds;
 pub mod init;
-pub mod mountapi;
 pub mod mounts;
 pub mod report;
 pub mod seccomp;

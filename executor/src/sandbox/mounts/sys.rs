@@ -1,6 +1,6 @@
 //! Thin wrappers over the file-descriptor mount API the sandbox is built with: `open_tree`,
 //! `move_mount`, `fsopen`/`fsconfig`/`fsmount` (Linux 5.2), `openat2` (5.6), `mount_setattr`
-//! (5.12) and `pivot_root`. Every mount the sandbox makes acts on an fd that was obtained
+//! (5.12), `pivot_root` and `mount(MS_PRIVATE)`. Every mount the sandbox makes acts on an fd that was obtained
 //! without following a symlink a task could have planted, never on a path looked up again
 //! later (issue #18, item 1). Kernels without these calls get [`needs_kernel`]'s error.
 
@@ -331,4 +331,16 @@ pub fn pivot_into(root: &OwnedFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `mount --make-rprivate /`: no mount event goes to or comes from the host any more.
+pub fn make_rprivate() -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
