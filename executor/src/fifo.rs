@@ -159,7 +159,7 @@ fn path_fd_beneath(base: &Path, rel: &Path) -> Result<OwnedFd, BeneathError> {
             let (last, dirs) = parts.split_last().ok_or(BeneathError::Empty)?;
             let mut walk: Vec<PathBuf> = dirs.to_vec();
             walk.push(PathBuf::from("."));
-            let parent = beneath::walk_beneath(&dir, base, &walk)?;
+            let parent = beneath::walk_beneath(&dir, base, &walk, beneath::Walk::READ)?;
             let at = base.join(&clean);
             let fd = nix::fcntl::openat(
                 Some(parent.as_raw_fd()),

@@ -2,6 +2,7 @@
 //! symlink (mount points, entries to hide), or a detached copy of a host tree.
 
 use super::sys as m;
+use common::beneath::{self, Walk};
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -31,31 +32,26 @@ pub(super) fn host_tree(
 
 /// An `O_PATH` fd on `rel` beneath `base`, creating what is missing (dirs 0755, the last
 /// component as an empty file when `file`), one component at a time, never following a
-/// symlink (`ELOOP`/`ENOTDIR`): a task swapping a component meanwhile only makes this fail.
+/// symlink (`ELOOP`/`ENOTDIR`; [`beneath::walk_beneath`]): a task swapping a component
+/// meanwhile only makes this fail.
 /// Where `base` is a read-only bind nothing can be created (`EROFS`): mount points are only
 /// ever made in our own tmpfs mounts or in the task's writable dirs.
 pub(super) fn make_beneath(base: &OwnedFd, rel: &Path, file: bool) -> io::Result<OwnedFd> {
-    let parts: Vec<&OsStr> = rel
+    let parts: Vec<PathBuf> = rel
         .components()
         .map(|c| match c {
-            Component::Normal(n) => Ok(n),
+            Component::Normal(n) => Ok(PathBuf::from(n)),
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         })
         .collect::<io::Result<_>>()?;
-    let mut dir = m::open_beneath(base, Path::new("."), libc::O_DIRECTORY)?;
-    for (i, name) in parts.iter().enumerate() {
-        if i + 1 == parts.len() && file {
-            m::mkfile_at(&dir, name, 0o644)?;
-            let h = m::open_beneath(&dir, Path::new(name), 0)?;
-            if m::file_type(&h)? == libc::S_IFDIR {
-                return Err(io::Error::from_raw_os_error(libc::EISDIR));
-            }
-            return Ok(h);
-        }
-        m::mkdir_at(&dir, name, 0o755)?;
-        dir = m::open_beneath(&dir, Path::new(name), libc::O_DIRECTORY)?;
+    if parts.is_empty() {
+        return m::open_beneath(base, Path::new("."), libc::O_DIRECTORY);
     }
-    Ok(dir)
+    let h = beneath::walk_beneath(base, Path::new(""), &parts, Walk::mount_point(file))?;
+    if file && m::file_type(&h)? == libc::S_IFDIR {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    Ok(h)
 }
 
 /// An existing entry `rel` beneath `base` (no symlink followed); None when it is missing or
