@@ -76,6 +76,14 @@ impl Walk {
         path_only: false,
     };
 
+    /// An `O_PATH` fd of an existing entry of any kind but a symlink (to `fstat` it, then
+    /// reopen it through `/proc/self/fd`).
+    pub const PATH: Walk = Walk {
+        create: false,
+        last_is_file: true,
+        path_only: true,
+    };
+
     /// Make a mount point (a dir, or an empty file when `file`) and what leads to it; an
     /// `O_PATH` fd of it.
     pub const fn mount_point(file: bool) -> Walk {
@@ -456,6 +464,32 @@ mod tests {
                 .raw_os_error(),
             Some(libc::EINVAL)
         );
+    }
+
+    /// The log FIFOs' use: an `O_PATH` fd of any entry but a symlink (a dir too), nothing
+    /// made; a symlink last or on the way is named.
+    #[test]
+    fn path_fds_refuse_symlinks_anywhere() {
+        let t = tree();
+        let base = t.path().join("base");
+        let dir = open_dir(&base).unwrap();
+        let walk = |rel: &str| {
+            let parts = plain_components(Path::new(rel), &base)?;
+            walk_beneath(&dir, &base, &parts, Walk::PATH)
+        };
+        assert!(walk("local/sub/app.py").is_ok());
+        assert!(walk("local/sub").is_ok());
+        for rel in ["local/inside.py", "local/subdir", "local/subdir/app.py"] {
+            let e = walk(rel).unwrap_err();
+            assert!(matches!(e, BeneathError::Symlink { .. }), "{rel}: {e:?}");
+        }
+        assert_eq!(
+            walk("local/nope").unwrap_err(),
+            BeneathError::Missing {
+                at: base.join("local/nope")
+            }
+        );
+        assert!(!base.join("local/nope").exists());
     }
 
     /// Without `create` a missing component is named, never made.
