@@ -6,7 +6,10 @@
 //!
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (Linux 5.6) does it in one call; on
 //! older kernels (`ENOSYS`) the same rules are enforced by a walk, one `openat(O_NOFOLLOW)`
-//! per component.
+//! per component. The walk ([`walk_beneath`]) also makes what is missing on the way: the
+//! sandbox's mount points (dirs, or an empty file for a file's bind) in the task's dirs and in
+//! its own tmpfs mounts, where a task swapping a component for a symlink meanwhile only makes
+//! it fail.
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -29,6 +32,67 @@ pub enum BeneathError {
     NotADirectory { at: PathBuf },
     #[error("cannot be opened: {errno} ({at})")]
     Io { at: PathBuf, errno: Errno },
+}
+
+impl BeneathError {
+    /// The errno a plain `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` would have failed
+    /// with (`ELOOP` for a symlink), for callers that report `io::Error`s.
+    pub fn errno(&self) -> Errno {
+        match self {
+            BeneathError::Empty | BeneathError::Escapes { .. } => Errno::EINVAL,
+            BeneathError::Symlink { .. } => Errno::ELOOP,
+            BeneathError::Missing { .. } => Errno::ENOENT,
+            BeneathError::NotADirectory { .. } => Errno::ENOTDIR,
+            BeneathError::Io { errno, .. } => *errno,
+        }
+    }
+}
+
+impl From<BeneathError> for std::io::Error {
+    fn from(e: BeneathError) -> Self {
+        std::io::Error::from_raw_os_error(e.errno() as i32)
+    }
+}
+
+/// What [`walk_beneath`] does on its way: which missing components it makes, and how it opens
+/// the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk {
+    /// Make what is missing: every dir on the way (mode 0755 less the umask) and the last
+    /// component, an empty file (0644) with `last_is_file`, else a dir. An existing entry is
+    /// kept (and must still be no symlink).
+    pub create: bool,
+    /// The last component is (or is made as) a file, not a dir.
+    pub last_is_file: bool,
+    /// The last component is opened `O_PATH` (an fd to mount on or `fstat`), not for reading.
+    pub path_only: bool,
+}
+
+impl Walk {
+    /// Open an existing entry for reading ([`open_beneath`]'s rules).
+    pub const READ: Walk = Walk {
+        create: false,
+        last_is_file: true,
+        path_only: false,
+    };
+
+    /// An `O_PATH` fd of an existing entry of any kind but a symlink (to `fstat` it, then
+    /// reopen it through `/proc/self/fd`).
+    pub const PATH: Walk = Walk {
+        create: false,
+        last_is_file: true,
+        path_only: true,
+    };
+
+    /// Make a mount point (a dir, or an empty file when `file`) and what leads to it; an
+    /// `O_PATH` fd of it.
+    pub const fn mount_point(file: bool) -> Walk {
+        Walk {
+            create: true,
+            last_is_file: file,
+            path_only: true,
+        }
+    }
 }
 
 /// The components of `rel` if it stays beneath its base by its text alone: plain names only
@@ -59,7 +123,7 @@ pub fn open_beneath(base: &Path, rel: &Path) -> Result<OwnedFd, BeneathError> {
     let dir = open_dir(base)?;
     let clean: PathBuf = parts.iter().collect();
     match openat2_beneath(&dir, &clean) {
-        Err(Errno::ENOSYS) => walk_beneath(&dir, base, &parts),
+        Err(Errno::ENOSYS) => walk_beneath(&dir, base, &parts, Walk::READ),
         Err(e) => Err(classify(&dir, base, &parts, e)),
         Ok(fd) => Ok(fd),
     }
@@ -109,11 +173,15 @@ fn openat2_beneath(dir: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
     }
 }
 
-/// The same rules without openat2: each directory opened `O_NOFOLLOW` from the previous one.
+/// The same rules without openat2, one component at a time: each directory opened
+/// `O_PATH | O_NOFOLLOW` from the previous one (`dir` is `base`), so a symlink anywhere, even
+/// one a task plants while the walk runs, stops it with [`BeneathError::Symlink`]. `how`
+/// says what is made on the way and how the last component is opened.
 pub fn walk_beneath(
     dir: &OwnedFd,
     base: &Path,
     parts: &[PathBuf],
+    how: Walk,
 ) -> Result<OwnedFd, BeneathError> {
     let (last, dirs) = parts.split_last().ok_or(BeneathError::Empty)?;
     let mut at = base.to_path_buf();
@@ -121,6 +189,9 @@ pub fn walk_beneath(
     for d in dirs {
         let parent = current.as_ref().unwrap_or(dir);
         at.push(d);
+        if how.create {
+            make_dir(parent, d, &at)?;
+        }
         let next = nix::fcntl::openat(
             Some(parent.as_raw_fd()),
             d.as_path(),
@@ -133,20 +204,76 @@ pub fn walk_beneath(
     }
     let parent = current.as_ref().unwrap_or(dir);
     at.push(last);
-    nix::fcntl::openat(
+    match (how.create, how.last_is_file) {
+        (true, true) => make_file(parent, last, &at)?,
+        (true, false) => make_dir(parent, last, &at)?,
+        (false, _) => {}
+    }
+    let flags = match (how.path_only, how.last_is_file) {
+        (false, _) => FILE_FLAGS,
+        (true, true) => OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        (true, false) => OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+    };
+    let fd = nix::fcntl::openat(
         Some(parent.as_raw_fd()),
         last.as_path(),
-        FILE_FLAGS,
+        flags,
         Mode::empty(),
     )
     .map(owned)
-    .map_err(|e| explain(parent, last, &at, e))
+    .map_err(|e| explain(parent, last, &at, e))?;
+    // O_PATH | O_NOFOLLOW opens a symlink itself: refuse it.
+    if how.path_only {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|errno| BeneathError::Io {
+            at: at.clone(),
+            errno,
+        })?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(BeneathError::Symlink { at });
+        }
+    }
+    Ok(fd)
+}
+
+/// `mkdirat(name, 0755)` in `parent`, an existing entry being fine.
+fn make_dir(parent: &OwnedFd, name: &Path, at: &Path) -> Result<(), BeneathError> {
+    match nix::sys::stat::mkdirat(
+        Some(parent.as_raw_fd()),
+        name,
+        Mode::from_bits_truncate(0o755),
+    ) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(errno) => Err(BeneathError::Io {
+            at: at.into(),
+            errno,
+        }),
+    }
+}
+
+/// An empty file `name` (0644) in `parent` unless something is there (never followed).
+fn make_file(parent: &OwnedFd, name: &Path, at: &Path) -> Result<(), BeneathError> {
+    match nix::fcntl::openat(
+        Some(parent.as_raw_fd()),
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => {
+            drop(owned(fd));
+            Ok(())
+        }
+        Err(Errno::EEXIST) => Ok(()),
+        Err(errno) => Err(BeneathError::Io {
+            at: at.into(),
+            errno,
+        }),
+    }
 }
 
 /// Names the component openat2 stopped at (it reports only an errno): the walk, run on the
 /// same tree, finds it; when the tree changed in between, the errno alone has to do.
 fn classify(dir: &OwnedFd, base: &Path, parts: &[PathBuf], errno: Errno) -> BeneathError {
-    match walk_beneath(dir, base, parts) {
+    match walk_beneath(dir, base, parts, Walk::READ) {
         Err(e) => e,
         Ok(_) => BeneathError::Io {
             at: parts.iter().fold(base.to_path_buf(), |p, c| p.join(c)),
@@ -186,7 +313,7 @@ mod tests {
     /// The walk alone, as on a kernel without openat2.
     fn walk_only(base: &Path, rel: &Path) -> Result<OwnedFd, BeneathError> {
         let parts = plain_components(rel, base)?;
-        walk_beneath(&open_dir(base)?, base, &parts)
+        walk_beneath(&open_dir(base)?, base, &parts, Walk::READ)
     }
 
     const OPENERS: [(&str, Opener); 2] = [("openat2", open_beneath), ("walk", walk_only)];
@@ -278,5 +405,107 @@ mod tests {
             let st = nix::sys::stat::fstat(fd.as_raw_fd()).unwrap();
             assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO, "{name}");
         }
+    }
+
+    /// The sandbox's use: mount points made one component at a time beneath a dir fd, a
+    /// symlink anywhere on the way never followed whatever it points at (its target stays
+    /// untouched), an existing entry kept, the result an `O_PATH` fd of a dir or a file.
+    #[test]
+    fn mount_points_are_made_beneath_without_following_symlinks() {
+        let t = tree();
+        let base = t.path().join("base");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, base.join("local/out")).unwrap();
+        let dir = open_dir(&base).unwrap();
+        let make = |rel: &str, file: bool| {
+            let parts = plain_components(Path::new(rel), &base)?;
+            walk_beneath(&dir, &base, &parts, Walk::mount_point(file))
+        };
+        for rel in [
+            "local/out/x",
+            "local/out",
+            "local/up/x",
+            "local/subdir/new",
+            "local/inside.py",
+        ] {
+            for file in [false, true] {
+                let e = make(rel, file).unwrap_err();
+                assert!(
+                    matches!(e, BeneathError::Symlink { .. }),
+                    "{rel} file={file}: {e:?}"
+                );
+                assert_eq!(std::io::Error::from(e).raw_os_error(), Some(libc::ELOOP));
+            }
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        let kind =
+            |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_mode & libc::S_IFMT;
+        let d = make("new/a/b", false).unwrap();
+        assert_eq!(kind(&d), libc::S_IFDIR);
+        let f = make("new/a/f", true).unwrap();
+        assert_eq!(kind(&f), libc::S_IFREG);
+        assert!(base.join("new/a/b").is_dir() && base.join("new/a/f").is_file());
+        // Existing entries are kept: the file's content, the dir's entries.
+        let f = make("local/sub/app.py", true).unwrap();
+        assert_eq!(kind(&f), libc::S_IFREG);
+        assert_eq!(
+            std::fs::read_to_string(base.join("local/sub/app.py")).unwrap(),
+            "x"
+        );
+        assert!(make("local/sub", false).is_ok());
+        // A file where a dir is wanted, on the way or last.
+        let e = make("local/sub/app.py/x", false).unwrap_err();
+        assert!(matches!(e, BeneathError::NotADirectory { .. }), "{e:?}");
+        let e = make("local/sub/app.py", false).unwrap_err();
+        assert_eq!(std::io::Error::from(e).raw_os_error(), Some(libc::ENOTDIR));
+        assert_eq!(
+            std::io::Error::from(plain_components(Path::new("../x"), &base).unwrap_err())
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    }
+
+    /// The log FIFOs' use: an `O_PATH` fd of any entry but a symlink (a dir too), nothing
+    /// made; a symlink last or on the way is named.
+    #[test]
+    fn path_fds_refuse_symlinks_anywhere() {
+        let t = tree();
+        let base = t.path().join("base");
+        let dir = open_dir(&base).unwrap();
+        let walk = |rel: &str| {
+            let parts = plain_components(Path::new(rel), &base)?;
+            walk_beneath(&dir, &base, &parts, Walk::PATH)
+        };
+        assert!(walk("local/sub/app.py").is_ok());
+        assert!(walk("local/sub").is_ok());
+        for rel in ["local/inside.py", "local/subdir", "local/subdir/app.py"] {
+            let e = walk(rel).unwrap_err();
+            assert!(matches!(e, BeneathError::Symlink { .. }), "{rel}: {e:?}");
+        }
+        assert_eq!(
+            walk("local/nope").unwrap_err(),
+            BeneathError::Missing {
+                at: base.join("local/nope")
+            }
+        );
+        assert!(!base.join("local/nope").exists());
+    }
+
+    /// Without `create` a missing component is named, never made.
+    #[test]
+    fn reading_makes_nothing() {
+        let t = tree();
+        let base = t.path().join("base");
+        let dir = open_dir(&base).unwrap();
+        let parts = plain_components(Path::new("new/x"), &base).unwrap();
+        let e = walk_beneath(&dir, &base, &parts, Walk::READ).unwrap_err();
+        assert_eq!(
+            e,
+            BeneathError::Missing {
+                at: base.join("new")
+            }
+        );
+        assert!(!base.join("new").exists());
     }
 }

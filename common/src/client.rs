@@ -99,9 +99,10 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::executor::{self as api, executor_server};
-    use tonic::codegen::tokio_stream::wrappers::UnixListenerStream;
-    use tonic::{Request, Response, Status};
+    use crate::proto::executor as api;
+    use crate::testing::fake_shim::{FakeShim, Script};
+    use std::sync::Arc;
+    use tonic::Status;
 
     #[tokio::test]
     async fn missing_and_refused_sockets_say_so() {
@@ -127,87 +128,18 @@ mod tests {
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
     }
 
-    /// Answers Status only; enough to prove the transport works end to end.
-    struct Fake;
-
-    type Usage = tonic::codegen::BoxStream<api::ResourceUsage>;
-
-    #[tonic::async_trait]
-    impl executor_server::Executor for Fake {
-        async fn start(
-            &self,
-            _: Request<api::StartRequest>,
-        ) -> Result<Response<api::StartResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn wait(
-            &self,
-            _: Request<api::WaitRequest>,
-        ) -> Result<Response<api::WaitResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn stop(
-            &self,
-            _: Request<api::StopRequest>,
-        ) -> Result<Response<api::StopResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn signal(
-            &self,
-            _: Request<api::SignalRequest>,
-        ) -> Result<Response<api::SignalResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn status(
-            &self,
-            _: Request<api::StatusRequest>,
-        ) -> Result<Response<api::StatusResponse>, Status> {
-            Ok(Response::new(api::StatusResponse {
-                task_id: "a/b/c".into(),
-                ..Default::default()
-            }))
-        }
-        type StatsStream = Usage;
-        async fn stats(&self, _: Request<api::StatsRequest>) -> Result<Response<Usage>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        type EventsStream = tonic::codegen::BoxStream<api::ShimEvent>;
-        async fn events(
-            &self,
-            _: Request<api::EventsRequest>,
-        ) -> Result<Response<Self::EventsStream>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn shutdown(
-            &self,
-            _: Request<api::ShutdownRequest>,
-        ) -> Result<Response<api::ShutdownResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        type ExecStream = tonic::codegen::BoxStream<api::ExecResponse>;
-        async fn exec(
-            &self,
-            _: Request<tonic::Streaming<api::ExecRequest>>,
-        ) -> Result<Response<Self::ExecStream>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-    }
-
-    #[tokio::test]
+    /// Enough to prove the transport works end to end: an answer and an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn talks_to_a_server_on_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("ok.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(executor_server::ExecutorServer::new(Fake))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
+        let script = Arc::new(Script::default());
+        *script.start_error.lock().unwrap() = Some(Status::unimplemented("fake"));
+        let _shim = FakeShim::serve(&sock, "a/b/c", script);
         let mut c = connect(&sock).await.unwrap();
         let s = c.status(api::StatusRequest {}).await.unwrap().into_inner();
         assert_eq!(s.task_id, "a/b/c");
         let e = c.start(api::StartRequest {}).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        server.abort();
     }
 }

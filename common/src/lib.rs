@@ -21,6 +21,7 @@ pub mod shim_api;
 pub mod signals;
 pub mod spec;
 pub mod state;
+pub mod sync;
 #[doc(hidden)]
 pub mod testing;
 pub mod usage;

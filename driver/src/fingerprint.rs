@@ -277,11 +277,9 @@ async fn executor_version(bin: &Path, timeout: Duration) -> Result<(String, u32)
     );
     static LAST: std::sync::Mutex<Option<Probe>> = std::sync::Mutex::new(None);
     let now = stamp(bin);
-    if let Ok(last) = LAST.lock() {
-        if let Some((s, p, r)) = last.as_ref() {
-            if *s == now && now.is_some() && p == bin {
-                return r.clone();
-            }
+    if let Some((s, p, r)) = common::sync::lock(&LAST).as_ref() {
+        if *s == now && now.is_some() && p == bin {
+            return r.clone();
         }
     }
     let result = run_probe(bin, &["--version"], timeout)
@@ -295,9 +293,7 @@ async fn executor_version(bin: &Path, timeout: Duration) -> Result<(String, u32)
                 )
             })
         });
-    if let Ok(mut last) = LAST.lock() {
-        *last = Some((now, bin.to_path_buf(), result.clone()));
-    }
+    *common::sync::lock(&LAST) = Some((now, bin.to_path_buf(), result.clone()));
     result
 }
 

@@ -6,6 +6,7 @@
 //! (they live in their shims, and any new plugin process recovers them), so after
 //! `IDLE_EXIT` without a single connection the plugin leaves.
 
+use common::sync::lock;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ impl Connections {
         if self.open() > 0 {
             return None;
         }
-        self.last_closed.lock().ok()?.map(|t| t.elapsed())
+        lock(&self.last_closed).map(|t| t.elapsed())
     }
 
     pub fn track(self: &Arc<Self>, stream: UnixStream) -> Tracked {
@@ -54,9 +55,7 @@ pub struct Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Ok(mut t) = self.conns.last_closed.lock() {
-            *t = Some(Instant::now());
-        }
+        *lock(&self.conns.last_closed) = Some(Instant::now());
         self.conns.open.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -148,11 +148,10 @@ impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for HclogLayer<W> {
             visitor.fields,
             time::OffsetDateTime::now_utc(),
         );
-        if let Ok(mut out) = self.out.lock() {
-            // One write per line so concurrent lines never interleave.
-            let _ = out.write_all(format!("{line}\n").as_bytes());
-            let _ = out.flush();
-        }
+        let mut out = common::sync::lock(&self.out);
+        // One write per line so concurrent lines never interleave.
+        let _ = out.write_all(format!("{line}\n").as_bytes());
+        let _ = out.flush();
     }
 }
 

@@ -79,10 +79,7 @@ impl Plugin {
     /// True the first time `feature` is refused to `task_id`'s shim (one task event each).
     #[allow(dead_code)]
     pub fn first_refusal(&self, task_id: &str, feature: common::shim_api::Feature) -> bool {
-        self.refusals
-            .lock()
-            .map(|mut r| r.insert((task_id.to_owned(), feature)))
-            .unwrap_or(true)
+        common::sync::lock(&self.refusals).insert((task_id.to_owned(), feature))
     }
 
     /// Publishes a task event (a `Driver` event in `nomad alloc status`).

@@ -76,15 +76,7 @@ fn main() {
             let t_rpc = t0.elapsed();
             ready_ms.push(t_ready.as_secs_f64() * 1000.0);
             rpc_ms.push(t_rpc.as_secs_f64() * 1000.0);
-            shims.push((
-                Shim {
-                    spec: s,
-                    spec_path: p,
-                    child: Some(child),
-                    ready_line: line,
-                },
-                c,
-            ));
+            shims.push((Shim::of(s, &p, child, line), c));
         }
         let idle: Vec<f64> = shims
             .iter()

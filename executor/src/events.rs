@@ -32,7 +32,7 @@ impl Events {
             at_unix_ms: common::state::now_ms(),
         };
         // Sent under the lock `subscribe` takes: a new subscriber gets each event once.
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = common::sync::lock(&self.recent);
         if recent.len() == REMEMBERED {
             recent.pop_front();
         }
@@ -46,7 +46,7 @@ impl Events {
         &self,
         since_unix_ms: i64,
     ) -> (Vec<ShimEvent>, broadcast::Receiver<ShimEvent>) {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = common::sync::lock(&self.recent);
         let past = recent
             .iter()
             .filter(|e| e.at_unix_ms >= since_unix_ms)

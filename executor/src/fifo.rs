@@ -153,38 +153,16 @@ fn path_fd_beneath(base: &Path, rel: &Path) -> Result<OwnedFd, BeneathError> {
     };
     let fd = match found {
         Ok(fd) => owned(fd),
-        // Older kernels, or a failure to put in words: the O_NOFOLLOW walk to the dir (it
-        // names the component that stopped it), then the last name as O_PATH, not followed.
+        // Older kernels, or a failure to put in words: the O_NOFOLLOW walk (it names the
+        // component that stopped it), the last name as O_PATH, not followed.
         Err(errno) => {
-            let (last, dirs) = parts.split_last().ok_or(BeneathError::Empty)?;
-            let mut walk: Vec<PathBuf> = dirs.to_vec();
-            walk.push(PathBuf::from("."));
-            let parent = beneath::walk_beneath(&dir, base, &walk)?;
-            let at = base.join(&clean);
-            let fd = nix::fcntl::openat(
-                Some(parent.as_raw_fd()),
-                last.as_path(),
-                flags,
-                Mode::empty(),
-            )
-            .map(owned)
-            .map_err(|e| match e {
-                Errno::ENOENT => BeneathError::Missing { at: at.clone() },
-                errno => BeneathError::Io {
-                    at: at.clone(),
-                    errno,
-                },
-            })?;
-            let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|errno| BeneathError::Io {
-                at: at.clone(),
-                errno,
-            })?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                return Err(BeneathError::Symlink { at });
-            }
+            let fd = beneath::walk_beneath(&dir, base, &parts, beneath::Walk::PATH)?;
             if errno != Errno::ENOSYS {
                 // openat2 refused what the walk accepts: the tree changed in between.
-                return Err(BeneathError::Io { at, errno });
+                return Err(BeneathError::Io {
+                    at: base.join(&clean),
+                    errno,
+                });
             }
             fd
         }

@@ -76,10 +76,8 @@ impl Subscriber for Logger {
 
     fn event(&self, event: &Event<'_>) {
         let line = format_event(event, self.json, SystemTime::now());
-        if let Ok(mut out) = self.out.lock() {
-            // One write per line: lines of concurrent writers never interleave in the file.
-            let _ = out.write_all(line.as_bytes());
-        }
+        // One write per line: lines of concurrent writers never interleave in the file.
+        let _ = common::sync::lock(&self.out).write_all(line.as_bytes());
     }
 
     fn enter(&self, _: &span::Id) {}

@@ -96,7 +96,7 @@ impl Children {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Reaped>>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+        common::sync::lock(&self.waiters)
     }
 }
 

@@ -39,13 +39,11 @@ static INIT_BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// For callers that are not `elide-executor` themselves (tests): the binary to run.
 pub fn set_init_binary(path: PathBuf) {
-    *INIT_BINARY.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    *common::sync::lock(&INIT_BINARY) = Some(path);
 }
 
 fn init_binary() -> PathBuf {
-    INIT_BINARY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    common::sync::lock(&INIT_BINARY)
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }

@@ -14,12 +14,13 @@ use common::spec::TaskSpec;
 use common::state::{
     now_ms, ExitRecord, ExitSummary, SandboxState, StateError, TaskState, STATE_VERSION,
 };
+use common::sync::lock;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -36,10 +37,6 @@ const GROUP_RECHECK: Duration = Duration::from_millis(100);
 /// for the output pipes to reach EOF before it records the exit anyway (only a process that
 /// survived SIGKILL, or one outside the task holding a pipe, makes it wait that long).
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub struct Shim {
     pub spec: TaskSpec,

@@ -12,17 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Waits (bounded) until something accepts on `socket`; for shims that have no readiness
-/// pipe to say so.
-async fn until_serving(socket: &Path) {
-    within("the shim to serve its socket", async {
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
 /// CPU time (user + system, clock ticks) a process has used so far.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -54,8 +43,7 @@ async fn a_closed_ready_fd_is_not_adopted() {
     let s = spec(dir.path(), "exit 7");
     let p = write_spec(&s, dir.path());
     let child = spawn_serve(&p, &s.task_id, ServeFds::default());
-    let shim = Shim::of(s, &p, child, String::new());
-    until_serving(&shim.spec.socket_path).await;
+    let shim = Shim::of(s, &p, child, String::new()).until_serving().await;
     let mut c = shim.client().await;
     c.start(api::StartRequest {}).await.unwrap();
     let exit = within("wait", c.wait(api::WaitRequest {}))
@@ -85,8 +73,7 @@ async fn a_ready_fd_that_is_not_a_pipe_is_left_alone() {
         },
     );
     drop(file);
-    let shim = Shim::of(s, &p, child, String::new());
-    until_serving(&shim.spec.socket_path).await;
+    let shim = Shim::of(s, &p, child, String::new()).until_serving().await;
     shim.client()
         .await
         .status(api::StatusRequest {})
@@ -140,20 +127,11 @@ async fn idle_connections_beyond_the_fd_limit_neither_spin_nor_lock_out_a_client
     let dir = short_dir();
     let s = spec(dir.path(), "exec sleep 1000");
     let p = write_spec(&s, dir.path());
-    let (r, w) = ready_pipe();
-    let child = spawn_serve(
-        &p,
-        &s.task_id,
-        ServeFds {
-            fd3: Some(w.as_raw_fd()),
-            nofile: Some(64),
-            ..Default::default()
-        },
-    );
-    drop(w);
-    let line = read_ready(r);
-    assert_eq!(line, "READY\n");
-    let shim = Shim::of(s, &p, child, line);
+    let fds = ServeFds {
+        nofile: Some(64),
+        ..Default::default()
+    };
+    let shim = launch_with(s, &p, fds, None);
     let mut idle: Vec<std::os::unix::net::UnixStream> = (0..100)
         .map(|_| std::os::unix::net::UnixStream::connect(&shim.spec.socket_path).unwrap())
         .collect();
@@ -239,25 +217,12 @@ async fn the_task_env_reaches_the_runtime_but_never_the_disk() {
     s.env.insert("NOMAD_TOKEN".into(), SECRET.into());
     s.env.insert("VAULT_TOKEN".into(), SECRET.into());
     s.stdout_path = out.path.clone();
-    let (r, w) = ready_pipe();
-    let mut child = spawn_serve(
-        Path::new("-"),
-        &s.task_id,
-        ServeFds {
-            fd3: Some(w.as_raw_fd()),
-            piped_stdin: true,
-            ..Default::default()
-        },
-    );
-    drop(w);
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(&serde_json::to_vec(&s).unwrap()).unwrap();
-    }
-    let line = read_ready(r);
-    assert_eq!(line, "READY\n");
-    let shim = Shim::of(s, Path::new("-"), child, line);
+    let fds = ServeFds {
+        piped_stdin: true,
+        ..Default::default()
+    };
+    let json = serde_json::to_vec(&s).unwrap();
+    let shim = launch_with(s, Path::new("-"), fds, Some(&json));
     // The shim keeps nothing of the pipe it read the spec from.
     let stdin = std::fs::read_link(format!("/proc/{}/fd/0", shim.pid())).unwrap();
     assert_eq!(stdin, Path::new("/dev/null"));

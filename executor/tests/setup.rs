@@ -3,7 +3,7 @@
 mod support;
 
 use common::proto::executor as api;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use support::*;
 
@@ -70,14 +70,7 @@ fn the_command_line_names_the_specs_task_and_nothing_else() {
     let dir = short_dir();
     let s = spec(dir.path(), "exit 0");
     let p = write_spec(&s, dir.path());
-    let (r, w) = ready_pipe();
-    let fds = ServeFds {
-        fd3: Some(w.as_raw_fd()),
-        ..Default::default()
-    };
-    let mut child = spawn_serve(&p, "other-alloc/web/0", fds);
-    drop(w);
-    let line = read_ready(r);
+    let (mut child, line) = spawn_ready(&p, "other-alloc/web/0", ServeFds::default(), None);
     assert_eq!(child.wait().unwrap().code(), Some(1));
     assert!(
         line.starts_with("ERROR --task \"other-alloc/web/0\" is not the spec's task_id")
@@ -219,12 +212,7 @@ async fn the_runtime_inherits_no_stray_fds() {
     let (_r, leaked): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
     let (child, line) = launch_raw(&p, Some(&leaked));
     assert_eq!(line, "READY\n");
-    let shim = Shim {
-        spec: s,
-        spec_path: p,
-        child: Some(child),
-        ready_line: line,
-    };
+    let shim = Shim::of(s, &p, child, line);
     let fds_of = |pid: i32| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()

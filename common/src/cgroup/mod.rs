@@ -404,7 +404,7 @@ impl TaskCgroup {
     pub fn counters(&self) -> Counters {
         // Only the files a sample needs, opened once, each read with one pread
         // (crate::usage): this runs every second for every task.
-        let mut reader = self.counter_files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reader = crate::sync::lock(&self.counter_files);
         if reader.is_none() {
             *reader = crate::usage::CounterReader::open(self.version == Version::V2, &self.dirs());
         }
@@ -413,7 +413,7 @@ impl TaskCgroup {
 
     /// Removes the cgroups we created (after everything inside is gone); never Nomad's.
     pub fn remove(&self) {
-        *self.counter_files.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::sync::lock(&self.counter_files) = None;
         for m in self.members.iter().rev().filter(|m| m.owned) {
             let _ = m.cgroup.delete();
         }

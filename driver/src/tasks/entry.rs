@@ -7,6 +7,7 @@ use super::handle::DriverState;
 use common::proto::executor as shim;
 use common::proto::executor::executor_client::ExecutorClient;
 use common::state::TaskState as ShimState;
+use common::sync::lock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,28 +47,24 @@ impl TaskEntry {
     }
 
     pub fn set_event_forwarder(&self, f: tokio::task::AbortHandle) {
-        if let Ok(mut old) = self.event_forwarder.lock() {
-            if let Some(old) = old.replace(f) {
-                old.abort();
-            }
+        if let Some(old) = lock(&self.event_forwarder).replace(f) {
+            old.abort();
         }
     }
 
     /// Stops forwarding the shim's events (the task is being destroyed).
     pub fn stop_event_forwarder(&self) {
-        if let Some(f) = self.event_forwarder.lock().ok().and_then(|mut f| f.take()) {
+        if let Some(f) = lock(&self.event_forwarder).take() {
             f.abort();
         }
     }
 
     pub fn set_orphaned_logmon_fifo(&self, fifo: PathBuf) {
-        if let Ok(mut f) = self.orphaned_logmon_fifo.lock() {
-            *f = Some(fifo);
-        }
+        *lock(&self.orphaned_logmon_fifo) = Some(fifo);
     }
 
     pub fn orphaned_logmon_fifo(&self) -> Option<PathBuf> {
-        self.orphaned_logmon_fifo.lock().ok()?.clone()
+        lock(&self.orphaned_logmon_fifo).clone()
     }
 
     /// True the first time only (concurrent WaitTask callers publish one event).
@@ -76,13 +73,11 @@ impl TaskEntry {
     }
 
     pub fn cached_exit(&self) -> Option<shim::ExitStatus> {
-        self.exit.lock().ok()?.clone()
+        lock(&self.exit).clone()
     }
 
     pub fn set_exit(&self, e: shim::ExitStatus) {
-        if let Ok(mut x) = self.exit.lock() {
-            *x = Some(e);
-        }
+        *lock(&self.exit) = Some(e);
     }
 
     /// A connected client to the shim (dialled lazily, re-dialled after failures).

@@ -2,6 +2,7 @@
 //! from RecoverTask.
 
 use super::entry::TaskEntry;
+use common::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -12,23 +13,19 @@ pub struct TaskStore {
 
 impl TaskStore {
     pub fn get(&self, id: &str) -> Option<Arc<TaskEntry>> {
-        self.tasks.lock().ok()?.get(id).cloned()
+        lock(&self.tasks).get(id).cloned()
     }
 
     pub fn insert(&self, entry: Arc<TaskEntry>) {
-        if let Ok(mut t) = self.tasks.lock() {
-            t.insert(entry.state.task_id.clone(), entry);
-        }
+        lock(&self.tasks).insert(entry.state.task_id.clone(), entry);
     }
 
     pub fn remove(&self, id: &str) {
-        if let Ok(mut t) = self.tasks.lock() {
-            t.remove(id);
-        }
+        lock(&self.tasks).remove(id);
     }
 
     /// How many tasks this plugin process tracks (for logs).
     pub fn len(&self) -> usize {
-        self.tasks.lock().map(|t| t.len()).unwrap_or(0)
+        lock(&self.tasks).len()
     }
 }

@@ -237,7 +237,7 @@ fn open_pty(size: WindowSize, plan: &Plan) -> Result<(OwnedFd, OwnedFd), Failure
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
         return Err(os_err(Step::Terminal, "setting the window size"));
     }
-    if let Some(u) = &plan.credentials.user {
+    if let Some(u) = &plan.process.credentials.user {
         // The task user may reopen its terminal (/dev/pts/N), as login would allow it.
         // SAFETY: fchown on an fd we own.
         if unsafe { libc::fchown(slave.as_raw_fd(), u.uid, u.gid) } < 0 {
@@ -280,7 +280,7 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
             }
         }
     }
-    if let Err(f) = plan.credentials.apply() {
+    if let Err(f) = plan.process.credentials.apply() {
         return f;
     }
     // SAFETY: prctl with integer arguments (the user switch cleared any earlier setting).
@@ -296,14 +296,14 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
         );
     }
     // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(plan.umask as libc::mode_t) };
-    if let Err(e) = std::env::set_current_dir(&plan.cwd) {
-        return Failure::new(Step::Cwd, plan.cwd.display().to_string(), &e);
+    unsafe { libc::umask(plan.process.umask as libc::mode_t) };
+    if let Err(e) = std::env::set_current_dir(&plan.process.cwd) {
+        return Failure::new(Step::Cwd, plan.process.cwd.display().to_string(), &e);
     }
     // Default dispositions and no blocked signal (ours are all blocked).
     // SAFETY: this single-threaded child only changes its own signal state.
     unsafe { crate::runtime::default_signals() };
-    let Some((program, args)) = plan.argv.split_first() else {
+    let Some((program, args)) = plan.process.argv.split_first() else {
         return Failure::new(
             Step::Plan,
             "empty command",
@@ -311,7 +311,7 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
         );
     };
     // The task's syscall filter, last (as sandbox-init does before the runtime's exec).
-    if let Some(f) = &plan.credentials.seccomp {
+    if let Some(f) = &plan.process.credentials.seccomp {
         if let Err(f) = crate::sandbox::seccomp::install(f) {
             return f;
         }
@@ -320,7 +320,7 @@ fn become_command(plan: &Plan, tty: Option<&OwnedFd>) -> Failure {
     let e = Command::new(program)
         .args(args)
         .env_clear()
-        .envs(&plan.env)
+        .envs(&plan.process.env)
         .exec();
     Failure::new(Step::Exec, program.clone(), &e)
 }

@@ -38,8 +38,6 @@ pub use session::{relay, start, Started};
 use common::error::FieldError;
 use common::state::SandboxState;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// The hidden subcommand (not for operators).
 pub const EXEC_COMMAND: &str = "sandbox-exec";
@@ -104,11 +102,8 @@ pub struct Namespace {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub cwd: PathBuf,
-    pub umask: u32,
-    pub credentials: crate::sandbox::creds::Credentials,
+    /// The command: its argv, the task's env, cwd, umask and credentials.
+    pub process: crate::sandbox::Process,
     /// The process whose namespaces are joined: the runtime (or the init of its PID
     /// namespace).
     pub target_pid: i32,
@@ -163,6 +158,7 @@ pub fn clone_flag(kind: &str) -> Option<libc::c_int> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn namespaces_are_joined_in_order_and_only_the_sandboxs_own() {

@@ -16,6 +16,7 @@ use crate::reaper::Reaped;
 use crate::runtime::{self, ChildFds};
 use crate::sandbox::creds::Credentials;
 use crate::sandbox::report::{Failure, Step};
+use crate::sandbox::Process;
 use crate::shim::Shim;
 use common::proto::executor as api;
 use common::state::ExitSummary;
@@ -149,11 +150,13 @@ pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecE
         WindowSize::from_api(s.rows, s.cols)
     });
     let plan = Plan {
-        argv: argv.clone(),
-        env: spec.env.clone(),
-        cwd: spec.cwd.clone(),
-        umask: runtime::task_umask(),
-        credentials: Credentials::for_task(spec.sandbox.as_ref(), user),
+        process: Process {
+            argv: argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            umask: runtime::task_umask(),
+            credentials: Credentials::for_task(spec.sandbox.as_ref(), user),
+        },
         target_pid,
         namespaces,
         netns: netns.is_some(),
@@ -259,11 +262,11 @@ pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecE
 
 /// What a failed step means for the caller.
 fn failure_error(f: Failure, plan: &Plan, user: String) -> ExecError {
-    let program = plan.argv.first().cloned().unwrap_or_default();
+    let program = plan.process.argv.first().cloned().unwrap_or_default();
     match (f.step, f.errno) {
         (Step::Exec, libc::ENOENT) => ExecError::NotFound {
             program,
-            path: plan.env.get("PATH").cloned().unwrap_or_default(),
+            path: plan.process.env.get("PATH").cloned().unwrap_or_default(),
         },
         (Step::Exec, libc::EACCES | libc::EPERM) => ExecError::NotExecutable { program, user },
         (Step::Exec, _) => ExecError::Exec {

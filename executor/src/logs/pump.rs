@@ -14,9 +14,10 @@
 
 use super::rotator::{LogDir, Rotator, WriteError};
 use super::Events;
+use common::sync::lock;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::watch;
@@ -46,10 +47,6 @@ pub struct Collector {
     dir: PathBuf,
     stats: Mutex<[StreamStats; 2]>,
     drained: watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Collector {

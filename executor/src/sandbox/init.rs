@@ -58,7 +58,7 @@ fn run() -> Result<i32, Failure> {
     if let Some(m) = &plan.mounts {
         super::mounts::apply(m)?;
     }
-    plan.credentials.apply()?;
+    plan.process.credentials.apply()?;
     // The user switch cleared the parent-death signal set before the exec of this process.
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } < 0 {
@@ -73,10 +73,10 @@ fn run() -> Result<i32, Failure> {
         ));
     }
     // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(plan.umask as libc::mode_t) };
-    std::env::set_current_dir(&plan.cwd)
-        .map_err(|e| Failure::new(Step::Cwd, plan.cwd.display().to_string(), &e))?;
-    let (program, args) = plan.argv.split_first().ok_or_else(|| {
+    unsafe { libc::umask(plan.process.umask as libc::mode_t) };
+    std::env::set_current_dir(&plan.process.cwd)
+        .map_err(|e| Failure::new(Step::Cwd, plan.process.cwd.display().to_string(), &e))?;
+    let (program, args) = plan.process.argv.split_first().ok_or_else(|| {
         Failure::new(
             Step::Plan,
             "empty argv",
@@ -84,11 +84,11 @@ fn run() -> Result<i32, Failure> {
         )
     })?;
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().envs(&plan.env);
+    cmd.args(args).env_clear().envs(&plan.process.env);
     // Last: everything above may need a call the filter refuses. As PID 1 this process is
     // filtered too (it only waits, forwards signals and forks the runtime). Taken out of
     // the plan: the init does not keep the program's text for the task's whole life.
-    if let Some(f) = plan.credentials.seccomp.take() {
+    if let Some(f) = plan.process.credentials.seccomp.take() {
         super::seccomp::install(&f)?;
     }
     crate::coverage::helper_dump();

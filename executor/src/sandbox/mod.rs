@@ -29,7 +29,6 @@
 
 pub mod creds;
 pub mod init;
-pub mod mountapi;
 pub mod mounts;
 pub mod report;
 pub mod seccomp;
@@ -48,15 +47,23 @@ pub const ALIVE_FD: i32 = 5;
 pub const STATUS_FD: i32 = 6;
 pub const NETNS_FD: i32 = 7;
 
-/// Everything `sandbox-init` needs, computed by the shim.
+/// The process a sandbox runs, as the task's runtime (`sandbox-init`) or as a command inside
+/// a running task (`sandbox-exec`, [`crate::exec::Plan`]): what it execs, where, as whom.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Plan {
+pub struct Process {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub umask: u32,
     pub credentials: creds::Credentials,
+}
+
+/// Everything `sandbox-init` needs, computed by the shim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub process: Process,
     /// [`NETNS_FD`] is open: join it.
     pub netns: bool,
     pub mounts: Option<mounts::MountPlan>,
@@ -74,11 +81,13 @@ pub fn plan_for(spec: &TaskSpec, user: Option<creds::User>, umask: u32) -> Plan 
         .map(PathBuf::from)
         .collect();
     Plan {
-        argv: spec.argv.clone(),
-        env: spec.env.clone(),
-        cwd: spec.cwd.clone(),
-        umask,
-        credentials: creds::Credentials::for_task(sandbox, user),
+        process: Process {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            umask,
+            credentials: creds::Credentials::for_task(sandbox, user),
+        },
         netns: spec.netns_path.is_some(),
         mounts: sandbox.map(|s| mounts::plan(s, &spec.cwd, &shim_dirs)),
         pid_init: sandbox.is_some_and(|s| s.pid_mode.is_private()),
@@ -121,9 +130,9 @@ mod tests {
         let s = spec(None);
         assert_eq!(clone_flags(&s), 0);
         let p = plan_for(&s, None, 0o022);
-        assert_eq!(p.credentials, creds::Credentials::default());
+        assert_eq!(p.process.credentials, creds::Credentials::default());
         assert!(p.mounts.is_none() && !p.pid_init && p.netns);
-        assert_eq!(p.env["A"], "1");
+        assert_eq!(p.process.env["A"], "1");
     }
 
     #[test]
@@ -137,8 +146,11 @@ mod tests {
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC
         );
         let p = plan_for(&s, None, 0o022);
-        assert!(p.pid_init && p.credentials.no_new_privs);
-        assert_eq!(p.credentials.capabilities.as_ref().unwrap().len(), 12);
+        assert!(p.pid_init && p.process.credentials.no_new_privs);
+        assert_eq!(
+            p.process.credentials.capabilities.as_ref().unwrap().len(),
+            12
+        );
         let m = p.mounts.unwrap();
         assert!(m.new_root);
         // The new root shows only its binds: the shim's dirs are simply not in it.

@@ -238,34 +238,59 @@ pub fn task_id_of(spec_path: &Path) -> String {
         .unwrap_or_else(|| "no-spec/t/0".into())
 }
 
+/// [`spawn_serve`] with a readiness pipe as fd 3 (`fds.fd3` is set here), `stdin` written to
+/// the shim's stdin (the spec, for `--spec -`; needs `fds.piped_stdin`), then the readiness
+/// line read: `READY\n` or `ERROR <why>`.
+pub fn spawn_ready(
+    spec_path: &Path,
+    task_id: &str,
+    fds: ServeFds,
+    stdin: Option<&[u8]>,
+) -> (Child, String) {
+    let (r, w) = ready_pipe();
+    let mut child = spawn_serve(
+        spec_path,
+        task_id,
+        ServeFds {
+            fd3: Some(w.as_raw_fd()),
+            ..fds
+        },
+    );
+    drop(w);
+    if let Some(bytes) = stdin {
+        use std::io::Write;
+        let mut pipe = child
+            .stdin
+            .take()
+            .expect("spawn_ready: stdin needs piped_stdin");
+        pipe.write_all(bytes).expect("write the shim's stdin");
+    }
+    (child, read_ready(r))
+}
+
 /// Starts `elide-executor serve` like the plugin does and reads its readiness line.
 /// `extra_fd`: an fd left open (not CLOEXEC) in the shim as fd 7, to check the shim does not
 /// pass inherited fds on to the runtime.
 pub fn launch_raw(spec_path: &Path, extra_fd: Option<&OwnedFd>) -> (Child, String) {
-    let (r, w) = ready_pipe();
-    let child = spawn_serve(
-        spec_path,
-        &task_id_of(spec_path),
-        ServeFds {
-            fd3: Some(w.as_raw_fd()),
-            fd7: extra_fd.map(|f| f.as_raw_fd()),
-            ..Default::default()
-        },
-    );
-    drop(w);
-    (child, read_ready(r))
+    let fds = ServeFds {
+        fd7: extra_fd.map(|f| f.as_raw_fd()),
+        ..Default::default()
+    };
+    spawn_ready(spec_path, &task_id_of(spec_path), fds, None)
 }
 
+/// A shim for `spec` (written at `spec_path`, or `-` with `stdin`), started like the plugin
+/// does with `fds`, once it said READY.
+pub fn launch_with(spec: TaskSpec, spec_path: &Path, fds: ServeFds, stdin: Option<&[u8]>) -> Shim {
+    let (child, line) = spawn_ready(spec_path, &spec.task_id, fds, stdin);
+    assert_eq!(line, "READY\n", "the shim did not get ready");
+    Shim::of(spec, spec_path, child, line)
+}
+
+/// A shim for `spec` (its spec file written in `dir`), once it said READY.
 pub fn launch(spec: TaskSpec, dir: &Path) -> Shim {
     let spec_path = write_spec(&spec, dir);
-    let (child, line) = launch_raw(&spec_path, None);
-    assert_eq!(line, "READY\n", "the shim did not get ready");
-    Shim {
-        spec,
-        spec_path,
-        child: Some(child),
-        ready_line: line,
-    }
+    launch_with(spec, &spec_path, ServeFds::default(), None)
 }
 
 /// Launches a shim for `spec` (in the parent of its socket dir), starts the task and waits
@@ -307,6 +332,18 @@ impl Shim {
             child: Some(child),
             ready_line,
         }
+    }
+
+    /// Waits (bounded) until something accepts on the shim's socket; for shims that have no
+    /// readiness pipe to say so.
+    pub async fn until_serving(self) -> Shim {
+        within("the shim to serve its socket", async {
+            while std::os::unix::net::UnixStream::connect(&self.spec.socket_path).is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        self
     }
 
     pub fn pid(&self) -> i32 {

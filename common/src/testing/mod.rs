@@ -1,5 +1,9 @@
 //! Helpers for the workspace's tests (not used by the binaries).
 
+/// The fake shim (feature `fake-shim`, on for the plugin's tests).
+#[cfg(any(test, feature = "fake-shim"))]
+pub mod fake_shim;
+
 /// Whether a test that needs root may go on. As root: true. Otherwise the test cannot run:
 /// under CI (`CI` set, as `.ci/run` does) or with `NDE_REQUIRE_ROOT` set (as `scripts/test`
 /// does when it runs as root) that is a failure, never a silent pass; elsewhere (a developer

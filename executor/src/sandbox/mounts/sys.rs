@@ -1,8 +1,9 @@
 //! Thin wrappers over the file-descriptor mount API the sandbox is built with: `open_tree`,
 //! `move_mount`, `fsopen`/`fsconfig`/`fsmount` (Linux 5.2), `openat2` (5.6), `mount_setattr`
-//! (5.12) and `pivot_root`. Every mount the sandbox makes acts on an fd that was obtained
-//! without following a symlink a task could have planted, never on a path looked up again
-//! later (issue #18, item 1). Kernels without these calls get [`needs_kernel`]'s error.
+//! (5.12), `pivot_root` and `mount(MS_PRIVATE)`. Every mount the sandbox makes acts on an fd
+//! that was obtained without following a symlink a task could have planted, never on a path
+//! looked up again later (issue #18, item 1). Kernels without these calls get
+//! [`needs_kernel`]'s error.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -239,44 +240,6 @@ pub fn open_path(path: &Path, extra: libc::c_int) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// `mkdirat`, an existing entry being fine.
-pub fn mkdir_at(dir: &OwnedFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: mkdirat relative to a live dir fd.
-    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) } < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-/// Creates an empty file `name` in `dir` unless something is there (never followed).
-pub fn mkfile_at(dir: &OwnedFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: openat relative to a live dir fd; the created fd is closed at once.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EEXIST) {
-            Ok(())
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: closing the fd just opened.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
 /// `symlinkat`.
 pub fn symlink_at(target: &Path, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let t = cstr(target.as_os_str())?;
@@ -331,4 +294,16 @@ pub fn pivot_into(root: &OwnedFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `mount --make-rprivate /`: no mount event goes to or comes from the host any more.
+pub fn make_rprivate() -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
