@@ -181,6 +181,9 @@ pub struct PluginConfig {
     /// operator's `seccomp_denied_syscalls`; None with `seccomp = "off"`.
     pub seccomp: Option<crate::seccomp::Filters>,
     pub seccomp_denied_syscalls: Vec<String>,
+    /// `telemetry { prometheus_listen = "…" }`: where the plugin serves its Prometheus
+    /// metrics (checked and bound by the plugin, driver/src/metrics); None: off.
+    pub prometheus_listen: Option<String>,
 }
 
 impl PluginConfig {
@@ -232,6 +235,7 @@ impl Default for PluginConfig {
             // None only on an architecture without a filter, where SetConfig says so.
             seccomp: crate::seccomp::Filters::compile(&[]).ok(),
             seccomp_denied_syscalls: Vec::new(),
+            prometheus_listen: None,
         }
     }
 }
@@ -267,6 +271,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "allow_no_cgroup",
     "seccomp",
     "seccomp_denied_syscalls",
+    "telemetry",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -481,6 +486,17 @@ impl PluginConfig {
             defaulted("allow_no_cgroup", "bool", literal("false")),
             defaulted("seccomp", "string", literal_string("default")),
             defaulted("seccomp_denied_syscalls", "list(string)", literal("[]")),
+            (
+                "telemetry",
+                block(
+                    "telemetry",
+                    false,
+                    object(vec![(
+                        "prometheus_listen",
+                        attr("prometheus_listen", "string", false),
+                    )]),
+                ),
+            ),
         ])
     }
 
@@ -626,6 +642,13 @@ impl PluginConfig {
             allow_host_pid: o.bool("allow_host_pid")?.unwrap_or(d.allow_host_pid),
             allow_host_ipc: o.bool("allow_host_ipc")?.unwrap_or(d.allow_host_ipc),
             allow_no_cgroup: o.bool("allow_no_cgroup")?.unwrap_or(d.allow_no_cgroup),
+            prometheus_listen: match o.block("telemetry")? {
+                Some(t) => {
+                    t.deny_unknown(&["prometheus_listen"])?;
+                    t.string("prometheus_listen")?.filter(|a| !a.is_empty())
+                }
+                None => None,
+            },
         })
     }
 }
@@ -1100,6 +1123,8 @@ mod tests {
             ("allow_no_cgroup", Value::Boolean(false)),
             ("seccomp", s("default")),
             ("seccomp_denied_syscalls", Value::Array(vec![])),
+            // A block, not an attribute: null when the agent config has none.
+            ("telemetry", Value::Nil),
         ]
         .into_iter()
         .collect();
@@ -1408,6 +1433,23 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
         }
+    }
+
+    #[test]
+    fn telemetry_block_is_off_by_default_and_carries_the_listen_address() {
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap();
+        assert_eq!(c.prometheus_listen, None);
+        let t = |v: Value| obj(vec![("prometheus_listen", v)]);
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "telemetry",
+            t(s("127.0.0.1:9469")),
+        )]))
+        .unwrap();
+        assert_eq!(c.prometheus_listen.as_deref(), Some("127.0.0.1:9469"));
+        // An empty block (or address) is off.
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![("telemetry", t(Value::Nil))]))
+            .unwrap();
+        assert_eq!(c.prometheus_listen, None);
     }
 
     #[test]
@@ -1871,6 +1913,11 @@ mod tests {
         // Every plugin key has a Default, so every key is present in the payload, and the
         // Attr inside carries its name.
         for (k, v) in &o.attributes {
+            if k == "telemetry" {
+                // The one block (`telemetry { … }`): absent means off.
+                assert!(matches!(v.block, Some(B::BlockValue(_))), "{k}");
+                continue;
+            }
             let Some(B::Default(d)) = v.block.as_ref() else {
                 panic!("{k}: every plugin key needs a default")
             };

@@ -15,6 +15,7 @@ mod fingerprint;
 mod goplugin;
 mod idle;
 mod logging;
+pub mod metrics;
 mod plugin;
 pub mod server;
 mod shim_compat;

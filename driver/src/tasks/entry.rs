@@ -5,16 +5,14 @@
 use super::blocking;
 use super::handle::DriverState;
 use common::proto::executor as shim;
-use common::proto::executor::executor_client::ExecutorClient;
 use common::state::TaskState as ShimState;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tonic::transport::Channel;
 
 pub struct TaskEntry {
     pub state: DriverState,
-    client: tokio::sync::Mutex<Option<ExecutorClient<Channel>>>,
+    client: tokio::sync::Mutex<Option<crate::metrics::timed::ShimClient>>,
     /// Set once the exit is known (from the shim or its state file).
     exit: Mutex<Option<shim::ExitStatus>>,
     /// Whether the exit's explanation was already published as a task event.
@@ -81,23 +79,28 @@ impl TaskEntry {
 
     pub fn set_exit(&self, e: shim::ExitStatus) {
         if let Ok(mut x) = self.exit.lock() {
+            if x.is_none() {
+                crate::metrics::task_exited(&e);
+            }
             *x = Some(e);
         }
     }
 
     /// A connected client to the shim (dialled lazily, re-dialled after failures).
-    pub async fn client(&self) -> Result<ExecutorClient<Channel>, common::client::ClientError> {
+    pub async fn client(
+        &self,
+    ) -> Result<crate::metrics::timed::ShimClient, common::client::ClientError> {
         let mut guard = self.client.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = common::client::connect(&self.state.socket_path).await?;
+        let c = crate::metrics::timed::connect(&self.state.socket_path).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
 
     /// Keeps `client` (the one StartTask already dialled) for later calls.
-    pub async fn keep_client(&self, client: ExecutorClient<Channel>) {
+    pub async fn keep_client(&self, client: crate::metrics::timed::ShimClient) {
         *self.client.lock().await = Some(client);
     }
 
@@ -178,6 +181,7 @@ impl TaskEntry {
         if let Some(e) = recorded {
             return e;
         }
+        crate::metrics::shim_lost();
         shim::ExitStatus {
             exit_code: -1,
             signal: 0,

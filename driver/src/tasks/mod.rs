@@ -23,6 +23,7 @@ mod exec;
 pub(crate) mod handle;
 mod launch;
 mod logs;
+mod metrics;
 mod recover;
 mod script;
 mod spec;

@@ -13,6 +13,20 @@ use tonic::Status;
 
 impl Tasks {
     pub async fn recover(&self, req: RecoverTaskRequest) -> Result<(), Status> {
+        // Refusals are `failed`; a shim gone without an exit says `lost` instead.
+        let mut failure = crate::metrics::RecoveryOutcome::failed;
+        let r = self.recover_inner(req, &mut failure).await;
+        if r.is_err() {
+            crate::metrics::recovered(failure);
+        }
+        r
+    }
+
+    async fn recover_inner(
+        &self,
+        req: RecoverTaskRequest,
+        failure: &mut crate::metrics::RecoveryOutcome,
+    ) -> Result<(), Status> {
         let handle = req
             .handle
             .ok_or_else(|| Status::invalid_argument("RecoverTask without a task handle"))?;
@@ -21,6 +35,7 @@ impl Tasks {
             .clone()
             .ok_or_else(|| Status::invalid_argument("RecoverTask handle has no task config"))?;
         if self.store.get(&config.id).is_some() {
+            crate::metrics::recovered(crate::metrics::RecoveryOutcome::already_tracked);
             return Ok(());
         }
         let state = DriverState::decode(&handle.driver_state).map_err(|e| {
@@ -60,6 +75,7 @@ impl Tasks {
                 // Events from now on (losses before are in the summary above).
                 self.forward_events(&entry, common::state::now_ms());
                 tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
+                crate::metrics::recovered(crate::metrics::RecoveryOutcome::reattached);
             }
             Err(dial) => {
                 entry.forget_client().await;
@@ -69,6 +85,8 @@ impl Tasks {
                 let recorded = entry.exit_from_state_file().await;
                 let killed = entry.clean_up_remains().await;
                 let Some(e) = recorded else {
+                    crate::metrics::shim_lost();
+                    *failure = crate::metrics::RecoveryOutcome::lost;
                     return Err(Status::failed_precondition(format!(
                         "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
                         entry.state.task_id,
@@ -76,6 +94,7 @@ impl Tasks {
                     )));
                 };
                 tracing::info!(task_id = %entry.state.task_id, exit_code = e.exit_code, "shim gone; exit result recovered from its state file");
+                crate::metrics::recovered(crate::metrics::RecoveryOutcome::exited);
                 entry.set_exit(e);
             }
         }

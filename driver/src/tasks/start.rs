@@ -122,6 +122,7 @@ impl Tasks {
                     status::permanent(msg)
                 }
             })?;
+        crate::metrics::shim_ready(launch_started.elapsed());
         tracing::debug!(
             task_id = %task.id,
             shim_pid = launched.shim_pid,
@@ -129,7 +130,7 @@ impl Tasks {
             "shim ready"
         );
         // The shim is up; ask it to start the runtime.
-        let mut client = common::client::connect(&spec.socket_path)
+        let mut client = crate::metrics::timed::connect(&spec.socket_path)
             .await
             .map_err(|e| {
                 status::recoverable(format!(
