@@ -24,7 +24,7 @@ for v in "${CANDIDATES[@]}"; do
 done
 
 if ! command -v go >/dev/null 2>&1; then
-  log "Go is not installed: install Go (or run .ci/run, which installs it), or set PROMETHEUS_DIR"
+  log "Go is not installed: install Go >= 1.21 (or run .ci/run, which installs it), or set PROMETHEUS_DIR"
   exit 1
 fi
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -39,11 +39,9 @@ for v in "${CANDIDATES[@]}"; do
   if ! head -5 "$src/LICENSE" | grep -q "Apache License"; then
     log "Prometheus v$v is not Apache-2.0 licensed; skipping"; continue
   fi
-  need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$src/go.mod")
-  have=$(go env GOVERSION | sed 's/^go//')
-  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
-    log "Prometheus v$v needs Go >= $need (have $have); trying an older release"; continue
-  fi
+  # Its go.mod names the Go it needs (1.26.x for 3.16); an older local Go fetches that
+  # toolchain from the module proxy by itself (GOTOOLCHAIN=auto, Go >= 1.21).
+  export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
   dir="$CACHE_DIR/prometheus-$v"
   rm -rf "$dir"; mkdir -p "$dir"
   log "building Prometheus $(cat "$src/VERSION" 2>/dev/null || echo "$v") (first time only; takes several minutes)"

@@ -211,6 +211,34 @@ impl Metrics {
             m.shim_call_errors.clone(),
         );
         registry.register_collector(Box::new(m.scrape.clone()));
+        // Every outcome from the start, at 0: a series that appears already at 1 hides its
+        // first increase from rate() and increase() (and so from the alerts).
+        use StartOutcome as S;
+        for outcome in [
+            S::started,
+            S::config,
+            S::script,
+            S::node,
+            S::shim,
+            S::sandbox,
+            S::cgroup,
+            S::runtime,
+        ] {
+            let _ = m.starts.get_or_create(&StartLabel { outcome });
+        }
+        use RecoveryOutcome as R;
+        for outcome in [
+            R::reattached,
+            R::exited,
+            R::already_tracked,
+            R::lost,
+            R::failed,
+        ] {
+            let _ = m.recoveries.get_or_create(&RecoveryLabel { outcome });
+        }
+        for kind in ["streaming", "oneshot"] {
+            let _ = m.exec_sessions.get_or_create(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
     }
 

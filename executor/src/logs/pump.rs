@@ -114,7 +114,7 @@ pub fn start(dir: PathBuf, sources: [Source; 2], events: Events) -> Arc<Collecto
                 // Not expected (a pipe always registers with epoll); never leave the task
                 // writing into a pipe nobody reads.
                 tracing::error!(stream = s.name, error = %e, "cannot poll the output pipe");
-                pump.failed(i, 0, &e.to_string());
+                pump.failed(i, &[], &e.to_string());
                 readers.push(None);
             }
         }
