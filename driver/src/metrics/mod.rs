@@ -59,8 +59,12 @@ pub enum RecoveryOutcome {
     exited,
     /// Already tracked by this plugin process (the agent restarted, the plugin did not).
     already_tracked,
-    /// The shim was gone without an exit: Nomad restarts the task.
+    /// The shim died without recording an exit (it left its socket or state file): Nomad
+    /// restarts the task.
     lost,
+    /// The shim and its state were already gone as DestroyTask leaves them (Nomad asks
+    /// again for tasks it destroyed before the restart): nothing to recover, nothing lost.
+    destroyed,
     /// Refused (bad handle, another task's shim, a shim too old).
     failed,
 }
@@ -170,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "recoveries",
-            "RecoverTask calls by outcome (reattached, exited, already_tracked, lost, failed)",
+            "RecoverTask calls by outcome (reattached, exited, already_tracked, lost, destroyed, failed)",
             m.recoveries.clone(),
         );
         registry.register(
@@ -232,6 +236,7 @@ impl Metrics {
             R::exited,
             R::already_tracked,
             R::lost,
+            R::destroyed,
             R::failed,
         ] {
             let _ = m.recoveries.get_or_create(&RecoveryLabel { outcome });

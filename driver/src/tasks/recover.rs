@@ -16,7 +16,8 @@ impl Tasks {
         // Refusals are `failed`; a shim gone without an exit says `lost` instead.
         let mut failure = crate::metrics::RecoveryOutcome::failed;
         let r = self.recover_inner(req, &mut failure).await;
-        if r.is_err() {
+        if let Err(s) = &r {
+            tracing::warn!(outcome = ?failure, error = %s.message(), "RecoverTask did not recover the task");
             crate::metrics::recovered(failure);
         }
         r
@@ -78,6 +79,16 @@ impl Tasks {
                 crate::metrics::recovered(crate::metrics::RecoveryOutcome::reattached);
             }
             Err(dial) => {
+                // A shim that was shut down (DestroyTask) took its socket and state file
+                // with it; one that died left them (for the metrics: destroyed vs lost).
+                let (socket, state) = (
+                    entry.state.socket_path.clone(),
+                    entry.state.state_path.clone(),
+                );
+                let left_traces = super::blocking(move || {
+                    socket.symlink_metadata().is_ok() || state.symlink_metadata().is_ok()
+                })
+                .await;
                 entry.forget_client().await;
                 // Out of reach is as good as gone: a shim left alive would run the task on
                 // beside the one Nomad restarts.
@@ -85,8 +96,12 @@ impl Tasks {
                 let recorded = entry.exit_from_state_file().await;
                 let killed = entry.clean_up_remains().await;
                 let Some(e) = recorded else {
-                    crate::metrics::shim_lost();
-                    *failure = crate::metrics::RecoveryOutcome::lost;
+                    *failure = if left_traces {
+                        crate::metrics::shim_lost();
+                        crate::metrics::RecoveryOutcome::lost
+                    } else {
+                        crate::metrics::RecoveryOutcome::destroyed
+                    };
                     return Err(Status::failed_precondition(format!(
                         "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
                         entry.state.task_id,
