@@ -17,6 +17,8 @@ pub struct TaskEntry {
     exit: Mutex<Option<shim::ExitStatus>>,
     /// Whether the exit's explanation was already published as a task event.
     noted: AtomicBool,
+    /// Whether this task's lost shim was counted (WaitTask and StopTask may both find it).
+    lost_counted: AtomicBool,
     /// The task that forwards the shim's events (see `logs`), stopped with the entry.
     event_forwarder: Mutex<Option<tokio::task::AbortHandle>>,
     /// The stdout FIFO of a task whose logmon Nomad no longer manages (see `logs`).
@@ -38,6 +40,7 @@ impl TaskEntry {
             client: tokio::sync::Mutex::new(None),
             exit: Mutex::new(None),
             noted: AtomicBool::new(false),
+            lost_counted: AtomicBool::new(false),
             event_forwarder: Mutex::new(None),
             orphaned_logmon_fifo: Mutex::new(None),
         })
@@ -181,7 +184,9 @@ impl TaskEntry {
         if let Some(e) = recorded {
             return e;
         }
-        crate::metrics::shim_lost();
+        if !self.lost_counted.swap(true, Ordering::SeqCst) {
+            crate::metrics::shim_lost();
+        }
         shim::ExitStatus {
             exit_code: -1,
             signal: 0,
