@@ -28,6 +28,18 @@ nomad_bin() {
   bash "$REPO/tests/nomad/build-nomad.sh" | tail -n 1
 }
 
+# Prints the directory of a real Prometheus server and promtool (the metrics E2E test):
+# $PROMETHEUS_DIR, else one built (once, cached in ~/.cache/nomad-driver-elide) by
+# tests/prometheus/build-prometheus.sh.
+prometheus_dir() {
+  if [ -n "${PROMETHEUS_DIR:-}" ]; then
+    [ -x "$PROMETHEUS_DIR/prometheus" ] && [ -x "$PROMETHEUS_DIR/promtool" ] ||
+      die "PROMETHEUS_DIR=$PROMETHEUS_DIR has no prometheus and promtool"
+    echo "$PROMETHEUS_DIR"; return
+  fi
+  bash "$REPO/tests/prometheus/build-prometheus.sh" | tail -n 1
+}
+
 # Elapsed seconds since a `date +%s` value.
 since() { echo $(( $(date +%s) - $1 )); }
 
@@ -133,6 +145,15 @@ nomad_needs_build() {
   return 0
 }
 
+# Whether a Prometheus server must be built (then Go is needed): no PROMETHEUS_DIR and none
+# cached by tests/prometheus/build-prometheus.sh.
+prometheus_needs_build() {
+  [ -z "${PROMETHEUS_DIR:-}" ] || return 1
+  local cache="${NOMAD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nomad-driver-elide}" d
+  for d in "$cache"/prometheus-*/; do [ -f "$d/BUILT" ] && return 1; done
+  return 0
+}
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
   die "cannot run '$*': not root and no sudo; run it as root"; fi; }
 
@@ -182,6 +203,8 @@ install_deps() {
   local want=" $* " line name needs check how part needed missing=() apt_pkgs=()
   # The E2E suite and the demo need Go only to build a Nomad agent.
   if [[ "$want" == *" e2e "* || "$want" == *" demo "* || "$want" == *" cgroup2 "* ]] && nomad_needs_build; then want+="nomad "; fi
+  # ... and a Prometheus server for the metrics test.
+  if [[ "$want" == *" e2e "* ]] && prometheus_needs_build; then want+="nomad "; fi
   for line in "${NDE_DEPS[@]}"; do
     IFS='|' read -r name needs check how <<<"$line"
     needed=0

@@ -37,6 +37,14 @@ pub async fn connect_timeout(
     socket: &Path,
     timeout: Duration,
 ) -> Result<ExecutorClient<Channel>, ClientError> {
+    connect_channel(socket, timeout)
+        .await
+        .map(ExecutorClient::new)
+}
+
+/// The channel [`connect_timeout`] makes, for a client over another service stack (the
+/// plugin times its calls for its metrics).
+pub async fn connect_channel(socket: &Path, timeout: Duration) -> Result<Channel, ClientError> {
     let path = socket.to_path_buf();
     // The URI is required by tonic but unused: the connector always dials the socket.
     let endpoint = Endpoint::from_static("http://elide-executor.invalid").connect_timeout(timeout);
@@ -53,7 +61,7 @@ pub async fn connect_timeout(
         Ok(Err(e)) => return Err(classify(&path, timeout, &e)),
         Err(_) => return Err(ClientError::Timeout { path, timeout }),
     };
-    Ok(ExecutorClient::new(channel))
+    Ok(channel)
 }
 
 fn classify(

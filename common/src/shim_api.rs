@@ -19,7 +19,7 @@
 pub const API_PACKAGE: &str = "elide.executor.v1";
 
 /// The level this build's shim speaks and this build's plugin knows about.
-pub const API_LEVEL: u32 = 3;
+pub const API_LEVEL: u32 = 4;
 
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
@@ -42,6 +42,13 @@ pub const EXEC: Feature = Feature {
 pub const EVENTS: Feature = Feature {
     name: "events from the task's shim (log write failures)",
     level: 3,
+};
+
+/// Level 4: line and failed-write counts of the task's logs (`LogStream.lines_*`,
+/// `write_errors`), for the plugin's metrics. Older shims report them as 0.
+pub const LOG_LINE_COUNTS: Feature = Feature {
+    name: "log line and write-error counts in the plugin's metrics",
+    level: 4,
 };
 
 /// A shim capability newer than level 1. The plugin checks it with [`require`] before calling

@@ -59,6 +59,19 @@ impl BasePlugin for Base {
             Status::invalid_argument(format!("invalid plugin \"nomad-driver-elide\" config: {e}"))
         })?;
         let long_lived = req.nomad_config.is_some();
+        crate::metrics::configure(cfg.prometheus_listen.as_deref(), long_lived)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "invalid plugin config");
+                // As above: the agent refuses to start; do not outlive it.
+                tokio::spawn(async {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    std::process::exit(1);
+                });
+                Status::invalid_argument(format!(
+                    "invalid plugin \"nomad-driver-elide\" config: {e}"
+                ))
+            })?;
         let topology_mhz = req
             .nomad_config
             .as_ref()

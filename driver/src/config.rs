@@ -186,6 +186,9 @@ pub struct PluginConfig {
     pub model_cache_max_mb: u64,
     /// Replaces `https://huggingface.co` for the `repo`/`file` shorthand (air-gapped nodes).
     pub model_mirror: String,
+    /// `telemetry { prometheus_listen = "…" }`: where the plugin serves its Prometheus
+    /// metrics (checked and bound by the plugin, driver/src/metrics); None: off.
+    pub prometheus_listen: Option<String>,
 }
 
 /// `model_cache_dir` when the plugin config names none.
@@ -245,6 +248,7 @@ impl Default for PluginConfig {
             model_cache_dir: PathBuf::from(DEFAULT_MODEL_CACHE_DIR),
             model_cache_max_mb: DEFAULT_MODEL_CACHE_MAX_MB,
             model_mirror: String::new(),
+            prometheus_listen: None,
         }
     }
 }
@@ -283,6 +287,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "model_cache_dir",
     "model_cache_max_mb",
     "model_mirror",
+    "telemetry",
 ];
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
@@ -508,6 +513,17 @@ impl PluginConfig {
                 literal(&DEFAULT_MODEL_CACHE_MAX_MB.to_string()),
             ),
             defaulted("model_mirror", "string", literal_string("")),
+            (
+                "telemetry",
+                block(
+                    "telemetry",
+                    false,
+                    object(vec![(
+                        "prometheus_listen",
+                        attr("prometheus_listen", "string", false),
+                    )]),
+                ),
+            ),
         ])
     }
 
@@ -682,6 +698,13 @@ impl PluginConfig {
             allow_host_pid: o.bool("allow_host_pid")?.unwrap_or(d.allow_host_pid),
             allow_host_ipc: o.bool("allow_host_ipc")?.unwrap_or(d.allow_host_ipc),
             allow_no_cgroup: o.bool("allow_no_cgroup")?.unwrap_or(d.allow_no_cgroup),
+            prometheus_listen: match o.block("telemetry")? {
+                Some(t) => {
+                    t.deny_unknown(&["prometheus_listen"])?;
+                    t.string("prometheus_listen")?.filter(|a| !a.is_empty())
+                }
+                None => None,
+            },
         })
     }
 }
@@ -1201,6 +1224,8 @@ mod tests {
                 Value::from(DEFAULT_MODEL_CACHE_MAX_MB),
             ),
             ("model_mirror", s("")),
+            // A block, not an attribute: null when the agent config has none.
+            ("telemetry", Value::Nil),
         ]
         .into_iter()
         .collect();
@@ -1509,6 +1534,23 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(want), "want {want:?} at the start of {e:?}");
         }
+    }
+
+    #[test]
+    fn telemetry_block_is_off_by_default_and_carries_the_listen_address() {
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![])).unwrap();
+        assert_eq!(c.prometheus_listen, None);
+        let t = |v: Value| obj(vec![("prometheus_listen", v)]);
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "telemetry",
+            t(s("127.0.0.1:9469")),
+        )]))
+        .unwrap();
+        assert_eq!(c.prometheus_listen.as_deref(), Some("127.0.0.1:9469"));
+        // An empty block (or address) is off.
+        let c = PluginConfig::from_msgpack(&plugin_payload(vec![("telemetry", t(Value::Nil))]))
+            .unwrap();
+        assert_eq!(c.prometheus_listen, None);
     }
 
     #[test]
@@ -2034,6 +2076,11 @@ mod tests {
         // Every plugin key has a Default, so every key is present in the payload, and the
         // Attr inside carries its name.
         for (k, v) in &o.attributes {
+            if k == "telemetry" {
+                // The one block (`telemetry { … }`): absent means off.
+                assert!(matches!(v.block, Some(B::BlockValue(_))), "{k}");
+                continue;
+            }
             let Some(B::Default(d)) = v.block.as_ref() else {
                 panic!("{k}: every plugin key needs a default")
             };

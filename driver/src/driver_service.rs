@@ -180,7 +180,10 @@ impl Driver for DriverService {
         &self,
         req: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let resp = self.tasks.start(req.into_inner()).await?;
+        let began = std::time::Instant::now();
+        let resp = self.tasks.start(req.into_inner()).await;
+        crate::metrics::start_finished(began, &resp);
+        let resp = resp?;
         Ok(Response::new(resp))
     }
 

@@ -20,6 +20,7 @@ mod goplugin;
 pub mod hclspec;
 mod idle;
 mod logging;
+pub mod metrics;
 pub mod model_ref;
 pub mod models;
 mod nofile;

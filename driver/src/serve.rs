@@ -50,6 +50,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let plugin = Plugin::new();
     let tasks = Arc::new(Tasks::new(plugin.clone()));
+    crate::metrics::scrape::set_source(tasks.clone());
     let shutdown = Arc::new(Notify::new());
     let conns = Arc::new(crate::idle::Connections::default());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

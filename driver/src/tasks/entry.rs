@@ -5,21 +5,21 @@
 use super::blocking;
 use super::handle::DriverState;
 use common::proto::executor as shim;
-use common::proto::executor::executor_client::ExecutorClient;
 use common::state::TaskState as ShimState;
 use common::sync::lock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tonic::transport::Channel;
 
 pub struct TaskEntry {
     pub state: DriverState,
-    client: tokio::sync::Mutex<Option<ExecutorClient<Channel>>>,
+    client: tokio::sync::Mutex<Option<crate::metrics::timed::ShimClient>>,
     /// Set once the exit is known (from the shim or its state file).
     exit: Mutex<Option<shim::ExitStatus>>,
     /// Whether the exit's explanation was already published as a task event.
     noted: AtomicBool,
+    /// Whether this task's lost shim was counted (WaitTask and StopTask may both find it).
+    lost_counted: AtomicBool,
     /// The task that forwards the shim's events (see `logs`), stopped with the entry.
     event_forwarder: Mutex<Option<tokio::task::AbortHandle>>,
     /// The stdout FIFO of a task whose logmon Nomad no longer manages (see `logs`).
@@ -41,6 +41,7 @@ impl TaskEntry {
             client: tokio::sync::Mutex::new(None),
             exit: Mutex::new(None),
             noted: AtomicBool::new(false),
+            lost_counted: AtomicBool::new(false),
             event_forwarder: Mutex::new(None),
             orphaned_logmon_fifo: Mutex::new(None),
         })
@@ -77,22 +78,28 @@ impl TaskEntry {
     }
 
     pub fn set_exit(&self, e: shim::ExitStatus) {
-        *lock(&self.exit) = Some(e);
+        let mut x = lock(&self.exit);
+        if x.is_none() {
+            crate::metrics::task_exited(&e);
+        }
+        *x = Some(e);
     }
 
     /// A connected client to the shim (dialled lazily, re-dialled after failures).
-    pub async fn client(&self) -> Result<ExecutorClient<Channel>, common::client::ClientError> {
+    pub async fn client(
+        &self,
+    ) -> Result<crate::metrics::timed::ShimClient, common::client::ClientError> {
         let mut guard = self.client.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = common::client::connect(&self.state.socket_path).await?;
+        let c = crate::metrics::timed::connect(&self.state.socket_path).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
 
     /// Keeps `client` (the one StartTask already dialled) for later calls.
-    pub async fn keep_client(&self, client: ExecutorClient<Channel>) {
+    pub async fn keep_client(&self, client: crate::metrics::timed::ShimClient) {
         *self.client.lock().await = Some(client);
     }
 
@@ -172,6 +179,9 @@ impl TaskEntry {
         let killed = self.clean_up_remains().await;
         if let Some(e) = recorded {
             return e;
+        }
+        if !self.lost_counted.swap(true, Ordering::SeqCst) {
+            crate::metrics::shim_lost();
         }
         shim::ExitStatus {
             exit_code: -1,

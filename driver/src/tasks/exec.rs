@@ -241,6 +241,7 @@ where
     // Shim → Nomad. Whichever way this ends, the input side goes too: the shim's call is
     // only cancelled once both its request stream and its replies are dropped.
     tokio::spawn(async move {
+        let _session = crate::metrics::exec_session("streaming");
         let _feeder = AbortOnDrop(feeder);
         let mut exited = false;
         loop {
@@ -287,6 +288,7 @@ impl Tasks {
             .filter(|d| !d.is_zero());
         let command = req.command.clone();
         let run = async {
+            let _session = crate::metrics::exec_session("oneshot");
             let (tx, mut replies) = self
                 .open_exec(
                     &req.task_id,

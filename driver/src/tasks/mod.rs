@@ -25,6 +25,7 @@ mod exec;
 pub(crate) mod handle;
 mod launch;
 mod logs;
+mod metrics;
 mod models;
 mod recover;
 mod script;

@@ -12,6 +12,21 @@ use common::proto::executor as shim;
 
 impl Tasks {
     pub async fn recover(&self, req: RecoverTaskRequest) -> Result<(), TaskError> {
+        // Refusals are `failed`; a shim gone without an exit says `lost` instead.
+        let mut failure = crate::metrics::RecoveryOutcome::failed;
+        let r = self.recover_inner(req, &mut failure).await;
+        if let Err(s) = &r {
+            tracing::warn!(outcome = ?failure, error = %s.message(), "RecoverTask did not recover the task");
+            crate::metrics::recovered(failure);
+        }
+        r
+    }
+
+    async fn recover_inner(
+        &self,
+        req: RecoverTaskRequest,
+        failure: &mut crate::metrics::RecoveryOutcome,
+    ) -> Result<(), TaskError> {
         let handle = req
             .handle
             .ok_or_else(|| TaskError::BadRequest("RecoverTask without a task handle".into()))?;
@@ -20,6 +35,7 @@ impl Tasks {
             .clone()
             .ok_or_else(|| TaskError::BadRequest("RecoverTask handle has no task config".into()))?;
         if self.store.get(&config.id).is_some() {
+            crate::metrics::recovered(crate::metrics::RecoveryOutcome::already_tracked);
             return Ok(());
         }
         let state = DriverState::decode(&handle.driver_state)
@@ -58,8 +74,19 @@ impl Tasks {
                 // Events from now on (losses before are in the summary above).
                 self.forward_events(&entry, common::state::now_ms());
                 tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
+                crate::metrics::recovered(crate::metrics::RecoveryOutcome::reattached);
             }
             Err(dial) => {
+                // A shim that was shut down (DestroyTask) took its socket and state file
+                // with it; one that died left them (for the metrics: destroyed vs lost).
+                let (socket, state) = (
+                    entry.state.socket_path.clone(),
+                    entry.state.state_path.clone(),
+                );
+                let left_traces = super::blocking(move || {
+                    socket.symlink_metadata().is_ok() || state.symlink_metadata().is_ok()
+                })
+                .await;
                 entry.forget_client().await;
                 // Out of reach is as good as gone: a shim left alive would run the task on
                 // beside the one Nomad restarts.
@@ -67,6 +94,12 @@ impl Tasks {
                 let recorded = entry.exit_from_state_file().await;
                 let killed = entry.clean_up_remains().await;
                 let Some(e) = recorded else {
+                    *failure = if left_traces {
+                        crate::metrics::shim_lost();
+                        crate::metrics::RecoveryOutcome::lost
+                    } else {
+                        crate::metrics::RecoveryOutcome::destroyed
+                    };
                     return Err(TaskError::Refused(format!(
                         "cannot recover task {}: its elide-executor is gone ({dial}) and recorded no exit{}; Nomad will restart the task",
                         entry.state.task_id,
@@ -74,6 +107,7 @@ impl Tasks {
                     )));
                 };
                 tracing::info!(task_id = %entry.state.task_id, exit_code = e.exit_code, "shim gone; exit result recovered from its state file");
+                crate::metrics::recovered(crate::metrics::RecoveryOutcome::exited);
                 entry.set_exit(e);
             }
         }

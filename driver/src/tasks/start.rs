@@ -144,6 +144,7 @@ impl Tasks {
                     TaskError::Permanent(msg)
                 }
             })?;
+        crate::metrics::shim_ready(launch_started.elapsed());
         tracing::debug!(
             task_id = %task.id,
             shim_pid = launched.shim_pid,
@@ -151,7 +152,7 @@ impl Tasks {
             "shim ready"
         );
         // The shim is up; ask it to start the runtime.
-        let mut client = common::client::connect(&spec.socket_path)
+        let mut client = crate::metrics::timed::connect(&spec.socket_path)
             .await
             .map_err(|e| {
                 TaskError::Recoverable(format!(

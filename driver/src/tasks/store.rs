@@ -24,6 +24,14 @@ impl TaskStore {
         lock(&self.tasks).remove(id);
     }
 
+    /// Every tracked task (for the metrics' scrape).
+    pub fn all(&self) -> Vec<Arc<TaskEntry>> {
+        self.tasks
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// How many tasks this plugin process tracks (for logs).
     pub fn len(&self) -> usize {
         lock(&self.tasks).len()

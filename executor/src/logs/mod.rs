@@ -155,6 +155,9 @@ impl Output {
                     file: s.file,
                     bytes_written: s.bytes_written,
                     bytes_dropped: s.bytes_dropped,
+                    lines_written: s.lines_written,
+                    lines_dropped: s.lines_dropped,
+                    write_errors: s.write_errors,
                     error: s.error,
                     last_error: s.last_error,
                 })

@@ -35,6 +35,12 @@ pub struct StreamStats {
     pub bytes_written: u64,
     /// Output that could not be written (disk full, read-only, …) and is lost.
     pub bytes_dropped: u64,
+    /// Newlines in what was written / lost (a line cut by a failure counts where its
+    /// newline went).
+    pub lines_written: u64,
+    pub lines_dropped: u64,
+    /// Writes that failed (each one a run of lost output, however long).
+    pub write_errors: u64,
     /// The failure in force, empty while writing works.
     pub error: String,
     /// The most recent failure, kept after writing works again.
@@ -105,7 +111,7 @@ pub fn start(dir: PathBuf, sources: [Source; 2], events: Events) -> Arc<Collecto
                 // Not expected (a pipe always registers with epoll); never leave the task
                 // writing into a pipe nobody reads.
                 tracing::error!(stream = s.name, error = %e, "cannot poll the output pipe");
-                pump.failed(i, 0, &e.to_string());
+                pump.failed(i, &[], &e.to_string());
                 readers.push(None);
             }
         }
@@ -203,8 +209,8 @@ impl Pump {
                 None => Err("no log dir".to_owned()),
             });
             match opened {
-                Ok(()) => self.succeeded(i, 0),
-                Err(e) => self.failed(i, 0, &e),
+                Ok(()) => self.succeeded(i, &[]),
+                Err(e) => self.failed(i, &[], &e),
             }
         }
     }
@@ -220,22 +226,25 @@ impl Pump {
             },
         };
         match result {
-            Ok(()) => self.succeeded(i, data.len()),
+            Ok(()) => self.succeeded(i, data),
             Err((written, e)) => {
-                self.succeeded_quietly(i, written);
-                self.failed(i, (data.len() - written) as u64, &e);
+                let (kept, lost) = data.split_at(written.min(data.len()));
+                self.succeeded_quietly(i, kept);
+                self.failed(i, lost, &e);
             }
         }
     }
 
-    fn succeeded_quietly(&mut self, i: usize, written: usize) {
+    fn succeeded_quietly(&mut self, i: usize, written: &[u8]) {
         let file = self.streams[i].current_name();
+        let lines = count_lines(written);
         let mut stats = lock(&self.collector.stats);
-        stats[i].bytes_written += written as u64;
+        stats[i].bytes_written += written.len() as u64;
+        stats[i].lines_written += lines;
         stats[i].file = file;
     }
 
-    fn succeeded(&mut self, i: usize, written: usize) {
+    fn succeeded(&mut self, i: usize, written: &[u8]) {
         self.succeeded_quietly(i, written);
         let recovered = {
             let mut stats = lock(&self.collector.stats);
@@ -256,11 +265,14 @@ impl Pump {
 
     /// `lost` bytes could not be written because of `error`. The first failure of a run of
     /// failures becomes an event; the rest are counted.
-    fn failed(&mut self, i: usize, lost: u64, error: &str) {
+    fn failed(&mut self, i: usize, lost: &[u8], error: &str) {
+        let lines = count_lines(lost);
         let first = {
             let mut stats = lock(&self.collector.stats);
             let s = &mut stats[i];
-            s.bytes_dropped += lost;
+            s.bytes_dropped += lost.len() as u64;
+            s.lines_dropped += lines;
+            s.write_errors += 1;
             s.last_error = error.to_owned();
             let first = s.error.is_empty();
             s.error = error.to_owned();
@@ -274,5 +286,22 @@ impl Pump {
             tracing::warn!("{msg}");
             self.events.publish(msg);
         }
+    }
+}
+
+/// Lines in a chunk of output: its newlines.
+fn count_lines(data: &[u8]) -> u64 {
+    data.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_lines;
+
+    #[test]
+    fn lines_are_newlines() {
+        assert_eq!(count_lines(b""), 0);
+        assert_eq!(count_lines(b"no newline"), 0);
+        assert_eq!(count_lines(b"a\nb\n\nc"), 3);
     }
 }
