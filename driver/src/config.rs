@@ -2064,6 +2064,22 @@ mod tests {
         assert!(e.starts_with("config.script: is required"), "{e}");
     }
 
+    /// The schemas as rendered before they were derived from the option tables
+    /// (tests/fixtures/config_schemas.txt): what Nomad sees must not change by accident.
+    #[test]
+    fn schemas_equal_the_snapshot() {
+        let text = format!(
+            "plugin: {}\ntask: {}\n",
+            crate::hclspec::render(&PluginConfig::schema()),
+            crate::hclspec::render(&TaskConfig::schema())
+        );
+        assert_eq!(
+            text,
+            include_str!("../tests/fixtures/config_schemas.txt"),
+            "a schema changed; if on purpose, update the fixture"
+        );
+    }
+
     #[test]
     fn schemas_pass_nomads_rules_and_defaults_are_named() {
         for spec in [PluginConfig::schema(), TaskConfig::schema()] {
