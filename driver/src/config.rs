@@ -3,7 +3,7 @@
 //! Reference: docs/driver.md.
 
 use crate::cty::{self, CtyError, Obj};
-use crate::hclspec::{attr, block, block_list, default_, literal, literal_string, object};
+use crate::hclspec::{attr, block, block_list, default_, hcl_quote, literal, object};
 use crate::runtime_args::{self, RuntimeArg};
 use common::capabilities::{self, CapName};
 use common::error::FieldError;
@@ -253,57 +253,180 @@ impl Default for PluginConfig {
     }
 }
 
-const PLUGIN_KEYS: &[&str] = &[
-    "enabled",
-    "elide_binary",
-    "executor_binary",
-    "runtime_dir",
-    "guest_env",
-    "runtime_options",
-    "run_flags",
-    "fingerprint_period",
-    "version_timeout",
-    "pids_limit",
-    "heap_percent",
-    "fifo_open_timeout",
-    "allow_caps",
-    "default_pid_mode",
-    "default_ipc_mode",
-    "fs_isolation",
-    "hidden_paths",
-    "extra_host_paths",
-    "denied_host_uids",
-    "denied_host_gids",
-    "absolute_script_dirs",
-    "log_collection",
-    "log_max_files",
-    "log_max_file_size",
-    "elide_versions",
-    "allow_host_pid",
-    "allow_host_ipc",
-    "allow_no_cgroup",
-    "seccomp",
-    "seccomp_denied_syscalls",
-    "model_cache_dir",
-    "model_cache_max_mb",
-    "model_mirror",
-    "telemetry",
+/// One option of a config block, described once: the schema Nomad sees, the keys decoding
+/// accepts and the defaults all derive from the option tables ([`PLUGIN_OPTIONS`],
+/// [`TASK_OPTIONS`], …). Decoding reads each option by name (`from_msgpack`).
+#[derive(Debug, Clone, Copy)]
+pub struct OptionSpec {
+    pub name: &'static str,
+    pub kind: OptionKind,
+    /// What the option does, in a line (docs/driver.md has the long form).
+    pub doc: &'static str,
+}
+
+/// How an option is declared in the hclspec schema.
+#[derive(Debug, Clone, Copy)]
+pub enum OptionKind {
+    /// `attr(name, ty, required)`: Nomad refuses a config without it.
+    Required { ty: &'static str },
+    /// `attr(name, ty)`: null when absent.
+    Optional { ty: &'static str },
+    /// `default(attr(name, ty), literal)`: Nomad fills the literal in when absent, so the
+    /// literal is the option's default value.
+    Defaulted {
+        ty: &'static str,
+        default: DefaultLiteral,
+    },
+    /// A nested block, built by hand (its own options usually come from a table too).
+    Block(fn() -> Spec),
+}
+
+/// A default, as the HCL expression text of the schema's `literal`.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultLiteral {
+    /// An expression as written: `true`, `75`, `[]`.
+    Hcl(&'static str),
+    /// A string, quoted for HCL.
+    Str(&'static str),
+    /// An expression computed from a Rust constant (a list, a number).
+    Computed(fn() -> String),
+}
+
+impl DefaultLiteral {
+    /// The HCL expression text.
+    pub fn hcl(&self) -> String {
+        match self {
+            DefaultLiteral::Hcl(expr) => (*expr).to_owned(),
+            DefaultLiteral::Str(text) => hcl_quote(text),
+            DefaultLiteral::Computed(expr) => expr(),
+        }
+    }
+}
+
+impl OptionSpec {
+    const fn required(name: &'static str, ty: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: OptionKind::Required { ty },
+            doc,
+        }
+    }
+
+    const fn optional(name: &'static str, ty: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: OptionKind::Optional { ty },
+            doc,
+        }
+    }
+
+    const fn defaulted(
+        name: &'static str,
+        ty: &'static str,
+        default: DefaultLiteral,
+        doc: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            kind: OptionKind::Defaulted { ty, default },
+            doc,
+        }
+    }
+
+    const fn block(name: &'static str, build: fn() -> Spec, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: OptionKind::Block(build),
+            doc,
+        }
+    }
+
+    /// The option's `(key, spec)` entry in its block's schema object.
+    fn schema_entry(&self) -> (&'static str, Spec) {
+        let spec = match self.kind {
+            OptionKind::Required { ty } => attr(self.name, ty, true),
+            OptionKind::Optional { ty } => attr(self.name, ty, false),
+            // The attribute inside a Default needs its name.
+            OptionKind::Defaulted { ty, default } => {
+                default_(attr(self.name, ty, false), literal(&default.hcl()))
+            }
+            OptionKind::Block(build) => build(),
+        };
+        (self.name, spec)
+    }
+}
+
+/// The schema object of a table's options.
+pub fn options_schema(options: &[OptionSpec]) -> Spec {
+    object(options.iter().map(OptionSpec::schema_entry).collect())
+}
+
+/// The keys of a table's options (what `deny_unknown` accepts).
+pub fn option_names(options: &[OptionSpec]) -> Vec<&'static str> {
+    options.iter().map(|o| o.name).collect()
+}
+
+use DefaultLiteral::{Computed, Hcl, Str};
+
+/// The plugin config. Every option has a default (or is a block), so Nomad sends all of
+/// them and an empty block means defaults; `PluginConfig::default()` must decode from these
+/// literals (tested).
+#[rustfmt::skip]
+pub const PLUGIN_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::defaulted("enabled", "bool", Hcl("true"), "false: the driver fingerprints as disabled"),
+    OptionSpec::defaulted("elide_binary", "string", Str(""), "the default Elide binary; empty: searched (docs/driver.md)"),
+    OptionSpec::defaulted("executor_binary", "string", Str(""), "the per-task shim; empty: searched (docs/driver.md)"),
+    OptionSpec::defaulted("runtime_dir", "string", Str(DEFAULT_RUNTIME_DIR), "shim sockets and the node-wide task index"),
+    OptionSpec::defaulted("guest_env", "string", Str("host"), "what guest code sees of the task env: host, nomad, none"),
+    OptionSpec::defaulted("runtime_options", "list(string)", Hcl("[]"), "Elide runtime options for every task"),
+    OptionSpec::defaulted("run_flags", "list(string)", Hcl("[]"), "`elide run` flags for every task"),
+    OptionSpec::defaulted("fingerprint_period", "string", Str("30s"), "how often the node is fingerprinted"),
+    OptionSpec::defaulted("version_timeout", "string", Str("10s"), "how long `elide --version` may take"),
+    OptionSpec::defaulted("pids_limit", "number", Hcl("0"), "0: unlimited; else a ceiling for jobs"),
+    OptionSpec::defaulted("heap_percent", "number", Hcl("75"), "-Xmx share of the task's memory limit"),
+    OptionSpec::defaulted("fifo_open_timeout", "string", Str("10s"), "how long the shim waits for Nomad's log FIFOs (log_collection = \"nomad\")"),
+    OptionSpec::defaulted("allow_caps", "list(string)", Computed(|| quoted_list(capabilities::DRIVER_DEFAULTS)), "capabilities a task may have"),
+    OptionSpec::defaulted("default_pid_mode", "string", Str("private"), "the tasks' PID namespace: private or host"),
+    OptionSpec::defaulted("default_ipc_mode", "string", Str("private"), "the tasks' IPC namespace: private or host"),
+    OptionSpec::defaulted("fs_isolation", "string", Str("readonly"), "the tasks' view of the host: readonly or none"),
+    OptionSpec::defaulted("hidden_paths", "list(string)", Computed(|| quoted_list(common::sandbox::DEFAULT_HIDDEN_PATHS)), "host paths no task may see"),
+    OptionSpec::defaulted("extra_host_paths", "list(string)", Hcl("[]"), "host paths tasks see read-only, beyond the defaults"),
+    OptionSpec::defaulted("denied_host_uids", "string", Str(""), "user IDs a task may not run as"),
+    OptionSpec::defaulted("denied_host_gids", "string", Str(""), "group IDs a task may not run as"),
+    OptionSpec::defaulted("absolute_script_dirs", "list(string)", Hcl("[]"), "directories a job's absolute `script` may be in"),
+    OptionSpec::defaulted("log_collection", "string", Str("executor"), "who writes the task logs: executor or nomad"),
+    OptionSpec::defaulted("log_max_files", "number", Computed(|| common::spec::DEFAULT_LOG_MAX_FILES.to_string()), "rotated log files kept per stream"),
+    OptionSpec::defaulted("log_max_file_size", "number", Computed(|| common::spec::DEFAULT_LOG_MAX_FILE_SIZE_MB.to_string()), "log file size (MiB) before rotation"),
+    // `list(map(string))`: the agent's HCL1 parser hands a map attribute of a plugin config
+    // over as a one-element list of maps (as with the task config's `env`).
+    OptionSpec::defaulted("elide_versions", "list(map(string))", Hcl("[]"), "named Elide binaries a job may pick"),
+    OptionSpec::defaulted("allow_host_pid", "bool", Hcl("false"), "whether a job may use the host PID namespace"),
+    OptionSpec::defaulted("allow_host_ipc", "bool", Hcl("false"), "whether a job may use the host IPC namespace"),
+    OptionSpec::defaulted("allow_no_cgroup", "bool", Hcl("false"), "whether a task may run without its cgroup limits"),
+    OptionSpec::defaulted("seccomp", "string", Str("default"), "the tasks' syscall filter: default or off"),
+    OptionSpec::defaulted("seccomp_denied_syscalls", "list(string)", Hcl("[]"), "syscalls denied on top of the default filter"),
+    OptionSpec::defaulted("model_cache_dir", "string", Str(DEFAULT_MODEL_CACHE_DIR), "the node's model cache"),
+    OptionSpec::defaulted("model_cache_max_mb", "number", Computed(|| DEFAULT_MODEL_CACHE_MAX_MB.to_string()), "model cache size (MiB) above which models are evicted"),
+    OptionSpec::defaulted("model_mirror", "string", Str(""), "a Hugging Face mirror for the repo/file shorthand"),
+    OptionSpec::block("telemetry", telemetry_block, "`telemetry { prometheus_listen }`: the metrics endpoint; absent: off"),
 ];
+
+/// `telemetry { … }` in the plugin config.
+const TELEMETRY_OPTIONS: &[OptionSpec] = &[OptionSpec::optional(
+    "prometheus_listen",
+    "string",
+    "host:port of the Prometheus metrics endpoint",
+)];
+
+fn telemetry_block() -> Spec {
+    block("telemetry", false, options_schema(TELEMETRY_OPTIONS))
+}
 
 /// `pids_limit` may not exceed the kernel's PID_MAX_LIMIT.
 const MAX_PIDS: i64 = common::spec::MAX_PIDS_LIMIT as i64;
 
 /// Room a socket name needs inside runtime_dir: "/" + 16 hex + ".sock".
 const SOCKET_NAME_LEN: usize = 22;
-
-/// `(name, Default(Attr{name, ty}, default))`: the attribute inside a Default needs its name.
-fn defaulted(name: &'static str, ty: &str, default: Spec) -> (&'static str, Spec) {
-    (name, with_default(name, ty, default))
-}
-
-fn with_default(name: &str, ty: &str, default: common::proto::hclspec::Spec) -> Spec {
-    default_(attr(name, ty, false), default)
-}
 
 fn duration_field(
     field: &str,
@@ -460,78 +583,14 @@ fn check_guest_args(args: &[String]) -> Result<(), ConfigError> {
 
 impl PluginConfig {
     pub fn schema() -> Spec {
-        // Every key has a default, so Nomad sends all of them and an empty block means defaults.
-        object(vec![
-            defaulted("enabled", "bool", literal("true")),
-            defaulted("elide_binary", "string", literal_string("")),
-            defaulted("executor_binary", "string", literal_string("")),
-            defaulted("runtime_dir", "string", literal_string(DEFAULT_RUNTIME_DIR)),
-            defaulted("guest_env", "string", literal_string("host")),
-            defaulted("runtime_options", "list(string)", literal("[]")),
-            defaulted("run_flags", "list(string)", literal("[]")),
-            defaulted("fingerprint_period", "string", literal_string("30s")),
-            defaulted("version_timeout", "string", literal_string("10s")),
-            defaulted("pids_limit", "number", literal("0")),
-            defaulted("heap_percent", "number", literal("75")),
-            defaulted("fifo_open_timeout", "string", literal_string("10s")),
-            defaulted(
-                "allow_caps",
-                "list(string)",
-                literal(&quoted_list(capabilities::DRIVER_DEFAULTS)),
-            ),
-            defaulted("default_pid_mode", "string", literal_string("private")),
-            defaulted("default_ipc_mode", "string", literal_string("private")),
-            defaulted("fs_isolation", "string", literal_string("readonly")),
-            defaulted(
-                "hidden_paths",
-                "list(string)",
-                literal(&quoted_list(common::sandbox::DEFAULT_HIDDEN_PATHS)),
-            ),
-            defaulted("extra_host_paths", "list(string)", literal("[]")),
-            defaulted("denied_host_uids", "string", literal_string("")),
-            defaulted("denied_host_gids", "string", literal_string("")),
-            defaulted("absolute_script_dirs", "list(string)", literal("[]")),
-            defaulted("log_collection", "string", literal_string("executor")),
-            defaulted("log_max_files", "number", literal("10")),
-            defaulted("log_max_file_size", "number", literal("10")),
-            // `list(map(string))`: the agent's HCL1 parser hands a map attribute of a plugin
-            // config over as a one-element list of maps (as with the task config's `env`).
-            defaulted("elide_versions", "list(map(string))", literal("[]")),
-            defaulted("allow_host_pid", "bool", literal("false")),
-            defaulted("allow_host_ipc", "bool", literal("false")),
-            defaulted("allow_no_cgroup", "bool", literal("false")),
-            defaulted("seccomp", "string", literal_string("default")),
-            defaulted("seccomp_denied_syscalls", "list(string)", literal("[]")),
-            defaulted(
-                "model_cache_dir",
-                "string",
-                literal_string(DEFAULT_MODEL_CACHE_DIR),
-            ),
-            defaulted(
-                "model_cache_max_mb",
-                "number",
-                literal(&DEFAULT_MODEL_CACHE_MAX_MB.to_string()),
-            ),
-            defaulted("model_mirror", "string", literal_string("")),
-            (
-                "telemetry",
-                block(
-                    "telemetry",
-                    false,
-                    object(vec![(
-                        "prometheus_listen",
-                        attr("prometheus_listen", "string", false),
-                    )]),
-                ),
-            ),
-        ])
+        options_schema(PLUGIN_OPTIONS)
     }
 
     /// Decodes and validates `SetConfigRequest.msgpack_config` (empty = all defaults).
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, ConfigError> {
         let value = cty::decode(bytes)?;
         let o = Obj::root(&value, "")?;
-        o.deny_unknown(PLUGIN_KEYS)?;
+        o.deny_unknown(&option_names(PLUGIN_OPTIONS))?;
         let d = PluginConfig::default();
         let runtime_dir =
             optional_path("runtime_dir", o.string("runtime_dir")?)?.unwrap_or(d.runtime_dir);
@@ -700,7 +759,7 @@ impl PluginConfig {
             allow_no_cgroup: o.bool("allow_no_cgroup")?.unwrap_or(d.allow_no_cgroup),
             prometheus_listen: match o.block("telemetry")? {
                 Some(t) => {
-                    t.deny_unknown(&["prometheus_listen"])?;
+                    t.deny_unknown(&option_names(TELEMETRY_OPTIONS))?;
                     t.string("prometheus_listen")?.filter(|a| !a.is_empty())
                 }
                 None => None,
@@ -874,33 +933,59 @@ pub struct TaskConfig {
     pub log_max_file_size: Option<u64>,
 }
 
-const TASK_KEYS: &[&str] = &[
-    "script",
-    "args",
-    "env",
-    "mode",
-    "guest_env",
-    "runtime_options",
-    "flags",
-    "pids_limit",
-    "elide_opts",
-    "cap_add",
-    "cap_drop",
-    "pid_mode",
-    "ipc_mode",
-    "log_max_files",
-    "log_max_file_size",
+/// The task config (the job's `config {}`): only `script` is required; absent options are
+/// null and `TaskConfig::default()` / the plugin's settings apply.
+#[rustfmt::skip]
+pub const TASK_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("script", "string", "the app to run, e.g. local/app.py"),
+    OptionSpec::optional("args", "list(string)", "arguments for the app"),
+    // `list(map(string))`, like the docker driver's `labels`: Nomad's job parser hands a map
+    // attribute of a driver config block over as a one-element list of maps.
+    OptionSpec::optional("env", "list(map(string))", "environment variables for the app"),
+    OptionSpec::optional("mode", "string", "run, serve or test"),
+    OptionSpec::optional("guest_env", "string", "overrides the plugin's guest_env"),
+    OptionSpec::optional("runtime_options", "list(string)", "Elide runtime options"),
+    OptionSpec::optional("flags", "list(string)", "`elide run` flags"),
+    OptionSpec::optional("pids_limit", "number", "the task's PID limit"),
+    OptionSpec::optional("cap_add", "list(string)", "capabilities to add (within allow_caps)"),
+    OptionSpec::optional("cap_drop", "list(string)", "capabilities to drop"),
+    OptionSpec::optional("pid_mode", "string", "overrides default_pid_mode"),
+    OptionSpec::optional("ipc_mode", "string", "overrides default_ipc_mode"),
+    OptionSpec::optional("log_max_files", "number", "overrides the plugin's log_max_files"),
+    OptionSpec::optional("log_max_file_size", "number", "overrides the plugin's log_max_file_size (MiB)"),
+    OptionSpec::block("elide_opts", elide_opts_block, "`elide_opts { … }`: languages, heap, AI, Elide version, models"),
 ];
-const ELIDE_OPTS_KEYS: &[&str] = &[
-    "languages",
-    "memory_limit",
-    "enable_ai",
-    "elide_binary",
-    "elide_version",
-    "dotenv",
-    "model",
+
+/// `elide_opts { … }` in the task config.
+#[rustfmt::skip]
+const ELIDE_OPTS_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::optional("languages", "list(string)", "guest languages to enable"),
+    OptionSpec::optional("memory_limit", "number", "JVM heap (MiB), -Xmx"),
+    OptionSpec::optional("enable_ai", "bool", "true: HF_HOME in alloc/data so models survive restarts"),
+    OptionSpec::optional("elide_binary", "string", "one of the operator's Elide binaries, by path"),
+    OptionSpec::optional("elide_version", "string", "one of the operator's elide_versions, by name"),
+    OptionSpec::optional("dotenv", "bool", "whether Elide loads .env files"),
+    OptionSpec::block("model", model_block, "`model { … }` blocks: files from the node's model cache"),
 ];
-const MODEL_KEYS: &[&str] = &["source", "sha256", "name", "repo", "file", "revision"];
+
+/// `model { … }` in `elide_opts`.
+#[rustfmt::skip]
+const MODEL_OPTIONS: &[OptionSpec] = &[
+    OptionSpec::optional("source", "string", "the model's URL"),
+    OptionSpec::optional("sha256", "string", "the file's SHA-256 (required)"),
+    OptionSpec::optional("name", "string", "the file name under local/models/; default: the file's base name"),
+    OptionSpec::optional("repo", "string", "Hugging Face repo (with file)"),
+    OptionSpec::optional("file", "string", "file in the Hugging Face repo"),
+    OptionSpec::optional("revision", "string", "Hugging Face revision; default main"),
+];
+
+fn elide_opts_block() -> Spec {
+    block("elide_opts", false, options_schema(ELIDE_OPTS_OPTIONS))
+}
+
+fn model_block() -> Spec {
+    block_list("model", 0, 0, options_schema(MODEL_OPTIONS))
+}
 
 /// Guest languages Elide knows (aliases normalised).
 pub const LANGUAGES: &[&str] = &[
@@ -955,66 +1040,14 @@ pub fn normalise_language(field: &str, l: &str) -> Result<String, ConfigError> {
 
 impl TaskConfig {
     pub fn schema() -> Spec {
-        object(vec![
-            ("script", attr("script", "string", true)),
-            ("args", attr("args", "list(string)", false)),
-            // `list(map(string))`, like the docker driver's `labels`: Nomad's job parser hands a
-            // map attribute of a driver config block over as a one-element list of maps.
-            ("env", attr("env", "list(map(string))", false)),
-            ("mode", attr("mode", "string", false)),
-            ("guest_env", attr("guest_env", "string", false)),
-            (
-                "runtime_options",
-                attr("runtime_options", "list(string)", false),
-            ),
-            ("flags", attr("flags", "list(string)", false)),
-            ("pids_limit", attr("pids_limit", "number", false)),
-            ("cap_add", attr("cap_add", "list(string)", false)),
-            ("cap_drop", attr("cap_drop", "list(string)", false)),
-            ("pid_mode", attr("pid_mode", "string", false)),
-            ("ipc_mode", attr("ipc_mode", "string", false)),
-            ("log_max_files", attr("log_max_files", "number", false)),
-            (
-                "log_max_file_size",
-                attr("log_max_file_size", "number", false),
-            ),
-            (
-                "elide_opts",
-                block(
-                    "elide_opts",
-                    false,
-                    object(vec![
-                        ("languages", attr("languages", "list(string)", false)),
-                        ("memory_limit", attr("memory_limit", "number", false)),
-                        ("enable_ai", attr("enable_ai", "bool", false)),
-                        ("elide_binary", attr("elide_binary", "string", false)),
-                        ("elide_version", attr("elide_version", "string", false)),
-                        ("dotenv", attr("dotenv", "bool", false)),
-                        (
-                            "model",
-                            block_list(
-                                "model",
-                                0,
-                                0,
-                                object(
-                                    MODEL_KEYS
-                                        .iter()
-                                        .map(|k| (*k, attr(k, "string", false)))
-                                        .collect(),
-                                ),
-                            ),
-                        ),
-                    ]),
-                ),
-            ),
-        ])
+        options_schema(TASK_OPTIONS)
     }
 
     /// Decodes and validates `TaskConfig.msgpack_driver_config`.
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, ConfigError> {
         let value = cty::decode(bytes)?;
         let o = Obj::root(&value, "config")?;
-        o.deny_unknown(TASK_KEYS)?;
+        o.deny_unknown(&option_names(TASK_OPTIONS))?;
         let script = o
             .string("script")?
             .filter(|s| !s.trim().is_empty())
@@ -1071,7 +1104,7 @@ impl TaskConfig {
         let elide_opts = match o.block("elide_opts")? {
             None => None,
             Some(b) => {
-                b.deny_unknown(ELIDE_OPTS_KEYS)?;
+                b.deny_unknown(&option_names(ELIDE_OPTS_OPTIONS))?;
                 let mut languages: Vec<String> = Vec::new();
                 for (i, l) in b.string_list("languages")?.iter().enumerate() {
                     let n = normalise_language(&format!("config.elide_opts.languages[{i}]"), l)?;
@@ -1107,7 +1140,7 @@ impl TaskConfig {
                 }
                 let mut models = Vec::new();
                 for (i, m) in b.block_list("model")?.iter().enumerate() {
-                    m.deny_unknown(MODEL_KEYS)?;
+                    m.deny_unknown(&option_names(MODEL_OPTIONS))?;
                     let raw = crate::model_ref::RawModel {
                         source: m.string("source")?,
                         sha256: m.string("sha256")?,
@@ -1695,7 +1728,10 @@ mod tests {
 
     /// A task payload as cty encodes it: every schema key present, nil when absent.
     fn task_payload(overrides: Vec<(&str, Value)>) -> Vec<u8> {
-        let mut m: BTreeMap<&str, Value> = TASK_KEYS.iter().map(|k| (*k, Value::Nil)).collect();
+        let mut m: BTreeMap<&str, Value> = option_names(TASK_OPTIONS)
+            .iter()
+            .map(|k| (*k, Value::Nil))
+            .collect();
         m.insert("script", s("local/app.py"));
         for (k, v) in overrides {
             m.insert(k, v);
@@ -1705,8 +1741,10 @@ mod tests {
 
     /// An elide_opts block as cty encodes it (every nested key present).
     fn elide_opts(overrides: Vec<(&str, Value)>) -> Value {
-        let mut m: BTreeMap<&str, Value> =
-            ELIDE_OPTS_KEYS.iter().map(|k| (*k, Value::Nil)).collect();
+        let mut m: BTreeMap<&str, Value> = option_names(ELIDE_OPTS_OPTIONS)
+            .iter()
+            .map(|k| (*k, Value::Nil))
+            .collect();
         for (k, v) in overrides {
             m.insert(k, v);
         }
@@ -1717,8 +1755,10 @@ mod tests {
     fn model_blocks_decode_and_bad_ones_name_the_field() {
         let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
         let model = |pairs: Vec<(&str, &str)>| {
-            let mut m: BTreeMap<&str, Value> =
-                MODEL_KEYS.iter().map(|k| (*k, Value::Nil)).collect();
+            let mut m: BTreeMap<&str, Value> = option_names(MODEL_OPTIONS)
+                .iter()
+                .map(|k| (*k, Value::Nil))
+                .collect();
             for (k, v) in pairs {
                 m.insert(k, s(v));
             }
@@ -1778,7 +1818,7 @@ mod tests {
     #[test]
     fn task_payload_keys_match_the_schema() {
         let spec = TaskConfig::schema();
-        assert_eq!(schema_keys(&spec), sorted(TASK_KEYS));
+        assert_eq!(schema_keys(&spec), sorted(&option_names(TASK_OPTIONS)));
         let Some(B::Object(o)) = spec.block.as_ref() else {
             unreachable!()
         };
@@ -1789,7 +1829,7 @@ mod tests {
         assert!(!b.required);
         assert_eq!(
             schema_keys(b.nested.as_deref().unwrap()),
-            sorted(ELIDE_OPTS_KEYS)
+            sorted(&option_names(ELIDE_OPTS_OPTIONS))
         );
     }
 
@@ -2080,6 +2120,73 @@ mod tests {
         );
     }
 
+    /// A JSON value (the HCL literals the option tables use are JSON) as cty msgpack.
+    fn json_to_msgpack(v: serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Null => Value::Nil,
+            serde_json::Value::Bool(b) => Value::Boolean(b),
+            serde_json::Value::Number(n) => match n.as_u64() {
+                Some(u) => Value::from(u),
+                None => Value::from(n.as_f64().unwrap()),
+            },
+            serde_json::Value::String(t) => s(&t),
+            serde_json::Value::Array(a) => {
+                Value::Array(a.into_iter().map(json_to_msgpack).collect())
+            }
+            serde_json::Value::Object(_) => panic!("no object literals in the option tables"),
+        }
+    }
+
+    /// `PluginConfig::default()` is what an empty plugin block decodes to once Nomad has
+    /// applied the schema's defaults: the table and `Default` cannot disagree.
+    #[test]
+    fn plugin_default_is_what_the_tables_defaults_decode_to() {
+        let pairs: Vec<(&str, Value)> = PLUGIN_OPTIONS
+            .iter()
+            .map(|o| {
+                let v = match o.kind {
+                    OptionKind::Defaulted { default, .. } => {
+                        let hcl = default.hcl();
+                        json_to_msgpack(
+                            serde_json::from_str(&hcl)
+                                .unwrap_or_else(|e| panic!("{}: {hcl}: {e}", o.name)),
+                        )
+                    }
+                    OptionKind::Block(_) => Value::Nil,
+                    OptionKind::Required { .. } | OptionKind::Optional { .. } => {
+                        panic!("{}: every plugin option needs a default", o.name)
+                    }
+                };
+                (o.name, v)
+            })
+            .collect();
+        let payload = enc(&obj(pairs));
+        assert_eq!(
+            PluginConfig::from_msgpack(&payload).unwrap(),
+            PluginConfig::default()
+        );
+        assert_eq!(payload, plugin_payload(vec![]));
+    }
+
+    #[test]
+    fn every_option_is_documented_once() {
+        for table in [
+            PLUGIN_OPTIONS,
+            TELEMETRY_OPTIONS,
+            TASK_OPTIONS,
+            ELIDE_OPTS_OPTIONS,
+            MODEL_OPTIONS,
+        ] {
+            let mut names = option_names(table);
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), table.len(), "a name repeats in {names:?}");
+            for o in table {
+                assert!(!o.doc.trim().is_empty(), "{} has no doc", o.name);
+            }
+        }
+    }
+
     #[test]
     fn schemas_pass_nomads_rules_and_defaults_are_named() {
         for spec in [PluginConfig::schema(), TaskConfig::schema()] {
@@ -2106,7 +2213,7 @@ mod tests {
             assert_eq!(&a.name, k, "an Attr inside a Default needs its name");
             assert!(!a.required, "{k}");
         }
-        assert_eq!(schema_keys(&plugin), sorted(PLUGIN_KEYS));
+        assert_eq!(schema_keys(&plugin), sorted(&option_names(PLUGIN_OPTIONS)));
         let r = crate::hclspec::render(&plugin);
         for want in [
             r#"enabled = default(attr("enabled", bool), true)"#,
