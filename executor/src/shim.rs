@@ -464,10 +464,20 @@ impl Shim {
         let memory = match (s.runtime_pid, &exit) {
             (Some(p), None) if s.sandbox.as_ref().is_some_and(|b| b.pid_init) => {
                 // What runs below the namespace's init (its own few pages are not the task's).
-                common::proc::task_processes(p)
-                    .iter()
-                    .filter(|q| q.pid != p)
-                    .map(|q| common::proc::rss_bytes(q.pid).unwrap_or(0))
+                // Everything in the task's PID namespace descends from that init (orphans are
+                // re-parented to it), so the kernel's children lists give exactly those
+                // processes, reading only the task's subtree: a scan of all of /proc per Status
+                // cost each shim ~16 ms with 200 tasks on the node, per metrics scrape.
+                common::proc::descendants(p)
+                    .unwrap_or_else(|| {
+                        common::proc::task_processes(p)
+                            .iter()
+                            .map(|q| q.pid)
+                            .filter(|&q| q != p)
+                            .collect()
+                    })
+                    .into_iter()
+                    .map(|q| common::proc::rss_bytes(q).unwrap_or(0))
                     .fold(0u64, u64::saturating_add)
             }
             (Some(p), None) => common::proc::rss_bytes(p).unwrap_or(0),
