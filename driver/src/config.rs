@@ -186,6 +186,9 @@ pub struct PluginConfig {
     pub model_cache_max_mb: u64,
     /// Replaces `https://huggingface.co` for the `repo`/`file` shorthand (air-gapped nodes).
     pub model_mirror: String,
+    /// Hosts on internal (loopback, private, link-local …) addresses a job's model may be
+    /// fetched from; public addresses need no listing (driver/src/models/egress.rs).
+    pub model_internal_hosts: Vec<String>,
     /// `telemetry { prometheus_listen = "…" }`: where the plugin serves its Prometheus
     /// metrics (checked and bound by the plugin, driver/src/metrics); None: off.
     pub prometheus_listen: Option<String>,
@@ -248,6 +251,7 @@ impl Default for PluginConfig {
             model_cache_dir: PathBuf::from(DEFAULT_MODEL_CACHE_DIR),
             model_cache_max_mb: DEFAULT_MODEL_CACHE_MAX_MB,
             model_mirror: String::new(),
+            model_internal_hosts: Vec::new(),
             prometheus_listen: None,
         }
     }
@@ -408,6 +412,7 @@ pub const PLUGIN_OPTIONS: &[OptionSpec] = &[
     OptionSpec::defaulted("model_cache_dir", "string", Str(DEFAULT_MODEL_CACHE_DIR), "the node's model cache"),
     OptionSpec::defaulted("model_cache_max_mb", "number", Computed(|| DEFAULT_MODEL_CACHE_MAX_MB.to_string()), "model cache size (MiB) above which models are evicted"),
     OptionSpec::defaulted("model_mirror", "string", Str(""), "a Hugging Face mirror for the repo/file shorthand"),
+    OptionSpec::defaulted("model_internal_hosts", "list(string)", Hcl("[]"), "hosts on internal addresses models may come from"),
     OptionSpec::block("telemetry", telemetry_block, "`telemetry { prometheus_listen }`: the metrics endpoint; absent: off"),
 ];
 
@@ -670,7 +675,18 @@ impl PluginConfig {
                 ),
             ));
         }
+        let mut model_internal_hosts = Vec::new();
+        for (i, host) in o.string_list("model_internal_hosts")?.iter().enumerate() {
+            if !crate::models::egress::is_plain_host(host) {
+                return Err(invalid(
+                    &format!("model_internal_hosts[{i}]"),
+                    format!("{host:?} must be a host name or IP address, without scheme, port or path, e.g. \"models.internal\" or \"10.0.0.5\""),
+                ));
+            }
+            model_internal_hosts.push(host.trim().to_owned());
+        }
         Ok(PluginConfig {
+            model_internal_hosts,
             model_cache_dir,
             model_cache_max_mb: o
                 .integer("model_cache_max_mb", 0, 1 << 40)?
@@ -1257,6 +1273,7 @@ mod tests {
                 Value::from(DEFAULT_MODEL_CACHE_MAX_MB),
             ),
             ("model_mirror", s("")),
+            ("model_internal_hosts", Value::Array(vec![])),
             // A block, not an attribute: null when the agent config has none.
             ("telemetry", Value::Nil),
         ]
@@ -1813,6 +1830,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(p.starts_with("model_mirror:"), "{p}");
+        let p = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "model_internal_hosts",
+            strs(&["models.internal", "http://10.0.0.5:8080/"]),
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(p.starts_with("model_internal_hosts[1]:"), "{p}");
+        let ok = PluginConfig::from_msgpack(&plugin_payload(vec![(
+            "model_internal_hosts",
+            strs(&["models.internal", "10.0.0.5"]),
+        )]))
+        .unwrap();
+        assert_eq!(ok.model_internal_hosts, ["models.internal", "10.0.0.5"]);
     }
 
     #[test]
@@ -2106,6 +2136,8 @@ mod tests {
 
     /// The schemas as rendered before they were derived from the option tables
     /// (tests/fixtures/config_schemas.txt): what Nomad sees must not change by accident.
+    /// After a change on purpose, `NDE_UPDATE_FIXTURES=1 cargo test -p nomad-driver-elide
+    /// schemas_equal` rewrites the fixture (review its diff).
     #[test]
     fn schemas_equal_the_snapshot() {
         let text = format!(
@@ -2113,6 +2145,14 @@ mod tests {
             crate::hclspec::render(&PluginConfig::schema()),
             crate::hclspec::render(&TaskConfig::schema())
         );
+        if std::env::var_os("NDE_UPDATE_FIXTURES").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/config_schemas.txt"
+            );
+            std::fs::write(path, &text).unwrap();
+            return;
+        }
         assert_eq!(
             text,
             include_str!("../tests/fixtures/config_schemas.txt"),

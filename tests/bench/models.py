@@ -208,7 +208,8 @@ def main() -> int:
     cache_dir = os.path.join(base, "models")
     agent = nm.NomadAgent(nm.find_nomad(), os.path.join(base, "a"), plugin_bin=bins["plugin"],
                           executor_bin=bins["executor"], name="modelb", mode="persistent")
-    agent.plugin_config = {**agent.default_plugin_config(), "model_cache_dir": cache_dir}
+    agent.plugin_config = {**agent.default_plugin_config(), "model_cache_dir": cache_dir,
+                          "model_internal_hosts": ["127.0.0.1"]}
     rows = {}
     try:
         agent.start()

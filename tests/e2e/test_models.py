@@ -128,6 +128,10 @@ def models(tmp_path_factory):
     srv.close()
 
 
+# The test server is on loopback, which the plugin refuses unless the operator lists it.
+LOCAL = ["127.0.0.1"]
+
+
 def model_job(name: str, url: str, sha: str, count: int, hold: int = 0) -> str:
     return nm.elide_job(
         name, APP, jtype="batch", count=count, memory=300,
@@ -149,7 +153,7 @@ def blobs(cache: str) -> list[str]:
 
 def test_ten_tasks_of_three_jobs_share_one_download_read_only(nomad_agent, models, tmp_path):
     cache = str(tmp_path / "models")
-    agent = nomad_agent({"model_cache_dir": cache})
+    agent = nomad_agent({"model_cache_dir": cache, "model_internal_hosts": LOCAL})
     agent.wait_driver_healthy()
     sha = models.digests["m.gguf"]
     url = models.url + "/m.gguf"
@@ -194,7 +198,7 @@ def test_ten_tasks_of_three_jobs_share_one_download_read_only(nomad_agent, model
 
 def test_a_wrong_digest_fails_the_task_and_caches_nothing(nomad_agent, models, tmp_path):
     cache = str(tmp_path / "models")
-    agent = nomad_agent({"model_cache_dir": cache})
+    agent = nomad_agent({"model_cache_dir": cache, "model_internal_hosts": LOCAL})
     agent.wait_driver_healthy()
     actual = models.digests["small.gguf"]
     wrong = hashlib.sha256(b"not the model").hexdigest()
@@ -212,9 +216,32 @@ def test_a_wrong_digest_fails_the_task_and_caches_nothing(nomad_agent, models, t
     assert os.listdir(os.path.join(cache, "partial")) == []
 
 
+def test_a_job_cannot_make_the_plugin_fetch_from_the_nodes_loopback(nomad_agent, models, tmp_path):
+    """The plugin runs as root: a job naming a URL on the node's loopback (the agent's API, the
+    cloud metadata endpoint, a private service) gets a failed start naming the address and the
+    operator option, and nothing is requested from that address."""
+    cache = str(tmp_path / "models")
+    agent = nomad_agent({"model_cache_dir": cache})
+    agent.wait_driver_healthy()
+    models.gets.clear()
+    url = models.url.replace("127.0.0.1", "localhost") + "/small.gguf"
+    job = agent.run_job(model_job("ssrf", url, models.digests["small.gguf"], 1))
+    alloc = agent.first_alloc(job["ID"])
+    ev = agent.wait_task_event(alloc["ID"], "t",
+                               lambda e: "loopback address" in e.get("DisplayMessage", ""),
+                               timeout=120)
+    msg = ev["DisplayMessage"]
+    assert "model_internal_hosts" in msg and "localhost is at " in msg, msg
+    ts = agent.wait_task(alloc["ID"], "t", "dead")
+    assert ts["Failed"], nm.describe_task(ts)
+    assert models.gets == [], models.gets
+    assert blobs(cache) == []
+
+
 def test_a_download_killed_half_way_leaves_no_model_visible(nomad_agent, models, tmp_path):
     cache = str(tmp_path / "models")
-    agent = nomad_agent({"model_cache_dir": cache}, mode="persistent")
+    agent = nomad_agent({"model_cache_dir": cache, "model_internal_hosts": LOCAL},
+                        mode="persistent")
     agent.wait_driver_healthy()
     sha = models.digests["small.gguf"]
     url = models.url + "/small.gguf"

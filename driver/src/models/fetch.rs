@@ -3,12 +3,14 @@
 //! committed only when the digest matches. URLs in messages are redacted
 //! (`crate::model_ref::redact_url`).
 
+use super::egress::{self, EgressPolicy};
 use super::store::{Store, StoreError};
 use crate::model_ref::redact_url;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a model could not be fetched; every message names the model, the (redacted) URL and
@@ -29,6 +31,12 @@ pub enum FetchError {
         url: String,
         reason: String,
     },
+    #[error("model {name}: will not download {url}: {refused}")]
+    Refused {
+        name: String,
+        url: String,
+        refused: egress::Refused,
+    },
     #[error("model {name}: {source}")]
     Store {
         name: String,
@@ -48,9 +56,12 @@ impl FetchError {
 /// How often at most a progress event goes out.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// The HTTP client for model downloads.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+/// The HTTP client for model downloads, confined to the addresses `policy` allows
+/// (super::egress).
+pub fn client(policy: &Arc<EgressPolicy>) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .dns_resolver(Arc::new(egress::Resolver(policy.clone())))
+        .redirect(policy.redirect_policy())
         .user_agent(concat!("nomad-driver-elide/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         // Between two reads: a stalled server fails the start instead of hanging it.
@@ -67,6 +78,7 @@ fn mib(n: u64) -> String {
 /// `progress` gets task-event messages.
 pub async fn download(
     client: &reqwest::Client,
+    policy: &EgressPolicy,
     store: &Store,
     name: &str,
     url: &str,
@@ -83,12 +95,24 @@ pub async fn download(
         name: name.to_owned(),
         source,
     };
+    let refused = |refused: egress::Refused| FetchError::Refused {
+        name: name.to_owned(),
+        url: shown.clone(),
+        refused,
+    };
+    // An IP literal never reaches the resolver: checked here (redirects by the policy).
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        policy.check_url(&parsed).map_err(refused)?;
+    }
     // reqwest's messages carry the URL (with its credentials): never shown.
     let resp = client
         .get(url)
         .send()
         .await
-        .map_err(|e| unreachable(error_chain(e.without_url())))?;
+        .map_err(|e| match egress::refusal_in(&e) {
+            Some(r) => refused(r),
+            None => unreachable(error_chain(e.without_url())),
+        })?;
     let status = resp.status();
     if !status.is_success() {
         return Err(unreachable(format!("the server answered HTTP {status}")));

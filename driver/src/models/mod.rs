@@ -12,14 +12,16 @@
 //! e.g. an old one still finishing during an upgrade, and `models prune`).
 
 pub mod cli;
+pub mod egress;
 pub mod fetch;
 pub mod store;
 
 use crate::model_ref::{ModelRef, MODELS_TASK_DIR};
+use egress::EgressPolicy;
 use fetch::FetchError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use store::{Store, StoreError};
 
 /// A model ready for a task: the cached file and where the task sees it.
@@ -33,7 +35,8 @@ pub struct Prepared {
 /// The plugin's model fetcher: the HTTP client and the per-digest locks of this process.
 #[derive(Default)]
 pub struct Models {
-    client: OnceLock<reqwest::Client>,
+    /// Built for the policy of the current plugin config; rebuilt when it changes.
+    client: Mutex<Option<(Arc<EgressPolicy>, reqwest::Client)>>,
     downloads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -71,12 +74,17 @@ pub fn blob_path(cache_dir: &Path, sha256: &str) -> PathBuf {
 }
 
 impl Models {
-    fn client(&self) -> Result<&reqwest::Client, ModelsError> {
-        if let Some(c) = self.client.get() {
-            return Ok(c);
+    fn client(&self, policy: &EgressPolicy) -> Result<reqwest::Client, ModelsError> {
+        let mut cached = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((p, c)) = cached.as_ref() {
+            if **p == *policy {
+                return Ok(c.clone());
+            }
         }
-        let c = fetch::client().map_err(|e| ModelsError::Client(e.to_string()))?;
-        Ok(self.client.get_or_init(|| c))
+        let policy = Arc::new(policy.clone());
+        let c = fetch::client(&policy).map_err(|e| ModelsError::Client(e.to_string()))?;
+        *cached = Some((policy, c.clone()));
+        Ok(c)
     }
 
     fn download_lock(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -93,6 +101,7 @@ impl Models {
         cache_dir: &Path,
         max_mb: u64,
         mirror: &str,
+        policy: &EgressPolicy,
         task_id: &str,
         task_dir: &Path,
         models: &[ModelRef],
@@ -101,7 +110,7 @@ impl Models {
         let dir = cache_dir.to_path_buf();
         let store = blocking(move || Store::open(&dir)).await?;
         let r = self
-            .prepare_in(&store, mirror, task_id, task_dir, models, progress)
+            .prepare_in(&store, mirror, policy, task_id, task_dir, models, progress)
             .await;
         if r.is_err() {
             let (s, id) = (store.clone(), task_id.to_owned());
@@ -120,10 +129,12 @@ impl Models {
         Ok(prepared)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_in(
         &self,
         store: &Store,
         mirror: &str,
+        policy: &EgressPolicy,
         task_id: &str,
         task_dir: &Path,
         models: &[ModelRef],
@@ -169,7 +180,8 @@ impl Models {
                     let (s, sha) = (store.clone(), m.sha256.clone());
                     blocking(move || s.clear_partials(&sha)).await?;
                     fetch::download(
-                        self.client()?,
+                        &self.client(policy)?,
+                        policy,
                         store,
                         &m.name,
                         &m.url(mirror),

@@ -46,6 +46,38 @@ fn serve(body: Vec<u8>) -> Server {
     Server { url, gets }
 }
 
+/// The test servers listen on 127.0.0.1, which the plugin trusts only when listed.
+fn local() -> egress::EgressPolicy {
+    egress::EgressPolicy::from_config(&["127.0.0.1".to_owned()], "")
+}
+
+/// A server whose every answer is a redirect to `location`; counts the GETs.
+fn serve_redirect(location: String) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/m.gguf", l.local_addr().unwrap());
+    let gets = Arc::new(AtomicUsize::new(0));
+    let g = gets.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            g.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.0 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            );
+        }
+    });
+    Server { url, gets }
+}
+
 fn hex(d: &[u8]) -> String {
     Sha256::digest(d)
         .iter()
@@ -95,6 +127,7 @@ async fn concurrent_starts_share_one_download_and_one_file() {
                     &cache,
                     1024,
                     "",
+                    &local(),
                     &format!("a/t/{i}"),
                     &task_dir,
                     &[m],
@@ -133,6 +166,7 @@ async fn a_wrong_digest_fails_naming_both_and_leaves_nothing() {
             &cache,
             1024,
             "",
+            &local(),
             "a/t/1",
             t.path(),
             &[model(&srv.url, &wrong, "x.gguf")],
@@ -168,6 +202,7 @@ async fn an_unreachable_source_is_recoverable_and_never_shows_credentials() {
             &t.path().join("c"),
             1024,
             "",
+            &local(),
             "a/t/1",
             t.path(),
             &[model(&url, &hex(b"x"), "x.gguf")],
@@ -207,6 +242,8 @@ async fn a_cached_model_is_not_downloaded_again_and_the_mirror_serves_the_shorth
             &cache,
             1024,
             &mirror,
+            // Trusted only as the operator's mirror (not listed in model_internal_hosts).
+            &egress::EgressPolicy::from_config(&[], &mirror),
             &format!("a/t/{i}"),
             t.path(),
             std::slice::from_ref(&hf),
@@ -216,4 +253,80 @@ async fn a_cached_model_is_not_downloaded_again_and_the_mirror_serves_the_shorth
         .unwrap();
     }
     assert_eq!(srv.gets.load(Ordering::SeqCst), 1);
+}
+
+async fn refusal(policy: &egress::EgressPolicy, url: &str) -> ModelsError {
+    let t = tempfile::tempdir().unwrap();
+    Models::default()
+        .prepare(
+            &t.path().join("c"),
+            1024,
+            "",
+            policy,
+            "a/t/1",
+            t.path(),
+            &[model(url, &hex(b"x"), "x.gguf")],
+            &|_| {},
+        )
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn a_job_cannot_make_the_plugin_fetch_from_an_internal_address() {
+    let srv = serve(body());
+    // By IP literal: refused before any connection.
+    let e = refusal(&egress::EgressPolicy::default(), &srv.url).await;
+    let msg = e.to_string();
+    assert!(
+        matches!(e, ModelsError::Fetch(FetchError::Refused { .. })),
+        "{msg}"
+    );
+    assert!(!e.is_recoverable(), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1 is a loopback address") && msg.contains("model_internal_hosts"),
+        "{msg}"
+    );
+    // By a name that resolves to it: refused by the resolver.
+    let by_name = srv.url.replace("127.0.0.1", "localhost");
+    let e = refusal(&egress::EgressPolicy::default(), &by_name).await;
+    assert!(
+        matches!(e, ModelsError::Fetch(FetchError::Refused { .. })),
+        "{e}"
+    );
+    // The cloud metadata endpoint.
+    let e = refusal(
+        &egress::EgressPolicy::default(),
+        "http://169.254.169.254/latest/meta-data/",
+    )
+    .await;
+    assert!(e.to_string().contains("link-local (cloud metadata)"), "{e}");
+    assert_eq!(
+        srv.gets.load(Ordering::SeqCst),
+        0,
+        "nothing reached the server"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_source_cannot_redirect_the_plugin_to_an_internal_address() {
+    let target = serve(body());
+    // A literal the operator did not list, and a name resolving to a listed address.
+    for location in [
+        "http://10.255.255.1/m.gguf".to_owned(),
+        target.url.replace("127.0.0.1", "localhost"),
+    ] {
+        let redirect = serve_redirect(location.clone());
+        let e = refusal(&local(), &redirect.url).await;
+        assert!(
+            matches!(e, ModelsError::Fetch(FetchError::Refused { .. })),
+            "{location}: {e}"
+        );
+        assert_eq!(redirect.gets.load(Ordering::SeqCst), 1, "{location}");
+    }
+    assert_eq!(
+        target.gets.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
 }

@@ -8,6 +8,7 @@ use super::spec::task_dir;
 use super::Tasks;
 use crate::config::{PluginConfig, TaskConfig};
 use crate::model_ref::{MODELS_DIR_ENV, MODELS_TASK_DIR};
+use crate::models::egress::EgressPolicy;
 use common::proto::drivers::TaskConfig as NomadTask;
 use common::sandbox::VolumeSpec;
 
@@ -40,6 +41,7 @@ impl Tasks {
                 &cfg.model_cache_dir,
                 cfg.model_cache_max_mb,
                 &cfg.model_mirror,
+                &EgressPolicy::from_config(&cfg.model_internal_hosts, &cfg.model_mirror),
                 &task.id,
                 &dir,
                 &models,
@@ -165,6 +167,7 @@ mod tests {
         let h = Harness::new();
         let mut cfg = h.plugin.config();
         cfg.model_cache_dir = h.dir.path().join("models");
+        cfg.model_internal_hosts = vec!["127.0.0.1".into()];
         h.plugin.set_config(cfg, None);
         let mut task = h.task("ai");
         let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
