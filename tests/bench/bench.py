@@ -157,7 +157,7 @@ def task_pids(agent, driver: str) -> list[nm.Proc]:
             if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline]
 
 
-def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float, float]:
+def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float, float, dict]:
     """Seconds from `job stop` to: every task dead on the client (its last `Killed` task
     event), every task process gone (pidfds), every allocation terminal in the API (which
     adds the client's 200 ms batching of allocation updates, so it varies more)."""
@@ -180,11 +180,32 @@ def stop_latency(agent, job_id: str, driver: str) -> tuple[float, float, float]:
     t_gone = done.get("t", time.monotonic()) - t0
     if done.get("left"):
         print(f"  warning: {len(done['left'])} task processes of {job_id} still alive after stop")
-    killed = [e["Time"] / 1e9 - w0 for a in agent.allocs(job_id)
-              for e in agent.task_events(a["ID"], "t") if e["Type"] == "Killed"]
+    killed, killing, per_task = [], [], []
+    for a in agent.allocs(job_id):
+        ev = {}
+        for e in agent.task_events(a["ID"], "t"):
+            ev.setdefault(e["Type"], e["Time"] / 1e9 - w0)
+        if "Killed" in ev:
+            killed.append(ev["Killed"])
+        if "Killing" in ev:
+            killing.append(ev["Killing"])
+            if "Killed" in ev:
+                per_task.append(ev["Killed"] - ev["Killing"])
     t_dead = max(killed) if killed else t_api
     agent.api.delete(f"/v1/job/{job_id}", purge="true")
-    return t_dead, t_gone, t_api
+    return t_dead, t_gone, t_api, per_task_figures(killing, per_task)
+
+
+def per_task_figures(killing: list[float], per_task: list[float]) -> dict:
+    """How the stops of one `job stop` spread: when Nomad asked each task to stop (its
+    `Killing` event, s after the stop), and each task's own stop (`Killing` -> `Killed`, the
+    driver's StopTask and the task's exit): median, p90 and max, in ms."""
+    out = {}
+    for name, xs in (("killing_at", killing), ("task_stop", per_task)):
+        if xs:
+            out[name + "_ms"] = {"median": 1000 * statistics.median(xs),
+                                 "p90": 1000 * percentile(xs, 0.9), "max": 1000 * max(xs)}
+    return out
 
 
 def run_memory(agent, driver: str, n: int, density: bool) -> dict:
@@ -204,7 +225,8 @@ def run_memory(agent, driver: str, n: int, density: bool) -> dict:
     }
     if density:
         res.update(density_run(agent, j["ID"], n, h["shim"]))
-    res["stop_s"], res["stop_gone_s"], res["stop_api_s"] = stop_latency(agent, j["ID"], driver)
+    res["stop_s"], res["stop_gone_s"], res["stop_api_s"], res["stop_per_task"] = \
+        stop_latency(agent, j["ID"], driver)
     return res
 
 
@@ -303,7 +325,7 @@ def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> 
 def run_stop_rounds(agent, n: int, rounds: int) -> list[dict]:
     """Stop latency of N idle tasks, `rounds` times per driver, the order alternating (a
     single stop varies by a few hundred ms with Nomad's alloc update batching)."""
-    got: dict[str, list[tuple[float, float, float]]] = {"elide": [], "raw_exec": []}
+    got: dict[str, list[tuple]] = {"elide": [], "raw_exec": []}
     for r in range(rounds):
         for d in (("elide", "raw_exec") if r % 2 == 0 else ("raw_exec", "elide")):
             j = agent.run_job(job(f"stop-{d}-{n}-{r}", d, n, IDLE_APP))
@@ -314,7 +336,8 @@ def run_stop_rounds(agent, n: int, rounds: int) -> list[dict]:
              "stop_s": statistics.median(x[0] for x in v),
              "stop_gone_s": statistics.median(x[1] for x in v),
              "stop_api_s": statistics.median(x[2] for x in v),
-             "all_s": [round(x[0], 3) for x in v]} for d, v in got.items()]
+             "all_s": [round(x[0], 3) for x in v],
+             "per_task": [x[3] for x in v]} for d, v in got.items()]
 
 
 def plugin_pid(agent) -> int:
@@ -542,6 +565,13 @@ def main() -> int:
               f"{r['stop_s']:.3f}s of {r['rounds']} ({r['all_s']}); -> every task process gone "
               f"{r['stop_gone_s']:.3f}s; -> every allocation terminal in the API "
               f"{r['stop_api_s']:.3f}s")
+    for d, r in st.items():
+        for i, f in enumerate(r["per_task"]):
+            k, t = f.get("killing_at_ms"), f.get("task_stop_ms")
+            if k and t:
+                print(f"  {d:9} round {i}: Nomad's Killing at median {k['median']:.0f} ms, p90 "
+                      f"{k['p90']:.0f}, last {k['max']:.0f}; each task's Killing -> Killed median "
+                      f"{t['median']:.0f} ms, p90 {t['p90']:.0f}, max {t['max']:.0f}")
     if len(st) == 2:
         e, r = st["elide"], st["raw_exec"]
         print(f"ratio stop (medians): tasks dead {ratio(e['stop_s'], r['stop_s'])}, processes "

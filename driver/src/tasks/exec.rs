@@ -86,6 +86,7 @@ impl Tasks {
         task_id: &str,
         setup: shim::ExecSetup,
     ) -> Result<(mpsc::Sender<shim::ExecRequest>, ShimReplies), NotStarted> {
+        let begun = std::time::Instant::now();
         let entry = self
             .store
             .get(task_id)
@@ -127,7 +128,14 @@ impl Tasks {
             .into_inner();
         match replies.message().await {
             Ok(Some(first)) => {
-                tracing::debug!(task_id, pid = first.pid, ?command, "exec started");
+                // The shim's log splits `started_us` further (prepare_us, enter_us).
+                tracing::debug!(
+                    task_id,
+                    pid = first.pid,
+                    ?command,
+                    started_us = begun.elapsed().as_micros() as u64,
+                    "exec started"
+                );
                 Ok((tx, replies))
             }
             Ok(None) => Err(NotStarted::Other(Status::internal(

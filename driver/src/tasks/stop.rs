@@ -32,6 +32,7 @@ impl Tasks {
             req.signal.as_str()
         };
         tracing::info!(task_id = %req.task_id, signal, timeout_ms = common::duration::millis(timeout), "stopping task");
+        let begun = std::time::Instant::now();
         let mut c = match entry.client().await {
             Ok(c) => c,
             Err(e) => return stop_without_shim(&entry, &e.to_string()).await,
@@ -47,6 +48,9 @@ impl Tasks {
                 if let Some(e) = r.into_inner().exit {
                     entry.set_exit(e);
                 }
+                // How long the shim's Stop took (signal, exit, output drained, exit recorded):
+                // with many stops at once, whether they queue (docs/performance.md).
+                tracing::debug!(task_id = %req.task_id, stop_ms = begun.elapsed().as_millis() as u64, "task stopped");
                 Ok(())
             }
             Err(s) if s.code() == Code::InvalidArgument => Err(TaskError::BadRequest(format!(

@@ -94,6 +94,7 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 /// Checks the request against the task, starts `sandbox-exec` and returns once the command
 /// runs. Must run on the shim's main thread (the fork; see `runtime`).
 pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecError> {
+    let begun = std::time::Instant::now();
     let argv = &setup.command;
     if argv.first().is_none_or(|p| p.is_empty()) {
         return Err(ExecError::EmptyCommand);
@@ -212,6 +213,7 @@ pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecE
     })();
     arranged.map_err(setup_err("arranging the fds of sandbox-exec"))?;
     let cgroup = shim.cgroup_procs();
+    let forking = std::time::Instant::now();
     let helper = runtime::fork_helper(EXEC_COMMAND, 0, &fds.moves(), &cgroup)
         .map_err(setup_err("starting elide-executor sandbox-exec"))?;
     // Registered before the next await: the reaping loop cannot have run since the fork.
@@ -251,7 +253,18 @@ pub async fn start(shim: &Shim, setup: &api::ExecSetup) -> Result<Started, ExecE
         }
         (pipes, _) => pipes,
     };
-    tracing::info!(pid, helper, command = ?argv, tty = tty.is_some(), "exec: command started in the task");
+    // Where the time goes (docs/performance.md, `nomad alloc exec`): the checks and the plan
+    // before the fork, then sandbox-exec joining the cgroups and namespaces up to the command's
+    // exec (on cgroup v1 most of it is the kernel's wait in the cgroup attach).
+    tracing::info!(
+        pid,
+        helper,
+        command = ?argv,
+        tty = tty.is_some(),
+        prepare_us = forking.duration_since(begun).as_micros() as u64,
+        enter_us = forking.elapsed().as_micros() as u64,
+        "exec: command started in the task"
+    );
     Ok(Started {
         pid,
         helper,
