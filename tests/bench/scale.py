@@ -65,6 +65,19 @@ chroot_env {
 """ + "".join(f'  "{d}" = "{d}"\n' for d in CHROOT_ENV) + "}\n"
 
 
+# --payload sleep: a minimal `elide` for the driver's own limits at sizes the stand-in's two
+# Python interpreters per task (~14 MiB Pss) cannot reach on this node. It answers the
+# fingerprint (`--version`, `info`) like Elide and `exec`s sleep for any command, so a task is
+# one small process; the driver runs it as it runs Elide (no special case).
+SLEEP_ELIDE = """#!/bin/sh
+case "$1" in
+  --version) echo 1.0.0-beta10 ;;
+  info) printf 'Elide v1.0.0-beta10 (RELEASE)\\nPlatform: Native\\nLanguages: python\\n' ;;
+  *) exec sleep 2147483647 ;;
+esac
+"""
+
+
 def scale_job(name: str, driver: str, count: int) -> str:
     """`count` idle tasks of `driver` (elide, or exec/raw_exec running the same stand-in)."""
     if driver == "elide":
@@ -199,7 +212,14 @@ def all_running(agent, job_id: str, n: int, timeout: float, brake=None) -> None:
     early (raises Braked with the count running then), or None."""
     deadline = time.monotonic() + timeout
     while True:
-        up = running_count(agent, job_id)
+        try:
+            up = running_count(agent, job_id)
+        except (OSError, nm.ApiError) as e:  # an agent starting 1,000 tasks answers slowly
+            if time.monotonic() > deadline:
+                raise
+            print(f"  (allocations of {job_id}: {e}; asking again)", file=sys.stderr)
+            time.sleep(0.5)
+            continue
         if up >= n:
             return
         why = brake() if brake else None
@@ -319,11 +339,18 @@ def threads(pid: int) -> int:
         return 0
 
 
+def payload_procs(agent) -> list:
+    """The task processes of this agent: the stand-in and its guest, or --payload sleep's."""
+    return [p for p in agent.processes()
+            if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline
+            or p.cmdline.startswith("sleep 2147483647")]
+
+
 def census(agent, n: int) -> dict:
     """What N tasks take of the node's limits: threads (each one a pid) per task by process
     kind, the node's threads against kernel.pid_max / threads-max, the payload's Pss."""
     h = bench.helpers(agent)
-    payload = bench.task_pids(agent, "elide")
+    payload = payload_procs(agent)
     kinds = {"shim": h["shim"], "sandbox_init": h["init"], "payload": [p.pid for p in payload]}
     out = {f"threads_{k}": sum(threads(p) for p in v) for k, v in kinds.items()}
     out["procs_payload"] = len(payload)
@@ -360,7 +387,10 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
     while count < n and limit is None:
         nxt = min(n, count + step)
         if count:
-            # What the tasks so far took of the node each, and how many more fit.
+            # What the tasks so far took of the node each, and how many more fit: measured
+            # after their payloads have settled (a task is "running" before its interpreter
+            # has finished starting up and reached its full size).
+            time.sleep(15)
             avail = mem_available_kb()
             per_task = max(res["mem_available_kb_before"] - avail, 0) / count
             fit = int((avail - floor) / per_task) if per_task else nxt - count
@@ -444,7 +474,7 @@ def run_elide(agent, n: int, a) -> dict:
         res.update(restart_run(agent, job_id, n, set(h["shim"])))
     alloc_ids = [x["ID"] for x in agent.allocs(job_id)]
     if "stop" not in a.skip:
-        procs = bench.task_pids(agent, "elide") + [nm.proc_info(p) for p in bench.helpers(agent)["shim"]]
+        procs = payload_procs(agent) + [nm.proc_info(p) for p in bench.helpers(agent)["shim"]]
         procs = [p for p in procs if p]
         t3 = time.monotonic()
         agent.stop_job(job_id, wait=False)
@@ -525,7 +555,7 @@ def run_peer(agent, driver: str, n: int) -> dict:
     res["helper_rss_kb_per_task"] = sum(m.get("VmRSS", 0) for m in hm) / n
     if driver == "elide":
         res["plugin_rss_kb"] = smaps(bench.plugin_pid(agent)).get("VmRSS", 0)
-    payload = bench.task_pids(agent, driver)
+    payload = payload_procs(agent)
     res["payload_procs"] = len(payload)
     res["payload_pss_kb_per_task"] = sum(smaps(p.pid).get("Pss", 0) for p in payload) / n
     alloc_ids = [x["ID"] for x in agent.allocs(job_id)]
@@ -643,8 +673,7 @@ def print_table(r: dict) -> None:
                      f"{r['threads_plugin']}, Nomad {r['threads_nomad']}; node "
                      f"{r['threads_node']} of pid_max {r['pid_max']}"))
         rows.append(("payload Pss / private per task", f"{r['payload_pss_kb_per_task'] / 1024:.1f}"
-                     f" / {r['payload_private_kb_per_task'] / 1024:.1f} MiB (the stand-in and "
-                     "its Python guest)"))
+                     f" / {r['payload_private_kb_per_task'] / 1024:.1f} MiB"))
         rows.append(("node MemAvailable", f"{r['mem_available_kb_before'] / 1048576:.1f} GiB "
                      f"before, {r['mem_available_kb'] / 1048576:.1f} GiB with the tasks"))
     if r.get("tasks_requested", n) != n or r.get("limit"):
@@ -671,6 +700,9 @@ def main() -> int:
                     help="rise to --tasks in steps of this many tasks while memory allows")
     ap.add_argument("--mem-floor", type=int, default=3072,
                     help="MiB of MemAvailable a step must leave (half of it: stop adding)")
+    ap.add_argument("--payload", choices=("standin", "sleep"), default="standin",
+                    help="what `elide` the Elide tasks run: the stand-in (a Python interpreter "
+                    "running the app, the default) or a shell script that execs sleep")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     a.skip = set(filter(None, a.skip.split(",")))
@@ -680,7 +712,15 @@ def main() -> int:
                           executor_bin=bins["executor"], name="scale", mode="persistent",
                           client_hcl=CLIENT_HCL, log_level="INFO")
     agent.plugin_config = agent.default_plugin_config()
-    out: dict = {"elide": [], "peers": []}
+    if a.payload == "sleep":
+        inst = os.path.join(base, "elide-sleep")
+        os.makedirs(inst)
+        path = os.path.join(inst, "elide")
+        with open(path, "w") as f:
+            f.write(SLEEP_ELIDE)
+        os.chmod(path, 0o755)
+        agent.plugin_config["elide_binary"] = path
+    out: dict = {"payload": a.payload, "elide": [], "peers": []}
     try:
         agent.start()
         agent.wait_driver_healthy()
@@ -699,8 +739,20 @@ def main() -> int:
     finally:
         agent.stop()
         # In persistent mode tasks outlive the agent: a run that failed, or skipped the stop,
-        # would leave them (and their shims) running. End them, by pid.
+        # would leave them (and their shims) running. End them, by pid: SIGTERM to the shims
+        # first (a shim stops its task and removes its cgroup and runtime entry; a second
+        # SIGTERM once the task is gone makes it leave), SIGKILL for what is left after that.
         stray = agent.leftovers(timeout=5)
+        for wait_for_shims in (False, True):
+            shims = [p for p in stray if "elide-executor serve" in p.cmdline and nm.is_alive(p)]
+            for p in shims:
+                try:
+                    os.kill(p.pid, 15)
+                except OSError:
+                    pass
+            nm.wait_gone(shims if wait_for_shims else
+                         [p for p in stray if "elide-executor serve" not in p.cmdline], 120)
+        stray = [p for p in stray if nm.is_alive(p)]
         for p in stray:
             try:
                 os.kill(p.pid, 9)
