@@ -4,7 +4,12 @@ Prints the table of docs/performance.md ("At scale") with the plugin's CPU, memo
 descriptors split out from the shims'; asserts nothing (targets are read by people).
 
     python3 tests/bench/scale.py --tasks 1000 [--idle 60] [--strace 10] [--json out.json]
-        [--skip restart,stop] [--exec-tasks 20]
+        [--skip restart,stop] [--exec-tasks 20] [--step 500 --mem-floor 3072]
+        [--payload standin|sleep]
+
+--payload sleep runs a minimal `elide` (a shell script answering the fingerprint and exec'ing
+sleep) instead of the stand-in, whose two Python interpreters per task (~14 MiB) fill this
+node's memory near 1,000 tasks: the driver's own limits at 2,000 and beyond.
 
 One persistent agent (server + client), the client's cpu_total_compute / memory_total_mb
 raised so the scheduler places N tasks of cpu = 10, memory = 40, ephemeral_disk = 10 on this
@@ -40,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -721,6 +727,8 @@ def main() -> int:
         os.chmod(path, 0o755)
         agent.plugin_config["elide_binary"] = path
     out: dict = {"payload": a.payload, "elide": [], "peers": []}
+    # SIGTERM (`timeout`, a CI runner) ends the run through the clean-up below, not around it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         agent.start()
         agent.wait_driver_healthy()
