@@ -4,7 +4,12 @@ Prints the table of docs/performance.md ("At scale") with the plugin's CPU, memo
 descriptors split out from the shims'; asserts nothing (targets are read by people).
 
     python3 tests/bench/scale.py --tasks 1000 [--idle 60] [--strace 10] [--json out.json]
-        [--skip restart,stop] [--exec-tasks 20]
+        [--skip restart,stop] [--exec-tasks 20] [--step 500 --mem-floor 3072]
+        [--payload standin|sleep]
+
+--payload sleep runs a minimal `elide` (a shell script answering the fingerprint and exec'ing
+sleep) instead of the stand-in, whose two Python interpreters per task (~14 MiB) fill this
+node's memory near 1,000 tasks: the driver's own limits at 2,000 and beyond.
 
 One persistent agent (server + client), the client's cpu_total_compute / memory_total_mb
 raised so the scheduler places N tasks of cpu = 10, memory = 40, ephemeral_disk = 10 on this
@@ -23,8 +28,15 @@ machine. Figures:
             and whether any shim was restarted (same pids before and after)
   stop      `job stop` (DELETE /v1/job) -> every task process gone, every allocation terminal
   clean     after the stop: cgroups, mounts and runtime dir entries left behind (none expected)
-  exec      (--exec-tasks N) Nomad's exec driver side by side: N idle tasks, start-all time,
-            helper Pss per task, and the disk the task dirs take (real blocks, `du`)
+  exec      (--exec-tasks N) Nomad's exec driver side by side with N Elide tasks, one job
+            after the other on the same agent: start-all time, helper and payload Pss per task,
+            the disk the allocation dirs take (real blocks: `du`, which counts a hard-linked
+            inode once, and the blocks only the allocation dirs hold, from st_blocks), stop
+            time, and what each leaves behind; ratios elide / exec
+  memory    (--step S) large N in steps of S tasks: before each step the node's MemAvailable
+            and the memory the tasks so far took each (its drop / tasks) say how many more fit
+            above --mem-floor; the run stops rising where they no longer do (and says so), and
+            stops adding if MemAvailable falls below half the floor while tasks start
 """
 from __future__ import annotations
 
@@ -33,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,13 +58,34 @@ import bench  # noqa: E402
 
 nm = bench.nm
 
+# exec's chroot: Nomad's default chroot_env (client/config DefaultChrootEnv, 1.6.1) plus Elide's
+# install dir (the stand-in's), as an operator running Elide under exec would add it; the Elide
+# driver binds the same dir into its sandbox. Only the exec driver reads chroot_env.
+STANDIN_DIR = os.path.dirname(nm.STANDIN)
+CHROOT_ENV = ["/bin", "/etc", "/lib", "/lib32", "/lib64", "/run/resolvconf", "/sbin", "/usr",
+              "/run/systemd/resolve", STANDIN_DIR]
 CLIENT_HCL = """
 cpu_total_compute = 200000
 memory_total_mb   = 200000
+chroot_env {
+""" + "".join(f'  "{d}" = "{d}"\n' for d in CHROOT_ENV) + "}\n"
+
+
+# --payload sleep: a minimal `elide` for the driver's own limits at sizes the stand-in's two
+# Python interpreters per task (~14 MiB Pss) cannot reach on this node. It answers the
+# fingerprint (`--version`, `info`) like Elide and `exec`s sleep for any command, so a task is
+# one small process; the driver runs it as it runs Elide (no special case).
+SLEEP_ELIDE = """#!/bin/sh
+case "$1" in
+  --version) echo 1.0.0-beta10 ;;
+  info) printf 'Elide v1.0.0-beta10 (RELEASE)\\nPlatform: Native\\nLanguages: python\\n' ;;
+  *) exec sleep 2147483647 ;;
+esac
 """
 
 
 def scale_job(name: str, driver: str, count: int) -> str:
+    """`count` idle tasks of `driver` (elide, or exec/raw_exec running the same stand-in)."""
     if driver == "elide":
         config = 'script = "local/app.py"'
     else:
@@ -158,14 +192,45 @@ def alloc_start_times(agent, job_id: str, t_submit: float) -> list[float]:
     return out
 
 
-def all_running(agent, job_id: str, n: int, timeout: float) -> None:
+class Braked(Exception):
+    """The brake of all_running fired: `up` tasks were running."""
+
+    def __init__(self, up: int, why: str):
+        super().__init__(why)
+        self.up, self.why = up, why
+
+
+def running_count(agent, job_id: str) -> int:
+    allocs = agent.api.get("/v1/job/" + job_id + "/allocations")
+    return sum(1 for x in allocs
+               if x.get("DesiredStatus") == "run"
+               and ((x.get("TaskStates") or {}).get("t") or {}).get("State") == "running")
+
+
+def alloc_start_times_own(alloc: dict) -> list[float]:
+    """Seconds from the allocation's creation to its task's Started event."""
+    ev = ((alloc.get("TaskStates") or {}).get("t") or {}).get("Events") or []
+    return [e["Time"] / 1e9 - alloc["CreateTime"] / 1e9 for e in ev if e["Type"] == "Started"][:1]
+
+
+def all_running(agent, job_id: str, n: int, timeout: float, brake=None) -> None:
+    """Wait until `n` tasks of the job run. `brake()` (optional) returns a reason to give up
+    early (raises Braked with the count running then), or None."""
     deadline = time.monotonic() + timeout
     while True:
-        allocs = agent.api.get("/v1/job/" + job_id + "/allocations")
-        up = sum(1 for x in allocs
-                 if ((x.get("TaskStates") or {}).get("t") or {}).get("State") == "running")
+        try:
+            up = running_count(agent, job_id)
+        except (OSError, nm.ApiError) as e:  # an agent starting 1,000 tasks answers slowly
+            if time.monotonic() > deadline:
+                raise
+            print(f"  (allocations of {job_id}: {e}; asking again)", file=sys.stderr)
+            time.sleep(0.5)
+            continue
         if up >= n:
             return
+        why = brake() if brake else None
+        if why:
+            raise Braked(up, why)
         if time.monotonic() > deadline:
             raise TimeoutError(f"{up}/{n} tasks of {job_id} running after {timeout:.0f}s")
         time.sleep(0.5)
@@ -257,17 +322,124 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     return out
 
 
+def mem_available_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    return 0
+
+
+def read_int(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def payload_procs(agent) -> list:
+    """The task processes of this agent: the stand-in and its guest, or --payload sleep's."""
+    return [p for p in agent.processes()
+            if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline
+            or p.cmdline.startswith("sleep 2147483647")]
+
+
+def census(agent, n: int) -> dict:
+    """What N tasks take of the node's limits: threads (each one a pid) per task by process
+    kind, the node's threads against kernel.pid_max / threads-max, the payload's Pss."""
+    h = bench.helpers(agent)
+    payload = payload_procs(agent)
+    kinds = {"shim": h["shim"], "sandbox_init": h["init"], "payload": [p.pid for p in payload]}
+    out = {f"threads_{k}": sum(threads(p) for p in v) for k, v in kinds.items()}
+    out["procs_payload"] = len(payload)
+    out["threads_plugin"] = threads(bench.plugin_pid(agent))
+    out["threads_nomad"] = threads(agent.proc.pid) if agent.proc else 0
+    out["threads_per_task"] = sum(out[f"threads_{k}"] for k in kinds) / max(n, 1)
+    out["threads_node"] = sum(threads(int(d)) for d in os.listdir("/proc") if d.isdigit())
+    out["pid_max"] = read_int("/proc/sys/kernel/pid_max")
+    out["threads_max"] = read_int("/proc/sys/kernel/threads-max")
+    out["payload_pss_kb_per_task"] = sum(smaps(p.pid).get("Pss", 0) for p in payload) / max(n, 1)
+    out["payload_private_kb_per_task"] = sum(
+        smaps(p.pid).get("Private_Dirty", 0) + smaps(p.pid).get("Private_Clean", 0)
+        for p in payload) / max(n, 1)
+    return out
+
+
+def start_tasks(agent, job_id: str, n: int, a) -> dict:
+    """Registers the job at `n` tasks (or rises to it in steps of --step while the node's
+    memory allows) and waits for all of them to run. Returns the start figures."""
+    res: dict = {"tasks_requested": n, "mem_available_kb_before": mem_available_kb(),
+                 "steps": []}
+    floor = a.mem_floor * 1024
+
+    def brake():
+        avail = mem_available_kb()
+        if avail < floor // 2:
+            return (f"MemAvailable {avail // 1024} MiB fell below half the floor "
+                    f"({a.mem_floor // 2} MiB) while tasks started")
+        return None
+
+    step = a.step if a.step > 0 else n
+    count, limit = 0, None
+    t0 = time.monotonic()
+    while count < n and limit is None:
+        nxt = min(n, count + step)
+        if count:
+            # What the tasks so far took of the node each, and how many more fit: measured
+            # after their payloads have settled (a task is "running" before its interpreter
+            # has finished starting up and reached its full size).
+            time.sleep(15)
+            avail = mem_available_kb()
+            per_task = max(res["mem_available_kb_before"] - avail, 0) / count
+            fit = int((avail - floor) / per_task) if per_task else nxt - count
+            if fit < nxt - count:
+                limit = (f"memory: {count} tasks took {per_task / 1024:.1f} MiB each of the "
+                         f"node's memory; MemAvailable {avail // 1024} MiB leaves room for "
+                         f"{max(fit, 0)} more above the {a.mem_floor} MiB floor, "
+                         f"{n - count} were still to start")
+                nxt = count + max(fit, 0)
+                if nxt <= count:
+                    break
+        t1 = time.monotonic()
+        agent.run_job(scale_job(job_id, "elide", nxt))
+        try:
+            all_running(agent, job_id, nxt, timeout=1800, brake=brake)
+            count = nxt
+        except Braked as b:
+            limit = f"memory: {b.why}; {b.up} tasks were running"
+            count = b.up
+            agent.run_job(scale_job(job_id, "elide", count))  # the rest are stopped
+            all_running(agent, job_id, count, timeout=1800)
+        res["steps"].append({"count": count, "start_s": time.monotonic() - t1,
+                             "mem_available_kb": mem_available_kb()})
+    res["start_all_s"] = time.monotonic() - t0
+    res["tasks"] = count
+    res["limit"] = limit
+    return res
+
+
 def run_elide(agent, n: int, a) -> dict:
-    res: dict = {"tasks": n}
     job_id = f"scale-{n}"
     # The plugin before this run's tasks: what the tasks add is the per-task share.
-    res["plugin_rss_kb_before"] = smaps(bench.plugin_pid(agent)).get("VmRSS", 0)
+    rss_before = smaps(bench.plugin_pid(agent)).get("VmRSS", 0)
     t_submit = time.time()
-    t0 = time.monotonic()
-    agent.run_job(scale_job(job_id, "elide", n))
-    all_running(agent, job_id, n, timeout=1800)
-    res["start_all_s"] = time.monotonic() - t0
-    starts = sorted(alloc_start_times(agent, job_id, t_submit))
+    res = start_tasks(agent, job_id, n, a)
+    res["plugin_rss_kb_before"] = rss_before
+    n = res["tasks"]
+    if a.step:
+        # Several registrations: each task from its allocation's creation.
+        starts = sorted(s for x in agent.allocs(job_id) if x["DesiredStatus"] == "run"
+                        for s in alloc_start_times_own(x))
+    else:
+        starts = sorted(alloc_start_times(agent, job_id, t_submit))
     allocs = agent.allocs(job_id)
     res["allocs_failed"] = sum(1 for x in allocs if x["ClientStatus"] == "failed")
     res["start_median_s"] = statistics.median(starts) if starts else 0
@@ -278,6 +450,8 @@ def run_elide(agent, n: int, a) -> dict:
     res["shims"], res["inits"] = len(h["shim"]), len(h["init"])
     shim_m = [smaps(p) for p in h["shim"] + h["init"]]
     res["helper_pss_kb_per_task"] = sum(m.get("Pss", 0) for m in shim_m) / n
+    res["mem_available_kb"] = mem_available_kb()
+    res.update(census(agent, n))
     pm = smaps(plugin)
     res["plugin_rss_kb"], res["plugin_pss_kb"] = pm.get("VmRSS", 0), pm.get("Pss", 0)
     res["plugin_anon_kb"] = pm.get("Anonymous", 0)
@@ -306,7 +480,7 @@ def run_elide(agent, n: int, a) -> dict:
         res.update(restart_run(agent, job_id, n, set(h["shim"])))
     alloc_ids = [x["ID"] for x in agent.allocs(job_id)]
     if "stop" not in a.skip:
-        procs = bench.task_pids(agent, "elide") + [nm.proc_info(p) for p in bench.helpers(agent)["shim"]]
+        procs = payload_procs(agent) + [nm.proc_info(p) for p in bench.helpers(agent)["shim"]]
         procs = [p for p in procs if p]
         t3 = time.monotonic()
         agent.stop_job(job_id, wait=False)
@@ -326,31 +500,141 @@ def run_elide(agent, n: int, a) -> dict:
     return res
 
 
-def run_exec(agent, n: int) -> dict:
-    """Nomad's exec driver, N idle tasks: start-all time, helper Pss per task, disk."""
-    job_id = f"scale-exec-{n}"
+def disk_usage(dirs: list[str]) -> dict:
+    """Disk the given dirs take, by real blocks. `du -sk` counts each inode once, however many
+    hard links it has in the dirs, but counts an inode linked from outside too (exec's chroot
+    hard-links the host's /usr, /etc... files). From lstat's st_blocks: the blocks of every
+    inode once, and the blocks only these dirs hold (directories, and files none of whose links
+    is outside them: st_nlink = the links seen here), i.e. what deleting them frees."""
+    du = subprocess.run(["du", "-sk", "-c", *dirs], capture_output=True, text=True).stdout
+    tot = du.strip().splitlines()[-1].split() if du.strip() else ["0"]
+    seen: dict[tuple[int, int], list] = {}
+    entries = dirs_n = 0
+    stack = list(dirs)
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                entries += 1
+                key = (st.st_dev, st.st_ino)
+                if e.is_dir(follow_symlinks=False):
+                    dirs_n += 1
+                    stack.append(e.path)
+                    seen[key] = [st.st_blocks, 1, 1]  # a directory has no other link
+                    continue
+                rec = seen.setdefault(key, [st.st_blocks, st.st_nlink, 0])
+                rec[2] += 1
+    own = [r for r in seen.values() if r[2] >= r[1]]
+    return {"du_kb": int(tot[0]), "entries": entries, "dirs": dirs_n, "inodes": len(seen),
+            "inodes_own": len(own),
+            "blocks_kb": sum(r[0] for r in seen.values()) // 2,
+            "blocks_own_kb": sum(r[0] for r in own) // 2}
+
+
+def run_peer(agent, driver: str, n: int) -> dict:
+    """N idle tasks of `driver` (elide or exec), the same stand-in and app: start-all time,
+    helper and payload memory per task, disk of the allocation dirs, stop, leftovers."""
+    job_id = f"peer-{driver}-{n}"
+    t_submit = time.time()
     t0 = time.monotonic()
-    agent.run_job(scale_job(job_id, "exec", n))
+    agent.run_job(scale_job(job_id, driver, n))
     all_running(agent, job_id, n, timeout=1800)
-    res = {"tasks": n, "start_all_s": time.monotonic() - t0}
-    time.sleep(5)
+    res: dict = {"driver": driver, "tasks": n, "start_all_s": time.monotonic() - t0}
+    starts = sorted(alloc_start_times(agent, job_id, t_submit))
+    res["start_median_s"] = statistics.median(starts) if starts else 0
+    res["start_max_s"] = max(starts) if starts else 0
+    time.sleep(5)  # the stats streams of all tasks are up
     h = bench.helpers(agent)
-    res["helper_pss_kb_per_task"] = sum(smaps(p).get("Pss", 0)
-                                        for p in h["executor"] + h["logmon"]) / n
-    allocs = os.path.join(agent.data_dir, "alloc")
-    du = subprocess.run(["du", "-sk", allocs], capture_output=True, text=True).stdout.split()
-    res["alloc_dir_kb_per_task"] = int(du[0]) / n if du else 0
+    kinds = ("shim", "init") if driver == "elide" else ("executor", "logmon")
+    hp = [p for k in kinds for p in h[k]]
+    res["helpers"] = {k: len(h[k]) for k in kinds}
+    hm = [smaps(p) for p in hp]
+    res["helper_pss_kb_per_task"] = sum(m.get("Pss", 0) for m in hm) / n
+    res["helper_rss_kb_per_task"] = sum(m.get("VmRSS", 0) for m in hm) / n
+    if driver == "elide":
+        res["plugin_rss_kb"] = smaps(bench.plugin_pid(agent)).get("VmRSS", 0)
+    payload = payload_procs(agent)
+    res["payload_procs"] = len(payload)
+    res["payload_pss_kb_per_task"] = sum(smaps(p.pid).get("Pss", 0) for p in payload) / n
+    alloc_ids = [x["ID"] for x in agent.allocs(job_id)]
     t1 = time.monotonic()
-    agent.stop_job(job_id, timeout=900)
-    res["stop_api_s"] = time.monotonic() - t1
+    res["disk"] = disk_usage([os.path.join(agent.data_dir, "alloc", x) for x in alloc_ids])
+    res["disk_walk_s"] = time.monotonic() - t1
+    procs = [p for p in payload + [nm.proc_info(p) for p in hp] if p]
+    t2 = time.monotonic()
+    agent.stop_job(job_id, wait=False)
+    agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT
+                                             for x in al), timeout=900, what="stopped")
+    res["stop_api_s"] = time.monotonic() - t2
+    left = nm.wait_gone(procs, 300)
+    res["stop_gone_s"] = time.monotonic() - t2
+    res["stop_left"] = len(left)
     agent.api.delete(f"/v1/job/{job_id}", purge="true")
+    # Nomad removes an allocation's dir (exec: its chroot) when its GC collects it.
+    t3 = time.monotonic()
+    agent.api.put("/v1/client/gc")  # starts the destruction of each allocation and returns
+    dirs = [os.path.join(agent.data_dir, "alloc", x) for x in alloc_ids]
+    deadline = time.monotonic() + 900
+    while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
+        time.sleep(0.2)  # no event tells when the client has removed a dir
+    res["gc_s"] = time.monotonic() - t3
+    res["left_alloc_dirs"] = [d for d in dirs if os.path.exists(d)]
+    res["left_cgroups"] = cgroup_leftovers(alloc_ids)
+    res["left_mounts"] = mount_leftovers(agent.base)
     return res
 
 
-def elide_disk(agent, n: int) -> float:
-    allocs = os.path.join(agent.data_dir, "alloc")
-    du = subprocess.run(["du", "-sk", allocs], capture_output=True, text=True).stdout.split()
-    return int(du[0]) / n if du else 0
+def peer_ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}x" if b else "-"
+
+
+def print_peers(e: dict, x: dict) -> None:
+    n = e["tasks"]
+    de, dx = e["disk"], x["disk"]
+    mib = lambda kb: f"{kb / 1024:.2f} MiB"  # noqa: E731
+    rows = [
+        ("submit -> all running", f"{e['start_all_s']:.1f} s", f"{x['start_all_s']:.1f} s",
+         e["start_all_s"], x["start_all_s"]),
+        ("slowest task's start", f"{e['start_max_s']:.1f} s", f"{x['start_max_s']:.1f} s",
+         e["start_max_s"], x["start_max_s"]),
+        ("helper Pss per task", mib(e["helper_pss_kb_per_task"]),
+         mib(x["helper_pss_kb_per_task"]), e["helper_pss_kb_per_task"],
+         x["helper_pss_kb_per_task"]),
+        ("helper VmRSS per task", mib(e["helper_rss_kb_per_task"]),
+         mib(x["helper_rss_kb_per_task"]), e["helper_rss_kb_per_task"],
+         x["helper_rss_kb_per_task"]),
+        ("payload Pss per task", mib(e["payload_pss_kb_per_task"]),
+         mib(x["payload_pss_kb_per_task"]), e["payload_pss_kb_per_task"],
+         x["payload_pss_kb_per_task"]),
+        ("alloc dirs: blocks only they hold / task", mib(de["blocks_own_kb"] / n),
+         mib(dx["blocks_own_kb"] / n), de["blocks_own_kb"], dx["blocks_own_kb"]),
+        (f"all {n} alloc dirs: du -sk (each inode once)", mib(de["du_kb"]), mib(dx["du_kb"]),
+         de["du_kb"], dx["du_kb"]),
+        ("alloc dirs: inodes only they hold / task", f"{de['inodes_own'] / n:.0f}",
+         f"{dx['inodes_own'] / n:.0f}", de["inodes_own"], dx["inodes_own"]),
+        ("alloc dirs: entries / task", f"{de['entries'] / n:.0f}", f"{dx['entries'] / n:.0f}",
+         de["entries"], dx["entries"]),
+        ("job stop -> every process gone", f"{e['stop_gone_s']:.1f} s",
+         f"{x['stop_gone_s']:.1f} s", e["stop_gone_s"], x["stop_gone_s"]),
+        ("client GC -> alloc dirs removed", f"{e['gc_s']:.1f} s", f"{x['gc_s']:.1f} s",
+         e["gc_s"], x["gc_s"]),
+    ]
+    print(f"\n== {n} idle tasks: Elide against Nomad's exec driver (same agent, same run) ==")
+    print(f"  {'':44} {'elide':>12} {'exec':>12} {'elide/exec':>11}")
+    for k, ve, vx, a, b in rows:
+        print(f"  {k:44} {ve:>12} {vx:>12} {peer_ratio(a, b):>11}")
+    for r in (e, x):
+        print(f"  {r['driver']}: helpers {r['helpers']}, {r['payload_procs']} payload processes, "
+              f"{r['stop_left']} left after the stop, {len(r['left_alloc_dirs'])} alloc dirs, "
+              f"{len(r['left_cgroups'])} cgroups, {len(r['left_mounts'])} mounts left after GC")
 
 
 def print_table(r: dict) -> None:
@@ -388,6 +672,22 @@ def print_table(r: dict) -> None:
                      f"{len(r['left_cgroups'])} cgroups, {len(r['left_mounts'])} mounts, "
                      f"{len(r['left_runtime_entries'])} runtime dir entries)"))
     rows.append(("Nomad client RSS", f"{r['client_rss_kb'] / 1024:.0f} MiB"))
+    if "threads_per_task" in r:
+        rows.append(("threads (pids) per task", f"{r['threads_per_task']:.2f} (shims "
+                     f"{r['threads_shim']}, PID 1s {r['threads_sandbox_init']}, payload "
+                     f"{r['threads_payload']} in {r['procs_payload']} processes); plugin "
+                     f"{r['threads_plugin']}, Nomad {r['threads_nomad']}; node "
+                     f"{r['threads_node']} of pid_max {r['pid_max']}"))
+        rows.append(("payload Pss / private per task", f"{r['payload_pss_kb_per_task'] / 1024:.1f}"
+                     f" / {r['payload_private_kb_per_task'] / 1024:.1f} MiB"))
+        rows.append(("node MemAvailable", f"{r['mem_available_kb_before'] / 1048576:.1f} GiB "
+                     f"before, {r['mem_available_kb'] / 1048576:.1f} GiB with the tasks"))
+    if r.get("tasks_requested", n) != n or r.get("limit"):
+        rows.append(("tasks requested / reached", f"{r['tasks_requested']} / {n}: "
+                     f"{r.get('limit') or 'all'}"))
+    if len(r.get("steps", [])) > 1:
+        rows.append(("steps", ", ".join(f"{st['count']} ({st['start_s']:.0f} s)"
+                                        for st in r["steps"])))
     print(f"\n== {n} Elide tasks on one client ==")
     for k, v in rows:
         print(f"  {k:34} {v}")
@@ -395,11 +695,20 @@ def print_table(r: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", type=int, nargs="+", default=[1000])
+    ap.add_argument("--tasks", type=int, nargs="*", default=[1000],
+                    help="N Elide tasks (several: one run each; none: no such run)")
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measurement")
     ap.add_argument("--strace", type=float, default=0, help="seconds of strace -c on the plugin")
     ap.add_argument("--skip", default="", help="comma-separated: restart,stop")
-    ap.add_argument("--exec-tasks", type=int, default=0, help="N for Nomad's exec driver")
+    ap.add_argument("--exec-tasks", type=int, default=0,
+                    help="N tasks of Nomad's exec driver side by side with N Elide tasks")
+    ap.add_argument("--step", type=int, default=0,
+                    help="rise to --tasks in steps of this many tasks while memory allows")
+    ap.add_argument("--mem-floor", type=int, default=3072,
+                    help="MiB of MemAvailable a step must leave (half of it: stop adding)")
+    ap.add_argument("--payload", choices=("standin", "sleep"), default="standin",
+                    help="what `elide` the Elide tasks run: the stand-in (a Python interpreter "
+                    "running the app, the default) or a shell script that execs sleep")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     a.skip = set(filter(None, a.skip.split(",")))
@@ -409,25 +718,55 @@ def main() -> int:
                           executor_bin=bins["executor"], name="scale", mode="persistent",
                           client_hcl=CLIENT_HCL, log_level="INFO")
     agent.plugin_config = agent.default_plugin_config()
-    out: dict = {"elide": [], "exec": []}
+    if a.payload == "sleep":
+        inst = os.path.join(base, "elide-sleep")
+        os.makedirs(inst)
+        path = os.path.join(inst, "elide")
+        with open(path, "w") as f:
+            f.write(SLEEP_ELIDE)
+        os.chmod(path, 0o755)
+        agent.plugin_config["elide_binary"] = path
+    out: dict = {"payload": a.payload, "elide": [], "peers": []}
+    # SIGTERM (`timeout`, a CI runner) ends the run through the clean-up below, not around it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         agent.start()
         agent.wait_driver_healthy()
+        if a.exec_tasks:
+            agent.wait_driver_healthy("exec")
+            e = run_peer(agent, "elide", a.exec_tasks)
+            x = run_peer(agent, "exec", a.exec_tasks)
+            out["peers"] += [e, x]
+            print_peers(e, x)
+            sys.stdout.flush()
         for n in a.tasks:
             r = run_elide(agent, n, a)
             out["elide"].append(r)
             print_table(r)
             sys.stdout.flush()
-        if a.exec_tasks:
-            r = run_exec(agent, a.exec_tasks)
-            out["exec"].append(r)
-            print(f"\n== Nomad's exec driver, {a.exec_tasks} tasks ==\n  start all "
-                  f"{r['start_all_s']:.1f} s, executor + logmon Pss per task "
-                  f"{r['helper_pss_kb_per_task'] / 1024:.1f} MiB, alloc dirs "
-                  f"{r['alloc_dir_kb_per_task'] / 1024:.1f} MiB per task (real blocks), "
-                  f"stop {r['stop_api_s']:.1f} s")
     finally:
         agent.stop()
+        # In persistent mode tasks outlive the agent: a run that failed, or skipped the stop,
+        # would leave them (and their shims) running. End them, by pid: SIGTERM to the shims
+        # first (a shim stops its task and removes its cgroup and runtime entry; a second
+        # SIGTERM once the task is gone makes it leave), SIGKILL for what is left after that.
+        stray = agent.leftovers(timeout=5)
+        for wait_for_shims in (False, True):
+            shims = [p for p in stray if "elide-executor serve" in p.cmdline and nm.is_alive(p)]
+            for p in shims:
+                try:
+                    os.kill(p.pid, 15)
+                except OSError:
+                    pass
+            nm.wait_gone(shims if wait_for_shims else
+                         [p for p in stray if "elide-executor serve" not in p.cmdline], 120)
+        stray = [p for p in stray if nm.is_alive(p)]
+        for p in stray:
+            try:
+                os.kill(p.pid, 9)
+            except OSError:
+                pass
+        nm.wait_gone(stray, 60)
         # Nomad unmounts an allocation's secrets/ and private/ only when its GC collects the
         # allocation, which a stopped agent never does: the bench leaves nothing behind.
         left = mount_leftovers(base)
@@ -436,10 +775,12 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
         if os.path.isdir(agent.runtime_dir) and not os.listdir(agent.runtime_dir):
             os.rmdir(agent.runtime_dir)
-        print(f"\nNomad's mounts under {base} at the end: {len(left)} (unmounted); {base} removed")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        print(f"\nNomad's mounts under {base} at the end: {len(left)} (unmounted); "
+              f"{len(stray)} processes of the agent still running after it stopped (killed); "
+              f"{base} removed")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1)
     return 0
 
 
