@@ -23,6 +23,7 @@ machine. Figures:
             sample (its CPU / (N x samples per task))
   memory    the plugin's VmRSS, Pss and open fds (by kind); shim + sandbox PID 1 Pss per task;
             Nomad's own RSS (for scale)
+  perf      (--perf S) `perf record -g` of the plugin over S s, into --perf-out
   strace    (--strace S) the plugin's syscalls over S s: per task per interval, by name
   restart   SIGKILL of the agent -> all N running again (the plugin log's reattach lines),
             and whether any shim was restarted (same pids before and after)
@@ -254,6 +255,14 @@ def strace_plugin(pid: int, seconds: float) -> dict[str, int]:
     return calls
 
 
+def perf_plugin(pid: int, seconds: float, out: str) -> None:
+    """`perf record -g` of every thread of `pid` over `seconds` into `out` (a profile of the
+    idle plugin: read it with `perf report -i OUT`; build the plugin with symbols for it)."""
+    subprocess.run(["perf", "record", "-g", "-F", "999", "-p", str(pid), "-o", out, "--",
+                    "sleep", str(seconds)], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def cgroup_leftovers(alloc_ids: list[str]) -> list[str]:
     left = []
     for root, dirs, _ in os.walk("/sys/fs/cgroup"):
@@ -471,11 +480,17 @@ def run_elide(agent, n: int, a) -> dict:
     res["idle_cpu_plugin_pct"] = 100 * spent[plugin] / wall
     res["idle_cpu_helpers_pct"] = 100 * sum(v for p, v in spent.items() if p != plugin) / wall
     res["plugin_us_per_sample"] = spent[plugin] * 1e6 / (n * wall)
+    if a.perf:
+        perf_plugin(plugin, a.perf, a.perf_out)
+        res["perf_data"] = a.perf_out
     if a.strace:
         calls = strace_plugin(plugin, a.strace)
         res["strace_s"] = a.strace
         res["syscalls_per_task_s"] = sum(calls.values()) / (n * a.strace)
         res["syscalls_top"] = dict(sorted(calls.items(), key=lambda kv: -kv[1])[:8])
+    if a.hold:
+        print(f"holding {a.hold:.0f} s: plugin pid {plugin}", flush=True)
+        time.sleep(a.hold)
     if "restart" not in a.skip:
         res.update(restart_run(agent, job_id, n, set(h["shim"])))
     alloc_ids = [x["ID"] for x in agent.allocs(job_id)]
@@ -699,6 +714,11 @@ def main() -> int:
                     help="N Elide tasks (several: one run each; none: no such run)")
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measurement")
     ap.add_argument("--strace", type=float, default=0, help="seconds of strace -c on the plugin")
+    ap.add_argument("--perf", type=float, default=0,
+                    help="seconds of `perf record -g` on the plugin after the idle window")
+    ap.add_argument("--hold", type=float, default=0,
+                    help="seconds to wait after the idle figures (to inspect the plugin)")
+    ap.add_argument("--perf-out", default="perf.data", help="where --perf writes")
     ap.add_argument("--skip", default="", help="comma-separated: restart,stop")
     ap.add_argument("--exec-tasks", type=int, default=0,
                     help="N tasks of Nomad's exec driver side by side with N Elide tasks")
