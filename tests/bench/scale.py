@@ -512,6 +512,12 @@ def run_elide(agent, n: int, a) -> dict:
         res["left_mounts"] = mount_leftovers(agent.base)
         res["left_runtime_entries"] = sorted(os.listdir(agent.runtime_dir)) \
             if os.path.isdir(agent.runtime_dir) else []
+    else:
+        # Unmeasured, but stopped: shims and tasks outlive the agent by design, so a run that
+        # skipped the stop would leave N tasks running on the machine.
+        agent.stop_job(job_id, wait=False)
+        agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT
+                                                 for x in al), timeout=900, what="stopped")
     return res
 
 
