@@ -19,7 +19,7 @@
 pub const API_PACKAGE: &str = "elide.executor.v1";
 
 /// The level this build's shim speaks and this build's plugin knows about.
-pub const API_LEVEL: u32 = 4;
+pub const API_LEVEL: u32 = 5;
 
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
@@ -49,6 +49,14 @@ pub const EVENTS: Feature = Feature {
 pub const LOG_LINE_COUNTS: Feature = Feature {
     name: "log line and write-error counts in the plugin's metrics",
     level: 4,
+};
+
+/// Level 5: the log counters pushed on the `Events` stream when they change
+/// (`EventsRequest.log_counts`, `ShimEvent.logs`). For older shims the plugin's metrics ask
+/// `Status` at each scrape instead.
+pub const LOG_COUNT_PUSH: Feature = Feature {
+    name: "log counters pushed by the shim (metrics scrapes without a Status call per task)",
+    level: 5,
 };
 
 /// A shim capability newer than level 1. The plugin checks it with [`require`] before calling

@@ -1,11 +1,15 @@
 //! What the shim has to tell about its task (the `Events` RPC; the plugin makes task events
 //! of them). The last few are remembered, so a plugin that subscribes after they happened
 //! (right after Start, or after a restart) still gets them.
+//!
+//! Level 5: the log counters too, for subscribers that ask (`EventsRequest.log_counts`, the
+//! plugin's metrics): the latest pushed value ([`Events::push_log_counts`], coalesced by
+//! `logs::push`), never remembered as an event.
 
-use common::proto::executor::ShimEvent;
+use common::proto::executor::{LogStatus, ShimEvent};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// How many past events a new subscriber can still get.
 const REMEMBERED: usize = 16;
@@ -14,6 +18,8 @@ const REMEMBERED: usize = 16;
 pub struct Events {
     live: broadcast::Sender<ShimEvent>,
     recent: Arc<Mutex<VecDeque<ShimEvent>>>,
+    /// The log counters last pushed (None before the first push).
+    log_counts: Arc<watch::Sender<Option<LogStatus>>>,
 }
 
 impl Default for Events {
@@ -21,6 +27,7 @@ impl Default for Events {
         Events {
             live: broadcast::channel(REMEMBERED).0,
             recent: Arc::default(),
+            log_counts: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -30,6 +37,7 @@ impl Events {
         let ev = ShimEvent {
             message,
             at_unix_ms: common::state::now_ms(),
+            logs: None,
         };
         // Sent under the lock `subscribe` takes: a new subscriber gets each event once.
         let mut recent = common::sync::lock(&self.recent);
@@ -53,6 +61,18 @@ impl Events {
             .cloned()
             .collect();
         (past, self.live.subscribe())
+    }
+
+    /// Sends the log counters to the subscribers that asked for them (only the latest value
+    /// is kept: a slow subscriber skips to it).
+    pub fn push_log_counts(&self, logs: LogStatus) {
+        self.log_counts.send_replace(Some(logs));
+    }
+
+    /// A receiver of the log counters pushed from now on (what was pushed before is marked
+    /// seen: a new subscriber reads the current counts itself).
+    pub fn subscribe_log_counts(&self) -> watch::Receiver<Option<LogStatus>> {
+        self.log_counts.subscribe()
     }
 }
 

@@ -56,6 +56,17 @@ fn exec_status(e: ExecError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// Whether nothing was written or lost yet (no counts to send a new subscriber).
+fn counts_are_zero(l: &api::LogStatus) -> bool {
+    l.streams.iter().all(|s| {
+        s.bytes_written == 0
+            && s.bytes_dropped == 0
+            && s.lines_written == 0
+            && s.lines_dropped == 0
+            && s.write_errors == 0
+    })
+}
+
 fn parse_signal(name: &str) -> Result<Option<common::signals::TaskSignal>, Status> {
     common::signals::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -191,15 +202,31 @@ impl Executor for Service {
         r: Request<api::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         use tokio_stream::StreamExt;
-        let (past, live) = self.shim.events.subscribe(r.into_inner().since_unix_ms);
+        let r = r.into_inner();
+        let (past, live) = self.shim.events.subscribe(r.since_unix_ms);
         // A subscriber too slow for the burst loses the events in between (they are
         // summaries; the counts stay in Status).
         let live = tokio_stream::wrappers::BroadcastStream::new(live)
             .filter_map(|e| e.ok())
             .map(Ok);
-        Ok(Response::new(Box::pin(
-            tokio_stream::iter(past.into_iter().map(Ok)).chain(live),
-        )))
+        let events = tokio_stream::iter(past.into_iter().map(Ok)).chain(live);
+        if !r.log_counts {
+            return Ok(Response::new(Box::pin(events)));
+        }
+        // Level 5: the log counters too. Subscribed first, then the current counts read, so
+        // no push is missed (one may repeat them).
+        let pushed = self.shim.events.subscribe_log_counts();
+        let now = self.shim.log_status().filter(|l| !counts_are_zero(l));
+        let counts = tokio_stream::iter(now)
+            .chain(tokio_stream::wrappers::WatchStream::from_changes(pushed).filter_map(|l| l))
+            .map(|l| {
+                Ok(api::ShimEvent {
+                    message: String::new(),
+                    at_unix_ms: common::state::now_ms(),
+                    logs: Some(l),
+                })
+            });
+        Ok(Response::new(Box::pin(events.merge(counts))))
     }
 
     async fn shutdown(

@@ -501,8 +501,13 @@ impl Shim {
             cgroup: s.cgroup.unwrap_or_default(),
             api_level: common::shim_api::API_LEVEL,
             executor_revision: crate::REVISION.to_owned(),
-            logs: lock(&self.output).as_ref().map(|o| o.status()),
+            logs: self.log_status(),
         }
+    }
+
+    /// Where the task's output goes and what became of it (None before Start).
+    pub fn log_status(&self) -> Option<api::LogStatus> {
+        lock(&self.output).as_ref().map(|o| o.status())
     }
 
     /// The `cgroup.procs` files a process writes itself into to join the task's cgroup

@@ -263,7 +263,10 @@ async fn a_full_disk_never_kills_the_task_and_the_loss_is_counted_and_told() {
     let shim = launch(s, dir.path());
     let mut c = shim.client().await;
     let mut events = c
-        .events(api::EventsRequest { since_unix_ms: 0 })
+        .events(api::EventsRequest {
+            since_unix_ms: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -327,6 +330,81 @@ async fn a_full_disk_never_kills_the_task_and_the_loss_is_counted_and_told() {
     assert_eq!(stop.exit.unwrap().signal, 15);
 }
 
+/// Level 5: a subscriber that asks for the log counters gets them pushed as they change
+/// (the latest within the push period), and the current ones at once when it subscribes
+/// late; the counters never come as messages, and a subscriber that does not ask gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_counters_are_pushed_to_who_asks_when_they_change() {
+    let dir = short_dir();
+    let s = log_spec(
+        dir.path(),
+        "awk 'BEGIN { for (i = 0; i < 10000; i++) print \"line \" i }'; echo done >&2; \
+         while :; do sleep 1 & wait $!; done",
+        10,
+        10,
+    );
+    let shim = launch(s, dir.path());
+    let mut c = shim.client().await;
+    let events_client = c.clone();
+    let subscribe = |log_counts| {
+        let mut c = events_client.clone();
+        async move {
+            c.events(api::EventsRequest {
+                since_unix_ms: 0,
+                log_counts,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let mut counts = subscribe(true).await;
+    let mut plain = subscribe(false).await;
+    c.start(api::StartRequest {}).await.unwrap();
+    let counted = |ev: &api::ShimEvent| {
+        let l = ev.logs.as_ref().expect("log counters");
+        (l.streams[0].lines_written, l.streams[1].lines_written)
+    };
+    // Pushed until the latest counts are there (within one 5 s period of the burst's end).
+    let last = within("the pushed counts of the whole burst", async {
+        loop {
+            let ev = counts.message().await.unwrap().expect("an event");
+            assert!(ev.message.is_empty(), "{ev:?}");
+            if counted(&ev) == (10_000, 1) {
+                return ev;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        last.logs.unwrap().streams[0].bytes_written,
+        lines(10_000).len() as u64
+    );
+    // A late subscriber gets the current counts at once.
+    let mut late = subscribe(true).await;
+    let ev = within("the counts on subscription", late.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counted(&ev), (10_000, 1));
+    // Who did not ask gets no counters (here: nothing at all, no log write failed).
+    let stop = c.stop(api::StopRequest {
+        signal: "SIGKILL".into(),
+        timeout_ms: 0,
+    });
+    within("stop", stop).await.unwrap();
+    drop(shim);
+    let rest = within("the end of the plain stream", async {
+        let mut rest = Vec::new();
+        while let Ok(Some(ev)) = plain.message().await {
+            rest.push(ev);
+        }
+        rest
+    })
+    .await;
+    assert!(rest.iter().all(|e| e.logs.is_none()), "{rest:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_log_dir_is_reported_and_the_task_runs() {
     let dir = short_dir();
@@ -348,7 +426,10 @@ async fn a_missing_log_dir_is_reported_and_the_task_runs() {
     );
     // Published before anyone subscribed: remembered for the plugin.
     let mut events = c
-        .events(api::EventsRequest { since_unix_ms: 0 })
+        .events(api::EventsRequest {
+            since_unix_ms: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

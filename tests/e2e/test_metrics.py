@@ -192,7 +192,7 @@ def test_a_known_sequence_reads_back_exactly_through_prometheus(nomad_agent, tmp
         assert ctype.startswith("application/openmetrics-text") and om.endswith("# EOF\n")
         rules = promtool("check", "rules", RULES)
         assert rules.returncode == 0, rules.stdout + rules.stderr
-        assert prom.value(f'{E}build_info{{shim_api_level="4"}}') == 1.0
+        assert prom.value(f'{E}build_info{{shim_api_level="5"}}') == 1.0
 
         # 3 starts, 1 bad script, 1 OOM kill.
         idle = [started(agent, f"idle{i}", IDLE) for i in range(3)]

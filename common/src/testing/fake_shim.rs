@@ -29,8 +29,14 @@ pub struct Script {
     /// Events the shim publishes (Events RPC), and the `since_unix_ms` of each subscription.
     pub events: broadcast::Sender<api::ShimEvent>,
     pub event_subscriptions: Mutex<Vec<i64>>,
-    /// The log status Status reports.
+    /// Whether each subscription asked for the log counters (level 5).
+    pub event_log_counts: Mutex<Vec<bool>>,
+    /// The log status Status reports, and how often Status was called.
     pub logs: Mutex<Option<api::LogStatus>>,
+    pub status_calls: Mutex<u32>,
+    /// The API level Start and Status report (this build's by default; lower to play an
+    /// older shim).
+    pub api_level: Mutex<u32>,
     /// The cgroup Status reports, and how often Stats was called.
     pub cgroup: Mutex<String>,
     pub stats_calls: Mutex<u32>,
@@ -55,7 +61,10 @@ impl Default for Script {
             exec_abandoned: watch::channel(0).0,
             events: broadcast::channel(16).0,
             event_subscriptions: Mutex::new(Vec::new()),
+            event_log_counts: Mutex::new(Vec::new()),
             logs: Mutex::new(None),
+            status_calls: Mutex::new(0),
+            api_level: Mutex::new(crate::shim_api::API_LEVEL),
             cgroup: Mutex::new(String::new()),
             stats_calls: Mutex::new(0),
         }
@@ -81,7 +90,7 @@ impl executor_server::Executor for FakeExecutor {
             pid: RUNTIME_PID,
             pid_start_time: 77,
             started_at_unix_ms: 1_700_000_000_000,
-            api_level: crate::shim_api::API_LEVEL,
+            api_level: *self.script.api_level.lock().unwrap(),
             executor_version: "fake".into(),
         }))
     }
@@ -131,6 +140,7 @@ impl executor_server::Executor for FakeExecutor {
         &self,
         _: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
+        *self.script.status_calls.lock().unwrap() += 1;
         let task_id = self.script.status_task_id.lock().unwrap().clone();
         Ok(Response::new(api::StatusResponse {
             task_id: task_id.unwrap_or_else(|| self.task_id.clone()),
@@ -139,7 +149,7 @@ impl executor_server::Executor for FakeExecutor {
             exit: self.script.exit.borrow().clone(),
             logs: self.script.logs.lock().unwrap().clone(),
             cgroup: self.script.cgroup.lock().unwrap().clone(),
-            api_level: crate::shim_api::API_LEVEL,
+            api_level: *self.script.api_level.lock().unwrap(),
             ..Default::default()
         }))
     }
@@ -157,11 +167,17 @@ impl executor_server::Executor for FakeExecutor {
         r: Request<api::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         use tokio_stream::StreamExt;
+        let r = r.into_inner();
+        self.script
+            .event_log_counts
+            .lock()
+            .unwrap()
+            .push(r.log_counts);
         self.script
             .event_subscriptions
             .lock()
             .unwrap()
-            .push(r.into_inner().since_unix_ms);
+            .push(r.since_unix_ms);
         let live = tokio_stream::wrappers::BroadcastStream::new(self.script.events.subscribe())
             .filter_map(|e| e.ok())
             .map(Ok);

@@ -36,7 +36,7 @@ impl LogCounts {
     }
 
     /// Field-wise max: a shim's counters only grow, so a smaller figure is an older one.
-    fn max(&self, o: &LogCounts) -> LogCounts {
+    pub fn max(&self, o: &LogCounts) -> LogCounts {
         LogCounts {
             bytes_written: self.bytes_written.max(o.bytes_written),
             bytes_dropped: self.bytes_dropped.max(o.bytes_dropped),

@@ -4,6 +4,7 @@
 
 use super::blocking;
 use super::handle::DriverState;
+use crate::metrics::scrape::LogCounts;
 use common::proto::executor as shim;
 use common::state::TaskState as ShimState;
 use common::sync::lock;
@@ -24,6 +25,9 @@ pub struct TaskEntry {
     event_forwarder: Mutex<Option<tokio::task::AbortHandle>>,
     /// The stdout FIFO of a task whose logmon Nomad no longer manages (see `logs`).
     orphaned_logmon_fifo: Mutex<Option<PathBuf>>,
+    /// The log counters the shim pushes on its event stream (level 5; see `logs`): Some while
+    /// that stream is open, so a metrics scrape reads them here instead of calling Status.
+    pushed_logs: Mutex<Option<[LogCounts; 2]>>,
 }
 
 impl Drop for TaskEntry {
@@ -44,7 +48,23 @@ impl TaskEntry {
             lost_counted: AtomicBool::new(false),
             event_forwarder: Mutex::new(None),
             orphaned_logmon_fifo: Mutex::new(None),
+            pushed_logs: Mutex::new(None),
         })
+    }
+
+    /// The shim pushes its log counters from now on (`Some`, the counts pushed so far, merged
+    /// field-wise: they only grow), or no longer (`None`: its event stream ended).
+    pub fn set_pushed_logs(&self, counts: Option<[LogCounts; 2]>) {
+        let mut p = lock(&self.pushed_logs);
+        *p = match (p.take(), counts) {
+            (Some(old), Some(new)) => Some([old[0].max(&new[0]), old[1].max(&new[1])]),
+            (_, new) => new,
+        };
+    }
+
+    /// The log counters last pushed by the shim, while its event stream is open.
+    pub fn pushed_logs(&self) -> Option<[LogCounts; 2]> {
+        *lock(&self.pushed_logs)
     }
 
     pub fn set_event_forwarder(&self, f: tokio::task::AbortHandle) {

@@ -39,7 +39,10 @@ pub fn has_logmon(state_collection: &str) -> bool {
 
 impl Tasks {
     /// Turns the events of the task's shim into task events, from `since_unix_ms` on, until
-    /// the shim goes away. Shims from before the Events RPC (API level 1) have none.
+    /// the shim goes away. Shims from before the Events RPC (API level 1) have none. From a
+    /// level-5 shim writing the log files, the same stream brings its log counters whenever
+    /// they change: kept in the entry for the metrics (never task events), so a scrape asks
+    /// the shim nothing (`tasks::metrics`).
     pub fn forward_events(&self, entry: &Arc<TaskEntry>, since_unix_ms: i64) {
         let s = &entry.state;
         if common::shim_api::require(
@@ -51,24 +54,47 @@ impl Tasks {
         {
             return;
         }
+        let log_counts = s.log_collection == "executor"
+            && common::shim_api::require(
+                common::shim_api::LOG_COUNT_PUSH,
+                s.shim_api_level,
+                &s.executor_version,
+            )
+            .is_ok();
         let plugin = self.plugin.clone();
         let task = entry.clone();
         let forwarder = tokio::spawn(async move {
             let Ok(mut c) = task.client().await else {
                 return;
             };
-            let Ok(stream) = c
-                .events(shim::EventsRequest { since_unix_ms })
+            let Ok(mut stream) = c
+                .events(shim::EventsRequest {
+                    since_unix_ms,
+                    log_counts,
+                })
                 .await
                 .map(|r| r.into_inner())
             else {
                 return;
             };
-            let mut stream = stream;
+            if log_counts {
+                // Zero until the shim says otherwise (it sends its counts at once when not
+                // all zero).
+                task.set_pushed_logs(Some(Default::default()));
+            }
             while let Ok(Some(ev)) = stream.message().await {
+                if let Some(l) = &ev.logs {
+                    task.set_pushed_logs(Some(super::metrics::counts(l)));
+                    continue;
+                }
+                if ev.message.is_empty() {
+                    continue;
+                }
                 let s = &task.state;
                 plugin.emit(&s.task_id, &s.alloc_id, &s.task_name, ev.message);
             }
+            // The stream ended (the shim went away): the scrape asks Status again.
+            task.set_pushed_logs(None);
         });
         entry.set_event_forwarder(forwarder.abort_handle());
     }

@@ -1,5 +1,7 @@
 //! The task store as the metrics' scrape sees it (crate::metrics::scrape): each task's state,
-//! and its shim's log counters from one Status call, all shims asked at once.
+//! and its shim's log counters: those the shim pushed on its event stream (shim API level 5,
+//! `tasks::logs`), else (older shims, a stream that is not open, a task that exited: its
+//! exact final counts) from one Status call, all shims asked at once.
 
 use super::Tasks;
 use crate::metrics::scrape::{LogCounts, Source, TaskFigures, STREAMS};
@@ -22,8 +24,11 @@ impl Source for Tasks {
                 let skip = final_counts.contains(&entry.state.task_id);
                 async move {
                     let exited = entry.cached_exit().is_some();
+                    let pushed = entry.pushed_logs().filter(|_| !exited);
                     let logs = if skip || entry.state.log_collection != "executor" {
                         None
+                    } else if pushed.is_some() {
+                        pushed
                     } else {
                         let call = async {
                             let mut c = entry.client().await.ok()?;
@@ -61,7 +66,7 @@ impl Source for Tasks {
 }
 
 /// The shim's per-stream figures, by stream name.
-fn counts(l: &shim::LogStatus) -> [LogCounts; 2] {
+pub(super) fn counts(l: &shim::LogStatus) -> [LogCounts; 2] {
     let mut out = [LogCounts::default(); 2];
     for s in &l.streams {
         if let Some(i) = STREAMS.iter().position(|n| *n == s.name) {

@@ -717,6 +717,7 @@ async fn the_shims_log_files_are_recorded_and_its_events_become_task_events() {
         .send(api::ShimEvent {
             message: "cannot write the task's stdout log: disk full".into(),
             at_unix_ms: 1,
+            logs: None,
         })
         .unwrap();
     task_event(&mut h, "cannot write the task's stdout log").await;
@@ -746,6 +747,173 @@ async fn recover_reports_what_was_lost_meanwhile_and_follows_new_events() {
     // Only new events: what happened before is in the summary.
     let subs = subscribed(&h, 2).await;
     assert!(subs[1] >= before, "{subs:?}");
+    // A level-5 shim is asked for its log counters again (they are sent on subscription).
+    assert_eq!(*h.script().event_log_counts.lock().unwrap(), [true, true]);
+}
+
+/// A shim's log status with `lines` lines of stdout (7 bytes each) and one of stderr.
+fn log_status(lines: u64) -> api::LogStatus {
+    api::LogStatus {
+        collection: "executor".into(),
+        dir: "/x/alloc/logs".into(),
+        streams: vec![
+            api::LogStream {
+                name: "stdout".into(),
+                lines_written: lines,
+                bytes_written: lines * 7,
+                ..Default::default()
+            },
+            api::LogStream {
+                name: "stderr".into(),
+                lines_written: 1,
+                bytes_written: 5,
+                ..Default::default()
+            },
+        ],
+    }
+}
+
+/// The log counters as a level-5 shim pushes them on its event stream.
+fn pushed(lines: u64) -> api::ShimEvent {
+    api::ShimEvent {
+        message: String::new(),
+        at_unix_ms: 2,
+        logs: Some(log_status(lines)),
+    }
+}
+
+/// The one task's figures as a metrics scrape reads them.
+async fn scraped(h: &Harness) -> crate::metrics::scrape::TaskFigures {
+    use crate::metrics::scrape::Source;
+    let mut all = h.tasks.figures(&Default::default()).await;
+    assert_eq!(all.len(), 1);
+    all.remove(0)
+}
+
+fn stdout_lines(f: &crate::metrics::scrape::TaskFigures) -> Option<u64> {
+    f.logs.map(|l| l[0].lines_written)
+}
+
+fn status_calls(h: &Harness) -> u32 {
+    *h.script().status_calls.lock().unwrap()
+}
+
+#[tokio::test]
+async fn a_scrape_reads_the_counts_the_shim_pushed_without_a_status_call() {
+    let mut h = Harness::new();
+    let task = with_log_paths(h.task("web"));
+    h.start(task.clone()).await.unwrap();
+    subscribed(&h, 1).await;
+    assert_eq!(*h.script().event_log_counts.lock().unwrap(), [true]);
+    // Status would say 1 line: what the scrape reads must be what was pushed.
+    *h.script().logs.lock().unwrap() = Some(log_status(1));
+    h.script().events.send(pushed(10_000)).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while stdout_lines(&scraped(&h).await) != Some(10_000) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the pushed counts never reached the scrape");
+    let before = status_calls(&h);
+    for _ in 0..5 {
+        let f = scraped(&h).await;
+        assert!(!f.exited);
+        let l = f.logs.unwrap();
+        assert_eq!((l[0].bytes_written, l[1].lines_written), (70_000, 1));
+    }
+    assert_eq!(
+        status_calls(&h),
+        before,
+        "a scrape called the shim's Status"
+    );
+    // A later push replaces the counts; a smaller (older) figure never lowers them.
+    h.script().events.send(pushed(10_500)).unwrap();
+    h.script().events.send(pushed(3)).unwrap();
+    h.script()
+        .events
+        .send(api::ShimEvent {
+            message: "cannot write the task's stdout log: disk full".into(),
+            at_unix_ms: 3,
+            logs: None,
+        })
+        .unwrap();
+    // The message after the pushes: once it is a task event, the pushes were taken in.
+    task_event(&mut h, "disk full").await;
+    assert_eq!(stdout_lines(&scraped(&h).await), Some(10_500));
+    assert_eq!(status_calls(&h), before);
+    // Counter pushes are no task events.
+    let _ = h.event_messages();
+    h.script().events.send(pushed(10_600)).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while stdout_lines(&scraped(&h).await) != Some(10_600) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(h.event_messages(), Vec::<String>::new());
+
+    // Once the task has exited, its exact final counts come from one Status call (the
+    // shim records the exit after the last output is in the files), then never again.
+    *h.script().logs.lock().unwrap() = Some(log_status(10_777));
+    h.script()
+        .exit
+        .send_replace(Some(api::ExitStatus::default()));
+    h.tasks.wait(&task.id).await.result.unwrap();
+    let snap = crate::metrics::scrape::Snapshot::default();
+    snap.refresh_from(&h.tasks).await;
+    assert_eq!(status_calls(&h), before + 1);
+    assert!(snap.is_final(&task.id));
+    snap.refresh_from(&h.tasks).await;
+    assert_eq!(status_calls(&h), before + 1);
+}
+
+#[tokio::test]
+async fn a_level_4_shim_is_not_asked_to_push_and_each_scrape_asks_its_status() {
+    let h = Harness::new();
+    *h.script().api_level.lock().unwrap() = 4;
+    let task = with_log_paths(h.task("web"));
+    let handle = h.start(task.clone()).await.unwrap();
+    let state = DriverState::decode(&handle.driver_state).unwrap();
+    assert_eq!(state.shim_api_level, 4);
+    subscribed(&h, 1).await;
+    assert_eq!(*h.script().event_log_counts.lock().unwrap(), [false]);
+    *h.script().logs.lock().unwrap() = Some(log_status(7));
+    let before = status_calls(&h);
+    assert_eq!(stdout_lines(&scraped(&h).await), Some(7));
+    assert_eq!(stdout_lines(&scraped(&h).await), Some(7));
+    assert_eq!(status_calls(&h), before + 2);
+    // Recovered by a new plugin process: still no push asked, still Status.
+    let fresh = h.restarted_plugin();
+    fresh.recover(recover_req(&handle)).await.unwrap();
+    subscribed(&h, 2).await;
+    assert_eq!(*h.script().event_log_counts.lock().unwrap(), [false, false]);
+}
+
+#[tokio::test]
+async fn when_the_shims_event_stream_ends_a_scrape_asks_status_again() {
+    let h = Harness::new();
+    let task = with_log_paths(h.task("web"));
+    h.start(task.clone()).await.unwrap();
+    subscribed(&h, 1).await;
+    h.script().events.send(pushed(42)).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while stdout_lines(&scraped(&h).await) != Some(42) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // The shim dies: its counts are no longer known (not the stale pushed ones).
+    h.launcher.kill_shims();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while scraped(&h).await.logs.is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the scrape kept the counts of a shim that is gone");
 }
 
 #[tokio::test]

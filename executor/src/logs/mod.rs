@@ -10,6 +10,7 @@
 //! turns what the shim keeps of them into the task's [`Output`].
 
 mod pump;
+pub mod push;
 pub mod rotator;
 
 pub use crate::events::Events;
@@ -138,30 +139,12 @@ impl Output {
 
     /// The shim API's view.
     pub fn status(&self) -> api::LogStatus {
-        let Some(c) = &self.collector else {
-            return api::LogStatus {
+        match &self.collector {
+            Some(c) => c.log_status(),
+            None => api::LogStatus {
                 collection: self.collection.to_owned(),
                 ..Default::default()
-            };
-        };
-        api::LogStatus {
-            collection: self.collection.to_owned(),
-            dir: c.dir().display().to_string(),
-            streams: c
-                .stats()
-                .into_iter()
-                .map(|s| api::LogStream {
-                    name: s.name.to_owned(),
-                    file: s.file,
-                    bytes_written: s.bytes_written,
-                    bytes_dropped: s.bytes_dropped,
-                    lines_written: s.lines_written,
-                    lines_dropped: s.lines_dropped,
-                    write_errors: s.write_errors,
-                    error: s.error,
-                    last_error: s.last_error,
-                })
-                .collect(),
+            },
         }
     }
 }

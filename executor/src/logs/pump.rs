@@ -14,13 +14,14 @@
 
 use super::rotator::{LogDir, Rotator, WriteError};
 use super::Events;
+use common::proto::executor as api;
 use common::sync::lock;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::unix::pipe::Receiver;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// One read: both pipes share it (they are read one after the other on one thread).
 const READ_BUFFER: usize = 32 * 1024;
@@ -53,16 +54,37 @@ pub struct Collector {
     dir: PathBuf,
     stats: Mutex<[StreamStats; 2]>,
     drained: watch::Sender<bool>,
+    /// Signalled after the figures changed (for the pushes of `super::push`).
+    changed: Notify,
 }
 
 impl Collector {
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
     /// Both streams' figures.
     pub fn stats(&self) -> [StreamStats; 2] {
         lock(&self.stats).clone()
+    }
+
+    /// The shim API's view of the figures.
+    pub fn log_status(&self) -> api::LogStatus {
+        api::LogStatus {
+            collection: super::COLLECTION_EXECUTOR.to_owned(),
+            dir: self.dir.display().to_string(),
+            streams: self
+                .stats()
+                .into_iter()
+                .map(|s| api::LogStream {
+                    name: s.name.to_owned(),
+                    file: s.file,
+                    bytes_written: s.bytes_written,
+                    bytes_dropped: s.bytes_dropped,
+                    lines_written: s.lines_written,
+                    lines_dropped: s.lines_dropped,
+                    write_errors: s.write_errors,
+                    error: s.error,
+                    last_error: s.last_error,
+                })
+                .collect(),
+        }
     }
 
     /// Waits until both pipes reached EOF and everything read was handed to the files, at
@@ -94,6 +116,21 @@ pub fn start(dir: PathBuf, sources: [Source; 2], events: Events) -> Arc<Collecto
             ..Default::default()
         })),
         drained: watch::channel(false).0,
+        changed: Notify::new(),
+    });
+    // The counters pushed to the plugin (Events subscribers that ask for them) as they change.
+    tokio::spawn({
+        let (c, events) = (collector.clone(), events.clone());
+        async move {
+            super::push::run(
+                || c.log_status(),
+                &c.changed,
+                c.drained.subscribe(),
+                super::push::PERIOD,
+                |s| events.push_log_counts(s),
+            )
+            .await
+        }
     });
     let mut pump = Pump {
         collector: collector.clone(),
@@ -242,6 +279,8 @@ impl Pump {
         stats[i].bytes_written += written.len() as u64;
         stats[i].lines_written += lines;
         stats[i].file = file;
+        drop(stats);
+        self.collector.changed.notify_one();
     }
 
     fn succeeded(&mut self, i: usize, written: &[u8]) {
@@ -278,6 +317,7 @@ impl Pump {
             s.error = error.to_owned();
             first.then(|| (s.name, s.file.clone()))
         };
+        self.collector.changed.notify_one();
         if let Some((name, file)) = first {
             let msg = format!(
                 "cannot write the task's {name} log ({}/{file}): {error}; its output is dropped and counted until writing works again (the task keeps running; elide-executor status shows the bytes lost)",
