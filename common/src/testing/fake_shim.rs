@@ -375,10 +375,16 @@ impl FakeShim {
         }
     }
 
-    /// The shim dies: connections drop; the socket file stays behind, stale.
+    /// The shim dies: connections drop; the socket file stays behind, stale. Returns once
+    /// its server is gone (its listener closed), so a dial after this is refused, as it is
+    /// for a dead process; the runtime is shut down on a thread of its own because a
+    /// runtime cannot be dropped inside another one (the tests are async).
     pub fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            let gone = std::thread::spawn(move || {
+                rt.shutdown_timeout(std::time::Duration::from_secs(10))
+            });
+            let _ = gone.join();
         }
     }
 }
