@@ -381,9 +381,8 @@ impl FakeShim {
     /// runtime cannot be dropped inside another one (the tests are async).
     pub fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {
-            let gone = std::thread::spawn(move || {
-                rt.shutdown_timeout(std::time::Duration::from_secs(10))
-            });
+            let gone =
+                std::thread::spawn(move || rt.shutdown_timeout(std::time::Duration::from_secs(10)));
             let _ = gone.join();
         }
     }
