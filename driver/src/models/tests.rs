@@ -14,6 +14,18 @@ struct Server {
     gets: Arc<AtomicUsize>,
 }
 
+/// Reads a request's head (up to the blank line); the tests' servers ignore what it asks.
+fn read_request(s: &std::net::TcpStream) {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+    }
+}
+
 fn serve(body: Vec<u8>) -> Server {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/m.gguf", l.local_addr().unwrap());
@@ -25,14 +37,7 @@ fn serve(body: Vec<u8>) -> Server {
             let Ok(mut s) = s else { continue };
             let (g, body) = (g.clone(), body.clone());
             std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
+                read_request(&s);
                 g.fetch_add(1, Ordering::SeqCst);
                 let _ = write!(
                     s,
@@ -60,14 +65,7 @@ fn serve_redirect(location: String) -> Server {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
+            read_request(&s);
             g.fetch_add(1, Ordering::SeqCst);
             let _ = write!(
                 s,
