@@ -11,6 +11,7 @@ pub mod duration;
 pub mod env;
 pub mod error;
 pub mod hosts;
+pub mod notify;
 pub mod paths;
 pub mod proc;
 pub mod proto;

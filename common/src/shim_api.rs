@@ -19,7 +19,7 @@
 pub const API_PACKAGE: &str = "elide.executor.v1";
 
 /// The level this build's shim speaks and this build's plugin knows about.
-pub const API_LEVEL: u32 = 5;
+pub const API_LEVEL: u32 = 6;
 
 /// The oldest shim level this plugin still drives (tasks started by older shims can be
 /// recovered, stopped, signalled, waited for and measured).
@@ -57,6 +57,14 @@ pub const LOG_LINE_COUNTS: Feature = Feature {
 pub const LOG_COUNT_PUSH: Feature = Feature {
     name: "log counters pushed by the shim (metrics scrapes without a Status call per task)",
     level: 5,
+};
+
+/// Level 6: events, log counters and the runtime's exit as datagrams to the plugin's notify
+/// socket (`EventsRequest.notify_socket`), so an idle task costs the plugin no connection.
+/// Older shims keep an Events stream and a Wait call open for the task's lifetime.
+pub const NOTIFY: Feature = Feature {
+    name: "events and the exit sent as datagrams (no connection held per idle task)",
+    level: 6,
 };
 
 /// A shim capability newer than level 1. The plugin checks it with [`require`] before calling

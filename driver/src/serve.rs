@@ -51,6 +51,7 @@ pub async fn run() -> anyhow::Result<()> {
     let plugin = Plugin::new();
     let tasks = Arc::new(Tasks::new(plugin.clone()));
     crate::metrics::scrape::set_source(tasks.clone());
+    let tasks_at_exit = tasks.clone();
     let shutdown = Arc::new(Notify::new());
     let conns = Arc::new(crate::idle::Connections::default());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -111,6 +112,7 @@ pub async fn run() -> anyhow::Result<()> {
         _ = sigterm.recv() => Ok(()),
     };
     let _ = std::fs::remove_file(&socket);
+    tasks_at_exit.remove_notify_socket();
     tracing::debug!("plugin exiting; tasks keep running in their shims");
     outcome
 }

@@ -5,7 +5,12 @@
 //! Level 5: the log counters too, for subscribers that ask (`EventsRequest.log_counts`, the
 //! plugin's metrics): the latest pushed value ([`Events::push_log_counts`], coalesced by
 //! `logs::push`), never remembered as an event.
+//!
+//! Level 6: to a plugin that gives its notify socket, the same as datagrams
+//! ([`Events::subscribe_notify`], `common::notify`), the runtime's exit included, so the plugin
+//! holds no connection to an idle task's shim.
 
+use common::notify::Notifier;
 use common::proto::executor::{LogStatus, ShimEvent};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,22 @@ pub struct Events {
     recent: Arc<Mutex<VecDeque<ShimEvent>>>,
     /// The log counters last pushed (None before the first push).
     log_counts: Arc<watch::Sender<Option<LogStatus>>>,
+    /// Level 6: the plugin that takes datagrams (the latest to subscribe).
+    notify: Arc<Mutex<Option<NotifyTarget>>>,
+}
+
+struct NotifyTarget {
+    notifier: Notifier,
+    /// Whether it asked for the log counters.
+    log_counts: bool,
+    /// The task that tells it the runtime's exit.
+    exit_watch: tokio::task::AbortHandle,
+}
+
+impl Drop for NotifyTarget {
+    fn drop(&mut self) {
+        self.exit_watch.abort();
+    }
 }
 
 impl Default for Events {
@@ -28,6 +49,7 @@ impl Default for Events {
             live: broadcast::channel(REMEMBERED).0,
             recent: Arc::default(),
             log_counts: Arc::new(watch::channel(None).0),
+            notify: Arc::default(),
         }
     }
 }
@@ -37,7 +59,7 @@ impl Events {
         let ev = ShimEvent {
             message,
             at_unix_ms: common::state::now_ms(),
-            logs: None,
+            ..Default::default()
         };
         // Sent under the lock `subscribe` takes: a new subscriber gets each event once.
         let mut recent = common::sync::lock(&self.recent);
@@ -45,6 +67,9 @@ impl Events {
             recent.pop_front();
         }
         recent.push_back(ev.clone());
+        if let Some(t) = common::sync::lock(&self.notify).as_ref() {
+            t.notifier.message(ev.message.clone(), ev.at_unix_ms);
+        }
         let _ = self.live.send(ev);
     }
 
@@ -66,7 +91,37 @@ impl Events {
     /// Sends the log counters to the subscribers that asked for them (only the latest value
     /// is kept: a slow subscriber skips to it).
     pub fn push_log_counts(&self, logs: LogStatus) {
+        if let Some(t) = common::sync::lock(&self.notify).as_ref() {
+            if t.log_counts {
+                t.notifier.logs(logs.clone());
+            }
+        }
         self.log_counts.send_replace(Some(logs));
+    }
+
+    /// Level 6: from now on every event (and, with `log_counts`, every counters push) goes to
+    /// `notifier` as a datagram, instead of to any earlier notify subscriber; `exit_watch` is
+    /// the task that sends it the runtime's exit (stopped when another plugin subscribes).
+    /// Returns the remembered events from `since_unix_ms` on (taken under the lock `publish`
+    /// holds, so none is missed or sent twice).
+    pub fn subscribe_notify(
+        &self,
+        since_unix_ms: i64,
+        notifier: Notifier,
+        log_counts: bool,
+        exit_watch: tokio::task::AbortHandle,
+    ) -> Vec<ShimEvent> {
+        let recent = common::sync::lock(&self.recent);
+        *common::sync::lock(&self.notify) = Some(NotifyTarget {
+            notifier,
+            log_counts,
+            exit_watch,
+        });
+        recent
+            .iter()
+            .filter(|e| e.at_unix_ms >= since_unix_ms)
+            .cloned()
+            .collect()
     }
 
     /// A receiver of the log counters pushed from now on (what was pushed before is marked

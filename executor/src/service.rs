@@ -203,6 +203,9 @@ impl Executor for Service {
     ) -> Result<Response<Self::EventsStream>, Status> {
         use tokio_stream::StreamExt;
         let r = r.into_inner();
+        if !r.notify_socket.is_empty() {
+            return self.subscribe_notify(r);
+        }
         let (past, live) = self.shim.events.subscribe(r.since_unix_ms);
         // A subscriber too slow for the burst loses the events in between (they are
         // summaries; the counts stay in Status).
@@ -224,6 +227,7 @@ impl Executor for Service {
                     message: String::new(),
                     at_unix_ms: common::state::now_ms(),
                     logs: Some(l),
+                    ..Default::default()
                 })
             });
         Ok(Response::new(Box::pin(events.merge(counts))))
@@ -235,5 +239,52 @@ impl Executor for Service {
     ) -> Result<Response<api::ShutdownResponse>, Status> {
         self.shim.shutdown().await;
         Ok(Response::new(api::ShutdownResponse {}))
+    }
+}
+
+impl Service {
+    /// Level 6 (`EventsRequest.notify_socket`): the events from now on, the log counters (when
+    /// asked) and the runtime's exit go to the plugin's notify socket as datagrams; the
+    /// response is what was remembered (and the current counts) and ends at once, so the
+    /// plugin need not keep a connection to this shim.
+    fn subscribe_notify(
+        &self,
+        r: api::EventsRequest,
+    ) -> Result<Response<<Self as Executor>::EventsStream>, Status> {
+        let socket = std::path::Path::new(&r.notify_socket);
+        let notifier = common::notify::Notifier::connect(socket, self.shim.spec.task_id.clone())
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "cannot send to the notify socket {}: {e}",
+                    socket.display()
+                ))
+            })?;
+        let exit_watch = {
+            let notifier = notifier.clone();
+            let mut exit = self.shim.subscribe_exit();
+            tokio::spawn(async move {
+                if exit.wait_for(|e| e.is_some()).await.is_ok() {
+                    notifier.exited();
+                }
+            })
+            .abort_handle()
+        };
+        let past =
+            self.shim
+                .events
+                .subscribe_notify(r.since_unix_ms, notifier, r.log_counts, exit_watch);
+        // Subscribed first, then the current counts read: no push is missed.
+        let counts = r
+            .log_counts
+            .then(|| self.shim.log_status())
+            .flatten()
+            .filter(|l| !counts_are_zero(l))
+            .map(|l| api::ShimEvent {
+                at_unix_ms: common::state::now_ms(),
+                logs: Some(l),
+                ..Default::default()
+            });
+        let all: Vec<_> = past.into_iter().chain(counts).map(Ok).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(all))))
     }
 }

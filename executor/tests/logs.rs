@@ -352,6 +352,7 @@ async fn the_log_counters_are_pushed_to_who_asks_when_they_change() {
             c.events(api::EventsRequest {
                 since_unix_ms: 0,
                 log_counts,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -403,6 +404,104 @@ async fn the_log_counters_are_pushed_to_who_asks_when_they_change() {
     })
     .await;
     assert!(rest.iter().all(|e| e.logs.is_none()), "{rest:?}");
+}
+
+/// Level 6: a plugin that gives its notify socket gets the remembered events on a stream that
+/// ends at once, then the counters, the events and the runtime's exit as datagrams naming the
+/// task; a second subscriber takes over (it gets the current counts, and the exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_subscriber_gets_counters_events_and_the_exit_as_datagrams() {
+    use common::notify::{Hub, MAX_DATAGRAM};
+    let dir = short_dir();
+    let s = log_spec(
+        dir.path(),
+        "awk 'BEGIN { for (i = 0; i < 1000; i++) print \"line \" i }'; \
+         while :; do sleep 1 & wait $!; done",
+        10,
+        10,
+    );
+    let task_id = s.task_id.clone();
+    let shim = launch(s, dir.path());
+    let mut c = shim.client().await;
+    let hubs = [
+        Hub::bind(&dir.path().join("n1.sock")).unwrap(),
+        Hub::bind(&dir.path().join("n2.sock")).unwrap(),
+    ];
+    let events_client = c.clone();
+    let subscribe = |hub: &Hub| {
+        let mut c = events_client.clone();
+        let socket = hub.path().display().to_string();
+        async move {
+            let mut stream = c
+                .events(api::EventsRequest {
+                    since_unix_ms: 0,
+                    log_counts: true,
+                    notify_socket: socket,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(ev) = stream.message().await.unwrap() {
+                got.push(ev);
+            }
+            got
+        }
+    };
+    let first = within(
+        "the first subscription's stream to end",
+        subscribe(&hubs[0]),
+    )
+    .await;
+    assert!(first.is_empty(), "nothing happened yet: {first:?}");
+    c.start(api::StartRequest {}).await.unwrap();
+    let mut buf = vec![0; MAX_DATAGRAM];
+    let counted = within("the counters of the whole burst, as datagrams", async {
+        loop {
+            let r = hubs[0].recv(&mut buf).await.unwrap().unwrap();
+            assert_eq!(r.event.task_id, task_id);
+            assert!(
+                !r.event.exited && r.event.message.is_empty(),
+                "{:?}",
+                r.event
+            );
+            if r.event.logs.as_ref().unwrap().streams[0].lines_written == 1000 {
+                return r.event;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        counted.logs.unwrap().streams[0].bytes_written,
+        lines(1000).len() as u64
+    );
+    // Another plugin subscribes: the current counts on its stream, the exit to it alone.
+    let second = within(
+        "the second subscription's stream to end",
+        subscribe(&hubs[1]),
+    )
+    .await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(
+        second[0].logs.as_ref().unwrap().streams[0].lines_written,
+        1000
+    );
+    let stop = c.stop(api::StopRequest {
+        signal: "SIGTERM".into(),
+        timeout_ms: 5000,
+    });
+    within("stop", stop).await.unwrap();
+    let exited = within("the exit datagram", async {
+        loop {
+            let r = hubs[1].recv(&mut buf).await.unwrap().unwrap();
+            if r.event.exited {
+                return r.event;
+            }
+        }
+    })
+    .await;
+    assert_eq!(exited.task_id, task_id);
+    drop(shim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

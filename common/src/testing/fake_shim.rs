@@ -178,6 +178,37 @@ impl executor_server::Executor for FakeExecutor {
             .lock()
             .unwrap()
             .push(r.since_unix_ms);
+        if !r.notify_socket.is_empty() {
+            // Level 6: what the script publishes, and the exit, as datagrams.
+            let notifier = crate::notify::Notifier::connect(
+                std::path::Path::new(&r.notify_socket),
+                self.task_id.clone(),
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let mut events = self.script.events.subscribe();
+            let mut exit = self.script.exit.subscribe();
+            tokio::spawn(async move {
+                let mut exited = false;
+                loop {
+                    tokio::select! {
+                        e = events.recv() => match e {
+                            Ok(ev) if ev.logs.is_some() => notifier.logs(ev.logs.unwrap_or_default()),
+                            Ok(ev) => notifier.message(ev.message, ev.at_unix_ms),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => break,
+                        },
+                        r = exit.wait_for(|e| e.is_some()), if !exited => {
+                            if r.is_err() {
+                                break;
+                            }
+                            exited = true;
+                            notifier.exited();
+                        }
+                    }
+                }
+            });
+            return Ok(Response::new(Box::pin(tokio_stream::empty())));
+        }
         let live = tokio_stream::wrappers::BroadcastStream::new(self.script.events.subscribe())
             .filter_map(|e| e.ok())
             .map(Ok);

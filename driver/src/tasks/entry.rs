@@ -28,6 +28,13 @@ pub struct TaskEntry {
     /// The log counters the shim pushes on its event stream (level 5; see `logs`): Some while
     /// that stream is open, so a metrics scrape reads them here instead of calling Status.
     pushed_logs: Mutex<Option<[LogCounts; 2]>>,
+    /// Watched through the notify socket (`notify`): no connection is kept to the shim, and
+    /// WaitTask waits for [`Self::set_exit`] instead of calling the shim's Wait.
+    watched: AtomicBool,
+    /// Set by the first to fetch the exit a datagram announced.
+    collecting: AtomicBool,
+    /// Wakes the WaitTask calls of a watched task once the exit is known.
+    exit_known: tokio::sync::Notify,
 }
 
 impl Drop for TaskEntry {
@@ -49,6 +56,9 @@ impl TaskEntry {
             event_forwarder: Mutex::new(None),
             orphaned_logmon_fifo: Mutex::new(None),
             pushed_logs: Mutex::new(None),
+            watched: AtomicBool::new(false),
+            collecting: AtomicBool::new(false),
+            exit_known: tokio::sync::Notify::new(),
         })
     }
 
@@ -98,14 +108,47 @@ impl TaskEntry {
     }
 
     pub fn set_exit(&self, e: shim::ExitStatus) {
-        let mut x = lock(&self.exit);
-        if x.is_none() {
-            crate::metrics::task_exited(&e);
+        {
+            let mut x = lock(&self.exit);
+            if x.is_none() {
+                crate::metrics::task_exited(&e);
+            }
+            *x = Some(e);
         }
-        *x = Some(e);
+        self.exit_known.notify_waiters();
     }
 
-    /// A connected client to the shim (dialled lazily, re-dialled after failures).
+    /// The task is watched through the notify socket from now on.
+    pub fn set_watched(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+    }
+
+    pub fn watched(&self) -> bool {
+        self.watched.load(Ordering::SeqCst)
+    }
+
+    /// True for the first caller only: it fetches the exit a datagram announced.
+    pub fn start_collecting(&self) -> bool {
+        !self.collecting.swap(true, Ordering::SeqCst)
+    }
+
+    /// The exit of a watched task, once someone set it (the datagram's or the pidfd's
+    /// watcher: `notify`).
+    pub async fn exit_set(&self) -> shim::ExitStatus {
+        loop {
+            let known = self.exit_known.notified();
+            tokio::pin!(known);
+            // Registered before the check, so a set_exit in between still wakes us.
+            known.as_mut().enable();
+            if let Some(e) = self.cached_exit() {
+                return e;
+            }
+            known.await;
+        }
+    }
+
+    /// A connected client to the shim (dialled lazily, re-dialled after failures). A watched
+    /// task's is not kept: it is dialled for the call and closed after it.
     pub async fn client(
         &self,
     ) -> Result<crate::metrics::timed::ShimClient, common::client::ClientError> {
@@ -114,13 +157,17 @@ impl TaskEntry {
             return Ok(c.clone());
         }
         let c = crate::metrics::timed::connect(&self.state.socket_path).await?;
-        *guard = Some(c.clone());
+        if !self.watched() {
+            *guard = Some(c.clone());
+        }
         Ok(c)
     }
 
     /// Keeps `client` (the one StartTask already dialled) for later calls.
     pub async fn keep_client(&self, client: crate::metrics::timed::ShimClient) {
-        *self.client.lock().await = Some(client);
+        if !self.watched() {
+            *self.client.lock().await = Some(client);
+        }
     }
 
     pub async fn forget_client(&self) {

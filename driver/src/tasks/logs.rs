@@ -71,6 +71,7 @@ impl Tasks {
                 .events(shim::EventsRequest {
                     since_unix_ms,
                     log_counts,
+                    notify_socket: String::new(),
                 })
                 .await
                 .map(|r| r.into_inner())

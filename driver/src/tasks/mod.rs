@@ -13,6 +13,7 @@
 //! - [`recover`] — RecoverTask;
 //! - [`exec`] — ExecTaskStreaming and ExecTask (relayed to the shim's Exec);
 //! - [`entry`] — one task as the plugin knows it, and what to do when its shim is gone;
+//! - [`notify`] — watching idle tasks through the notify socket (no connection per task);
 //! - [`logs`] — `log_collection`: the shim's events as task events, and the logmon Nomad
 //!   left to tasks started with logmon;
 //! - [`handle`] — `driver_state`; [`error`] — why a task RPC failed ([`TaskError`]) and its one
@@ -27,6 +28,7 @@ mod launch;
 mod logs;
 mod metrics;
 mod models;
+mod notify;
 mod recover;
 mod script;
 mod spec;
@@ -50,8 +52,10 @@ use store::TaskStore;
 /// launched (a real process, or a fake in the unit tests).
 pub struct Tasks {
     plugin: Arc<Plugin>,
-    store: TaskStore,
+    store: Arc<TaskStore>,
     launcher: Arc<dyn Launcher>,
+    /// The notify socket (`notify`), bound on first use; None if it cannot be.
+    hub: tokio::sync::OnceCell<Option<Arc<common::notify::Hub>>>,
     /// The node-wide model cache's downloads (driver/src/models).
     models: crate::models::Models,
 }
@@ -64,8 +68,9 @@ impl Tasks {
     fn with_launcher(plugin: Arc<Plugin>, launcher: Arc<dyn Launcher>) -> Self {
         Tasks {
             plugin,
-            store: TaskStore::default(),
+            store: Arc::default(),
             launcher,
+            hub: Default::default(),
             models: Default::default(),
         }
     }

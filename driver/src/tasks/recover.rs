@@ -56,6 +56,7 @@ impl Tasks {
             // Started with logmon; Nomad no longer manages it (see `logs`).
             entry.set_orphaned_logmon_fifo(config.stdout_path.clone().into());
         }
+        let mut reattached = false;
         match entry.client().await {
             Ok(mut c) => {
                 let st = c
@@ -72,7 +73,7 @@ impl Tasks {
                     entry.set_exit(e);
                 }
                 // Events from now on (losses before are in the summary above).
-                self.forward_events(&entry, common::state::now_ms());
+                reattached = true;
                 tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
                 crate::metrics::recovered(crate::metrics::RecoveryOutcome::reattached);
             }
@@ -111,7 +112,11 @@ impl Tasks {
                 entry.set_exit(e);
             }
         }
-        self.store.insert(entry);
+        // In the store first: a datagram about the task finds it.
+        self.store.insert(entry.clone());
+        if reattached {
+            self.watch(&entry, common::state::now_ms()).await;
+        }
         Ok(())
     }
 }

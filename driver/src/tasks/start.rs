@@ -221,8 +221,9 @@ impl Tasks {
         };
         let entry = TaskEntry::new(state);
         entry.keep_client(client).await;
-        self.forward_events(&entry, 0);
-        self.store.insert(entry);
+        // In the store first: a datagram about the task finds it.
+        self.store.insert(entry.clone());
+        self.watch(&entry, 0).await;
         Ok(StartTaskResponse {
             result: start_task_response::Result::Success as i32,
             driver_error_msg: String::new(),

@@ -717,7 +717,7 @@ async fn the_shims_log_files_are_recorded_and_its_events_become_task_events() {
         .send(api::ShimEvent {
             message: "cannot write the task's stdout log: disk full".into(),
             at_unix_ms: 1,
-            logs: None,
+            ..Default::default()
         })
         .unwrap();
     task_event(&mut h, "cannot write the task's stdout log").await;
@@ -779,6 +779,7 @@ fn pushed(lines: u64) -> api::ShimEvent {
         message: String::new(),
         at_unix_ms: 2,
         logs: Some(log_status(lines)),
+        ..Default::default()
     }
 }
 
@@ -835,7 +836,7 @@ async fn a_scrape_reads_the_counts_the_shim_pushed_without_a_status_call() {
         .send(api::ShimEvent {
             message: "cannot write the task's stdout log: disk full".into(),
             at_unix_ms: 3,
-            logs: None,
+            ..Default::default()
         })
         .unwrap();
     // The message after the pushes: once it is a task event, the pushes were taken in.

@@ -175,9 +175,18 @@ fn local_samples(
     ))
 }
 
+/// The task's exit: for a task watched through the notify socket once the datagram (or the
+/// shim's death) made it known (`notify`), else [`collect_exit`].
+pub async fn wait_entry(entry: &TaskEntry) -> shim::ExitStatus {
+    if entry.watched() {
+        return entry.exit_set().await;
+    }
+    collect_exit(entry).await
+}
+
 /// The task's exit: from the shim's Wait, else (shim gone) from its state file, else a
 /// failure that says the shim died. A transport error while the shim is alive is retried.
-pub async fn wait_entry(entry: &TaskEntry) -> shim::ExitStatus {
+pub async fn collect_exit(entry: &TaskEntry) -> shim::ExitStatus {
     if let Some(e) = entry.cached_exit() {
         return e;
     }
