@@ -170,6 +170,11 @@ impl TaskEntry {
         }
     }
 
+    #[cfg(test)]
+    pub async fn has_cached_client(&self) -> bool {
+        self.client.lock().await.is_some()
+    }
+
     pub async fn forget_client(&self) {
         *self.client.lock().await = None;
     }

@@ -312,6 +312,46 @@ async fn wait_returns_the_exit_and_publishes_its_explanation_once() {
     assert_eq!(i.result.unwrap().exit_code, 137);
 }
 
+/// Level 6: once started, a task's shim is not connected to (the plugin waits for its exit
+/// datagram); a level-5 shim keeps its connection and its Wait call. Both report the exit.
+#[tokio::test]
+async fn a_level_6_task_holds_no_shim_connection_and_still_gets_its_exit() {
+    for level in [6, 5] {
+        let h = Harness::new();
+        *h.script().api_level.lock().unwrap() = level;
+        let task = h.task("web");
+        h.start(task.clone()).await.unwrap();
+        let entry = h.tasks.store.get(&task.id).unwrap();
+        assert_eq!(entry.watched(), level >= 6, "level {level}");
+        assert_eq!(entry.has_cached_client().await, level < 6, "level {level}");
+        let waiting = h.tasks.wait(&task.id);
+        h.script().exit.send_replace(Some(api::ExitStatus {
+            exit_code: 3,
+            ..Default::default()
+        }));
+        let r = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("WaitTask answered");
+        assert_eq!(r.result.unwrap().exit_code, 3, "level {level}");
+    }
+}
+
+/// A watched task whose shim dies (no datagram can say so) is noticed through its pidfd.
+#[tokio::test]
+async fn a_watched_tasks_dead_shim_is_noticed_without_a_connection() {
+    let h = Harness::new();
+    let task = h.task("web");
+    h.start(task.clone()).await.unwrap();
+    assert!(h.tasks.store.get(&task.id).unwrap().watched());
+    let waiting = h.tasks.wait(&task.id);
+    h.launcher.kill_shims();
+    let r = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("WaitTask answered");
+    assert_eq!(r.result.unwrap().exit_code, -1);
+    assert!(r.err.contains("died unexpectedly"), "{}", r.err);
+}
+
 #[tokio::test]
 async fn wait_after_the_shim_is_gone_reads_the_exit_from_the_state_file() {
     let h = Harness::new();
