@@ -14,7 +14,7 @@
 //!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
 //!   keep-alive reader);
 //! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
-//! - [`stats`]: usage samples (cgroup or `/proc`);
+//! - [`stats`]: usage samples (cgroup or `/proc`); [`memory`]: stack pages given back after start;
 //! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`; [`args`]: the command line.
 
 pub mod args;
@@ -27,6 +27,7 @@ mod fifo;
 mod listener;
 pub mod logging;
 mod logs;
+pub mod memory;
 mod reaper;
 pub mod runtime;
 pub mod sandbox;

@@ -6,13 +6,14 @@ use crate::service::Service;
 use crate::shim::Shim;
 use common::proto::executor::executor_server::ExecutorServer;
 use common::spec::{TaskSpec, TASK_SPEC_VERSION};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 /// How long the shim waits for Start before it assumes the plugin gave up on it (at least;
@@ -50,7 +51,10 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
 fn read_stdin_to_end() -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut body = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut body)?;
+    // Fd 0 directly: `std::io::stdin()` would keep its 8 KiB buffer for the shim's life.
+    // SAFETY: fd 0 stays open (replaced by /dev/null below); ManuallyDrop never closes it.
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    stdin.read_to_end(&mut body)?;
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2(null.as_raw_fd(), 0)?;
     Ok(body)
@@ -268,12 +272,58 @@ pub struct Prepared {
     signals: Signals,
 }
 
-struct Signals {
-    child: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    /// `run` only: SIGINT (Ctrl-C) and SIGHUP (the terminal closed) stop the runtime.
-    int: Option<tokio::signal::unix::Signal>,
-    hup: Option<tokio::signal::unix::Signal>,
+/// The signals the serve loop handles, read from a signalfd: SIGCHLD and SIGTERM, and in
+/// `run` SIGINT and SIGHUP. tokio's own signal handling would do, but its registry holds a
+/// channel for each of the 64 signal numbers whether used or not (~22 KiB of heap in every
+/// shim, docs/performance.md); a signalfd is one fd. It only sees signals that are blocked in
+/// every thread: [`block_handled_signals`] does that in `main`, before any thread exists (the
+/// runtime's threads inherit the mask), and every child gets an empty mask back before exec
+/// (runtime.rs; std's `Command` does the same).
+struct Signals(tokio::io::unix::AsyncFd<SignalFd>);
+
+/// The signals `mode` handles through [`Signals`].
+fn handled_signals(mode: &Mode) -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGTERM);
+    if matches!(mode, Mode::Run) {
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGHUP);
+    }
+    set
+}
+
+/// Blocks the signals the shim reads from its signalfd (see [`Signals`]). Call it in `main`
+/// before the async runtime starts any thread.
+pub fn block_handled_signals(mode: &Mode) {
+    // A failure cannot happen for a valid set; `Signals::new` blocks again and reports one.
+    let _ = handled_signals(mode).thread_block();
+}
+
+impl Signals {
+    fn new(mode: &Mode) -> std::io::Result<Signals> {
+        let set = handled_signals(mode);
+        set.thread_block()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        // SAFETY: the AsyncFd owns the SignalFd, which keeps the same open fd until dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+        Ok(Signals(fd))
+    }
+
+    /// The next signal's number (a signal sent several times before this read counts once).
+    async fn recv(&mut self) -> i32 {
+        loop {
+            let Ok(mut ready) = self.0.readable_mut().await else {
+                // The fd cannot leave the reactor while the shim lives.
+                return std::future::pending().await;
+            };
+            match ready.get_inner().read_signal() {
+                Ok(Some(info)) => return info.ssi_signo as i32,
+                // Nothing pending (EAGAIN), or a read error: wait for the next readiness.
+                Ok(None) | Err(_) => ready.clear_ready(),
+            }
+        }
+    }
 }
 
 pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
@@ -287,18 +337,7 @@ pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
     }
     // Before any child exists, so no exit is missed.
-    let signals = Signals {
-        child: signal(SignalKind::child()).map_err(ShimError::Signals)?,
-        term: signal(SignalKind::terminate()).map_err(ShimError::Signals)?,
-        int: match mode {
-            Mode::Run => Some(signal(SignalKind::interrupt()).map_err(ShimError::Signals)?),
-            Mode::Serve { .. } => None,
-        },
-        hup: match mode {
-            Mode::Run => Some(signal(SignalKind::hangup()).map_err(ShimError::Signals)?),
-            Mode::Serve { .. } => None,
-        },
-    };
+    let signals = Signals::new(mode).map_err(ShimError::Signals)?;
     if let Some(dir) = spec.state_path.parent() {
         make_dir(dir)?;
     }
@@ -371,6 +410,11 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     let mut exited = shim.subscribe_exit();
     let mut exited_at: Option<Instant> = None;
     let ended = loop {
+        // Whatever ran deeper since the last wake (the spec's parsing; Start's spawn, which
+        // wakes this loop when done) left stack pages nothing needs while the shim waits for
+        // its task: give them back once the runtime is idle (rare: this loop wakes for
+        // Start, signals and deadlines only).
+        crate::memory::release_dead_stack_when_idle();
         if run_mode && shim.runtime_pid().is_none() {
             // `run` could not start the runtime: nothing to serve.
             break Ended::NeverStarted;
@@ -381,35 +425,35 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
             (None, Some(_)) => None,
         };
         tokio::select! {
-            _ = signals.child.recv() => shim.reap(),
-            _ = signals.term.recv() => {
-                if exited_at.is_some() {
-                    tracing::info!("SIGTERM after the exit: leaving now");
-                    break Ended::Lingered;
+            sig = signals.recv() => match sig {
+                libc::SIGCHLD => shim.reap(),
+                libc::SIGTERM => {
+                    if exited_at.is_some() {
+                        tracing::info!("SIGTERM after the exit: leaving now");
+                        break Ended::Lingered;
+                    }
+                    if shim.runtime_pid().is_none() {
+                        tracing::info!("SIGTERM before Start: removing the shim");
+                        break Ended::NeverStarted;
+                    }
+                    tracing::info!("SIGTERM: stopping the runtime");
+                    let s = shim.clone();
+                    tokio::spawn(async move {
+                        let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
+                    });
                 }
-                if shim.runtime_pid().is_none() {
-                    tracing::info!("SIGTERM before Start: removing the shim");
-                    break Ended::NeverStarted;
+                // SIGINT or SIGHUP: only `run` handles them.
+                _ => {
+                    eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
+                    let s = shim.clone();
+                    tokio::spawn(async move {
+                        let _ = s.stop(Some(common::signals::TaskSignal::SIGINT), SELF_STOP_TIMEOUT).await;
+                    });
                 }
-                tracing::info!("SIGTERM: stopping the runtime");
-                let s = shim.clone();
-                tokio::spawn(async move {
-                    let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
-                });
-            }
-            Some(_) = async {
-                match (signals.int.as_mut(), signals.hup.as_mut()) {
-                    (Some(i), Some(h)) => tokio::select! { r = i.recv() => r, r = h.recv() => r },
-                    _ => std::future::pending().await,
-                }
-            } => {
-                eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
-                let s = shim.clone();
-                tokio::spawn(async move {
-                    let _ = s.stop(Some(common::signals::TaskSignal::SIGINT), SELF_STOP_TIMEOUT).await;
-                });
-            }
+            },
             _ = shim.shutdown_requested() => break Ended::Shutdown,
+            // Only to wake the loop: the deadline and the stack (above) are looked at again.
+            _ = shim.start_done() => {}
             r = exited.wait_for(|e| e.is_some()), if exited_at.is_none() => {
                 if r.is_ok() {
                     exited_at = Some(Instant::now());
