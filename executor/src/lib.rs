@@ -13,7 +13,8 @@
 //! - [`logs`]: the task's output: Nomad's rotated log files written by the shim itself
 //!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
 //!   keep-alive reader);
-//! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
+//! - [`events`]: what the shim tells the plugin about its task (the Events RPC); [`signals`]:
+//!   signals read from a signalfd;
 //! - [`stats`]: usage samples (cgroup or `/proc`); [`memory`]: stack pages given back after start;
 //! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`; [`args`]: the command line.
 
@@ -34,6 +35,7 @@ pub mod sandbox;
 pub mod serve;
 mod service;
 mod shim;
+mod signals;
 mod stats;
 mod users;
 

@@ -50,6 +50,10 @@ fn shim_main() -> ! {
             serve::cloexec_inherited_fds();
             Ready::none()
         }
+        Cmd::Exec { .. } => {
+            executor::cli::exec::block_window_changes();
+            Ready::none()
+        }
         _ => Ready::none(),
     };
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that

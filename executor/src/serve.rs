@@ -4,10 +4,10 @@
 use crate::error::ShimError;
 use crate::service::Service;
 use crate::shim::Shim;
+use crate::signals::Signals;
 use common::proto::executor::executor_server::ExecutorServer;
 use common::spec::{TaskSpec, TASK_SPEC_VERSION};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -272,58 +272,24 @@ pub struct Prepared {
     signals: Signals,
 }
 
-/// The signals the serve loop handles, read from a signalfd: SIGCHLD and SIGTERM, and in
-/// `run` SIGINT and SIGHUP. tokio's own signal handling would do, but its registry holds a
-/// channel for each of the 64 signal numbers whether used or not (~22 KiB of heap in every
-/// shim, docs/performance.md); a signalfd is one fd. It only sees signals that are blocked in
-/// every thread: [`block_handled_signals`] does that in `main`, before any thread exists (the
-/// runtime's threads inherit the mask), and every child gets an empty mask back before exec
-/// (runtime.rs; std's `Command` does the same).
-struct Signals(tokio::io::unix::AsyncFd<SignalFd>);
-
-/// The signals `mode` handles through [`Signals`].
-fn handled_signals(mode: &Mode) -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    set.add(Signal::SIGTERM);
-    if matches!(mode, Mode::Run) {
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGHUP);
+/// The signals `mode` handles (read from a signalfd: see [`crate::signals`]).
+fn handled_signals(mode: &Mode) -> &'static [Signal] {
+    match mode {
+        Mode::Serve { .. } => &[Signal::SIGCHLD, Signal::SIGTERM],
+        Mode::Run => &[
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ],
     }
-    set
 }
 
-/// Blocks the signals the shim reads from its signalfd (see [`Signals`]). Call it in `main`
-/// before the async runtime starts any thread.
+/// Blocks the signals the shim reads from its signalfd. Call it in `main` before the async
+/// runtime starts any thread.
 pub fn block_handled_signals(mode: &Mode) {
     // A failure cannot happen for a valid set; `Signals::new` blocks again and reports one.
-    let _ = handled_signals(mode).thread_block();
-}
-
-impl Signals {
-    fn new(mode: &Mode) -> std::io::Result<Signals> {
-        let set = handled_signals(mode);
-        set.thread_block()?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        // SAFETY: the AsyncFd owns the SignalFd, which keeps the same open fd until dropped.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
-        Ok(Signals(fd))
-    }
-
-    /// The next signal's number (a signal sent several times before this read counts once).
-    async fn recv(&mut self) -> i32 {
-        loop {
-            let Ok(mut ready) = self.0.readable_mut().await else {
-                // The fd cannot leave the reactor while the shim lives.
-                return std::future::pending().await;
-            };
-            match ready.get_inner().read_signal() {
-                Ok(Some(info)) => return info.ssi_signo as i32,
-                // Nothing pending (EAGAIN), or a read error: wait for the next readiness.
-                Ok(None) | Err(_) => ready.clear_ready(),
-            }
-        }
-    }
+    let _ = crate::signals::block(handled_signals(mode));
 }
 
 pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
@@ -337,7 +303,7 @@ pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
     }
     // Before any child exists, so no exit is missed.
-    let signals = Signals::new(mode).map_err(ShimError::Signals)?;
+    let signals = Signals::new(handled_signals(mode)).map_err(ShimError::Signals)?;
     if let Some(dir) = spec.state_path.parent() {
         make_dir(dir)?;
     }
