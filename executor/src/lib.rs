@@ -13,8 +13,9 @@
 //! - [`logs`]: the task's output: Nomad's rotated log files written by the shim itself
 //!   (`logs::rotator`, `logs::pump`), or Nomad's log FIFOs ([`fifo`]: deadline, no symlinks,
 //!   keep-alive reader);
-//! - [`events`]: what the shim tells the plugin about its task (the Events RPC);
-//! - [`stats`]: usage samples (cgroup or `/proc`);
+//! - [`events`]: what the shim tells the plugin about its task (the Events RPC); [`signals`]:
+//!   signals read from a signalfd;
+//! - [`stats`]: usage samples (cgroup or `/proc`); [`memory`]: stack pages given back after start;
 //! - [`cli`]: the operator's `status`, `stop`, `signal` and `exec`; [`args`]: the command line.
 
 pub mod args;
@@ -27,12 +28,14 @@ mod fifo;
 mod listener;
 pub mod logging;
 mod logs;
+pub mod memory;
 mod reaper;
 pub mod runtime;
 pub mod sandbox;
 pub mod serve;
 mod service;
 mod shim;
+mod signals;
 mod stats;
 mod users;
 

@@ -16,6 +16,14 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(executor::exec::EXEC_COMMAND.as_ref()) {
         executor::exec::helper::main();
     }
+    shim_main()
+}
+
+/// Everything but the two hidden modes above. Its own function, so that its frame (the
+/// async runtime, the whole shim future: some KiB, every page of which the stack probes
+/// touch) is not on the stack of a sandbox's PID 1, which stays for the task's life.
+#[inline(never)]
+fn shim_main() -> ! {
     // The plugin's `serve` line without clap; everything else (operators) through clap.
     let argv: Vec<_> = std::env::args_os().collect();
     let cli = match args::plugin_serve(argv.get(1..).unwrap_or_default()) {
@@ -28,25 +36,35 @@ fn main() {
     let ready = match &cli {
         Cmd::Serve { ready_fd, .. } => {
             let ready = Ready::from_fd(*ready_fd);
-            serve::ignore_stray_signals(&Mode::Serve {
+            let mode = Mode::Serve {
                 ready_fd: ready.raw_fd(),
-            });
+            };
+            serve::ignore_stray_signals(&mode);
+            serve::block_handled_signals(&mode);
             serve::cloexec_inherited_fds();
             ready
         }
         Cmd::Run { .. } => {
             serve::ignore_stray_signals(&Mode::Run);
+            serve::block_handled_signals(&Mode::Run);
             serve::cloexec_inherited_fds();
+            Ready::none()
+        }
+        Cmd::Exec { .. } => {
+            executor::cli::exec::block_window_changes();
             Ready::none()
         }
         _ => Ready::none(),
     };
     // Single-threaded on purpose: PR_SET_PDEATHSIG of the runtime is tied to the thread that
     // forked it, so the spawn must happen on this (main) thread; one thread also keeps the
-    // shim's RSS small.
+    // shim's RSS small. A shim has a handful of fds, so 64 events per poll (tokio's default
+    // is 1,024: a 12 KiB array) lose nothing.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
+        .max_io_events_per_tick(64)
+        .on_thread_park(executor::memory::on_park)
         .build()
     {
         Ok(rt) => rt,
@@ -55,7 +73,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match rt.block_on(run(cli, ready)) {
+    // On the heap, not twice on the main stack (here and in block_on's frame): the shim idles
+    // in this future for its task's life, and its stack pages stay resident.
+    let code = match rt.block_on(Box::pin(run(cli, ready))) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("elide-executor: {e:#}");

@@ -4,15 +4,16 @@
 use crate::error::ShimError;
 use crate::service::Service;
 use crate::shim::Shim;
+use crate::signals::Signals;
 use common::proto::executor::executor_server::ExecutorServer;
 use common::spec::{TaskSpec, TASK_SPEC_VERSION};
+use nix::sys::signal::Signal;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 /// How long the shim waits for Start before it assumes the plugin gave up on it (at least;
@@ -50,7 +51,10 @@ pub fn read_spec(path: &Path) -> Result<TaskSpec, ShimError> {
 fn read_stdin_to_end() -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut body = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut body)?;
+    // Fd 0 directly: `std::io::stdin()` would keep its 8 KiB buffer for the shim's life.
+    // SAFETY: fd 0 stays open (replaced by /dev/null below); ManuallyDrop never closes it.
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    stdin.read_to_end(&mut body)?;
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2(null.as_raw_fd(), 0)?;
     Ok(body)
@@ -268,12 +272,24 @@ pub struct Prepared {
     signals: Signals,
 }
 
-struct Signals {
-    child: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    /// `run` only: SIGINT (Ctrl-C) and SIGHUP (the terminal closed) stop the runtime.
-    int: Option<tokio::signal::unix::Signal>,
-    hup: Option<tokio::signal::unix::Signal>,
+/// The signals `mode` handles (read from a signalfd: see [`crate::signals`]).
+fn handled_signals(mode: &Mode) -> &'static [Signal] {
+    match mode {
+        Mode::Serve { .. } => &[Signal::SIGCHLD, Signal::SIGTERM],
+        Mode::Run => &[
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ],
+    }
+}
+
+/// Blocks the signals the shim reads from its signalfd. Call it in `main` before the async
+/// runtime starts any thread.
+pub fn block_handled_signals(mode: &Mode) {
+    // A failure cannot happen for a valid set; `Signals::new` blocks again and reports one.
+    let _ = crate::signals::block(handled_signals(mode));
 }
 
 pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
@@ -287,18 +303,7 @@ pub fn prepare(spec: TaskSpec, mode: &Mode) -> Result<Prepared, ShimError> {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
     }
     // Before any child exists, so no exit is missed.
-    let signals = Signals {
-        child: signal(SignalKind::child()).map_err(ShimError::Signals)?,
-        term: signal(SignalKind::terminate()).map_err(ShimError::Signals)?,
-        int: match mode {
-            Mode::Run => Some(signal(SignalKind::interrupt()).map_err(ShimError::Signals)?),
-            Mode::Serve { .. } => None,
-        },
-        hup: match mode {
-            Mode::Run => Some(signal(SignalKind::hangup()).map_err(ShimError::Signals)?),
-            Mode::Serve { .. } => None,
-        },
-    };
+    let signals = Signals::new(handled_signals(mode)).map_err(ShimError::Signals)?;
     if let Some(dir) = spec.state_path.parent() {
         make_dir(dir)?;
     }
@@ -371,6 +376,11 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
     let mut exited = shim.subscribe_exit();
     let mut exited_at: Option<Instant> = None;
     let ended = loop {
+        // Whatever ran deeper since the last wake (the spec's parsing; Start's spawn, which
+        // wakes this loop when done) left stack pages nothing needs while the shim waits for
+        // its task: give them back once the runtime is idle (rare: this loop wakes for
+        // Start, signals and deadlines only).
+        crate::memory::release_dead_stack_when_idle();
         if run_mode && shim.runtime_pid().is_none() {
             // `run` could not start the runtime: nothing to serve.
             break Ended::NeverStarted;
@@ -381,35 +391,35 @@ pub async fn serve(p: Prepared, mode: &Mode) -> Ended {
             (None, Some(_)) => None,
         };
         tokio::select! {
-            _ = signals.child.recv() => shim.reap(),
-            _ = signals.term.recv() => {
-                if exited_at.is_some() {
-                    tracing::info!("SIGTERM after the exit: leaving now");
-                    break Ended::Lingered;
+            sig = signals.recv() => match sig {
+                libc::SIGCHLD => shim.reap(),
+                libc::SIGTERM => {
+                    if exited_at.is_some() {
+                        tracing::info!("SIGTERM after the exit: leaving now");
+                        break Ended::Lingered;
+                    }
+                    if shim.runtime_pid().is_none() {
+                        tracing::info!("SIGTERM before Start: removing the shim");
+                        break Ended::NeverStarted;
+                    }
+                    tracing::info!("SIGTERM: stopping the runtime");
+                    let s = shim.clone();
+                    tokio::spawn(async move {
+                        let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
+                    });
                 }
-                if shim.runtime_pid().is_none() {
-                    tracing::info!("SIGTERM before Start: removing the shim");
-                    break Ended::NeverStarted;
+                // SIGINT or SIGHUP: only `run` handles them.
+                _ => {
+                    eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
+                    let s = shim.clone();
+                    tokio::spawn(async move {
+                        let _ = s.stop(Some(common::signals::TaskSignal::SIGINT), SELF_STOP_TIMEOUT).await;
+                    });
                 }
-                tracing::info!("SIGTERM: stopping the runtime");
-                let s = shim.clone();
-                tokio::spawn(async move {
-                    let _ = s.stop(Some(common::signals::TaskSignal::SIGTERM), SELF_STOP_TIMEOUT).await;
-                });
-            }
-            Some(_) = async {
-                match (signals.int.as_mut(), signals.hup.as_mut()) {
-                    (Some(i), Some(h)) => tokio::select! { r = i.recv() => r, r = h.recv() => r },
-                    _ => std::future::pending().await,
-                }
-            } => {
-                eprintln!("elide-executor: interrupted: stopping the runtime (SIGINT, then SIGKILL after {SELF_STOP_TIMEOUT:?})");
-                let s = shim.clone();
-                tokio::spawn(async move {
-                    let _ = s.stop(Some(common::signals::TaskSignal::SIGINT), SELF_STOP_TIMEOUT).await;
-                });
-            }
+            },
             _ = shim.shutdown_requested() => break Ended::Shutdown,
+            // Only to wake the loop: the deadline and the stack (above) are looked at again.
+            _ = shim.start_done() => {}
             r = exited.wait_for(|e| e.is_some()), if exited_at.is_none() => {
                 if r.is_ok() {
                     exited_at = Some(Instant::now());

@@ -62,6 +62,9 @@ pub struct Shim {
     starting: AtomicBool,
     closing: AtomicBool,
     shutdown: Notify,
+    /// Woken after each Start (or failed Start), so the serve loop wakes where its stack is
+    /// shallow (see `serve::serve`).
+    start_done: Notify,
 }
 
 impl Shim {
@@ -100,6 +103,7 @@ impl Shim {
             starting: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             shutdown: Notify::new(),
+            start_done: Notify::new(),
         })
     }
 
@@ -167,6 +171,7 @@ impl Shim {
         }
         let r = self.start_inner().await;
         self.starting.store(false, Ordering::SeqCst);
+        self.start_done.notify_one();
         if let Err(e) = &r {
             tracing::warn!(error = %e, "start failed");
         }
@@ -542,6 +547,11 @@ impl Shim {
         self.remove_state();
         tracing::info!("shutdown: socket and state removed");
         self.shutdown.notify_one();
+    }
+
+    /// Resolves after a Start call has finished (started or not).
+    pub async fn start_done(&self) {
+        self.start_done.notified().await
     }
 
     /// Resolves once Shutdown has finished its work.

@@ -7,7 +7,10 @@ Reuses bench.py's job and process matching; Elide only (bench.py compares with r
     NOMAD_BIN=... python3 tests/bench/task_memory.py LABEL /path/to/elide-executor 40 200
 
 The executor binary must sit in a root-owned directory nobody else can write (the plugin
-checks executor_binary). Prints one RESULT line per N; asserts nothing.
+checks executor_binary). Prints one RESULT line per N, and a BREAKDOWN line per helper: its
+Pss per task split by mapping (heap: [heap] and anonymous mappings: musl's malloc, .bss; stack:
+[stack]; data: the binary's written .data; file: the binary's shared text and rodata,
+whose Pss falls as more processes map it); asserts nothing.
 """
 import os
 import sys
@@ -29,6 +32,30 @@ def smaps(pid):
     except OSError:
         pass
     return d.get("Pss", 0), d.get("Private_Clean", 0) + d.get("Private_Dirty", 0), d.get("Rss", 0)
+
+def breakdown(pid):
+    """Pss in KiB of one process by kind of mapping (see the docstring)."""
+    out = {"heap": 0, "stack": 0, "data": 0, "file": 0}
+    kind = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 5)
+                if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                    name = head[5].strip() if len(head) > 5 else ""
+                    if name == "[stack]":
+                        kind = "stack"
+                    elif name in ("", "[heap]"):
+                        kind = "heap"
+                    elif name.startswith("/"):
+                        kind = "data" if "w" in head[1] else "file"
+                    else:
+                        kind = None
+                elif line.startswith("Pss:") and kind:
+                    out[kind] += int(line.split()[1])
+    except OSError:
+        pass
+    return out
 
 def main():
     if len(sys.argv) < 4:
@@ -58,6 +85,11 @@ def main():
                   f"shim Pss/task={out['shim'][1]:.0f} priv/task={out['shim'][2]:.0f} rss={out['shim'][3]:.0f} | "
                   f"init Pss/task={out['init'][1]:.0f} priv/task={out['init'][2]:.0f} rss={out['init'][3]:.0f} | "
                   f"total Pss/task={tot_pss:.0f} priv/task={tot_priv:.0f} KiB", flush=True)
+            for kind in ("shim", "init"):
+                b = [breakdown(p) for p in h[kind]]
+                print(f"BREAKDOWN {label} N={n} {kind} Pss/task: " + " ".join(
+                    f"{k}={sum(x[k] for x in b) / n:.1f}" for k in ("heap", "stack", "data", "file")) +
+                    " KiB", flush=True)
             agent.stop_job(j["ID"], wait=True)
             agent.api.delete(f"/v1/job/{j['ID']}", purge="true")
     finally:

@@ -93,6 +93,13 @@ fn stdin_chunks() -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
+/// Blocks SIGWINCH (read from a signalfd while a terminal session runs: `crate::signals`).
+/// Call it in `main` before the async runtime starts any thread.
+pub fn block_window_changes() {
+    // A failure cannot happen for a valid set; the session then just misses size changes.
+    let _ = crate::signals::block(&[nix::sys::signal::Signal::SIGWINCH]);
+}
+
 pub async fn run(dir: &Path, task: &str, tty: Tty, command: Vec<String>) -> Result<i32, CliError> {
     let tty = match tty {
         Tty::Yes => true,
@@ -122,16 +129,15 @@ pub async fn run(dir: &Path, task: &str, tty: Tty, command: Vec<String>) -> Resu
     let _raw = tty.then(RawMode::enter);
     // Local stdin → the command; on a terminal, size changes too.
     let feeder = tokio::spawn(async move {
+        // SIGWINCH is blocked from `main` on (`block_window_changes`), so no thread loses one.
         let mut winch = tty
-            .then(|| {
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
-            })
+            .then(|| crate::signals::Signals::new(&[nix::sys::signal::Signal::SIGWINCH]).ok())
             .flatten();
         let mut stdin = stdin_chunks();
         loop {
             let changed = async {
                 match winch.as_mut() {
-                    Some(w) => w.recv().await,
+                    Some(w) => Some(w.recv().await),
                     None => std::future::pending().await,
                 }
             };
@@ -140,7 +146,7 @@ pub async fn run(dir: &Path, task: &str, tty: Tty, command: Vec<String>) -> Resu
                     None => api::ExecRequest { stdin_close: true, ..Default::default() },
                     Some(data) => api::ExecRequest { stdin: data, ..Default::default() },
                 },
-                Some(()) = changed => api::ExecRequest { tty_size: terminal_size(), ..Default::default() },
+                Some(_) = changed => api::ExecRequest { tty_size: terminal_size(), ..Default::default() },
             };
             let last = msg.stdin_close;
             if tx.send(msg).await.is_err() || last {

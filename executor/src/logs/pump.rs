@@ -23,7 +23,9 @@ use std::time::Duration;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{watch, Notify};
 
-/// One read: both pipes share it (they are read one after the other on one thread).
+/// One read: both pipes share it (they are read one after the other on one thread). Held
+/// only while output flows: a read that does not fill it emptied the pipe, and the buffer is
+/// freed then, so an idle task's shim does not keep the pages the last burst touched.
 const READ_BUFFER: usize = 32 * 1024;
 
 /// What the shim knows about one stream's log.
@@ -158,7 +160,7 @@ pub fn start(dir: PathBuf, sources: [Source; 2], events: Events) -> Arc<Collecto
         let mut out = readers.remove(0);
         let mut err = readers.remove(0);
         // Not zeroed: only the pages reads really fill become resident.
-        let mut buf = Vec::with_capacity(READ_BUFFER);
+        let mut buf = Vec::new();
         while out.is_some() || err.is_some() {
             let done = tokio::select! {
                 r = readable(&out) => pump.read(0, r, &out, &mut buf).then_some(0),
@@ -207,6 +209,7 @@ impl Pump {
     ) -> bool {
         let Some(rx) = rx else { return true };
         buf.clear();
+        buf.reserve_exact(READ_BUFFER);
         let n = match ready.and_then(|()| rx.try_read_buf(buf)) {
             Ok(n) => n,
             Err(e)
@@ -215,7 +218,8 @@ impl Pump {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
                 ) =>
             {
-                return false
+                *buf = Vec::new();
+                return false;
             }
             Err(e) => {
                 tracing::error!(stream = i, error = %e, "reading the task's output failed");
@@ -226,6 +230,9 @@ impl Pump {
             return true;
         }
         self.write(i, &buf[..n]);
+        if n < READ_BUFFER {
+            *buf = Vec::new();
+        }
         false
     }
 

@@ -19,7 +19,16 @@ use std::process::Command;
 
 /// Runs `sandbox-init` and exits; never returns.
 pub fn main() -> ! {
-    let code = match super::report::catch_panic("sandbox-init", run) {
+    // The set-up returns (its frames gone) before PID 1 starts the runtime and stays: the
+    // loop then runs a few frames from the top of the stack for the task's whole life.
+    let code = match super::report::catch_panic("sandbox-init", run).and_then(|cmd| {
+        // Unwinding past the Command only drops it.
+        let cmd = std::panic::AssertUnwindSafe(cmd);
+        super::report::catch_panic("sandbox-init", move || {
+            let cmd = cmd;
+            pid1(cmd.0)
+        })
+    }) {
         Ok(code) => code,
         Err(f) => {
             f.send(ERROR_FD);
@@ -35,7 +44,11 @@ fn os_err(step: Step, detail: impl Into<String>) -> Failure {
     Failure::new(step, detail, &io::Error::last_os_error())
 }
 
-fn run() -> Result<i32, Failure> {
+/// Sets the sandbox up; returns the runtime's command when this process stays as the PID
+/// namespace's init, and execs the runtime itself otherwise. Never inlined: its frame (the
+/// plan, the mounts) must be gone, not below `main`'s, when PID 1's loop runs.
+#[inline(never)]
+fn run() -> Result<Command, Failure> {
     crate::coverage::helper_start();
     for fd in [PLAN_FD, ERROR_FD, ALIVE_FD, STATUS_FD, NETNS_FD] {
         // SAFETY: fcntl on an fd number only changes its flags (EBADF when not passed).
@@ -93,7 +106,8 @@ fn run() -> Result<i32, Failure> {
     }
     crate::coverage::helper_dump();
     if plan.pid_init {
-        return pid1(cmd);
+        // PID 1 lives as long as the task: nothing of the plan stays allocated.
+        return Ok(cmd);
     }
     let e = cmd.exec();
     Err(Failure::new(Step::Exec, "", &e))
@@ -171,6 +185,7 @@ fn pid1(mut cmd: Command) -> Result<i32, Failure> {
     let child = cmd.spawn().map_err(|e| Failure::new(Step::Exec, "", &e))?;
     let runtime = child.id() as libc::pid_t;
     drop(child);
+    drop(cmd);
     // std's spawn does not leave our mask as it found it: block everything again. A SIGCHLD
     // that came in between is caught by the first reaping pass below.
     // SAFETY: as above.
@@ -178,6 +193,9 @@ fn pid1(mut cmd: Command) -> Result<i32, Failure> {
     // Started: EOF on the error pipe tells the shim.
     // SAFETY: closing an fd this process owns.
     unsafe { libc::close(ERROR_FD) };
+    // What the set-up touched of the stack (the plan's parsing, the mounts, the spawn) is
+    // not needed again: this loop runs a few frames from the top for the task's life.
+    crate::memory::release_dead_stack();
     let mut sig = libc::SIGCHLD;
     loop {
         if sig > 0 && sig != libc::SIGCHLD {
