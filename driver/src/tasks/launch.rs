@@ -170,7 +170,16 @@ pub async fn launch_shim(
     let read = tokio::time::timeout(timeout, handshake).await;
     let line = line.trim().to_owned();
     match read {
-        Err(_) => Err(LaunchError::Timeout(timeout, log)),
+        Err(_) => {
+            // Given up on: told to leave (a shim before Start removes itself on SIGTERM), not
+            // left waiting out its start deadline. Still our unreaped child or its zombie,
+            // so the pid is its own.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(shim_pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            Err(LaunchError::Timeout(timeout, log))
+        }
         Ok(_) if line == "READY" => Ok(Launched { shim_pid }),
         Ok(_) if line.starts_with("ERROR") => Err(LaunchError::Refused(
             line.trim_start_matches("ERROR").trim().to_owned(),

@@ -151,6 +151,9 @@ impl Tasks {
             shim_ready_us = launch_started.elapsed().as_micros() as u64,
             "shim ready"
         );
+        // Until the task runs, a shim this start gives up on (an error below, or Nomad
+        // dropping the call) is told to leave instead of waiting out its start deadline.
+        let mut unstarted = UnstartedShim::new(launched.shim_pid).await;
         // The shim is up; ask it to start the runtime.
         let mut client = crate::metrics::timed::connect(&spec.socket_path)
             .await
@@ -181,8 +184,7 @@ impl Tasks {
             "runtime started"
         );
         let shim_pid = launched.shim_pid;
-        let shim_start_time =
-            blocking(move || common::proc::start_time(shim_pid).unwrap_or(0)).await;
+        let shim_start_time = unstarted.start_time;
         // The version of the binary this task runs, as the fingerprint probed it (none when
         // it has not probed this binary as it is now).
         let version = self
@@ -219,6 +221,7 @@ impl Tasks {
             state: common::proto::drivers::TaskState::Running as i32,
             driver_state: state.encode(),
         };
+        unstarted.disarm();
         let entry = TaskEntry::new(state);
         entry.keep_client(client).await;
         // In the store first: a datagram about the task finds it.
@@ -432,4 +435,42 @@ fn make_private_dirs(dirs: &[(PathBuf, &str)]) -> Result<(), TaskError> {
             })?;
     }
     Ok(())
+}
+
+/// A launched shim whose task is not running yet: on drop (unless disarmed) it gets SIGTERM,
+/// on which a shim before Start removes itself. Never a reused pid (start time checked).
+struct UnstartedShim {
+    pid: i32,
+    start_time: u64,
+    armed: bool,
+}
+
+impl UnstartedShim {
+    async fn new(pid: i32) -> Self {
+        let start_time = blocking(move || common::proc::start_time(pid).unwrap_or(0)).await;
+        UnstartedShim {
+            pid,
+            start_time,
+            armed: pid > 1 && start_time != 0,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UnstartedShim {
+    fn drop(&mut self) {
+        if self.armed && common::proc::is_same_process(self.pid, self.start_time) {
+            tracing::info!(
+                shim_pid = self.pid,
+                "the start did not complete: telling its shim to leave"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
 }

@@ -279,6 +279,35 @@ async fn a_refused_start_shuts_the_shim_down_and_keeps_the_retry_class() {
     assert_eq!(*h.script().shutdowns.lock().unwrap(), 2);
 }
 
+/// A start given up on after the shim was launched (here: Start refused; also an error
+/// dialling it, or Nomad dropping the call) tells the shim to leave, so it does not wait out
+/// its start deadline beside Nomad's retry.
+#[tokio::test]
+async fn a_start_given_up_on_tells_its_launched_shim_to_leave() {
+    let h = Harness::new();
+    *h.script().start_error.lock().unwrap() = Some(Status::unavailable("setup timed out"));
+    h.start(h.task("web")).await.unwrap_err();
+    // The fake shim's pid is a `sleep` process: SIGTERM ends it.
+    let mut child = h.launcher.processes.lock().unwrap().pop().unwrap();
+    let pid = child.id();
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        panic!("the launched shim was left running")
+    })
+    .unwrap()
+    .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // WaitTask
 
