@@ -172,7 +172,9 @@ impl Driver for DriverService {
         &self,
         req: Request<RecoverTaskRequest>,
     ) -> Result<Response<RecoverTaskResponse>, Status> {
-        self.tasks.recover(req.into_inner()).await?;
+        let r = self.tasks.recover(req.into_inner()).await;
+        crate::heap::note_activity();
+        r?;
         Ok(Response::new(RecoverTaskResponse {}))
     }
 
@@ -183,6 +185,7 @@ impl Driver for DriverService {
         let began = std::time::Instant::now();
         let resp = self.tasks.start(req.into_inner()).await;
         crate::metrics::start_finished(began, &resp);
+        crate::heap::note_activity();
         let resp = resp?;
         Ok(Response::new(resp))
     }
@@ -208,7 +211,9 @@ impl Driver for DriverService {
         &self,
         req: Request<DestroyTaskRequest>,
     ) -> Result<Response<DestroyTaskResponse>, Status> {
-        self.tasks.destroy(req.into_inner()).await?;
+        let r = self.tasks.destroy(req.into_inner()).await;
+        crate::heap::note_activity();
+        r?;
         Ok(Response::new(DestroyTaskResponse {}))
     }
 

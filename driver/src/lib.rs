@@ -18,6 +18,7 @@ mod driver_service;
 mod fingerprint;
 mod goplugin;
 pub mod hclspec;
+mod heap;
 mod idle;
 mod logging;
 pub mod metrics;
