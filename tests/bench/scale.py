@@ -318,14 +318,35 @@ def stats_answered(agent, alloc_ids: list[str], since: float) -> float:
     return time.monotonic() - since
 
 
+def log_time(line: str) -> float | None:
+    """The wall-clock time of a Nomad agent log line (`2026-12-07T20:27:13.643Z [INFO] ...`)."""
+    import datetime
+    stamp = line.split(" ", 1)[0]
+    try:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
 def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     """SIGKILL of the agent (the plugin and shims survive, as in a crash) and a new agent:
     time until every task is recovered (its stats answer), and whether any shim changed."""
     alloc_ids = [x["ID"] for x in agent.allocs(job_id) if x["ClientStatus"] == "running"]
-    t0 = time.monotonic()
+    log_from = len(agent.log())
+    t0, wall0 = time.monotonic(), time.time()
     agent.kill()
     agent.start()
     out = {"restart_s": stats_answered(agent, alloc_ids, t0)}
+    # The plugin's side, from its log (no polling in it): kill -> the last task reattached,
+    # and the first -> the last RecoverTask it answered.
+    times = sorted(log_time(ln) for ln in agent.log()[log_from:].splitlines()
+                   if "reattached to running shim" in ln)
+    times = [t for t in times if t is not None]
+    if times:
+        out["restart_reattached_s"] = times[-1] - wall0
+        out["restart_reattach_span_s"] = times[-1] - times[0]
+        out["restart_reattached"] = len(times)
     all_running(agent, job_id, n, timeout=600)
     out["restart_shims_replaced"] = len(shims_before - set(bench.helpers(agent)["shim"]))
     return out
@@ -691,6 +712,10 @@ def print_table(r: dict) -> None:
         rows.append(("agent kill -9 -> all recovered", f"{r['restart_s']:.1f} s "
                      f"(every task's stats answer again; {r['restart_shims_replaced']} shims "
                      "replaced)"))
+    if "restart_reattached_s" in r:
+        rows.append(("  plugin: kill -9 -> last reattach", f"{r['restart_reattached_s']:.1f} s "
+                     f"({r['restart_reattached']} RecoverTasks answered within "
+                     f"{r['restart_reattach_span_s']:.1f} s of the first)"))
     if "stop_api_s" in r:
         rows.append(("job stop -> nothing left", f"{r['stop_gone_s']:.1f} s (allocations terminal "
                      f"{r['stop_api_s']:.1f} s; {r['stop_left']} processes left, "

@@ -56,6 +56,8 @@ pub struct Tasks {
     launcher: Arc<dyn Launcher>,
     /// The notify socket (`notify`), bound on first use; None if it cannot be.
     hub: tokio::sync::OnceCell<Option<Arc<common::notify::Hub>>>,
+    /// Starts between their shim's launch and their runtime started (`start`).
+    launches: tokio::sync::Semaphore,
     /// The node-wide model cache's downloads (driver/src/models).
     models: crate::models::Models,
 }
@@ -71,6 +73,7 @@ impl Tasks {
             store: Arc::default(),
             launcher,
             hub: Default::default(),
+            launches: tokio::sync::Semaphore::new(start::CONCURRENT_LAUNCHES),
             models: Default::default(),
         }
     }

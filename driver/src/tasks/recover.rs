@@ -74,7 +74,6 @@ impl Tasks {
                 }
                 // Events from now on (losses before are in the summary above).
                 reattached = true;
-                tracing::info!(task_id = %entry.state.task_id, shim_pid = st.shim_pid, "reattached to running shim");
                 crate::metrics::recovered(crate::metrics::RecoveryOutcome::reattached);
             }
             Err(dial) => {
@@ -116,6 +115,7 @@ impl Tasks {
         self.store.insert(entry.clone());
         if reattached {
             self.watch(&entry, common::state::now_ms()).await;
+            tracing::info!(task_id = %entry.state.task_id, shim_pid = entry.state.shim_pid, watched = entry.watched(), "reattached to running shim");
         }
         Ok(())
     }

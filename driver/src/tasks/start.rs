@@ -20,6 +20,13 @@ use tonic::Code;
 /// How long the shim may take from spawn to READY before StartTask gives up (recoverable).
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many tasks are between launching their shim and their runtime started, at most. In a
+/// start storm (a 1,000-task job) the others wait before their shim is launched, holding
+/// only their request: the sandbox set-ups do not all compete for the CPU at once (each
+/// against its own deadline), and the plugin's heap does not grow with every start in
+/// flight (docs/performance.md, "At scale").
+pub const CONCURRENT_LAUNCHES: usize = 32;
+
 /// What StartTask learns from the node before it builds the spec.
 struct NodeFacts {
     elide: PathBuf,
@@ -131,6 +138,7 @@ impl Tasks {
                 }
             })?;
 
+        let _launching = self.launches.acquire().await;
         let launch_started = std::time::Instant::now();
         let launched = self
             .launcher
