@@ -533,7 +533,7 @@ mod tests {
 
     impl UsageSource for Fake {
         fn read(&mut self) -> Counters {
-            self.0.lock().unwrap().clone()
+            *self.0.lock().unwrap()
         }
     }
 
