@@ -52,6 +52,18 @@ pub struct CounterReader {
     memory_swap: Option<File>,
     /// v2 with `memory.swap.max` = 0: swap is 0 by construction.
     no_swap: bool,
+    /// What each `pread` reads into, kept from sample to sample.
+    buf: ReadBuf,
+}
+
+/// The reader's buffer: allocated at the first read and reused (a sample allocates nothing).
+#[derive(Default)]
+struct ReadBuf(Vec<u8>);
+
+impl std::fmt::Debug for ReadBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.capacity())
+    }
 }
 
 /// The first of `dirs` that has file `name`, opened.
@@ -87,6 +99,7 @@ impl CounterReader {
                     open_in(dirs, "memory.swap.current")
                 },
                 no_swap,
+                buf: ReadBuf::default(),
             }
         } else {
             let (cpu, cpu_split) = match open_in(dirs, "cpuacct.usage_all") {
@@ -113,6 +126,7 @@ impl CounterReader {
                 memory_usage: None,
                 memory_swap: None,
                 no_swap: false,
+                buf: ReadBuf::default(),
             }
         };
         let any = [&r.cpu, &r.memory_stat].iter().any(|f| f.is_some());
@@ -141,59 +155,83 @@ impl CounterReader {
         .count()
     }
 
-    /// One sample: one `pread` per open file.
-    pub fn counters(&self) -> Counters {
-        let mut buf = Vec::new();
+    /// One sample: one `pread` per open file, into a buffer kept from the last sample, and
+    /// one pass over each file's text for the keys it needs.
+    pub fn counters(&mut self) -> Counters {
+        let buf = &mut self.buf.0;
         let mut s = Counters::default();
         if self.v2 {
-            if let Some(stat) = read_text(&self.cpu, &mut buf) {
-                let usec = |k| keyed(stat, k).map(|u| u.saturating_mul(1000));
-                s.cpu_total_ns = usec("usage_usec");
-                s.cpu_user_ns = usec("user_usec");
-                s.cpu_system_ns = usec("system_usec");
-                s.throttled_ns = usec("throttled_usec");
-                s.throttled_periods = keyed(stat, "nr_throttled");
+            if let Some(stat) = read_text(&self.cpu, buf) {
+                let (mut usage, mut user, mut system, mut throttled) = (None, None, None, None);
+                keyed_many(
+                    stat,
+                    &mut [
+                        (b"usage_usec", &mut usage),
+                        (b"user_usec", &mut user),
+                        (b"system_usec", &mut system),
+                        (b"throttled_usec", &mut throttled),
+                        (b"nr_throttled", &mut s.throttled_periods),
+                    ],
+                );
+                let ns = |u: Option<u64>| u.map(|u| u.saturating_mul(1000));
+                s.cpu_total_ns = ns(usage);
+                s.cpu_user_ns = ns(user);
+                s.cpu_system_ns = ns(system);
+                s.throttled_ns = ns(throttled);
             }
             if self.memory_usage.is_some() {
-                if let Some(stat) = read_text(&self.memory_stat, &mut buf) {
-                    s.memory_rss = keyed(stat, "anon");
-                    s.memory_cache = keyed(stat, "file");
+                if let Some(stat) = read_text(&self.memory_stat, buf) {
+                    keyed_many(
+                        stat,
+                        &mut [(b"anon", &mut s.memory_rss), (b"file", &mut s.memory_cache)],
+                    );
                 }
-                s.memory_usage = read_text(&self.memory_usage, &mut buf).and_then(number);
+                s.memory_usage = read_text(&self.memory_usage, buf).and_then(number);
                 s.memory_swap = if self.no_swap {
                     Some(0)
                 } else {
-                    read_text(&self.memory_swap, &mut buf).and_then(number)
+                    read_text(&self.memory_swap, buf).and_then(number)
                 };
             }
             return s;
         }
         if self.cpu_split.is_none() {
-            if let Some(all) = read_text(&self.cpu, &mut buf) {
+            if let Some(all) = read_text(&self.cpu, buf) {
                 let (user, system) = per_cpu_sums(all);
                 s.cpu_user_ns = user;
                 s.cpu_system_ns = system;
                 s.cpu_total_ns = user.zip(system).map(|(u, y)| u.saturating_add(y));
             }
         } else {
-            s.cpu_total_ns = read_text(&self.cpu, &mut buf).and_then(number);
-            if let Some(stat) = read_text(&self.cpu_split, &mut buf) {
-                let ticks =
-                    |k| keyed(stat, k).map(|t| t.saturating_mul(crate::proc::nanos_per_tick()));
-                s.cpu_user_ns = ticks("user");
-                s.cpu_system_ns = ticks("system");
+            s.cpu_total_ns = read_text(&self.cpu, buf).and_then(number);
+            if let Some(stat) = read_text(&self.cpu_split, buf) {
+                let (mut user, mut system) = (None, None);
+                keyed_many(stat, &mut [(b"user", &mut user), (b"system", &mut system)]);
+                let tick = crate::proc::nanos_per_tick();
+                s.cpu_user_ns = user.map(|t| t.saturating_mul(tick));
+                s.cpu_system_ns = system.map(|t| t.saturating_mul(tick));
             }
         }
         if self.unthrottled {
             (s.throttled_ns, s.throttled_periods) = (Some(0), Some(0));
-        } else if let Some(stat) = read_text(&self.throttling, &mut buf) {
-            s.throttled_ns = keyed(stat, "throttled_time");
-            s.throttled_periods = keyed(stat, "nr_throttled");
+        } else if let Some(stat) = read_text(&self.throttling, buf) {
+            keyed_many(
+                stat,
+                &mut [
+                    (b"throttled_time", &mut s.throttled_ns),
+                    (b"nr_throttled", &mut s.throttled_periods),
+                ],
+            );
         }
-        if let Some(stat) = read_text(&self.memory_stat, &mut buf) {
-            s.memory_rss = keyed(stat, "total_rss");
-            s.memory_cache = keyed(stat, "total_cache");
-            s.memory_swap = keyed(stat, "total_swap");
+        if let Some(stat) = read_text(&self.memory_stat, buf) {
+            keyed_many(
+                stat,
+                &mut [
+                    (b"total_rss", &mut s.memory_rss),
+                    (b"total_cache", &mut s.memory_cache),
+                    (b"total_swap", &mut s.memory_swap),
+                ],
+            );
             s.memory_usage = s
                 .memory_rss
                 .zip(s.memory_cache)
@@ -204,11 +242,13 @@ impl CounterReader {
 }
 
 /// The whole of `f` (one `pread` from offset 0; a second only for a file larger than the
-/// buffer, such as `cpuacct.usage_all` on a host with hundreds of CPUs), as text in `buf`.
-fn read_text<'a>(f: &Option<File>, buf: &'a mut Vec<u8>) -> Option<&'a str> {
+/// buffer, such as `cpuacct.usage_all` on a host with hundreds of CPUs) in `buf`, which keeps
+/// its size for the next read (it is not cleared: only the bytes read are returned).
+fn read_text<'a>(f: &Option<File>, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     let f = f.as_ref()?;
-    buf.clear();
-    buf.resize(8192, 0);
+    if buf.len() < 8192 {
+        buf.resize(8192, 0);
+    }
     let mut len = 0;
     loop {
         let n = f.read_at(&mut buf[len..], len as u64).ok()?;
@@ -218,30 +258,90 @@ fn read_text<'a>(f: &Option<File>, buf: &'a mut Vec<u8>) -> Option<&'a str> {
         }
         buf.resize(buf.len() * 2, 0);
     }
-    std::str::from_utf8(&buf[..len]).ok()
+    Some(&buf[..len])
 }
 
-fn number(t: &str) -> Option<u64> {
-    t.trim().parse().ok()
+/// A decimal number, surrounded by whitespace or not.
+fn number(t: &[u8]) -> Option<u64> {
+    parse_u64(t.trim_ascii())
+}
+
+/// `t` as a u64 when it is only ASCII digits (as `str::parse::<u64>` takes them, without a
+/// sign), None on anything else or overflow.
+fn parse_u64(t: &[u8]) -> Option<u64> {
+    if t.is_empty() {
+        return None;
+    }
+    t.iter().try_fold(0u64, |n, &c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Fills each `(key, value)` from a flat-keyed cgroup file's text (`cpu.stat`,
+/// `memory.stat`…) in one pass: the number after the first line whose first field is `key`
+/// and whose second is a number, as [`keyed`] finds it; keys not found stay None. Each line
+/// costs a scan to its first space and a length compare with the keys, the number is parsed
+/// only on the lines wanted (`memory.stat` has ~40 lines, and this runs every second for
+/// every task).
+fn keyed_many(text: &[u8], keys: &mut [(&[u8], &mut Option<u64>)]) {
+    let mut missing = keys.len();
+    for line in text.split(|&c| c == b'\n') {
+        if missing == 0 {
+            return;
+        }
+        let line = line.trim_ascii_start();
+        let end = line
+            .iter()
+            .position(|c| c.is_ascii_whitespace())
+            .unwrap_or(line.len());
+        let (k, rest) = line.split_at(end);
+        let Some((_, value)) = keys.iter_mut().find(|(key, _)| *key == k) else {
+            continue;
+        };
+        if value.is_some() {
+            continue;
+        }
+        // The second field: up to the next whitespace.
+        let rest = rest.trim_ascii_start();
+        let v = rest
+            .iter()
+            .position(|c| c.is_ascii_whitespace())
+            .map_or(rest, |e| &rest[..e]);
+        if let Some(n) = parse_u64(v) {
+            **value = Some(n);
+            missing -= 1;
+        }
+    }
+}
+
+/// The fields of a line, split at ASCII whitespace.
+fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|c| c.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
 }
 
 /// User and system ns summed over the CPUs of `cpuacct.usage_all` ("cpu user system", then
 /// one line per CPU).
-fn per_cpu_sums(text: &str) -> (Option<u64>, Option<u64>) {
-    let mut lines = text.lines();
-    if lines
-        .next()
-        .map(str::split_whitespace)
-        .map(|h| h.collect::<Vec<_>>())
-        != Some(vec!["cpu", "user", "system"])
-    {
+fn per_cpu_sums(text: &[u8]) -> (Option<u64>, Option<u64>) {
+    let mut lines = text.split(|&c| c == b'\n');
+    let mut header = fields(lines.next().unwrap_or_default());
+    let expected: [&[u8]; 3] = [b"cpu", b"user", b"system"];
+    if !expected.iter().all(|e| header.next() == Some(e)) || header.next().is_some() {
         return (None, None);
     }
     let (mut user, mut system) = (0u64, 0u64);
     for l in lines {
-        let mut it = l.split_whitespace().skip(1).map(str::parse::<u64>);
-        match (it.next(), it.next()) {
-            (Some(Ok(u)), Some(Ok(y))) => {
+        let mut it = fields(l);
+        let Some(_cpu) = it.next() else {
+            // The empty "line" after the last newline (a blank line counts as none).
+            continue;
+        };
+        match (it.next().and_then(parse_u64), it.next().and_then(parse_u64)) {
+            (Some(u), Some(y)) => {
                 user = user.saturating_add(u);
                 system = system.saturating_add(y);
             }
@@ -297,72 +397,119 @@ pub struct Sampler {
     last: Option<(Instant, Counters)>,
 }
 
+/// One sample: the counters as read (None: not measured here) and the CPU use since the
+/// previous sample in percent of one core (0 for the first, which has no delta, as Nomad's
+/// executors report it; measured wherever the CPU counter is).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub timestamp_unix_nanos: i64,
+    pub counters: Counters,
+    pub cpu_percent: f64,
+    pub cpu_user_percent: f64,
+    pub cpu_system_percent: f64,
+}
+
+/// The names of `ResourceUsage.measured`, in the order a sample lists them.
+const MEASURED: [&str; 10] = [
+    "memory_rss",
+    "memory_cache",
+    "memory_swap",
+    "memory_usage",
+    "memory_max_usage",
+    "throttled_periods",
+    "throttled_time_ns",
+    "cpu_percent",
+    "cpu_user_percent",
+    "cpu_system_percent",
+];
+
+impl Sample {
+    /// Whether the field `ResourceUsage.measured` names `name` was measured.
+    pub fn measures(&self, name: &str) -> bool {
+        let c = &self.counters;
+        match name {
+            "memory_rss" => c.memory_rss.is_some(),
+            "memory_cache" => c.memory_cache.is_some(),
+            "memory_swap" => c.memory_swap.is_some(),
+            "memory_usage" => c.memory_usage.is_some(),
+            "memory_max_usage" => c.memory_max_usage.is_some(),
+            "throttled_periods" => c.throttled_periods.is_some(),
+            "throttled_time_ns" => c.throttled_ns.is_some(),
+            "cpu_percent" => c.cpu_total_ns.is_some(),
+            "cpu_user_percent" => c.cpu_user_ns.is_some(),
+            "cpu_system_percent" => c.cpu_system_ns.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The figures as the shim's message carries them, without `measured` (see
+    /// [`Sample::to_usage`]).
+    pub fn values(&self) -> ResourceUsage {
+        let c = &self.counters;
+        ResourceUsage {
+            timestamp_unix_nanos: self.timestamp_unix_nanos,
+            cpu_percent: self.cpu_percent,
+            cpu_user_percent: self.cpu_user_percent,
+            cpu_system_percent: self.cpu_system_percent,
+            memory_rss: c.memory_rss.unwrap_or(0),
+            memory_cache: c.memory_cache.unwrap_or(0),
+            memory_swap: c.memory_swap.unwrap_or(0),
+            memory_usage: c.memory_usage.unwrap_or(0),
+            memory_max_usage: c.memory_max_usage.unwrap_or(0),
+            throttled_periods: c.throttled_periods.unwrap_or(0),
+            throttled_time_ns: c.throttled_ns.unwrap_or(0),
+            measured: Vec::new(),
+        }
+    }
+
+    /// The sample as the shim's Stats stream sends it.
+    pub fn to_usage(&self) -> ResourceUsage {
+        ResourceUsage {
+            measured: MEASURED
+                .iter()
+                .filter(|n| self.measures(n))
+                .map(|n| (*n).to_owned())
+                .collect(),
+            ..self.values()
+        }
+    }
+}
+
 impl Sampler {
     pub fn new(source: Box<dyn UsageSource>) -> Self {
         Sampler { source, last: None }
     }
 
+    /// One sample, as the shim's Stats stream sends it.
+    pub fn sample(&mut self) -> ResourceUsage {
+        self.next_sample().to_usage()
+    }
+
     /// One sample. CPU percentages are measured from the second sample on (the first has no
     /// delta and reports 0, as Nomad's executors do).
-    pub fn sample(&mut self) -> ResourceUsage {
+    pub fn next_sample(&mut self) -> Sample {
         let now = Instant::now();
         let c = self.source.read();
-        let mut u = ResourceUsage {
+        let mut s = Sample {
             timestamp_unix_nanos: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
+            counters: c,
             ..Default::default()
         };
-        let mut measured: Vec<&str> = Vec::new();
-        for (v, dst, name) in [
-            (c.memory_rss, &mut u.memory_rss, "memory_rss"),
-            (c.memory_cache, &mut u.memory_cache, "memory_cache"),
-            (c.memory_swap, &mut u.memory_swap, "memory_swap"),
-            (c.memory_usage, &mut u.memory_usage, "memory_usage"),
-            (
-                c.memory_max_usage,
-                &mut u.memory_max_usage,
-                "memory_max_usage",
-            ),
-            (
-                c.throttled_periods,
-                &mut u.throttled_periods,
-                "throttled_periods",
-            ),
-            (
-                c.throttled_ns,
-                &mut u.throttled_time_ns,
-                "throttled_time_ns",
-            ),
-        ] {
-            if let Some(v) = v {
-                *dst = v;
-                measured.push(name);
-            }
-        }
         if let Some((then, prev)) = &self.last {
             let wall = now.duration_since(*then).as_nanos().max(1) as f64;
             let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
                 (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64 / wall * 100.0),
                 _ => None,
             };
-            u.cpu_percent = pct(c.cpu_total_ns, prev.cpu_total_ns).unwrap_or(0.0);
-            u.cpu_user_percent = pct(c.cpu_user_ns, prev.cpu_user_ns).unwrap_or(0.0);
-            u.cpu_system_percent = pct(c.cpu_system_ns, prev.cpu_system_ns).unwrap_or(0.0);
-        }
-        for (v, name) in [
-            (c.cpu_total_ns, "cpu_percent"),
-            (c.cpu_user_ns, "cpu_user_percent"),
-            (c.cpu_system_ns, "cpu_system_percent"),
-        ] {
-            if v.is_some() {
-                measured.push(name);
-            }
+            s.cpu_percent = pct(c.cpu_total_ns, prev.cpu_total_ns).unwrap_or(0.0);
+            s.cpu_user_percent = pct(c.cpu_user_ns, prev.cpu_user_ns).unwrap_or(0.0);
+            s.cpu_system_percent = pct(c.cpu_system_ns, prev.cpu_system_ns).unwrap_or(0.0);
         }
         self.last = Some((now, c));
-        u.measured = measured.into_iter().map(str::to_owned).collect();
-        u
+        s
     }
 }
 
@@ -386,7 +533,7 @@ mod tests {
 
     impl UsageSource for Fake {
         fn read(&mut self) -> Counters {
-            self.0.lock().unwrap().clone()
+            *self.0.lock().unwrap()
         }
     }
 
@@ -470,7 +617,7 @@ mod tests {
         std::fs::write(mem.join("memory.max_usage_in_bytes"), "1\n").unwrap();
         std::fs::write(mem.join("memory.stat"), "total_rss 4096\ntotal_cache 1\n").unwrap();
         let dirs = vec![cpuset, cpu.clone(), acct.clone(), mem.clone()];
-        let r = CounterReader::open_dirs(&dirs).expect("v1 counters");
+        let mut r = CounterReader::open_dirs(&dirs).expect("v1 counters");
         assert_eq!(r.open_files(), 2, "{r:?}");
         let c = r.counters();
         assert_eq!(c.cpu_total_ns, Some(6000));
@@ -491,7 +638,7 @@ mod tests {
         std::fs::remove_file(acct.join("cpuacct.usage_all")).unwrap();
         std::fs::write(acct.join("cpuacct.usage"), "5000\n").unwrap();
         std::fs::write(acct.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
-        let r = CounterReader::open_dirs(&dirs).unwrap();
+        let mut r = CounterReader::open_dirs(&dirs).unwrap();
         assert_eq!(r.open_files(), 4, "{r:?}");
         let c = r.counters();
         let tick = crate::proc::nanos_per_tick();
@@ -511,7 +658,7 @@ mod tests {
             "usage_usec 7\nuser_usec 4\nsystem_usec 3\n",
         )
         .unwrap();
-        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
+        let mut r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
         let c = r.counters();
         assert_eq!(c.cpu_total_ns, Some(7000));
         assert_eq!(c.memory_usage, None);
@@ -520,7 +667,7 @@ mod tests {
         std::fs::write(v2.join("memory.current"), "40\n").unwrap();
         std::fs::write(v2.join("memory.swap.max"), "0\n").unwrap();
         std::fs::write(v2.join("memory.swap.current"), "7\n").unwrap();
-        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
+        let mut r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
         assert_eq!(r.open_files(), 3, "{r:?}");
         let c = r.counters();
         assert_eq!(
@@ -528,7 +675,7 @@ mod tests {
             (Some(10), Some(20), Some(40), Some(0))
         );
         std::fs::write(v2.join("memory.swap.max"), "max\n").unwrap();
-        let r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
+        let mut r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
         assert_eq!((r.open_files(), r.counters().memory_swap), (4, Some(7)));
 
         assert!(CounterReader::open_dirs(&[t.path().join("none")]).is_none());
@@ -546,14 +693,55 @@ mod tests {
         }
         assert!(text.len() > 8192);
         assert_eq!(
-            per_cpu_sums(&text),
+            per_cpu_sums(text.as_bytes()),
             (Some(1000 * 1_000_000_000), Some(2000))
         );
-        assert_eq!(per_cpu_sums("garbage\n"), (None, None));
+        assert_eq!(per_cpu_sums(b"garbage\n"), (None, None));
+        assert_eq!(per_cpu_sums(b"cpu user system\n0 1 x\n"), (None, None));
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), &text).unwrap();
         let f = Some(File::open(t.path()).unwrap());
         let mut buf = Vec::new();
-        assert_eq!(read_text(&f, &mut buf), Some(text.as_str()));
+        assert_eq!(read_text(&f, &mut buf), Some(text.as_bytes()));
+        // The buffer is kept, larger, and a shorter text read into it is returned alone.
+        std::fs::write(t.path(), "cpu user system\n0 1 2\n").unwrap();
+        let cap = buf.len();
+        assert!(cap > 8192);
+        assert_eq!(
+            per_cpu_sums(read_text(&f, &mut buf).unwrap()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(buf.len(), cap);
+    }
+
+    #[test]
+    fn keys_are_found_in_one_pass_as_keyed_finds_them_one_by_one() {
+        let text = "rss 1\ncache 2\ntotal_rss_huge 9\ntotal_rss x\n total_rss  4096 \n\
+                    total_cache 8192\ntotal_rss 5\nfoo\n\ntotal_swap 18446744073709551615\n";
+        let (mut rss, mut cache, mut swap, mut none) = (None, None, None, None);
+        keyed_many(
+            text.as_bytes(),
+            &mut [
+                (b"total_rss", &mut rss),
+                (b"total_cache", &mut cache),
+                (b"total_swap", &mut swap),
+                (b"total_shmem", &mut none),
+            ],
+        );
+        assert_eq!(
+            (rss, cache, swap, none),
+            (Some(4096), Some(8192), Some(u64::MAX), None)
+        );
+        for (k, v) in [
+            ("total_rss", rss),
+            ("total_cache", cache),
+            ("total_swap", swap),
+        ] {
+            assert_eq!(keyed(text, k), v, "{k}");
+        }
+        assert_eq!(number(b" 42\n"), Some(42));
+        for bad in [&b""[..], b"-1", b"+1", b"1 2", b"18446744073709551616"] {
+            assert_eq!(number(bad), None, "{bad:?}");
+        }
     }
 }

@@ -4,6 +4,7 @@ use common::proto::drivers::{
     cpu_usage, memory_usage, CpuUsage, MemoryUsage, TaskResourceUsage, TaskStats,
 };
 use common::proto::executor::ResourceUsage;
+use common::usage::Sample;
 
 /// MHz of one core, for expressing CPU use as "ticks" (what `nomad alloc status` shows as
 /// CPU MHz). Nomad >= 1.7 hands the node's compute over in SetConfig; on 1.6 we read the same
@@ -26,8 +27,28 @@ pub fn fingerprint_mhz_per_core() -> f64 {
         .unwrap_or(1000.0)
 }
 
+/// A sample from the shim's Stats stream as Nomad's TaskStats.
 pub fn to_task_stats(task_id: &str, u: &ResourceUsage, mhz_per_core: f64) -> TaskStats {
-    let has = |name: &str| u.measured.iter().any(|m| m == name);
+    task_stats(task_id, u, mhz_per_core, |name| {
+        u.measured.iter().any(|m| m == name)
+    })
+}
+
+/// A sample the plugin took itself as Nomad's TaskStats (the same message as
+/// [`to_task_stats`] of the shim's sample, with no field names to build and compare: this
+/// runs for every task every second).
+pub fn sample_to_task_stats(task_id: &str, s: &Sample, mhz_per_core: f64) -> TaskStats {
+    task_stats(task_id, &s.values(), mhz_per_core, |name| s.measures(name))
+}
+
+/// TaskStats of the figures in `u`, listing as measured the fields `has` names.
+#[inline(always)]
+fn task_stats(
+    task_id: &str,
+    u: &ResourceUsage,
+    mhz_per_core: f64,
+    has: impl Fn(&str) -> bool,
+) -> TaskStats {
     let mut cpu_fields = Vec::new();
     let mut mem_fields = Vec::new();
     if has("cpu_percent") {
@@ -115,5 +136,43 @@ mod tests {
         assert_eq!(mem.rss, 1024);
         assert_eq!(mem.measured_fields, vec![memory_usage::Fields::Rss as i32]);
         assert_eq!(s.timestamp.unwrap().seconds, 1_700_000_000);
+    }
+
+    #[test]
+    fn the_plugins_own_sample_gives_the_message_the_shims_sample_gives() {
+        use common::cgroup::Counters;
+        for counters in [
+            Counters {
+                cpu_total_ns: Some(5),
+                cpu_user_ns: Some(3),
+                cpu_system_ns: Some(2),
+                throttled_periods: Some(0),
+                throttled_ns: Some(0),
+                memory_rss: Some(4096),
+                memory_cache: Some(8192),
+                memory_swap: Some(0),
+                memory_usage: Some(12288),
+                memory_max_usage: None,
+            },
+            Counters {
+                memory_rss: Some(1),
+                memory_max_usage: Some(2),
+                ..Default::default()
+            },
+            Counters::default(),
+        ] {
+            let sample = Sample {
+                timestamp_unix_nanos: 1_700_000_000_123_456_789,
+                counters,
+                cpu_percent: 12.5,
+                cpu_user_percent: 10.0,
+                cpu_system_percent: 2.5,
+            };
+            assert_eq!(
+                sample_to_task_stats("t", &sample, 2000.0),
+                to_task_stats("t", &sample.to_usage(), 2000.0),
+                "{counters:?}"
+            );
+        }
     }
 }

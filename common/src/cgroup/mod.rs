@@ -36,7 +36,7 @@ const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"]
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
 
 /// Cumulative usage counters; `None` = not measured here.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counters {
     pub cpu_total_ns: Option<u64>,
     pub cpu_user_ns: Option<u64>,
@@ -408,7 +408,7 @@ impl TaskCgroup {
         if reader.is_none() {
             *reader = crate::usage::CounterReader::open(self.version == Version::V2, &self.dirs());
         }
-        reader.as_ref().map(|r| r.counters()).unwrap_or_default()
+        reader.as_mut().map(|r| r.counters()).unwrap_or_default()
     }
 
     /// Removes the cgroups we created (after everything inside is gone); never Nomad's.

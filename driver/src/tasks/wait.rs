@@ -120,9 +120,6 @@ impl Tasks {
         let plugin = self.plugin.clone();
         let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
         let task_id = req.task_id.clone();
-        let to_response = move |u: &shim::ResourceUsage| TaskStatsResponse {
-            stats: Some(crate::stats::to_task_stats(&task_id, u, mhz_per_core)),
-        };
         let cgroup = c
             .status(shim::StatusRequest {})
             .await
@@ -131,7 +128,15 @@ impl Tasks {
         let dirs = common::usage::cgroup_dirs(&cgroup);
         let reader = blocking(move || common::usage::CounterReader::open_dirs(&dirs)).await;
         if let Some(reader) = reader {
-            return Ok(local_samples(entry, reader, interval, to_response));
+            return Ok(local_samples(entry, reader, interval, move |s| {
+                TaskStatsResponse {
+                    stats: Some(crate::stats::sample_to_task_stats(
+                        &task_id,
+                        s,
+                        mhz_per_core,
+                    )),
+                }
+            }));
         }
         let inbound = c
             .stats(shim::StatsRequest {
@@ -140,7 +145,11 @@ impl Tasks {
             .await?
             .into_inner();
         use tokio_stream::StreamExt;
-        Ok(Box::pin(inbound.map(move |u| u.map(|u| to_response(&u)))))
+        Ok(Box::pin(inbound.map(move |u| {
+            u.map(|u| TaskStatsResponse {
+                stats: Some(crate::stats::to_task_stats(&task_id, &u, mhz_per_core)),
+            })
+        })))
     }
 }
 
@@ -148,31 +157,69 @@ impl Tasks {
 /// exited or Nomad stops listening (it drops the stream). The reads are a `pread` of each of
 /// the two or three counter files the reader holds open (never blocking on I/O), done
 /// inline. The stream is polled by the task that sends it to Nomad: one wake-up per task per
-/// interval, no task or channel of its own.
+/// interval, no task or channel of its own, and one timer, re-armed after each sample.
 fn local_samples(
     entry: std::sync::Arc<TaskEntry>,
     reader: common::usage::CounterReader,
     interval: Duration,
-    to_response: impl Fn(&shim::ResourceUsage) -> TaskStatsResponse + Send + 'static,
+    to_response: impl Fn(&common::usage::Sample) -> TaskStatsResponse + Send + Unpin + 'static,
 ) -> BoxStream<TaskStatsResponse> {
-    let sampler = common::usage::Sampler::new(Box::new(reader));
-    let state = (sampler, to_response, true);
-    Box::pin(futures::stream::unfold(
-        state,
-        move |(mut sampler, to_response, first)| {
-            let entry = entry.clone();
-            async move {
-                if !first {
-                    tokio::time::sleep(common::usage::until_aligned(interval)).await;
-                    if entry.cached_exit().is_some() {
-                        return None;
-                    }
+    Box::pin(LocalSamples {
+        entry,
+        sampler: common::usage::Sampler::new(Box::new(reader)),
+        to_response,
+        interval,
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        state: SamplesState::First,
+    })
+}
+
+struct LocalSamples<F> {
+    entry: std::sync::Arc<TaskEntry>,
+    sampler: common::usage::Sampler,
+    to_response: F,
+    interval: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    state: SamplesState,
+}
+
+#[derive(PartialEq)]
+enum SamplesState {
+    First,
+    Waiting,
+    Done,
+}
+
+impl<F> futures::Stream for LocalSamples<F>
+where
+    F: Fn(&common::usage::Sample) -> TaskStatsResponse + Unpin,
+{
+    type Item = Result<TaskStatsResponse, tonic::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let me = &mut *self;
+        match me.state {
+            SamplesState::Done => return Poll::Ready(None),
+            SamplesState::Waiting => {
+                if std::future::Future::poll(me.timer.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
                 }
-                let r = to_response(&sampler.sample());
-                Some((Ok(r), (sampler, to_response, false)))
+                if me.entry.cached_exit().is_some() {
+                    me.state = SamplesState::Done;
+                    return Poll::Ready(None);
+                }
             }
-        },
-    ))
+            SamplesState::First => me.state = SamplesState::Waiting,
+        }
+        let r = (me.to_response)(&me.sampler.next_sample());
+        let next = tokio::time::Instant::now() + common::usage::until_aligned(me.interval);
+        me.timer.as_mut().reset(next);
+        Poll::Ready(Some(Ok(r)))
+    }
 }
 
 /// The task's exit: for a task watched through the notify socket once the datagram (or the
