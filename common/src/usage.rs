@@ -23,13 +23,17 @@ pub trait UsageSource: Send {
 /// give Nomad's fields, since the plugin holds them open for every task it runs (fds per
 /// task, docs/operator-guide.md):
 ///
-/// - v2: `cpu.stat` (CPU time, user, system, throttling), `memory.stat` (anon, file) and
-///   `memory.current`; `memory.swap.current` only where the task may swap (the shim sets
-///   `memory.swap.max` to 0, so normally not);
+/// - v2: `cpu.stat` (CPU time, user, system, throttling) and `memory.current`;
+///   `memory.swap.current` only where the task may swap (the shim sets `memory.swap.max` to
+///   0, so normally not); `memory.stat` (anon, file) is opened when read (below);
 /// - v1: `cpuacct.usage_all` (user and system ns per CPU; `cpuacct.usage` + `cpuacct.stat` on
-///   kernels without it) and `memory.stat` (total_rss, total_cache, total_swap; usage is
-///   rss + cache, the figure the kernel documents as exact where `memory.usage_in_bytes` is
-///   fuzzy); `cpu.stat` only where a CFS quota is set.
+///   kernels without it) and `memory.usage_in_bytes` (the charge, only to see it move);
+///   `memory.stat` (total_rss, total_cache, total_swap; usage is rss + cache, the figure the
+///   kernel documents as exact where `memory.usage_in_bytes` is fuzzy) opened when read;
+///   `cpu.stat` only where a CFS quota is set.
+///
+/// `memory.stat` is read again only when the charge moved since its last read, and at least
+/// every [`MEMORY_SPLIT_MAX_AGE`].
 ///
 /// Without a quota nothing is ever throttled: throttling is then reported as a measured 0.
 /// The peak (`memory.peak`, `memory.max_usage_in_bytes`) is not read: Nomad's own v2
@@ -45,8 +49,16 @@ pub struct CounterReader {
     throttling: Option<File>,
     /// v1 without a CFS quota: throttling is 0 by construction.
     unthrottled: bool,
+    /// `memory.stat`, held only where no charge file tells when to read it again (see
+    /// [`MEMORY_SPLIT_MAX_AGE`]); else opened, read and closed when needed, from this path.
     memory_stat: Option<File>,
-    /// v2 `memory.current`.
+    memory_stat_path: Option<PathBuf>,
+    /// v1 `memory.usage_in_bytes`: the charge, read every sample to know whether
+    /// `memory.stat` can have changed.
+    memory_charge: Option<File>,
+    /// The split `memory.stat` gave, with the charge it was read at.
+    last_split: Option<MemorySplit>,
+    /// v2 `memory.current` (also v2's charge).
     memory_usage: Option<File>,
     /// v2 `memory.swap.current` where swap is allowed.
     memory_swap: Option<File>,
@@ -54,6 +66,22 @@ pub struct CounterReader {
     no_swap: bool,
     /// What each `pread` reads into, kept from sample to sample.
     buf: ReadBuf,
+}
+
+/// The longest a task's memory split (rss, cache, swap from `memory.stat`) is reused while
+/// its charge (`memory.usage_in_bytes`, `memory.current`) has not changed. `memory.stat` is
+/// the costly read of a sample (the kernel formats its ~40 lines on every read: about half
+/// the plugin's CPU per sample, docs/performance.md "At scale"); an idle task's charge does
+/// not move, so its split is read once per this period instead of every second.
+pub const MEMORY_SPLIT_MAX_AGE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct MemorySplit {
+    charge: u64,
+    read_at: Instant,
+    rss: Option<u64>,
+    cache: Option<u64>,
+    swap: Option<u64>,
 }
 
 /// The reader's buffer: allocated at the first read and reused (a sample allocates nothing).
@@ -69,6 +97,11 @@ impl std::fmt::Debug for ReadBuf {
 /// The first of `dirs` that has file `name`, opened.
 fn open_in(dirs: &[PathBuf], name: &str) -> Option<File> {
     dirs.iter().find_map(|d| File::open(d.join(name)).ok())
+}
+
+/// The path of file `name` in the first of `dirs` that has it.
+fn path_in(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(name)).find(|p| p.exists())
 }
 
 /// The trimmed text of file `name` in the first of `dirs` that has it (read once, at open).
@@ -90,7 +123,10 @@ impl CounterReader {
                 cpu_split: None,
                 throttling: None,
                 unthrottled: false,
-                memory_stat: open_in(dirs, "memory.stat"),
+                memory_stat: None,
+                memory_stat_path: path_in(dirs, "memory.stat"),
+                memory_charge: None,
+                last_split: None,
                 // memory.current exists only where the memory controller is enabled.
                 memory_usage: open_in(dirs, "memory.current"),
                 memory_swap: if no_swap {
@@ -122,14 +158,27 @@ impl CounterReader {
                     open_in(dirs, "cpu.stat")
                 },
                 unthrottled,
-                memory_stat: open_in(dirs, "memory.stat"),
+                memory_stat: None,
+                memory_stat_path: path_in(dirs, "memory.stat"),
+                memory_charge: open_in(dirs, "memory.usage_in_bytes"),
+                last_split: None,
                 memory_usage: None,
                 memory_swap: None,
                 no_swap: false,
                 buf: ReadBuf::default(),
             }
         };
-        let any = [&r.cpu, &r.memory_stat].iter().any(|f| f.is_some());
+        let mut r = r;
+        // Without a charge to watch, memory.stat is held and read every sample.
+        let charge = if r.v2 {
+            &r.memory_usage
+        } else {
+            &r.memory_charge
+        };
+        if charge.is_none() {
+            r.memory_stat = r.memory_stat_path.take().and_then(|p| File::open(p).ok());
+        }
+        let any = r.cpu.is_some() || r.memory_stat.is_some() || r.memory_stat_path.is_some();
         any.then_some(r)
     }
 
@@ -147,6 +196,7 @@ impl CounterReader {
             &self.cpu_split,
             &self.throttling,
             &self.memory_stat,
+            &self.memory_charge,
             &self.memory_usage,
             &self.memory_swap,
         ]
@@ -180,13 +230,16 @@ impl CounterReader {
                 s.throttled_ns = ns(throttled);
             }
             if self.memory_usage.is_some() {
-                if let Some(stat) = read_text(&self.memory_stat, buf) {
-                    keyed_many(
-                        stat,
-                        &mut [(b"anon", &mut s.memory_rss), (b"file", &mut s.memory_cache)],
-                    );
-                }
                 s.memory_usage = read_text(&self.memory_usage, buf).and_then(number);
+                let split = memory_split(
+                    &mut self.last_split,
+                    s.memory_usage,
+                    &self.memory_stat,
+                    &self.memory_stat_path,
+                    buf,
+                    [b"anon", b"file", b""],
+                );
+                (s.memory_rss, s.memory_cache) = (split.rss, split.cache);
                 s.memory_swap = if self.no_swap {
                     Some(0)
                 } else {
@@ -223,15 +276,17 @@ impl CounterReader {
                 ],
             );
         }
-        if let Some(stat) = read_text(&self.memory_stat, buf) {
-            keyed_many(
-                stat,
-                &mut [
-                    (b"total_rss", &mut s.memory_rss),
-                    (b"total_cache", &mut s.memory_cache),
-                    (b"total_swap", &mut s.memory_swap),
-                ],
+        if self.memory_stat.is_some() || self.memory_stat_path.is_some() {
+            let charge = read_text(&self.memory_charge, buf).and_then(number);
+            let split = memory_split(
+                &mut self.last_split,
+                charge,
+                &self.memory_stat,
+                &self.memory_stat_path,
+                buf,
+                [b"total_rss", b"total_cache", b"total_swap"],
             );
+            (s.memory_rss, s.memory_cache, s.memory_swap) = (split.rss, split.cache, split.swap);
             s.memory_usage = s
                 .memory_rss
                 .zip(s.memory_cache)
@@ -239,6 +294,53 @@ impl CounterReader {
         }
         s
     }
+}
+
+/// The memory split (rss, cache, swap) from `memory.stat` (`keys`; an empty key is not
+/// read): the last one again while the charge is what it was when it was read and it is
+/// younger than [`MEMORY_SPLIT_MAX_AGE`], else read now (the held file, or the path opened
+/// for this read and closed after it, so no fd is held for it).
+fn memory_split(
+    last: &mut Option<MemorySplit>,
+    charge: Option<u64>,
+    held: &Option<File>,
+    path: &Option<PathBuf>,
+    buf: &mut Vec<u8>,
+    keys: [&[u8]; 3],
+) -> MemorySplit {
+    if let (Some(l), Some(c)) = (*last, charge) {
+        if l.charge == c && l.read_at.elapsed() < MEMORY_SPLIT_MAX_AGE {
+            return l;
+        }
+    }
+    let opened = if held.is_none() {
+        path.as_ref().and_then(|p| File::open(p).ok())
+    } else {
+        None
+    };
+    let file = if held.is_some() { held } else { &opened };
+    let (mut rss, mut cache, mut swap) = (None, None, None);
+    if let Some(stat) = read_text(file, buf) {
+        // An empty key matches no line with a number (a blank line has none).
+        keyed_many(
+            stat,
+            &mut [
+                (keys[0], &mut rss),
+                (keys[1], &mut cache),
+                (keys[2], &mut swap),
+            ],
+        );
+    }
+    let split = MemorySplit {
+        charge: charge.unwrap_or(u64::MAX),
+        read_at: Instant::now(),
+        rss,
+        cache,
+        swap,
+    };
+    // Only a read at a known charge can be reused.
+    *last = charge.map(|_| split);
+    split
 }
 
 /// The whole of `f` (one `pread` from offset 0; a second only for a file larger than the
@@ -618,6 +720,7 @@ mod tests {
         std::fs::write(mem.join("memory.stat"), "total_rss 4096\ntotal_cache 1\n").unwrap();
         let dirs = vec![cpuset, cpu.clone(), acct.clone(), mem.clone()];
         let mut r = CounterReader::open_dirs(&dirs).expect("v1 counters");
+        // cpuacct.usage_all and memory.usage_in_bytes; memory.stat is opened when read.
         assert_eq!(r.open_files(), 2, "{r:?}");
         let c = r.counters();
         assert_eq!(c.cpu_total_ns, Some(6000));
@@ -629,9 +732,19 @@ mod tests {
             (Some(4097), Some(4096), Some(1))
         );
         assert_eq!(c.memory_max_usage, None);
-        // The same files, read again (a cgroup file regenerates; here the test rewrites it).
+        // memory.stat is read again when the charge moved (a cgroup file regenerates; here
+        // the test rewrites it); while the charge stays, the split read at it is reused.
         std::fs::write(mem.join("memory.stat"), "total_rss 8192\ntotal_cache 0\n").unwrap();
+        assert_eq!(r.counters().memory_usage, Some(4097));
+        std::fs::write(mem.join("memory.usage_in_bytes"), "2\n").unwrap();
         assert_eq!(r.counters().memory_usage, Some(8192));
+        // It is also read again once the split is MEMORY_SPLIT_MAX_AGE old.
+        std::fs::write(mem.join("memory.stat"), "total_rss 100\ntotal_cache 0\n").unwrap();
+        assert_eq!(r.counters().memory_usage, Some(8192));
+        if let Some(l) = r.last_split.as_mut() {
+            l.read_at -= MEMORY_SPLIT_MAX_AGE;
+        }
+        assert_eq!(r.counters().memory_usage, Some(100));
 
         // With a quota, cpu.stat is read; a kernel without usage_all: usage + stat.
         std::fs::write(cpu.join("cpu.cfs_quota_us"), "50000\n").unwrap();
@@ -639,6 +752,7 @@ mod tests {
         std::fs::write(acct.join("cpuacct.usage"), "5000\n").unwrap();
         std::fs::write(acct.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
         let mut r = CounterReader::open_dirs(&dirs).unwrap();
+        // usage, stat, cpu.stat, usage_in_bytes.
         assert_eq!(r.open_files(), 4, "{r:?}");
         let c = r.counters();
         let tick = crate::proc::nanos_per_tick();
@@ -668,7 +782,8 @@ mod tests {
         std::fs::write(v2.join("memory.swap.max"), "0\n").unwrap();
         std::fs::write(v2.join("memory.swap.current"), "7\n").unwrap();
         let mut r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
-        assert_eq!(r.open_files(), 3, "{r:?}");
+        // cpu.stat and memory.current; memory.stat is opened when read.
+        assert_eq!(r.open_files(), 2, "{r:?}");
         let c = r.counters();
         assert_eq!(
             (c.memory_rss, c.memory_cache, c.memory_usage, c.memory_swap),
@@ -676,7 +791,7 @@ mod tests {
         );
         std::fs::write(v2.join("memory.swap.max"), "max\n").unwrap();
         let mut r = CounterReader::open_dirs(std::slice::from_ref(&v2)).unwrap();
-        assert_eq!((r.open_files(), r.counters().memory_swap), (4, Some(7)));
+        assert_eq!((r.open_files(), r.counters().memory_swap), (3, Some(7)));
 
         assert!(CounterReader::open_dirs(&[t.path().join("none")]).is_none());
         assert_eq!(

@@ -321,7 +321,7 @@ def stats_answered(agent, alloc_ids: list[str], since: float) -> float:
 def log_time(line: str) -> float | None:
     """The wall-clock time of a Nomad agent log line (`2026-12-07T20:27:13.643Z [INFO] ...`)."""
     import datetime
-    stamp = line.split(" ", 1)[0]
+    stamp = line.strip().split(" ", 1)[0]
     try:
         return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=datetime.timezone.utc).timestamp()
@@ -827,7 +827,8 @@ def main() -> int:
         left = mount_leftovers(base)
         for m in sorted(left, reverse=True):
             subprocess.run(["umount", m], check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        if not os.environ.get("NDE_BENCH_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
         runtime_left = sorted(os.listdir(agent.runtime_dir)) \
             if os.path.isdir(agent.runtime_dir) else []
         if os.path.isdir(agent.runtime_dir) and not runtime_left:

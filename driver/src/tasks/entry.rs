@@ -35,6 +35,8 @@ pub struct TaskEntry {
     collecting: AtomicBool,
     /// Wakes the WaitTask calls of a watched task once the exit is known.
     exit_known: tokio::sync::Notify,
+    /// The task's cgroup dirs as its shim reported them (TaskStats reads its counters).
+    cgroup: std::sync::OnceLock<String>,
 }
 
 impl Drop for TaskEntry {
@@ -59,6 +61,7 @@ impl TaskEntry {
             watched: AtomicBool::new(false),
             collecting: AtomicBool::new(false),
             exit_known: tokio::sync::Notify::new(),
+            cgroup: std::sync::OnceLock::new(),
         })
     }
 
@@ -116,6 +119,14 @@ impl TaskEntry {
             *x = Some(e);
         }
         self.exit_known.notify_waiters();
+    }
+
+    pub fn cgroup(&self) -> Option<String> {
+        self.cgroup.get().cloned()
+    }
+
+    pub fn set_cgroup(&self, cgroup: String) {
+        let _ = self.cgroup.set(cgroup);
     }
 
     /// The task is watched through the notify socket from now on.

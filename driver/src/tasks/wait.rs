@@ -114,17 +114,29 @@ impl Tasks {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(1));
-        let mut c = entry.client().await.map_err(|e| {
-            TaskError::ShimUnreachable(format!("cannot reach the task's elide-executor: {e}"))
-        })?;
         let plugin = self.plugin.clone();
         let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
         let task_id = req.task_id.clone();
-        let cgroup = c
-            .status(shim::StatusRequest {})
-            .await
-            .map(|s| s.into_inner().cgroup)
-            .unwrap_or_default();
+        // The task's cgroup never changes: asked of the shim once per plugin process (Nomad
+        // opens TaskStats again after each of its own restarts, for every task at once).
+        let cgroup = match entry.cgroup() {
+            Some(cg) => cg,
+            None => {
+                let mut c = entry.client().await.map_err(|e| {
+                    TaskError::ShimUnreachable(format!(
+                        "cannot reach the task's elide-executor: {e}"
+                    ))
+                })?;
+                match c.status(shim::StatusRequest {}).await {
+                    Ok(s) => {
+                        let cg = s.into_inner().cgroup;
+                        entry.set_cgroup(cg.clone());
+                        cg
+                    }
+                    Err(_) => String::new(),
+                }
+            }
+        };
         let dirs = common::usage::cgroup_dirs(&cgroup);
         let reader = blocking(move || common::usage::CounterReader::open_dirs(&dirs)).await;
         if let Some(reader) = reader {
@@ -138,6 +150,9 @@ impl Tasks {
                 }
             }));
         }
+        let mut c = entry.client().await.map_err(|e| {
+            TaskError::ShimUnreachable(format!("cannot reach the task's elide-executor: {e}"))
+        })?;
         let inbound = c
             .stats(shim::StatsRequest {
                 interval_ms: common::duration::millis(interval),
