@@ -1078,7 +1078,7 @@ async fn stats_of_a_task_with_a_cgroup_are_read_by_the_plugin_without_waking_the
     // Nomad opening TaskStats again (after its own restart): the cgroup the shim told is
     // kept, the shim is not asked again.
     let status_before = status_calls(&h);
-    h.tasks.stats(req.clone()).await.unwrap();
+    let _again = h.tasks.stats(req.clone()).await.unwrap();
     assert_eq!(status_calls(&h), status_before);
     // A task without a cgroup: the shim's Stats measures (here: the fake refuses).
     *h.script().cgroup.lock().unwrap() = String::new();
