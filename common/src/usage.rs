@@ -33,7 +33,8 @@ pub trait UsageSource: Send {
 ///   `cpu.stat` only where a CFS quota is set.
 ///
 /// `memory.stat` is read again only when the charge moved since its last read, and at least
-/// every [`MEMORY_SPLIT_MAX_AGE`].
+/// every [`MEMORY_SPLIT_MAX_AGE`]; the charge itself only when the task used CPU since the
+/// last sample (a task that ran no code charged no memory).
 ///
 /// Without a quota nothing is ever throttled: throttling is then reported as a measured 0.
 /// The peak (`memory.peak`, `memory.max_usage_in_bytes`) is not read: Nomad's own v2
@@ -58,6 +59,9 @@ pub struct CounterReader {
     memory_charge: Option<File>,
     /// The split `memory.stat` gave, with the charge it was read at.
     last_split: Option<MemorySplit>,
+    /// The CPU time of the last sample: a task that used none since cannot have charged
+    /// memory, so its charge is not even read (the split is reused, within its max age).
+    last_cpu_ns: Option<u64>,
     /// v2 `memory.current` (also v2's charge).
     memory_usage: Option<File>,
     /// v2 `memory.swap.current` where swap is allowed.
@@ -127,6 +131,7 @@ impl CounterReader {
                 memory_stat_path: path_in(dirs, "memory.stat"),
                 memory_charge: None,
                 last_split: None,
+                last_cpu_ns: None,
                 // memory.current exists only where the memory controller is enabled.
                 memory_usage: open_in(dirs, "memory.current"),
                 memory_swap: if no_swap {
@@ -162,6 +167,7 @@ impl CounterReader {
                 memory_stat_path: path_in(dirs, "memory.stat"),
                 memory_charge: open_in(dirs, "memory.usage_in_bytes"),
                 last_split: None,
+                last_cpu_ns: None,
                 memory_usage: None,
                 memory_swap: None,
                 no_swap: false,
@@ -229,7 +235,15 @@ impl CounterReader {
                 s.cpu_system_ns = ns(system);
                 s.throttled_ns = ns(throttled);
             }
-            if self.memory_usage.is_some() {
+            let idle = s.cpu_total_ns.is_some() && s.cpu_total_ns == self.last_cpu_ns;
+            self.last_cpu_ns = s.cpu_total_ns;
+            let fresh = self
+                .last_split
+                .filter(|l| l.read_at.elapsed() < MEMORY_SPLIT_MAX_AGE);
+            if let (Some(l), true) = (fresh, idle) {
+                (s.memory_usage, s.memory_rss, s.memory_cache) = (Some(l.charge), l.rss, l.cache);
+                s.memory_swap = self.no_swap.then_some(0).or(l.swap);
+            } else if self.memory_usage.is_some() {
                 s.memory_usage = read_text(&self.memory_usage, buf).and_then(number);
                 let split = memory_split(
                     &mut self.last_split,
@@ -245,6 +259,10 @@ impl CounterReader {
                 } else {
                     read_text(&self.memory_swap, buf).and_then(number)
                 };
+                // Kept with the split, for the samples that reuse it.
+                if let Some(l) = self.last_split.as_mut() {
+                    l.swap = s.memory_swap;
+                }
             }
             return s;
         }
@@ -276,8 +294,18 @@ impl CounterReader {
                 ],
             );
         }
+        // A task that used no CPU since the last sample cannot have charged memory: its
+        // charge is not even read (the split is reused, within its max age).
+        let idle = s.cpu_total_ns.is_some() && s.cpu_total_ns == self.last_cpu_ns;
+        self.last_cpu_ns = s.cpu_total_ns;
         if self.memory_stat.is_some() || self.memory_stat_path.is_some() {
-            let charge = read_text(&self.memory_charge, buf).and_then(number);
+            let fresh = self
+                .last_split
+                .filter(|l| l.read_at.elapsed() < MEMORY_SPLIT_MAX_AGE);
+            let charge = match fresh {
+                Some(l) if idle => Some(l.charge),
+                _ => read_text(&self.memory_charge, buf).and_then(number),
+            };
             let split = memory_split(
                 &mut self.last_split,
                 charge,
@@ -737,6 +765,14 @@ mod tests {
         std::fs::write(mem.join("memory.stat"), "total_rss 8192\ntotal_cache 0\n").unwrap();
         assert_eq!(r.counters().memory_usage, Some(4097));
         std::fs::write(mem.join("memory.usage_in_bytes"), "2\n").unwrap();
+        // A task that used no CPU since cannot have charged memory: not even the charge is
+        // read. Once it used some, the moved charge has memory.stat read.
+        assert_eq!(r.counters().memory_usage, Some(4097));
+        std::fs::write(
+            acct.join("cpuacct.usage_all"),
+            "cpu user system\n0 3001 1000\n1 2000 0\n",
+        )
+        .unwrap();
         assert_eq!(r.counters().memory_usage, Some(8192));
         // It is also read again once the split is MEMORY_SPLIT_MAX_AGE old.
         std::fs::write(mem.join("memory.stat"), "total_rss 100\ntotal_cache 0\n").unwrap();

@@ -38,6 +38,7 @@ import json
 import os
 import re
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -536,6 +537,12 @@ def main() -> int:
     for n in a.recovery:
         out["recovery"].append({"tasks": n, "seconds": run_recovery(nomad_bin, bins, base, n)})
     out["shim_binary_bytes"] = os.path.getsize(bins["executor"])
+    # The agents above are stopped; what Nomad left mounted under `base` goes with it.
+    with open("/proc/self/mountinfo") as f:
+        for m in sorted((ln.split()[4] for ln in f if base in ln.split()[4]), reverse=True):
+            subprocess.run(["umount", m], check=False)
+    if not os.environ.get("NDE_BENCH_KEEP"):
+        shutil.rmtree(base, ignore_errors=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)
@@ -641,3 +648,48 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def leave_nothing(agent, base: str) -> dict:
+    """Stops `agent` and leaves the machine as the bench found it; prints and returns what it
+    had to clean. In persistent mode tasks outlive the agent: a run that failed, or skipped
+    the stop, would leave them (and their shims) running. They end by pid: SIGTERM to the
+    shims first (a shim stops its task and removes its cgroup and runtime entry; a second
+    SIGTERM once the task is gone makes it leave), SIGKILL for what is left after that.
+    Nomad unmounts an allocation's secrets/ and private/ only when its GC collects the
+    allocation, which a stopped agent never does: they are unmounted here. `base` is removed
+    (kept with NDE_BENCH_KEEP=1, to read the agent's log), and the plugin's runtime dir when
+    it is empty."""
+    agent.stop()
+    stray = agent.leftovers(timeout=5)
+    for wait_for_shims in (False, True):
+        shims = [p for p in stray if "elide-executor serve" in p.cmdline and nm.is_alive(p)]
+        for p in shims:
+            try:
+                os.kill(p.pid, 15)
+            except OSError:
+                pass
+        nm.wait_gone(shims if wait_for_shims else
+                     [p for p in stray if "elide-executor serve" not in p.cmdline], 120)
+    stray = [p for p in stray if nm.is_alive(p)]
+    for p in stray:
+        try:
+            os.kill(p.pid, 9)
+        except OSError:
+            pass
+    nm.wait_gone(stray, 60)
+    with open("/proc/self/mountinfo") as f:
+        mounts = [ln.split()[4] for ln in f if base in ln.split()[4]]
+    for m in sorted(mounts, reverse=True):
+        subprocess.run(["umount", m], check=False)
+    if not os.environ.get("NDE_BENCH_KEEP"):
+        shutil.rmtree(base, ignore_errors=True)
+    runtime_left = sorted(os.listdir(agent.runtime_dir)) \
+        if os.path.isdir(agent.runtime_dir) else []
+    if os.path.isdir(agent.runtime_dir) and not runtime_left:
+        os.rmdir(agent.runtime_dir)
+    print(f"\nNomad's mounts under {base} at the end: {len(mounts)} (unmounted); "
+          f"{len(stray)} processes of the agent still running after it stopped (killed); "
+          f"{base} {'kept' if os.environ.get('NDE_BENCH_KEEP') else 'removed'}; runtime dir "
+          f"after the agent stopped: {runtime_left or 'empty, removed'}", flush=True)
+    return {"mounts": len(mounts), "stray": len(stray), "runtime_left": runtime_left}

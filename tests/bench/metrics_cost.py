@@ -66,7 +66,7 @@ def main() -> None:
               f"{scraped['shims']:.3f} %", flush=True)
         agent.stop_job(j["ID"], wait=True)
     finally:
-        agent.stop()
+        bench.leave_nothing(agent, base)
 
 
 if __name__ == "__main__":

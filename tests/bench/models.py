@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
 import nomad as nm  # noqa: E402
+import bench  # noqa: E402
 from test_models import ModelServer, make_model  # noqa: E402
 
 APP = r'''
@@ -217,7 +218,7 @@ def main() -> int:
         for variant in ("cache", "artifact"):
             rows[variant] = run_variant(agent, srv, variant, args.tasks, url, sha, cache_dir)
     finally:
-        agent.stop()
+        bench.leave_nothing(agent, base)
         srv.close()
     a, c = rows["artifact"], rows["cache"]
     for k in ("downloads", "bytes_mb", "disk_mb", "pss_mb", "seconds"):

@@ -800,43 +800,7 @@ def main() -> int:
             print_table(r)
             sys.stdout.flush()
     finally:
-        agent.stop()
-        # In persistent mode tasks outlive the agent: a run that failed, or skipped the stop,
-        # would leave them (and their shims) running. End them, by pid: SIGTERM to the shims
-        # first (a shim stops its task and removes its cgroup and runtime entry; a second
-        # SIGTERM once the task is gone makes it leave), SIGKILL for what is left after that.
-        stray = agent.leftovers(timeout=5)
-        for wait_for_shims in (False, True):
-            shims = [p for p in stray if "elide-executor serve" in p.cmdline and nm.is_alive(p)]
-            for p in shims:
-                try:
-                    os.kill(p.pid, 15)
-                except OSError:
-                    pass
-            nm.wait_gone(shims if wait_for_shims else
-                         [p for p in stray if "elide-executor serve" not in p.cmdline], 120)
-        stray = [p for p in stray if nm.is_alive(p)]
-        for p in stray:
-            try:
-                os.kill(p.pid, 9)
-            except OSError:
-                pass
-        nm.wait_gone(stray, 60)
-        # Nomad unmounts an allocation's secrets/ and private/ only when its GC collects the
-        # allocation, which a stopped agent never does: the bench leaves nothing behind.
-        left = mount_leftovers(base)
-        for m in sorted(left, reverse=True):
-            subprocess.run(["umount", m], check=False)
-        if not os.environ.get("NDE_BENCH_KEEP"):
-            shutil.rmtree(base, ignore_errors=True)
-        runtime_left = sorted(os.listdir(agent.runtime_dir)) \
-            if os.path.isdir(agent.runtime_dir) else []
-        if os.path.isdir(agent.runtime_dir) and not runtime_left:
-            os.rmdir(agent.runtime_dir)
-        print(f"\nNomad's mounts under {base} at the end: {len(left)} (unmounted); "
-              f"{len(stray)} processes of the agent still running after it stopped (killed); "
-              f"{base} removed; runtime dir after the agent stopped: "
-              f"{runtime_left or 'empty, removed'}")
+        bench.leave_nothing(agent, base)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)

@@ -93,6 +93,7 @@ def main():
             agent.stop_job(j["ID"], wait=True)
             agent.api.delete(f"/v1/job/{j['ID']}", purge="true")
     finally:
-        agent.stop()
+        bench.leave_nothing(agent, base)
+
 if __name__ == "__main__":
     main()
