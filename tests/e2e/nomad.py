@@ -819,6 +819,17 @@ class NomadAgent:
         keep = [self.proc.pid] if self.proc else []
         return wait_gone(candidates, timeout, keep=keep)
 
+    def runtime_entries(self) -> list[str]:
+        """What tasks have in the plugin's runtime dir (shim sockets, the task index): its
+        entries but dotfiles and the running plugin's own notify socket (`notify-<pid>.sock`,
+        which the plugin removes when it exits)."""
+        if not os.path.isdir(self.runtime_dir):
+            return []
+        plugins = {f"notify-{p.pid}.sock" for p in self.find_processes(self.plugin_path)
+                   if p.state not in "ZX"}
+        return sorted(f for f in os.listdir(self.runtime_dir)
+                      if not f.startswith(".") and f not in plugins)
+
     def find_processes(self, needle: str) -> list[Proc]:
         return [p for p in self.processes() if needle in p.cmdline or needle in p.exe]
 
