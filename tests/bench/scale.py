@@ -318,6 +318,21 @@ def stats_answered(agent, alloc_ids: list[str], since: float) -> float:
     return time.monotonic() - since
 
 
+def timed_stop(agent, job_id: str, procs: list) -> dict:
+    """`job stop` (DELETE /v1/job): seconds until every allocation is terminal and until
+    every process in `procs` is gone (and how many were not); then the job is purged."""
+    t0 = time.monotonic()
+    agent.stop_job(job_id, wait=False)
+    agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT
+                                             for x in al), timeout=900, what="stopped")
+    out = {"stop_api_s": time.monotonic() - t0}
+    left = nm.wait_gone(procs, 300)
+    out["stop_gone_s"] = time.monotonic() - t0
+    out["stop_left"] = len(left)
+    agent.api.delete(f"/v1/job/{job_id}", purge="true")
+    return out
+
+
 def log_time(line: str) -> float | None:
     """The wall-clock time of a Nomad agent log line (`2026-12-07T20:27:13.643Z [INFO] ...`)."""
     import datetime
@@ -518,15 +533,7 @@ def run_elide(agent, n: int, a) -> dict:
     if "stop" not in a.skip:
         procs = payload_procs(agent) + [nm.proc_info(p) for p in bench.helpers(agent)["shim"]]
         procs = [p for p in procs if p]
-        t3 = time.monotonic()
-        agent.stop_job(job_id, wait=False)
-        agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT
-                                                 for x in al), timeout=900, what="stopped")
-        res["stop_api_s"] = time.monotonic() - t3
-        left = nm.wait_gone(procs, 300)
-        res["stop_gone_s"] = time.monotonic() - t3
-        res["stop_left"] = len(left)
-        agent.api.delete(f"/v1/job/{job_id}", purge="true")
+        res.update(timed_stop(agent, job_id, procs))
         # Nomad keeps the dirs (and mounts) of terminal allocations until its GC: run it.
         agent.api.put("/v1/client/gc")
         res["left_cgroups"] = cgroup_leftovers(alloc_ids)
@@ -615,15 +622,7 @@ def run_peer(agent, driver: str, n: int) -> dict:
     res["disk"] = disk_usage([os.path.join(agent.data_dir, "alloc", x) for x in alloc_ids])
     res["disk_walk_s"] = time.monotonic() - t1
     procs = [p for p in payload + [nm.proc_info(p) for p in hp] if p]
-    t2 = time.monotonic()
-    agent.stop_job(job_id, wait=False)
-    agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT
-                                             for x in al), timeout=900, what="stopped")
-    res["stop_api_s"] = time.monotonic() - t2
-    left = nm.wait_gone(procs, 300)
-    res["stop_gone_s"] = time.monotonic() - t2
-    res["stop_left"] = len(left)
-    agent.api.delete(f"/v1/job/{job_id}", purge="true")
+    res.update(timed_stop(agent, job_id, procs))
     # Nomad removes an allocation's dir (exec: its chroot) when its GC collects it.
     t3 = time.monotonic()
     agent.api.put("/v1/client/gc")  # starts the destruction of each allocation and returns
