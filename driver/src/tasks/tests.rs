@@ -1056,6 +1056,12 @@ async fn stats_of_a_task_with_a_cgroup_are_read_by_the_plugin_without_waking_the
         .memory
         .unwrap();
     assert_eq!((mem.rss, mem.cache, mem.usage), (4096, 8192, 65536));
+    // The task ran (its CPU time moved) and charged memory: both are read again.
+    std::fs::write(
+        cg.join("cpu.stat"),
+        "usage_usec 2000\nuser_usec 1200\nsystem_usec 800\n",
+    )
+    .unwrap();
     std::fs::write(cg.join("memory.current"), "131072\n").unwrap();
     let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
