@@ -33,8 +33,9 @@ pub trait UsageSource: Send {
 ///   `cpu.stat` only where a CFS quota is set.
 ///
 /// `memory.stat` is read again only when the charge moved since its last read, and at least
-/// every [`MEMORY_SPLIT_MAX_AGE`]; the charge itself only when the task used CPU since the
-/// last sample (a task that ran no code charged no memory).
+/// every [`MEMORY_SPLIT_MAX_AGE`] while the task uses CPU; the charge itself only when the task
+/// used CPU since the last sample (a task that ran no code charged no memory), and at least
+/// every [`MEMORY_SPLIT_MAX_AGE`] (the kernel's reclaim moves it without the task).
 ///
 /// Without a quota nothing is ever throttled: throttling is then reported as a measured 0.
 /// The peak (`memory.peak`, `memory.max_usage_in_bytes`) is not read: Nomad's own v2
@@ -68,8 +69,6 @@ pub struct CounterReader {
     memory_swap: Option<File>,
     /// v2 with `memory.swap.max` = 0: swap is 0 by construction.
     no_swap: bool,
-    /// What each `pread` reads into, kept from sample to sample.
-    buf: ReadBuf,
 }
 
 /// The longest a task's memory split (rss, cache, swap from `memory.stat`) is reused while
@@ -88,14 +87,12 @@ struct MemorySplit {
     swap: Option<u64>,
 }
 
-/// The reader's buffer: allocated at the first read and reused (a sample allocates nothing).
-#[derive(Default)]
-struct ReadBuf(Vec<u8>);
-
-impl std::fmt::Debug for ReadBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} bytes", self.0.capacity())
-    }
+thread_local! {
+    /// What every reader's `pread`s read into on this thread, kept from sample to sample (a
+    /// sample allocates nothing). One per thread, not one per reader: a buffer per task was
+    /// 8 KiB of the plugin's resident memory per task (8 MiB at 1,000 tasks), and a sample
+    /// parses what it read before the next reader runs on the thread.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The first of `dirs` that has file `name`, opened.
@@ -140,7 +137,6 @@ impl CounterReader {
                     open_in(dirs, "memory.swap.current")
                 },
                 no_swap,
-                buf: ReadBuf::default(),
             }
         } else {
             let (cpu, cpu_split) = match open_in(dirs, "cpuacct.usage_all") {
@@ -171,7 +167,6 @@ impl CounterReader {
                 memory_usage: None,
                 memory_swap: None,
                 no_swap: false,
-                buf: ReadBuf::default(),
             }
         };
         let mut r = r;
@@ -211,10 +206,17 @@ impl CounterReader {
         .count()
     }
 
-    /// One sample: one `pread` per open file, into a buffer kept from the last sample, and
-    /// one pass over each file's text for the keys it needs.
+    /// One sample: one `pread` per open file, into the thread's buffer, and one pass over
+    /// each file's text for the keys it needs.
     pub fn counters(&mut self) -> Counters {
-        let buf = &mut self.buf.0;
+        READ_BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => self.counters_into(&mut buf),
+            // Only re-entered if a reader ran inside another's read: never, but not a panic.
+            Err(_) => self.counters_into(&mut Vec::new()),
+        })
+    }
+
+    fn counters_into(&mut self, buf: &mut Vec<u8>) -> Counters {
         let mut s = Counters::default();
         if self.v2 {
             if let Some(stat) = read_text(&self.cpu, buf) {
@@ -248,6 +250,7 @@ impl CounterReader {
                 let split = memory_split(
                     &mut self.last_split,
                     s.memory_usage,
+                    idle,
                     &self.memory_stat,
                     &self.memory_stat_path,
                     buf,
@@ -309,6 +312,7 @@ impl CounterReader {
             let split = memory_split(
                 &mut self.last_split,
                 charge,
+                idle,
                 &self.memory_stat,
                 &self.memory_stat_path,
                 buf,
@@ -326,19 +330,28 @@ impl CounterReader {
 
 /// The memory split (rss, cache, swap) from `memory.stat` (`keys`; an empty key is not
 /// read): the last one again while the charge is what it was when it was read and it is
-/// younger than [`MEMORY_SPLIT_MAX_AGE`], else read now (the held file, or the path opened
+/// younger than [`MEMORY_SPLIT_MAX_AGE`] (or the task is `idle`: it used no CPU since the last
+/// sample), else read now (the held file, or the path opened
 /// for this read and closed after it, so no fd is held for it).
 fn memory_split(
     last: &mut Option<MemorySplit>,
     charge: Option<u64>,
+    idle: bool,
     held: &Option<File>,
     path: &Option<PathBuf>,
     buf: &mut Vec<u8>,
     keys: [&[u8]; 3],
 ) -> MemorySplit {
-    if let (Some(l), Some(c)) = (*last, charge) {
+    if let (Some(l), Some(c)) = (last.as_mut(), charge) {
         if l.charge == c && l.read_at.elapsed() < MEMORY_SPLIT_MAX_AGE {
-            return l;
+            return *l;
+        }
+        // A task that ran no code since the split was read cannot have moved pages between
+        // anon and file at the same charge: the split stays good for another period (the
+        // kernel's reclaim or swap-out would have moved the charge).
+        if l.charge == c && idle {
+            l.read_at = Instant::now();
+            return *l;
         }
     }
     let opened = if held.is_none() {
@@ -774,13 +787,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.counters().memory_usage, Some(8192));
-        // It is also read again once the split is MEMORY_SPLIT_MAX_AGE old.
+        // Once the split is MEMORY_SPLIT_MAX_AGE old, an idle task has its charge read again
+        // (not memory.stat, while the charge stays)...
         std::fs::write(mem.join("memory.stat"), "total_rss 100\ntotal_cache 0\n").unwrap();
         assert_eq!(r.counters().memory_usage, Some(8192));
-        if let Some(l) = r.last_split.as_mut() {
-            l.read_at -= MEMORY_SPLIT_MAX_AGE;
-        }
+        let age = |r: &mut CounterReader| {
+            if let Some(l) = r.last_split.as_mut() {
+                l.read_at -= MEMORY_SPLIT_MAX_AGE;
+            }
+        };
+        age(&mut r);
+        assert_eq!(r.counters().memory_usage, Some(8192));
+        age(&mut r);
+        std::fs::write(mem.join("memory.usage_in_bytes"), "3\n").unwrap();
         assert_eq!(r.counters().memory_usage, Some(100));
+        // ...and a task that uses CPU has memory.stat read again at that age, charge or not.
+        std::fs::write(mem.join("memory.stat"), "total_rss 200\ntotal_cache 0\n").unwrap();
+        std::fs::write(
+            acct.join("cpuacct.usage_all"),
+            "cpu user system\n0 3002 1000\n1 2000 0\n",
+        )
+        .unwrap();
+        assert_eq!(r.counters().memory_usage, Some(100));
+        age(&mut r);
+        std::fs::write(
+            acct.join("cpuacct.usage_all"),
+            "cpu user system\n0 3003 1000\n1 2000 0\n",
+        )
+        .unwrap();
+        assert_eq!(r.counters().memory_usage, Some(200));
 
         // With a quota, cpu.stat is read; a kernel without usage_all: usage + stat.
         std::fs::write(cpu.join("cpu.cfs_quota_us"), "50000\n").unwrap();
