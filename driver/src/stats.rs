@@ -10,6 +10,14 @@ use common::usage::Sample;
 /// CPU MHz). Nomad >= 1.7 hands the node's compute over in SetConfig; on 1.6 we read the same
 /// source Nomad's CPU fingerprint reads.
 pub fn fingerprint_mhz_per_core() -> f64 {
+    // Read once per plugin process: `/proc/cpuinfo` costs a millisecond or more (the kernel
+    // samples each CPU's frequency for it), and Nomad opens TaskStats for every task at
+    // once after each of its restarts.
+    static MHZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *MHZ.get_or_init(read_mhz_per_core)
+}
+
+fn read_mhz_per_core() -> f64 {
     let khz = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok());

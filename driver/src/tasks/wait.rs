@@ -114,8 +114,6 @@ impl Tasks {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(1));
-        let plugin = self.plugin.clone();
-        let mhz_per_core = blocking(move || plugin.mhz_per_core()).await;
         let task_id = req.task_id.clone();
         // The task's cgroup never changes: asked of the shim once per plugin process (Nomad
         // opens TaskStats again after each of its own restarts, for every task at once).
@@ -138,7 +136,16 @@ impl Tasks {
             }
         };
         let dirs = common::usage::cgroup_dirs(&cgroup);
-        let reader = blocking(move || common::usage::CounterReader::open_dirs(&dirs)).await;
+        // One trip to the blocking pool: Nomad opens TaskStats for every task at once after
+        // each of its restarts, and each trip may start a thread.
+        let plugin = self.plugin.clone();
+        let (mhz_per_core, reader) = blocking(move || {
+            (
+                plugin.mhz_per_core(),
+                common::usage::CounterReader::open_dirs(&dirs),
+            )
+        })
+        .await;
         if let Some(reader) = reader {
             return Ok(local_samples(entry, reader, interval, move |s| {
                 TaskStatsResponse {
