@@ -25,8 +25,11 @@ machine. Figures:
             Nomad's own RSS (for scale)
   perf      (--perf S) `perf record -g` of the plugin over S s, into --perf-out
   strace    (--strace S) the plugin's syscalls over S s: per task per interval, by name
-  restart   SIGKILL of the agent -> all N running again (the plugin log's reattach lines),
-            and whether any shim was restarted (same pids before and after)
+  restart   SIGKILL of the agent -> all N running again: Nomad has every task's TaskStats
+            stream open again (counted from the plugin's fds, which costs the node nothing
+            much), then every stats endpoint answers (HTTP, 16 at a time); the plugin log's
+            reattach lines if the plugin restarted too; whether any shim was restarted (same
+            pids before and after)
   stop      `job stop` (DELETE /v1/job) -> every task process gone, every allocation terminal
   clean     after the stop: cgroups, mounts and runtime dir entries left behind (none expected)
   exec      (--exec-tasks N) Nomad's exec driver side by side with N Elide tasks, one job
@@ -275,6 +278,21 @@ def cgroup_leftovers(alloc_ids: list[str]) -> list[str]:
     return left
 
 
+def collect_garbage(agent, alloc_ids: list[str]) -> dict:
+    """Nomad's GC of the stopped allocations, run now: it unmounts an allocation's secrets/
+    and private/ and removes its dir (exec: its chroot). PUT /v1/client/gc only starts the
+    destruction and returns, so leftovers counted right after it would be Nomad's work in
+    progress: this waits (up to 900 s) until every allocation dir is gone."""
+    t0 = time.monotonic()
+    agent.api.put("/v1/client/gc")
+    dirs = [os.path.join(agent.data_dir, "alloc", x) for x in alloc_ids]
+    deadline = time.monotonic() + 900
+    while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
+        time.sleep(0.2)  # no event tells when the client has removed a dir
+    return {"gc_s": time.monotonic() - t0,
+            "left_alloc_dirs": [d for d in dirs if os.path.exists(d)]}
+
+
 def mount_leftovers(base: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if base in line.split()[4]]
@@ -291,6 +309,33 @@ def process_cpu_ns(pid: int) -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+# The counter file a task's TaskStats stream holds open (cgroup v1 / v1 without usage_all / v2).
+CPU_COUNTER_FILES = ("cpuacct.usage_all", "cpuacct.usage", "cpu.stat")
+
+
+def stats_streams_open(agent, plugin: int, n: int, since: float) -> float:
+    """Seconds from `since` (the agent's kill) until the plugin serves a TaskStats stream for
+    each of the `n` tasks again, counted from its open fds (each stream holds its task's CPU
+    counter file): Nomad opens a task's stats stream once its task runner has recovered the
+    task (RecoverTask, then the poststart hooks: the template re-rendered), so this is the
+    moment all `n` are running again for Nomad. The old agent's streams close when its
+    connection drops, first; a plugin restarted with the agent (another pid) starts at 0.
+    A poll every 50 ms costs the node a few ms (one readlink per fd), where polling Nomad's
+    1,000 stats endpoints competes with the recovery it measures (`restart_api_s`)."""
+    deadline = time.monotonic() + 600
+    dropped = False
+    while time.monotonic() < deadline:
+        f = fds(plugin)
+        if not f:  # the plugin did not survive the agent: the new one's streams are counted
+            plugin, dropped = bench.plugin_pid(agent), True
+        open_streams = sum(f.get("cgroup:" + name, 0) for name in CPU_COUNTER_FILES)
+        dropped = dropped or open_streams < n
+        if dropped and open_streams >= n:
+            break
+        time.sleep(0.05)
+    return time.monotonic() - since
 
 
 def stats_answered(agent, alloc_ids: list[str], since: float) -> float:
@@ -349,10 +394,18 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     time until every task is recovered (its stats answer), and whether any shim changed."""
     alloc_ids = [x["ID"] for x in agent.allocs(job_id) if x["ClientStatus"] == "running"]
     log_from = len(agent.log())
+    plugin = bench.plugin_pid(agent)
+    plugin_cpu0 = process_cpu_ns(plugin)
     t0, wall0 = time.monotonic(), time.time()
     agent.kill()
     agent.start()
-    out = {"restart_s": stats_answered(agent, alloc_ids, t0)}
+    out = {"restart_s": stats_streams_open(agent, plugin, n, t0)}
+    # Where the recovery's time goes: the CPU the new agent and the plugin spent in it (of
+    # restart_s x 2 cores).
+    out["restart_cpu_nomad_s"] = process_cpu_ns(agent.proc.pid) / 1e9
+    if bench.plugin_pid(agent) == plugin:
+        out["restart_cpu_plugin_s"] = (process_cpu_ns(plugin) - plugin_cpu0) / 1e9
+    out["restart_api_s"] = stats_answered(agent, alloc_ids, t0)
     # The plugin's side, from its log (no polling in it): kill -> the last task reattached,
     # and the first -> the last RecoverTask it answered.
     times = sorted(log_time(ln) for ln in agent.log()[log_from:].splitlines()
@@ -535,7 +588,7 @@ def run_elide(agent, n: int, a) -> dict:
         procs = [p for p in procs if p]
         res.update(timed_stop(agent, job_id, procs))
         # Nomad keeps the dirs (and mounts) of terminal allocations until its GC: run it.
-        agent.api.put("/v1/client/gc")
+        res.update(collect_garbage(agent, alloc_ids))
         res["left_cgroups"] = cgroup_leftovers(alloc_ids)
         res["left_mounts"] = mount_leftovers(agent.base)
         # The running plugin's own notify socket is not a task's leftover (it removes it
@@ -623,15 +676,7 @@ def run_peer(agent, driver: str, n: int) -> dict:
     res["disk_walk_s"] = time.monotonic() - t1
     procs = [p for p in payload + [nm.proc_info(p) for p in hp] if p]
     res.update(timed_stop(agent, job_id, procs))
-    # Nomad removes an allocation's dir (exec: its chroot) when its GC collects it.
-    t3 = time.monotonic()
-    agent.api.put("/v1/client/gc")  # starts the destruction of each allocation and returns
-    dirs = [os.path.join(agent.data_dir, "alloc", x) for x in alloc_ids]
-    deadline = time.monotonic() + 900
-    while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
-        time.sleep(0.2)  # no event tells when the client has removed a dir
-    res["gc_s"] = time.monotonic() - t3
-    res["left_alloc_dirs"] = [d for d in dirs if os.path.exists(d)]
+    res.update(collect_garbage(agent, alloc_ids))
     res["left_cgroups"] = cgroup_leftovers(alloc_ids)
     res["left_mounts"] = mount_leftovers(agent.base)
     return res
@@ -709,15 +754,22 @@ def print_table(r: dict) -> None:
                      + json.dumps(r["syscalls_top"])))
     if "restart_s" in r:
         rows.append(("agent kill -9 -> all recovered", f"{r['restart_s']:.1f} s "
-                     f"(every task's stats answer again; {r['restart_shims_replaced']} shims "
-                     "replaced)"))
+                     f"(Nomad has every task's stats stream open again; "
+                     f"{r['restart_shims_replaced']} shims replaced; CPU spent: Nomad "
+                     f"{r.get('restart_cpu_nomad_s', 0):.1f} s, plugin "
+                     f"{r.get('restart_cpu_plugin_s', float('nan')):.2f} s)"))
+        if "restart_api_s" in r:
+            rows.append(("  ... -> every stats endpoint answers", f"{r['restart_api_s']:.1f} s "
+                         "(GET /v1/client/allocation/:id/stats of each, 16 at a time, "
+                         "after the above)"))
     if "restart_reattached_s" in r:
         rows.append(("  plugin: kill -9 -> last reattach", f"{r['restart_reattached_s']:.1f} s "
                      f"({r['restart_reattached']} RecoverTasks answered within "
                      f"{r['restart_reattach_span_s']:.1f} s of the first)"))
     if "stop_api_s" in r:
         rows.append(("job stop -> nothing left", f"{r['stop_gone_s']:.1f} s (allocations terminal "
-                     f"{r['stop_api_s']:.1f} s; {r['stop_left']} processes left, "
+                     f"{r['stop_api_s']:.1f} s; {r['stop_left']} processes left; after "
+                     f"Nomad's GC ({r['gc_s']:.1f} s): {len(r['left_alloc_dirs'])} alloc dirs, "
                      f"{len(r['left_cgroups'])} cgroups, {len(r['left_mounts'])} mounts, "
                      f"{len(r['left_runtime_entries'])} runtime dir entries)"))
     rows.append(("Nomad client RSS", f"{r['client_rss_kb'] / 1024:.0f} MiB"))
