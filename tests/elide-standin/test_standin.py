@@ -542,6 +542,8 @@ def test_executable_absolute_script_runs_as_host_program(tmp_path):
     ("import sys; sys.exit(3)", 3),
     ("import sys; sys.exit(1)", 1),
     ("raise SystemExit(42)", 42),
+    ("exit(6)", 6),  # site's builtins exist, though the stand-in runs without site-packages
+    ("quit()", 0),
 ])
 def test_python_exit_codes_pass_through(tmp_path, source, code):
     write(tmp_path, "app.py", source)
@@ -558,6 +560,18 @@ def test_python_exit_codes_pass_through(tmp_path, source, code):
 def test_js_exit_codes_pass_through(tmp_path, source, code):
     write(tmp_path, "app.js", source)
     assert run(["run", "app.js"], tmp_path).returncode == code
+
+
+def test_python_guest_sees_no_site_packages_and_writes_no_bytecode_into_the_stand_in(tmp_path):
+    pycache = os.path.join(HERE, "support", "pylib", "__pycache__")
+    shutil.rmtree(pycache, ignore_errors=True)
+    write(tmp_path, "app.py", """
+        import sys, polyglot
+        print([p for p in sys.path if "-packages" in p], polyglot.__name__)
+    """)
+    r = run(["run", "app.py"], tmp_path)
+    assert (r.returncode, r.stdout) == (0, "[] polyglot\n"), r.stderr
+    assert not os.path.exists(pycache)
 
 
 def test_python_uncaught_exception_is_255_with_boxed_report(tmp_path):
