@@ -153,7 +153,7 @@ def running(agent, job_id: str, n: int, timeout: float = 900) -> None:
 
 
 def task_pids(agent, driver: str) -> list[nm.Proc]:
-    """The task processes (the stand-in and its guest) of this agent."""
+    """The task processes of this agent: the stand-in (a Python app runs in its process)."""
     return [p for p in agent.processes()
             if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline]
 

@@ -8,8 +8,9 @@ descriptors split out from the shims'; asserts nothing (targets are read by peop
         [--payload standin|sleep]
 
 --payload sleep runs a minimal `elide` (a shell script answering the fingerprint and exec'ing
-sleep) instead of the stand-in, whose two Python interpreters per task (~14 MiB) fill this
-node's memory near 1,000 tasks: the driver's own limits at 2,000 and beyond.
+sleep) instead of the stand-in, whose Python interpreter per task (it runs the app in its
+own process; ~8.5 MiB Pss idle) bounds how many tasks fit in this node's memory: the
+driver's own limits at 2,000 and beyond.
 
 One persistent agent (server + client), the client's cpu_total_compute / memory_total_mb
 raised so the scheduler places N tasks of cpu = 10, memory = 40, ephemeral_disk = 10 on this
@@ -76,8 +77,8 @@ chroot_env {
 """ + "".join(f'  "{d}" = "{d}"\n' for d in CHROOT_ENV) + "}\n"
 
 
-# --payload sleep: a minimal `elide` for the driver's own limits at sizes the stand-in's two
-# Python interpreters per task (~14 MiB Pss) cannot reach on this node. It answers the
+# --payload sleep: a minimal `elide` for the driver's own limits at sizes the stand-in's
+# Python interpreter per task (~8.5 MiB Pss idle) cannot reach on this node. It answers the
 # fingerprint (`--version`, `info`) like Elide and `exec`s sleep for any command, so a task is
 # one small process; the driver runs it as it runs Elide (no special case).
 SLEEP_ELIDE = """#!/bin/sh
@@ -455,7 +456,8 @@ def threads(pid: int) -> int:
 
 
 def payload_procs(agent) -> list:
-    """The task processes of this agent: the stand-in and its guest, or --payload sleep's."""
+    """The task processes of this agent: the stand-in (a Python app runs in its process; a JS
+    app in a node child), or --payload sleep's."""
     return [p for p in agent.processes()
             if nm.STANDIN in p.cmdline or "local/app.py" in p.cmdline
             or p.cmdline.startswith("sleep 2147483647")]

@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -191,6 +192,28 @@ def test_python_guest_sees_only_node_env_by_default(tmp_path):
     write(tmp_path, "env.py", PY_DUMP_ENV)
     out = dumped(run(["run", "--no-pretty", "env.py"], tmp_path))
     assert out["env"] == {"NODE_ENV": "production"}
+
+
+@pytest.mark.parametrize("lang", ["C", None])
+def test_python_locale_coercion_adds_nothing_to_the_guest_env(tmp_path, lang):
+    """With a C locale, python3 coerces it by setting LC_CTYPE in its own environment."""
+    write(tmp_path, "env.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "env.py"], tmp_path, env=base_env(LANG=lang)))
+    assert out["env"] == {"NODE_ENV": "production"}
+
+
+def test_standin_python_override_runs_guests_on_that_interpreter(tmp_path):
+    """ELIDE_STANDIN_PYTHON: the stand-in re-executes itself under it (still one process)."""
+    marker = tmp_path / "wrapper-ran"
+    wrapper = write(tmp_path, "py", '#!/bin/sh\ntouch %s\nexec "%s" "$@"\n'
+                    % (marker, sys.executable),
+                    mode=0o755)
+    write(tmp_path, "env.py", PY_DUMP_ENV)
+    out = dumped(run(["run", "--host:allow-env", "env.py", "x"], tmp_path,
+                     env=base_env(ELIDE_STANDIN_PYTHON=wrapper)))
+    assert marker.exists()
+    assert out["argv"] == ["env.py", "x"]
+    assert not any(k.startswith("__ELIDE_STANDIN") for k in out["env"]), out["env"]
 
 
 @needs_node
@@ -519,6 +542,8 @@ def test_executable_absolute_script_runs_as_host_program(tmp_path):
     ("import sys; sys.exit(3)", 3),
     ("import sys; sys.exit(1)", 1),
     ("raise SystemExit(42)", 42),
+    ("exit(6)", 6),  # site's builtins exist, though the stand-in runs without site-packages
+    ("quit()", 0),
 ])
 def test_python_exit_codes_pass_through(tmp_path, source, code):
     write(tmp_path, "app.py", source)
@@ -537,6 +562,18 @@ def test_js_exit_codes_pass_through(tmp_path, source, code):
     assert run(["run", "app.js"], tmp_path).returncode == code
 
 
+def test_python_guest_sees_no_site_packages_and_writes_no_bytecode_into_the_stand_in(tmp_path):
+    pycache = os.path.join(HERE, "support", "pylib", "__pycache__")
+    shutil.rmtree(pycache, ignore_errors=True)
+    write(tmp_path, "app.py", """
+        import sys, polyglot
+        print([p for p in sys.path if "-packages" in p], polyglot.__name__)
+    """)
+    r = run(["run", "app.py"], tmp_path)
+    assert (r.returncode, r.stdout) == (0, "[] polyglot\n"), r.stderr
+    assert not os.path.exists(pycache)
+
+
 def test_python_uncaught_exception_is_255_with_boxed_report(tmp_path):
     write(tmp_path, "app.py", """
         print("before the error", flush=True)
@@ -550,7 +587,7 @@ def test_python_uncaught_exception_is_255_with_boxed_report(tmp_path):
     assert "ValueError: boom from the guest" in r.stderr
     assert 'File "app.py", line 3, in fail' in r.stderr
     assert "\u256d" in r.stderr and "\u2570" in r.stderr  # boxed
-    assert "bootstrap.py" not in r.stderr and "runpy" not in r.stderr
+    assert "elide-standin" not in r.stderr and "runpy" not in r.stderr  # guest frames only
     assert not ANSI.search(r.stderr)  # NO_COLOR=1
 
 
@@ -595,10 +632,9 @@ def test_colour_is_forced_unless_no_color_or_no_pretty(tmp_path):
 # ------------------------------------------------------------------------------------
 
 PY_SIGNAL_GUEST = """
-import os, signal, sys, time
-# Handlers write with os.write: a signal can land while the main code is inside print()
-# (the test reacts to "ready" before that print returns), and print would then fail with
-# "reentrant call inside BufferedWriter".
+import atexit, os, signal, sys, threading, time
+# Handlers write with os.write: a signal can land while the main code is inside print(),
+# and print would then fail with "reentrant call inside BufferedWriter".
 def on_term(signum, frame):
     os.write(1, b"TERMINATION HOOK RAN\\n")
     sys.exit(9)
@@ -607,45 +643,68 @@ def on_usr1(signum, frame):
 def on_usr2(signum, frame):
     os.write(1, b"got SIGUSR2, leaving\\n")
     sys.exit(0)
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+TERMINATORS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+for s in TERMINATORS:
     signal.signal(s, on_term)
 signal.signal(signal.SIGUSR1, on_usr1)
 signal.signal(signal.SIGUSR2, on_usr2)
-print("ready %d %d %d" % (os.getpid(), os.getppid(), os.getpgrp()), flush=True)
-while True:
-    time.sleep(3600)
+atexit.register(os.write, 1, b"ATEXIT HOOK RAN\\n")
+signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATORS)  # no way around the Terminator
+mode = sys.argv[1] if len(sys.argv) > 1 else "sleep"
+print("buffered output")  # block-buffered (stdout is a pipe) until something flushes it
+os.write(1, b"ready %d %d %d\\n" % (os.getpid(), os.getppid(), os.getpgrp()))
+try:
+    if mode == "sleep":  # in a C call
+        while True:
+            time.sleep(3600)
+    elif mode == "spin":  # pure Python, never in a system call
+        n = 0
+        while True:
+            n += 1
+    elif mode == "join":  # the main thread waits on a lock; another thread sleeps
+        t = threading.Thread(target=time.sleep, args=(3600,))
+        t.start()
+        t.join()
+except BaseException as e:
+    os.write(1, b"CAUGHT %r\\n" % e)
+    raise
 """
+NO_GUEST_CODE = ("TERMINATION HOOK RAN", "CAUGHT", "ATEXIT HOOK RAN")
 
 
-def start_signal_guest(guests, tmp_path, source=PY_SIGNAL_GUEST):
+def start_signal_guest(guests, tmp_path, source=PY_SIGNAL_GUEST, args=()):
     write(tmp_path, "sig.py", source)
-    g = guests(["run", "sig.py"], tmp_path)
+    g = guests(["run", "sig.py", "--"] + list(args), tmp_path)
     words = g.line().split()
     assert words[0] == "ready", words
     return g, int(words[1]), int(words[2]), int(words[3])
 
 
+@pytest.mark.parametrize("mode", ["sleep", "spin", "join"])
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
                                       (signal.SIGHUP, 129)])
-def test_terminator_signals_kill_the_guest_without_a_hook(guests, tmp_path, sig, code):
-    g, guest_pid, _, _ = start_signal_guest(guests, tmp_path)
+def test_terminator_signals_end_the_guest_without_a_hook(guests, tmp_path, sig, code, mode):
+    """Whatever the main thread does (sleeping in C, spinning in Python, waiting on a lock),
+    no handler, except clause or atexit hook of the guest runs; its buffered output is
+    written."""
+    g, _, _, _ = start_signal_guest(guests, tmp_path, args=[mode])
     os.kill(g.proc.pid, sig)
     assert g.wait() == code
-    out, _ = g.rest()
-    assert "TERMINATION HOOK RAN" not in out
-    wait_gone(guest_pid)
+    out, err = g.rest()
+    assert not any(s in out for s in NO_GUEST_CODE), out
+    assert "buffered output" in out, out
+    assert err == ""
 
 
 def test_sigterm_to_the_whole_group_runs_no_hook(guests, tmp_path):
-    g, guest_pid, _, _ = start_signal_guest(guests, tmp_path)
+    g, _, _, _ = start_signal_guest(guests, tmp_path)
     os.killpg(g.proc.pid, signal.SIGTERM)
     assert g.wait() == 143
     out, _ = g.rest()
-    assert "TERMINATION HOOK RAN" not in out
-    wait_gone(guest_pid)
+    assert not any(s in out for s in NO_GUEST_CODE), out
 
 
-def test_other_signals_are_forwarded_to_the_guest(guests, tmp_path):
+def test_other_signals_reach_the_guest(guests, tmp_path):
     g, _, _, _ = start_signal_guest(guests, tmp_path)
     os.kill(g.proc.pid, signal.SIGUSR1)
     assert g.line() == "got SIGUSR1"
@@ -656,30 +715,77 @@ def test_other_signals_are_forwarded_to_the_guest(guests, tmp_path):
     assert g.wait() == 0
 
 
-def test_guest_killed_by_forwarded_signal_takes_the_stand_in_with_it(guests, tmp_path):
-    g, guest_pid, _, _ = start_signal_guest(
-        guests, tmp_path, 'import os, time\nprint("ready %d 0 0" % os.getpid(), flush=True)\n'
-                          'time.sleep(3600)\n')
-    os.kill(g.proc.pid, signal.SIGUSR1)  # no handler in the guest: default action kills it
-    assert g.wait() == -signal.SIGUSR1
-    wait_gone(guest_pid)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGKILL])
+def test_a_guest_killed_by_a_signal_is_the_stand_in_killed_by_it(guests, tmp_path, sig):
+    g, _, _, _ = start_signal_guest(
+        guests, tmp_path, 'import os, time\nos.write(1, b"ready 0 0 0\\n")\ntime.sleep(3600)\n')
+    os.kill(g.proc.pid, sig)  # SIGUSR1 without a handler: its default action
+    assert g.wait() == -sig
 
 
-def test_guest_is_a_child_in_the_same_process_group(guests, tmp_path):
+def test_python_guest_runs_in_the_stand_in_process(guests, tmp_path):
+    """Like Elide, one process: the guest's pid is the stand-in's, and it has no child."""
     g, guest_pid, guest_ppid, guest_pgid = start_signal_guest(guests, tmp_path)
-    assert guest_ppid == g.proc.pid
-    assert guest_pgid == os.getpgid(g.proc.pid) == g.proc.pid  # no new session or group
-    assert guest_pid != g.proc.pid
+    assert (guest_pid, guest_ppid, guest_pgid) == (g.proc.pid, os.getpid(), g.proc.pid)
+    children = []
+    for tid in os.listdir("/proc/%d/task" % g.proc.pid):
+        with open("/proc/%d/task/%s/children" % (g.proc.pid, tid)) as f:
+            children += f.read().split()
+    assert children == []
 
 
-def test_guest_dies_when_the_stand_in_is_killed(guests, tmp_path):
-    g, guest_pid, _, _ = start_signal_guest(guests, tmp_path)
-    g.proc.kill()  # SIGKILL to the stand-in only, not its group
-    assert g.wait() == -signal.SIGKILL
-    wait_gone(guest_pid)  # PR_SET_PDEATHSIG
+def test_processes_the_guest_starts_have_no_signal_blocked(tmp_path):
+    """The guest's threads hold the Terminator's signals blocked; nothing it starts inherits
+    that (subprocess, os.system, posix_spawn, fork, exec), and the guest cannot see it."""
+    write(tmp_path, "kids.py", """
+        import os, signal, subprocess, sys
+        GREP = ["/bin/grep", "^SigBlk", "/proc/self/status"]
+        print("guest sees", sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
+        subprocess.run(GREP, check=True)
+        os.system(" ".join(GREP))
+        os.waitpid(os.posix_spawn(GREP[0], GREP, os.environ), 0)
+        pid = os.fork()
+        if pid == 0:
+            with open("/proc/self/status") as f:
+                os.write(1, [l for l in f if l.startswith("SigBlk")][0].encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        p = subprocess.Popen(["sleep", "1000"])
+        p.terminate()
+        print("child ended by", p.wait(), flush=True)
+        os.execv(GREP[0], GREP)
+    """)
+    r = run(["run", "kids.py"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "guest sees []"
+    assert "child ended by -15" in lines
+    masks = [line.split()[1] for line in lines if line.startswith("SigBlk")]
+    assert masks == ["0000000000000000"] * 5, r.stdout
 
 
-def test_stand_in_exits_when_the_guest_exits(guests, tmp_path):
+def test_guest_exit_waits_for_its_threads_and_runs_atexit(tmp_path):
+    write(tmp_path, "main.py", """
+        import atexit, pickle, sys, threading, __main__
+        class Point:
+            def __init__(self, x):
+                self.x = x
+        def after_main():
+            threading.main_thread().join()
+            print("thread ran after the main code", flush=True)
+        atexit.register(print, "atexit ran")
+        threading.Thread(target=after_main).start()
+        print(__name__, __main__.__file__, __main__.Point is Point,
+              pickle.loads(pickle.dumps(Point(7))).x, flush=True)
+        sys.exit(4)
+    """)
+    r = run(["run", "main.py"], tmp_path)
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.splitlines() == ["__main__ main.py True 7", "thread ran after the main code",
+                                     "atexit ran"]
+
+
+def test_stand_in_exits_when_the_guest_exits(tmp_path):
     write(tmp_path, "app.py", """
         import os, sys
         print("ready", flush=True)
@@ -698,6 +804,26 @@ def test_stand_in_exits_when_the_guest_exits(guests, tmp_path):
             p.kill()
             p.wait()
         p.stdout.close()
+
+
+JS_READY = """
+const stat = require("fs").readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ");
+console.log("ready " + process.pid + " " + stat[1] + " " + stat[2]);
+setInterval(() => {}, 1000);
+"""
+
+
+@needs_node
+def test_js_guest_is_a_child_in_the_same_process_group(guests, tmp_path):
+    write(tmp_path, "app.cjs", JS_READY)
+    g = guests(["run", "app.cjs"], tmp_path)
+    words = g.line().split()
+    guest_pid, guest_ppid, guest_pgid = int(words[1]), int(words[2]), int(words[3])
+    assert guest_ppid == g.proc.pid and guest_pid != g.proc.pid
+    assert guest_pgid == os.getpgid(g.proc.pid) == g.proc.pid  # no new session or group
+    g.proc.kill()  # SIGKILL to the stand-in only, not its group
+    assert g.wait() == -signal.SIGKILL
+    wait_gone(guest_pid)  # PR_SET_PDEATHSIG
 
 
 @needs_node
