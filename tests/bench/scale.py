@@ -26,8 +26,7 @@ machine. Figures:
             Nomad's own RSS (for scale)
   perf      (--perf S) `perf record -g` of the plugin over S s, into --perf-out
   strace    (--strace S) the plugin's syscalls over S s: per task per interval, by name
-  restart   (--restart-floor: the same with N tasks of Nomad's mock driver, Nomad's own cost)
-            SIGKILL of the agent -> all N running again: Nomad has every task's TaskStats
+  restart   SIGKILL of the agent -> all N running again: Nomad has every task's TaskStats
             stream open again (counted from the plugin's fds, which costs the node nothing
             much); a second kill: every stats endpoint answers (HTTP, 16 at a time); the plugin log's
             reattach lines if the plugin restarted too; whether any shim was restarted (same
@@ -94,10 +93,6 @@ def scale_job(name: str, driver: str, count: int) -> str:
     """`count` idle tasks of `driver` (elide, or exec/raw_exec running the same stand-in)."""
     if driver == "elide":
         config = 'script = "local/app.py"'
-    elif driver == "mock_driver":
-        # Nomad's test driver (in non-release builds such as the bench's): a task is a
-        # goroutine of the agent, so what it costs is Nomad's own work per task.
-        config = 'run_for = "10000h"'
     else:
         config = (f'command = "{nm.STANDIN}"\n        args = ["run", "--no-pretty", '
                   '"--host:allow-env", "local/app.py", "--"]')
@@ -321,27 +316,38 @@ def process_cpu_ns(pid: int) -> int:
 CPU_COUNTER_FILES = ("cpuacct.usage_all", "cpuacct.usage", "cpu.stat")
 
 
-def stats_streams_open(agent, plugin: int, n: int, since: float) -> float:
-    """Seconds from `since` (the agent's kill) until the plugin serves a TaskStats stream for
-    each of the `n` tasks again, counted from its open fds (each stream holds its task's CPU
-    counter file): Nomad opens a task's stats stream once its task runner has recovered the
-    task (RecoverTask, then the poststart hooks: the template re-rendered), so this is the
-    moment all `n` are running again for Nomad. The old agent's streams close when its
-    connection drops, first; a plugin restarted with the agent (another pid) starts at 0.
-    A poll every 50 ms costs the node a few ms (one readlink per fd), where polling Nomad's
-    1,000 stats endpoints competes with the recovery it measures (`restart_api_s`)."""
-    deadline = time.monotonic() + 600
-    dropped = False
-    while time.monotonic() < deadline:
-        f = fds(plugin)
-        if not f:  # the plugin did not survive the agent: the new one's streams are counted
-            plugin, dropped = bench.plugin_pid(agent), True
-        open_streams = sum(f.get("cgroup:" + name, 0) for name in CPU_COUNTER_FILES)
-        dropped = dropped or open_streams < n
-        if dropped and open_streams >= n:
-            break
-        time.sleep(0.05)
-    return time.monotonic() - since
+def watch_stats_streams(agent, plugin: int, n: int, since: float) -> dict:
+    """Starts watching, before the agent's kill, for the plugin to serve a TaskStats stream
+    for each of the `n` tasks again, counted from its open fds (each stream holds its task's
+    CPU counter file). Nomad opens a task's stats stream once its task runner has recovered
+    the task (RecoverTask, then the poststart hooks: the template re-rendered), so this is
+    the moment all `n` are running again for Nomad. The old agent's streams close when its
+    connection drops; the watch waits for that first (and a plugin restarted with the agent,
+    another pid, starts at 0). The result's "s" (seconds from `since`) is set when done:
+    join the returned thread. A poll every 20 ms costs the node a few ms each (a readlink
+    per fd), where polling Nomad's 1,000 stats endpoints competes with the recovery it
+    measures (`restart_api_s`)."""
+    import threading
+    out: dict = {}
+
+    def watch(plugin: int) -> None:
+        deadline = time.monotonic() + 600
+        dropped = False
+        while time.monotonic() < deadline:
+            f = fds(plugin)
+            if not f:  # the plugin did not survive the agent: count the new one's streams
+                plugin, dropped = bench.plugin_pid(agent), True
+            open_streams = sum(f.get("cgroup:" + name, 0) for name in CPU_COUNTER_FILES)
+            dropped = dropped or open_streams < n
+            if dropped and open_streams >= n:
+                out["s"] = time.monotonic() - since
+                return
+            time.sleep(0.02)
+
+    th = threading.Thread(target=watch, args=(plugin,), daemon=True)
+    th.start()
+    out["thread"] = th
+    return out
 
 
 def stats_answered(agent, alloc_ids: list[str], since: float) -> float:
@@ -403,16 +409,18 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     plugin = bench.plugin_pid(agent)
     plugin_cpu0 = process_cpu_ns(plugin)
     t0, wall0 = time.monotonic(), time.time()
+    watch = watch_stats_streams(agent, plugin, n, t0)
     agent.kill()
     agent.start()
-    out = {"restart_s": stats_streams_open(agent, plugin, n, t0)}
+    watch["thread"].join(600)
+    out = {"restart_s": watch.get("s", float("nan"))}
     # Where the recovery's time goes: the CPU the new agent and the plugin spent in it (of
     # restart_s x 2 cores).
     out["restart_cpu_nomad_s"] = process_cpu_ns(agent.proc.pid) / 1e9
     if bench.plugin_pid(agent) == plugin:
         out["restart_cpu_plugin_s"] = (process_cpu_ns(plugin) - plugin_cpu0) / 1e9
-    # A second kill, timed as an operator's script would (and as the mock driver's floor
-    # is, which has no fds to count): polling every stats endpoint from the start.
+    # A second kill, timed as an operator's script would: polling every stats endpoint
+    # from the start (16 at a time, which competes with the recovery for the 2 cores).
     all_running(agent, job_id, n, timeout=600)
     t1 = time.monotonic()
     agent.kill()
@@ -695,28 +703,6 @@ def run_peer(agent, driver: str, n: int) -> dict:
     return res
 
 
-def restart_floor_run(agent, n: int) -> dict:
-    """Nomad's own restart cost for the same job shape: N tasks of its built-in mock driver
-    (a goroutine each, recovered in-process; the same template, resources and logs), the
-    agent SIGKILLed and started again, and every stats endpoint polled as for the Elide tasks
-    (`restart_api_s`): the floor under the Elide tasks' figure on this node."""
-    job_id = f"restart-floor-{n}"
-    agent.run_job(scale_job(job_id, "mock_driver", n))
-    all_running(agent, job_id, n, timeout=900)
-    alloc_ids = [x["ID"] for x in agent.allocs(job_id) if x["ClientStatus"] == "running"]
-    t0 = time.monotonic()
-    agent.kill()
-    agent.start()
-    res = {"driver": "mock_driver", "tasks": n, "restart_api_s": stats_answered(agent, alloc_ids, t0),
-           "restart_cpu_nomad_s": process_cpu_ns(agent.proc.pid) / 1e9}
-    all_running(agent, job_id, n, timeout=600)
-    agent.stop_job(job_id, wait=False)
-    agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT for x in al),
-                      timeout=900, what="stopped")
-    collect_garbage(agent, alloc_ids)
-    return res
-
-
 def peer_ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}x" if b else "-"
 
@@ -850,9 +836,6 @@ def main() -> int:
     ap.add_argument("--payload", choices=("standin", "sleep"), default="standin",
                     help="what `elide` the Elide tasks run: the stand-in (a Python interpreter "
                     "running the app, the default) or a shell script that execs sleep")
-    ap.add_argument("--restart-floor", action="store_true",
-                    help="after the Elide runs: the same restart with N tasks of Nomad's mock "
-                    "driver (Nomad's own cost of recovering N allocations of this job)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     a.skip = set(filter(None, a.skip.split(",")))
@@ -888,15 +871,6 @@ def main() -> int:
             out["elide"].append(r)
             print_table(r)
             sys.stdout.flush()
-            if a.restart_floor and "restart" not in a.skip:
-                m = restart_floor_run(agent, n)
-                out["peers"].append(m)
-                print(f"\n== agent kill -9 -> every stats endpoint answers, {n} tasks ==\n"
-                      f"  elide {r['restart_api_s']:.1f} s (Nomad CPU "
-                      f"{r['restart_cpu_nomad_s']:.1f} s); Nomad's mock driver, same job "
-                      f"{m['restart_api_s']:.1f} s (Nomad CPU {m['restart_cpu_nomad_s']:.1f} s): "
-                      f"{peer_ratio(r['restart_api_s'], m['restart_api_s'])}")
-                sys.stdout.flush()
     finally:
         bench.leave_nothing(agent, base)
         if a.json:
