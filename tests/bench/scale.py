@@ -299,6 +299,15 @@ def mount_leftovers(base: str) -> list[str]:
         return [line.split()[4] for line in f if base in line.split()[4]]
 
 
+def node_busy_ns() -> int:
+    """CPU time the whole node spent busy (every CPU's non-idle, non-iowait time from
+    /proc/stat), ns."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_ns(pid: int) -> int:
     """CPU time of `pid` (utime + stime of /proc/<pid>/stat, ns): unlike a sum of per-thread
     schedstat, it keeps the time of threads that exited (the plugin's blocking pool threads
@@ -508,6 +517,9 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
 
     step = a.step if a.step > 0 else n
     count, limit = 0, None
+    # Where the start's CPU goes: Nomad's own, the plugin's, and the node's in all.
+    plugin = bench.plugin_pid(agent)
+    cpu0 = (process_cpu_ns(agent.proc.pid), process_cpu_ns(plugin), node_busy_ns())
     t0 = time.monotonic()
     while count < n and limit is None:
         nxt = min(n, count + step)
@@ -540,6 +552,9 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
         res["steps"].append({"count": count, "start_s": time.monotonic() - t1,
                              "mem_available_kb": mem_available_kb()})
     res["start_all_s"] = time.monotonic() - t0
+    res["start_cpu_nomad_s"] = (process_cpu_ns(agent.proc.pid) - cpu0[0]) / 1e9
+    res["start_cpu_plugin_s"] = (process_cpu_ns(plugin) - cpu0[1]) / 1e9
+    res["start_cpu_node_s"] = (node_busy_ns() - cpu0[2]) / 1e9
     res["tasks"] = count
     res["limit"] = limit
     return res
@@ -756,6 +771,10 @@ def print_table(r: dict) -> None:
          f"{r['start_median_s']:.1f} s, slowest {r['start_max_s']:.1f} s = "
          f"{r['start_max_s'] / max(r['start_median_s'], 1e-9):.1f}x median; "
          f"{r['allocs_failed']} allocations failed and were replaced)"),
+        ("  CPU spent in it", f"node {r.get('start_cpu_node_s', 0):.1f} s of "
+         f"{r['start_all_s'] * (os.cpu_count() or 1):.1f} s: Nomad "
+         f"{r.get('start_cpu_nomad_s', 0):.1f} s, plugin {r.get('start_cpu_plugin_s', 0):.1f} s,"
+         " the rest shims, sandboxes, payloads, kernel and this bench"),
         ("plugin idle CPU", f"{r['idle_cpu_plugin_pct']:.2f} % of one core over "
          f"{r['idle_s']:.0f} s ({r['plugin_us_per_sample']:.1f} µs per task-stats sample)"),
         ("shims + PID 1s idle CPU", f"{r['idle_cpu_helpers_pct']:.2f} %"),
