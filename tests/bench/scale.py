@@ -339,18 +339,30 @@ def watch_stats_streams(agent, plugin: int, n: int, since: float) -> dict:
     import threading
     out: dict = {}
 
+    def fd_count(pid: int) -> int:
+        try:
+            return len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return 0
+
     def watch(plugin: int) -> None:
         deadline = time.monotonic() + 600
         dropped = False
+        # Streams are counted by kind (a readlink per fd, ~10 ms at 1,000 tasks) only when
+        # the plain fd count (a listdir) says they may all be there: the watch polls every
+        # 20 ms and must not take the CPU the recovery needs.
+        total_before, cheap_floor = fd_count(plugin), 0
         while time.monotonic() < deadline:
-            f = fds(plugin)
-            if not f:  # the plugin did not survive the agent: count the new one's streams
-                plugin, dropped = bench.plugin_pid(agent), True
-            open_streams = sum(f.get("cgroup:" + name, 0) for name in CPU_COUNTER_FILES)
-            dropped = dropped or open_streams < n
-            if dropped and open_streams >= n:
-                out["s"] = time.monotonic() - since
-                return
+            total = fd_count(plugin)
+            if not total:  # the plugin did not survive the agent: count the new one's streams
+                plugin, dropped, cheap_floor = bench.plugin_pid(agent), True, n
+            elif total >= max(cheap_floor, total_before - 8) or not dropped:
+                f = fds(plugin)
+                open_streams = sum(f.get("cgroup:" + name, 0) for name in CPU_COUNTER_FILES)
+                dropped = dropped or open_streams < n
+                if dropped and open_streams >= n:
+                    out["s"] = time.monotonic() - since
+                    return
             time.sleep(0.02)
 
     th = threading.Thread(target=watch, args=(plugin,), daemon=True)
