@@ -26,7 +26,9 @@ machine. Figures:
             Nomad's own RSS (for scale)
   perf      (--perf S) `perf record -g` of the plugin over S s, into --perf-out
   strace    (--strace S) the plugin's syscalls over S s: per task per interval, by name
-  restart   SIGKILL of the agent -> all N running again: Nomad has every task's TaskStats
+  restart   (--restart-peer-tasks N: the same for N Elide and then N raw_exec tasks, polling
+            every stats endpoint; ratio elide / raw_exec)
+            SIGKILL of the agent -> all N running again: Nomad has every task's TaskStats
             stream open again (counted from the plugin's fds, which costs the node nothing
             much); a second kill: every stats endpoint answers (HTTP, 16 at a time); the plugin log's
             reattach lines if the plugin restarted too; whether any shim was restarted (same
@@ -730,6 +732,28 @@ def run_peer(agent, driver: str, n: int) -> dict:
     return res
 
 
+def restart_peer_run(agent, driver: str, n: int) -> dict:
+    """N idle tasks of `driver` (elide or raw_exec, the same stand-in and app), the agent
+    SIGKILLed and started again, and the seconds until every task's stats endpoint answers
+    (polled from the start, as `restart_api_s`), with the CPU the new agent spent in it; then
+    stopped and collected. Nomad's own driver gives the cost of its restore on this node."""
+    job_id = f"restart-{driver}-{n}"
+    agent.run_job(scale_job(job_id, driver, n))
+    all_running(agent, job_id, n, timeout=900)
+    alloc_ids = [x["ID"] for x in agent.allocs(job_id) if x["ClientStatus"] == "running"]
+    t0 = time.monotonic()
+    agent.kill()
+    agent.start()
+    res = {"driver": driver, "tasks": n, "restart_api_s": stats_answered(agent, alloc_ids, t0),
+           "restart_cpu_nomad_s": process_cpu_ns(agent.proc.pid) / 1e9}
+    all_running(agent, job_id, n, timeout=600)
+    agent.stop_job(job_id, wait=False)
+    agent.wait_allocs(job_id, lambda al: all(x["ClientStatus"] in nm.TERMINAL_CLIENT for x in al),
+                      timeout=900, what="stopped")
+    res.update(collect_garbage(agent, alloc_ids))
+    return res
+
+
 def peer_ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}x" if b else "-"
 
@@ -867,6 +891,9 @@ def main() -> int:
     ap.add_argument("--payload", choices=("standin", "sleep"), default="standin",
                     help="what `elide` the Elide tasks run: the stand-in (a Python interpreter "
                     "running the app, the default) or a shell script that execs sleep")
+    ap.add_argument("--restart-peer-tasks", type=int, default=0,
+                    help="N tasks of Elide, then N of Nomad's raw_exec (same stand-in, same "
+                    "agent): agent kill -9 -> every stats endpoint answers, side by side")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     a.skip = set(filter(None, a.skip.split(",")))
@@ -874,7 +901,8 @@ def main() -> int:
     base = tempfile.mkdtemp(prefix="nde-scale-")
     agent = nm.NomadAgent(nm.find_nomad(), os.path.join(base, "a"), plugin_bin=bins["plugin"],
                           executor_bin=bins["executor"], name="scale", mode="persistent",
-                          client_hcl=CLIENT_HCL, log_level="INFO")
+                          client_hcl=CLIENT_HCL, log_level="INFO",
+                          extra_hcl=bench.RAW_EXEC_HCL if a.restart_peer_tasks else "")
     agent.plugin_config = agent.default_plugin_config()
     if a.payload == "sleep":
         inst = os.path.join(base, "elide-sleep")
@@ -890,6 +918,18 @@ def main() -> int:
     try:
         agent.start()
         agent.wait_driver_healthy()
+        if a.restart_peer_tasks:
+            agent.wait_driver_healthy("raw_exec")
+            e = restart_peer_run(agent, "elide", a.restart_peer_tasks)
+            x = restart_peer_run(agent, "raw_exec", a.restart_peer_tasks)
+            out["peers"] += [e, x]
+            print(f"\n== agent kill -9 -> every stats endpoint answers, {e['tasks']} tasks, same "
+                  f"agent ==\n  elide {e['restart_api_s']:.1f} s (Nomad's CPU "
+                  f"{e['restart_cpu_nomad_s']:.1f} s); raw_exec {x['restart_api_s']:.1f} s "
+                  f"(Nomad's CPU {x['restart_cpu_nomad_s']:.1f} s): elide/raw_exec "
+                  f"{peer_ratio(e['restart_api_s'], x['restart_api_s'])}; left after the GC: "
+                  f"{len(e['left_alloc_dirs'])} / {len(x['left_alloc_dirs'])} alloc dirs")
+            sys.stdout.flush()
         if a.exec_tasks:
             agent.wait_driver_healthy("exec")
             e = run_peer(agent, "elide", a.exec_tasks)
