@@ -321,6 +321,7 @@ def sandbox_cost(nomad_bin: str, bins: dict, base: str, n: int, rounds: int) -> 
     finally:
         for _, agent in agents:
             agent.stop()
+            drop_empty_runtime_dir(agent)
 
 
 def run_stop_rounds(agent, n: int, rounds: int) -> list[dict]:
@@ -471,6 +472,7 @@ def run_recovery(nomad_bin: str, bins: dict, base: str, n: int) -> float:
         return took
     finally:
         p.stop()
+        drop_empty_runtime_dir(p)
 
 
 def ratio(a: float, b: float) -> str:
@@ -532,6 +534,7 @@ def main() -> int:
     finally:
         agent.stop_all_jobs()
         agent.stop()
+        drop_empty_runtime_dir(agent)
     if "sandbox" not in skip:
         out["sandbox"] = sandbox_cost(nomad_bin, bins, base, a.tasks, a.sandbox_rounds)
     for n in a.recovery:
@@ -646,8 +649,14 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def drop_empty_runtime_dir(agent) -> list[str]:
+    """Removes the plugin's runtime dir of a stopped agent when nothing is left in it (the
+    plugin removes its own entries as it exits; the dir is the harness's, under /tmp);
+    returns what is left in it otherwise."""
+    left = sorted(os.listdir(agent.runtime_dir)) if os.path.isdir(agent.runtime_dir) else []
+    if os.path.isdir(agent.runtime_dir) and not left:
+        os.rmdir(agent.runtime_dir)
+    return left
 
 
 def leave_nothing(agent, base: str) -> dict:
@@ -684,12 +693,13 @@ def leave_nothing(agent, base: str) -> dict:
         subprocess.run(["umount", m], check=False)
     if not os.environ.get("NDE_BENCH_KEEP"):
         shutil.rmtree(base, ignore_errors=True)
-    runtime_left = sorted(os.listdir(agent.runtime_dir)) \
-        if os.path.isdir(agent.runtime_dir) else []
-    if os.path.isdir(agent.runtime_dir) and not runtime_left:
-        os.rmdir(agent.runtime_dir)
+    runtime_left = drop_empty_runtime_dir(agent)
     print(f"\nNomad's mounts under {base} at the end: {len(mounts)} (unmounted); "
           f"{len(stray)} processes of the agent still running after it stopped (killed); "
           f"{base} {'kept' if os.environ.get('NDE_BENCH_KEEP') else 'removed'}; runtime dir "
           f"after the agent stopped: {runtime_left or 'empty, removed'}", flush=True)
     return {"mounts": len(mounts), "stray": len(stray), "runtime_left": runtime_left}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
