@@ -38,7 +38,7 @@ import (
 // The task's app: idles until stopped.
 const app = "import time\nwhile True:\n    time.sleep(1)\n"
 
-func binary(t *testing.T, env string) string {
+func binary(t testing.TB, env string) string {
 	p := os.Getenv(env)
 	if p == "" {
 		t.Fatalf("%s is not set: run the suite with scripts/test conformance (it builds the "+
@@ -53,7 +53,7 @@ func binary(t *testing.T, env string) string {
 
 // encode turns HCL-like values into the msgpack Nomad sends for a schema (what its plugin
 // loader does with a plugin block, and its client with a task's config).
-func encode(t *testing.T, schema *hclspec.Spec, values map[string]interface{}) cty.Value {
+func encode(t testing.TB, schema *hclspec.Spec, values map[string]interface{}) cty.Value {
 	spec, diag := hclspecutils.Convert(schema)
 	require.False(t, diag.HasErrors(), "%v", diag)
 	val, diag, errs := hclutils.ParseHclInterface(values, spec, nil)
@@ -62,8 +62,19 @@ func encode(t *testing.T, schema *hclspec.Spec, values map[string]interface{}) c
 }
 
 // launch starts the plugin binary as Nomad's loader does and configures it.
-func launch(t *testing.T, config map[string]interface{}) drivers.DriverPlugin {
-	logger := hclog.New(&hclog.LoggerOptions{Name: "nomad-driver-elide", Level: hclog.Info})
+func launch(t testing.TB, config map[string]interface{}) drivers.DriverPlugin {
+	_, d := launchClient(t, config)
+	return d
+}
+
+// launchClient is launch, also returning go-plugin's client (the plugin's socket is in its
+// ReattachConfig).
+func launchClient(t testing.TB, config map[string]interface{}) (*plugin.Client, drivers.DriverPlugin) {
+	level := hclog.Info
+	if _, bench := t.(*testing.B); bench {
+		level = hclog.Warn // the benchmarks' figures alone on stdout
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "nomad-driver-elide", Level: level})
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig: base.Handshake,
 		Plugins: map[string]plugin.Plugin{
@@ -104,7 +115,7 @@ func launch(t *testing.T, config map[string]interface{}) drivers.DriverPlugin {
 			ClientMinPort: 14000, ClientMaxPort: 14512,
 		}},
 	}))
-	return d
+	return client, d
 }
 
 // resources as Nomad's client hands them over (on cgroup v2 with the task's scope, which the

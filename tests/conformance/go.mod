@@ -11,6 +11,7 @@ require (
 	github.com/hashicorp/nomad v1.6.1
 	github.com/stretchr/testify v1.8.4
 	github.com/zclconf/go-cty v1.12.1
+	google.golang.org/grpc v1.53.0
 )
 
 require (
@@ -125,7 +126,6 @@ require (
 	golang.org/x/tools v0.6.0 // indirect
 	google.golang.org/appengine v1.6.7 // indirect
 	google.golang.org/genproto v0.0.0-20230110181048-76db0878b65f // indirect
-	google.golang.org/grpc v1.53.0 // indirect
 	google.golang.org/protobuf v1.30.0 // indirect
 	gopkg.in/fsnotify.v1 v1.4.7 // indirect
 	gopkg.in/square/go-jose.v2 v2.6.0 // indirect
