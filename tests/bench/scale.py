@@ -16,6 +16,9 @@ One persistent agent (server + client), the client's cpu_total_compute / memory_
 raised so the scheduler places N tasks of cpu = 10, memory = 40, ephemeral_disk = 10 on this
 machine. Figures:
 
+  speed     a fixed CPU loop's time before and after the run, and the CPU the hypervisor
+            stole during the start: on a shared host the node's speed moves by tens of per
+            cent between runs, and these say which runs compare
   start     job registration -> all N running; each task's own start (registration -> its
             Started event), median and slowest
   idle      CPU of the plugin, and of all shims + sandbox PID 1s, over --idle s with Nomad's
@@ -310,6 +313,28 @@ def node_busy_ns() -> int:
     return (sum(fields[:8]) - idle) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
+def node_steal_ns() -> int:
+    """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat's steal
+    column, all CPUs), ns."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def core_speed_ms() -> float:
+    """CPU time of a fixed pure-Python loop (best of 3), ms: how fast this node's cores run
+    right now. On a shared host a VM's neighbours slow it by tens of per cent from one run to
+    the next, which moves every time and CPU figure alike; this says which runs compare."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.process_time()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.process_time() - t)
+    return best * 1000
+
+
 def process_cpu_ns(pid: int) -> int:
     """CPU time of `pid` (utime + stime of /proc/<pid>/stat, ns): unlike a sum of per-thread
     schedstat, it keeps the time of threads that exited (the plugin's blocking pool threads
@@ -533,7 +558,8 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
     count, limit = 0, None
     # Where the start's CPU goes: Nomad's own, the plugin's, and the node's in all.
     plugin = bench.plugin_pid(agent)
-    cpu0 = (process_cpu_ns(agent.proc.pid), process_cpu_ns(plugin), node_busy_ns())
+    cpu0 = (process_cpu_ns(agent.proc.pid), process_cpu_ns(plugin), node_busy_ns(),
+            node_steal_ns())
     t0 = time.monotonic()
     while count < n and limit is None:
         nxt = min(n, count + step)
@@ -569,6 +595,7 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
     res["start_cpu_nomad_s"] = (process_cpu_ns(agent.proc.pid) - cpu0[0]) / 1e9
     res["start_cpu_plugin_s"] = (process_cpu_ns(plugin) - cpu0[1]) / 1e9
     res["start_cpu_node_s"] = (node_busy_ns() - cpu0[2]) / 1e9
+    res["start_steal_s"] = (node_steal_ns() - cpu0[3]) / 1e9
     res["tasks"] = count
     res["limit"] = limit
     return res
@@ -810,7 +837,8 @@ def print_table(r: dict) -> None:
         ("  CPU spent in it", f"node {r.get('start_cpu_node_s', 0):.1f} s of "
          f"{r['start_all_s'] * (os.cpu_count() or 1):.1f} s: Nomad "
          f"{r.get('start_cpu_nomad_s', 0):.1f} s, plugin {r.get('start_cpu_plugin_s', 0):.1f} s,"
-         " the rest shims, sandboxes, payloads, kernel and this bench"),
+         " the rest shims, sandboxes, payloads, kernel and this bench; "
+         f"{r.get('start_steal_s', 0):.1f} s stolen by the hypervisor"),
         ("plugin idle CPU", f"{r['idle_cpu_plugin_pct']:.2f} % of one core over "
          f"{r['idle_s']:.0f} s ({r['plugin_us_per_sample']:.1f} µs per task-stats sample)"),
         ("shims + PID 1s idle CPU", f"{r['idle_cpu_helpers_pct']:.2f} %"),
@@ -912,7 +940,10 @@ def main() -> int:
             f.write(SLEEP_ELIDE)
         os.chmod(path, 0o755)
         agent.plugin_config["elide_binary"] = path
-    out: dict = {"payload": a.payload, "elide": [], "peers": []}
+    out: dict = {"payload": a.payload, "elide": [], "peers": [],
+                 "core_speed_ms_before": core_speed_ms()}
+    print(f"core speed: {out['core_speed_ms_before']:.0f} ms of CPU for the fixed loop "
+          "(lower is faster; compare runs by it)", flush=True)
     # SIGTERM (`timeout`, a CI runner) ends the run through the clean-up below, not around it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -944,6 +975,8 @@ def main() -> int:
             sys.stdout.flush()
     finally:
         bench.leave_nothing(agent, base)
+        out["core_speed_ms_after"] = core_speed_ms()
+        print(f"core speed after: {out['core_speed_ms_after']:.0f} ms", flush=True)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
