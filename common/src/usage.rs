@@ -26,8 +26,10 @@ pub trait UsageSource: Send {
 /// - v2: `cpu.stat` (CPU time, user, system, throttling) and `memory.current`;
 ///   `memory.swap.current` only where the task may swap (the shim sets `memory.swap.max` to
 ///   0, so normally not); `memory.stat` (anon, file) is opened when read (below);
-/// - v1: `cpuacct.usage_all` (user and system ns per CPU; `cpuacct.usage` + `cpuacct.stat` on
-///   kernels without it) and `memory.usage_in_bytes` (the charge, only to see it move);
+/// - v1: `cpuacct.usage_all` (user and system ns per CPU) on hosts of up to
+///   [`USAGE_ALL_MAX_CPUS`] CPUs, else `cpuacct.stat` alone (user and system in ticks, their
+///   sum the CPU time; `cpuacct.usage` + `cpuacct.stat` on kernels without `usage_all`), and
+///   `memory.usage_in_bytes` (the charge, only to see it move);
 ///   `memory.stat` (total_rss, total_cache, total_swap; usage is rss + cache, the figure the
 ///   kernel documents as exact where `memory.usage_in_bytes` is fuzzy) opened when read;
 ///   `cpu.stat` only where a CFS quota is set.
@@ -43,9 +45,11 @@ pub trait UsageSource: Send {
 #[derive(Debug)]
 pub struct CounterReader {
     v2: bool,
-    /// v2 `cpu.stat`; v1 `cpuacct.usage_all`, else `cpuacct.usage`.
+    /// v2 `cpu.stat`; v1 `cpuacct.usage_all`, or `cpuacct.usage` on kernels without it, or
+    /// none on a host of many CPUs (`cpu_split` alone).
     cpu: Option<File>,
-    /// v1 without `cpuacct.usage_all`: `cpuacct.stat` (user and system in ticks).
+    /// v1 `cpuacct.stat` (user and system in ticks) where `cpuacct.usage_all` is not read; the
+    /// CPU time too when `cpu` is none.
     cpu_split: Option<File>,
     /// v1 `cpu.stat` where a CFS quota is set.
     throttling: Option<File>,
@@ -77,6 +81,26 @@ pub struct CounterReader {
 /// the plugin's CPU per sample, docs/performance.md "At scale"); an idle task's charge does
 /// not move, so its split is read once per this period instead of every second.
 pub const MEMORY_SPLIT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The most CPUs a v1 host may have for `cpuacct.usage_all` to be read. The kernel formats a
+/// line per possible CPU on every read of it (1.4 µs a read on 2 CPUs, growing by the CPU),
+/// so on a large host it would be most of a sample's cost; `cpuacct.stat` is a fixed two
+/// lines (the kernel sums the CPUs without formatting them: 0.7 µs on 2 CPUs), at the
+/// price of the user/system split in ticks (10 ms) instead of ns.
+pub const USAGE_ALL_MAX_CPUS: usize = 8;
+
+/// How many CPUs `cpuacct.usage_all`'s text lists (a line each after its header).
+fn usage_all_cpus(f: &File) -> usize {
+    let mut buf = Vec::new();
+    read_text(Some(f), &mut buf)
+        .map(|t| {
+            t.split(|&c| c == b'\n')
+                .skip(1)
+                .filter(|l| !l.trim_ascii().is_empty())
+                .count()
+        })
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone, Copy)]
 struct MemorySplit {
@@ -140,7 +164,12 @@ impl CounterReader {
             }
         } else {
             let (cpu, cpu_split) = match open_in(dirs, "cpuacct.usage_all") {
-                Some(all) => (Some(all), None),
+                Some(all) if usage_all_cpus(&all) <= USAGE_ALL_MAX_CPUS => (Some(all), None),
+                // Many CPUs: the fixed-size stat alone (usage_all kept if stat is missing).
+                Some(all) => match open_in(dirs, "cpuacct.stat") {
+                    Some(stat) => (None, Some(stat)),
+                    None => (Some(all), None),
+                },
                 None => (
                     open_in(dirs, "cpuacct.usage"),
                     open_in(dirs, "cpuacct.stat"),
@@ -219,7 +248,7 @@ impl CounterReader {
     fn counters_into(&mut self, buf: &mut Vec<u8>) -> Counters {
         let mut s = Counters::default();
         if self.v2 {
-            if let Some(stat) = read_text(&self.cpu, buf) {
+            if let Some(stat) = read_text(self.cpu.as_ref(), buf) {
                 let (mut usage, mut user, mut system, mut throttled) = (None, None, None, None);
                 keyed_many(
                     stat,
@@ -246,7 +275,7 @@ impl CounterReader {
                 (s.memory_usage, s.memory_rss, s.memory_cache) = (Some(l.charge), l.rss, l.cache);
                 s.memory_swap = self.no_swap.then_some(0).or(l.swap);
             } else if self.memory_usage.is_some() {
-                s.memory_usage = read_text(&self.memory_usage, buf).and_then(number);
+                s.memory_usage = read_text(self.memory_usage.as_ref(), buf).and_then(number);
                 let split = memory_split(
                     &mut self.last_split,
                     s.memory_usage,
@@ -260,7 +289,7 @@ impl CounterReader {
                 s.memory_swap = if self.no_swap {
                     Some(0)
                 } else {
-                    read_text(&self.memory_swap, buf).and_then(number)
+                    read_text(self.memory_swap.as_ref(), buf).and_then(number)
                 };
                 // Kept with the split, for the samples that reuse it.
                 if let Some(l) = self.last_split.as_mut() {
@@ -270,25 +299,36 @@ impl CounterReader {
             return s;
         }
         if self.cpu_split.is_none() {
-            if let Some(all) = read_text(&self.cpu, buf) {
+            // cpuacct.usage_all.
+            if let Some(all) = read_text(self.cpu.as_ref(), buf) {
                 let (user, system) = per_cpu_sums(all);
                 s.cpu_user_ns = user;
                 s.cpu_system_ns = system;
                 s.cpu_total_ns = user.zip(system).map(|(u, y)| u.saturating_add(y));
             }
         } else {
-            s.cpu_total_ns = read_text(&self.cpu, buf).and_then(number);
-            if let Some(stat) = read_text(&self.cpu_split, buf) {
+            // cpuacct.usage (if held) + cpuacct.stat.
+            s.cpu_total_ns = read_text(self.cpu.as_ref(), buf).and_then(number);
+            if let Some(stat) = read_text(self.cpu_split.as_ref(), buf) {
                 let (mut user, mut system) = (None, None);
                 keyed_many(stat, &mut [(b"user", &mut user), (b"system", &mut system)]);
                 let tick = crate::proc::nanos_per_tick();
                 s.cpu_user_ns = user.map(|t| t.saturating_mul(tick));
                 s.cpu_system_ns = system.map(|t| t.saturating_mul(tick));
             }
+            if self.cpu.is_none() {
+                // Their sum is the task's CPU time, in ticks: recent kernels scale stat's
+                // user and system to its exact run time (cputime_adjust; on this project's
+                // 6.x kernels the sum equals cpuacct.usage), older ones sample it per tick.
+                s.cpu_total_ns = s
+                    .cpu_user_ns
+                    .zip(s.cpu_system_ns)
+                    .map(|(u, y)| u.saturating_add(y));
+            }
         }
         if self.unthrottled {
             (s.throttled_ns, s.throttled_periods) = (Some(0), Some(0));
-        } else if let Some(stat) = read_text(&self.throttling, buf) {
+        } else if let Some(stat) = read_text(self.throttling.as_ref(), buf) {
             keyed_many(
                 stat,
                 &mut [
@@ -307,7 +347,7 @@ impl CounterReader {
                 .filter(|l| l.read_at.elapsed() < MEMORY_SPLIT_MAX_AGE);
             let charge = match fresh {
                 Some(l) if idle => Some(l.charge),
-                _ => read_text(&self.memory_charge, buf).and_then(number),
+                _ => read_text(self.memory_charge.as_ref(), buf).and_then(number),
             };
             let split = memory_split(
                 &mut self.last_split,
@@ -361,7 +401,7 @@ fn memory_split(
     };
     let file = if held.is_some() { held } else { &opened };
     let (mut rss, mut cache, mut swap) = (None, None, None);
-    if let Some(stat) = read_text(file, buf) {
+    if let Some(stat) = read_text(file.as_ref(), buf) {
         // An empty key matches no line with a number (a blank line has none).
         keyed_many(
             stat,
@@ -387,8 +427,8 @@ fn memory_split(
 /// The whole of `f` (one `pread` from offset 0; a second only for a file larger than the
 /// buffer, such as `cpuacct.usage_all` on a host with hundreds of CPUs) in `buf`, which keeps
 /// its size for the next read (it is not cleared: only the bytes read are returned).
-fn read_text<'a>(f: &Option<File>, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
-    let f = f.as_ref()?;
+fn read_text<'a>(f: Option<&File>, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let f = f?;
     if buf.len() < 8192 {
         buf.resize(8192, 0);
     }
@@ -872,6 +912,58 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_host_of_many_cpus_has_cpuacct_stat_read_not_usage_all() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        let usage_all = |cpus: usize| {
+            let mut text = String::from("cpu user system\n");
+            for cpu in 0..cpus {
+                text.push_str(&format!("{cpu} 1000 1000\n"));
+            }
+            std::fs::write(dir.join("cpuacct.usage_all"), text).unwrap();
+        };
+        std::fs::write(dir.join("cpuacct.usage"), "999\n").unwrap();
+        std::fs::write(dir.join("cpuacct.stat"), "user 30\nsystem 10\n").unwrap();
+        std::fs::write(dir.join("memory.usage_in_bytes"), "1\n").unwrap();
+        std::fs::write(dir.join("memory.stat"), "total_rss 1\ntotal_cache 0\n").unwrap();
+        let dirs = [dir.clone()];
+
+        // Up to USAGE_ALL_MAX_CPUS: usage_all, summed (ns).
+        usage_all(USAGE_ALL_MAX_CPUS);
+        let mut r = CounterReader::open(false, &dirs).unwrap();
+        assert!(r.cpu.is_some() && r.cpu_split.is_none(), "{r:?}");
+        let c = r.counters();
+        let n = USAGE_ALL_MAX_CPUS as u64;
+        assert_eq!(
+            (c.cpu_user_ns, c.cpu_total_ns),
+            (Some(1000 * n), Some(2000 * n))
+        );
+
+        // One more CPU: cpuacct.stat alone, still one CPU fd (and the charge's).
+        usage_all(USAGE_ALL_MAX_CPUS + 1);
+        let mut r = CounterReader::open(false, &dirs).unwrap();
+        assert!(r.cpu.is_none() && r.cpu_split.is_some(), "{r:?}");
+        assert_eq!(r.open_files(), 2, "{r:?}");
+        let tick = crate::proc::nanos_per_tick();
+        let c = r.counters();
+        assert_eq!(
+            (c.cpu_user_ns, c.cpu_system_ns, c.cpu_total_ns),
+            (Some(30 * tick), Some(10 * tick), Some(40 * tick))
+        );
+        // Read again each sample, and an idle task (no tick more) is seen as idle.
+        std::fs::write(dir.join("cpuacct.stat"), "user 31\nsystem 10\n").unwrap();
+        assert_eq!(r.counters().cpu_total_ns, Some(41 * tick));
+        assert_eq!(r.counters().cpu_total_ns, Some(41 * tick));
+        assert_eq!(r.last_cpu_ns, Some(41 * tick));
+
+        // Without cpuacct.stat, usage_all is read however many CPUs there are.
+        std::fs::remove_file(dir.join("cpuacct.stat")).unwrap();
+        let mut r = CounterReader::open(false, &dirs).unwrap();
+        assert!(r.cpu.is_some() && r.cpu_split.is_none(), "{r:?}");
+        assert_eq!(r.counters().cpu_total_ns, Some(2000 * (n + 1)));
+    }
+
+    #[test]
     fn usage_all_is_summed_over_cpus_and_a_file_larger_than_the_buffer_is_read_whole() {
         let mut text = String::from("cpu user system\n");
         for cpu in 0..1000 {
@@ -888,13 +980,13 @@ mod tests {
         std::fs::write(t.path(), &text).unwrap();
         let f = Some(File::open(t.path()).unwrap());
         let mut buf = Vec::new();
-        assert_eq!(read_text(&f, &mut buf), Some(text.as_bytes()));
+        assert_eq!(read_text(f.as_ref(), &mut buf), Some(text.as_bytes()));
         // The buffer is kept, larger, and a shorter text read into it is returned alone.
         std::fs::write(t.path(), "cpu user system\n0 1 2\n").unwrap();
         let cap = buf.len();
         assert!(cap > 8192);
         assert_eq!(
-            per_cpu_sums(read_text(&f, &mut buf).unwrap()),
+            per_cpu_sums(read_text(f.as_ref(), &mut buf).unwrap()),
             (Some(1), Some(2))
         );
         assert_eq!(buf.len(), cap);
