@@ -5,7 +5,7 @@ descriptors split out from the shims'; asserts nothing (targets are read by peop
 
     python3 tests/bench/scale.py --tasks 1000 [--idle 60] [--strace 10] [--json out.json]
         [--skip restart,stop] [--exec-tasks 20] [--step 500 --mem-floor 3072]
-        [--payload standin|sleep]
+        [--payload standin|sleep] [--app-via template|artifact]
 
 --payload sleep runs a minimal `elide` (a shell script answering the fingerprint and exec'ing
 sleep) instead of the stand-in, whose Python interpreter per task (it runs the app in its
@@ -94,6 +94,49 @@ esac
 """
 
 
+# --app-via artifact: the URL the tasks' `artifact` fetches the app from (the bench serves
+# it); None: a `template` writes it.
+APP_URL: str | None = None
+
+
+def app_stanza() -> str:
+    """How local/app.py gets into each task: a `template` (the default), or an `artifact`.
+    Both are what operators write; they differ in what a restarted agent redoes per
+    allocation: a template's consul-template runner is started again and renders, a fetched
+    artifact is not fetched again."""
+    if APP_URL:
+        return f"""artifact {{
+        source      = "{APP_URL}"
+        destination = "local/"
+      }}"""
+    return f"""template {{
+        destination = "local/app.py"
+        perms = "644"
+        data = "{bench.IDLE_APP}"
+      }}"""
+
+
+def serve_app() -> tuple[str, str]:
+    """Serves the idle app over HTTP on 127.0.0.1 from a thread (for --app-via artifact);
+    returns its URL and the dir it is served from (for the caller to remove)."""
+    import http.server
+    import threading
+    d = tempfile.mkdtemp(prefix="nde-scale-app-")
+    with open(os.path.join(d, "app.py"), "w") as f:
+        f.write(bench.IDLE_APP.encode().decode("unicode_escape"))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, directory=d, **kw)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}/app.py", d
+
+
 def scale_job(name: str, driver: str, count: int) -> str:
     """`count` idle tasks of `driver` (elide, or exec/raw_exec running the same stand-in)."""
     if driver == "elide":
@@ -118,11 +161,7 @@ job "{name}" {{
       config {{
         {config}
       }}
-      template {{
-        destination = "local/app.py"
-        perms = "644"
-        data = "{bench.IDLE_APP}"
-      }}
+      {app_stanza()}
       resources {{
         cpu    = 10
         memory = 40
@@ -919,6 +958,10 @@ def main() -> int:
     ap.add_argument("--payload", choices=("standin", "sleep"), default="standin",
                     help="what `elide` the Elide tasks run: the stand-in (a Python interpreter "
                     "running the app, the default) or a shell script that execs sleep")
+    ap.add_argument("--app-via", choices=("template", "artifact"), default="template",
+                    help="how each task gets local/app.py: a `template` (the default) or an "
+                    "`artifact` fetched from the bench over HTTP (a restarted agent starts a "
+                    "template's runner again, not a fetched artifact's)")
     ap.add_argument("--restart-peer-tasks", type=int, default=0,
                     help="N tasks of Elide, then N of Nomad's raw_exec (same stand-in, same "
                     "agent): agent kill -9 -> every stats endpoint answers, side by side")
@@ -940,7 +983,11 @@ def main() -> int:
             f.write(SLEEP_ELIDE)
         os.chmod(path, 0o755)
         agent.plugin_config["elide_binary"] = path
-    out: dict = {"payload": a.payload, "elide": [], "peers": [],
+    global APP_URL
+    app_dir = None
+    if a.app_via == "artifact":
+        APP_URL, app_dir = serve_app()
+    out: dict = {"payload": a.payload, "app_via": a.app_via, "elide": [], "peers": [],
                  "core_speed_ms_before": core_speed_ms()}
     print(f"core speed: {out['core_speed_ms_before']:.0f} ms of CPU for the fixed loop "
           "(lower is faster; compare runs by it)", flush=True)
@@ -975,6 +1022,8 @@ def main() -> int:
             sys.stdout.flush()
     finally:
         bench.leave_nothing(agent, base)
+        if app_dir:
+            shutil.rmtree(app_dir, ignore_errors=True)
         out["core_speed_ms_after"] = core_speed_ms()
         print(f"core speed after: {out['core_speed_ms_after']:.0f} ms", flush=True)
         if a.json:
