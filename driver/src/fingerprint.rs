@@ -1,8 +1,9 @@
 //! Detecting Elide (and our shim) on the node, for the Fingerprint stream.
 //!
 //! Like the java driver, this shells out to the runtime (`elide --version`, `elide info`), but
-//! only when the binaries change (path, inode, mtime, size) or once per `fingerprint_period`,
-//! never on every tick.
+//! once per binary while it stays the same file (path, inode, mtime, size), never on every
+//! `fingerprint_period` or for every Fingerprint stream (a restarted agent's first one is
+//! waited for before Nomad restores any task).
 
 use crate::config::PluginConfig;
 use common::error::FieldError;
@@ -90,10 +91,16 @@ pub fn locate(
     Located::Missing { searched }
 }
 
-/// A cheap identity of a binary, to notice upgrades between periodic checks.
+/// A cheap identity of a binary, to notice upgrades between periodic checks: device, inode,
+/// mtime in ns (a same-size binary replaced within the same second, its inode reused, is
+/// still another), size.
 pub fn stamp(p: &Path) -> Option<(u64, u64, i64, u64)> {
     let m = std::fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino(), m.mtime(), m.size()))
+    let mtime_ns = m
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec());
+    Some((m.dev(), m.ino(), mtime_ns, m.size()))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -375,6 +382,11 @@ pub struct Probed {
     pub path: PathBuf,
     pub version: String,
     pub stamp: Option<(u64, u64, i64, u64)>,
+    /// What `elide info` gave (the default binary only), kept with the version: the same
+    /// binary prints the same, and a restarted agent's first fingerprint, which Nomad waits
+    /// for before it restores any task, then needs no Elide process. None: not probed yet,
+    /// or the probe failed (tried again next time).
+    pub info: Option<BTreeMap<String, String>>,
 }
 
 /// The Elide binaries the last fingerprint checked: the default (`elide_binary` or found)
@@ -389,12 +401,16 @@ pub struct Elides {
 impl Elides {
     /// The version recorded for `canonical`, if the binary has not changed since.
     pub fn version_of(&self, canonical: &Path) -> Option<String> {
+        self.probed_of(canonical).map(|p| p.version.clone())
+    }
+
+    /// What was recorded for `canonical`, if the binary has not changed since.
+    fn probed_of(&self, canonical: &Path) -> Option<&Probed> {
         let now = stamp(canonical);
         self.default
             .iter()
             .chain(self.versions.values())
             .find(|p| p.path == canonical && p.stamp == now && now.is_some())
-            .map(|p| p.version.clone())
     }
 }
 
@@ -407,12 +423,8 @@ async fn probe_elide(
     previous: &Elides,
 ) -> Result<Probed, String> {
     let path = trusted(configured).map_err(|e| e.within(what).to_string())?;
-    if let Some(version) = previous.version_of(&path) {
-        return Ok(Probed {
-            stamp: stamp(&path),
-            path,
-            version,
-        });
+    if let Some(p) = previous.probed_of(&path) {
+        return Ok(p.clone());
     }
     let stamp_before = stamp(&path);
     let out = run_probe(&path, &["--version"], timeout)
@@ -429,6 +441,7 @@ async fn probe_elide(
         path,
         version,
         stamp: stamp_before,
+        info: None,
     })
 }
 
@@ -482,15 +495,19 @@ pub async fn detect_elides(cfg: &PluginConfig, previous: &Elides) -> (Fingerprin
         description,
         attributes,
     };
-    let probed = match probe_elide(&elide, "elide_binary", cfg.version_timeout, previous).await {
+    let mut probed = match probe_elide(&elide, "elide_binary", cfg.version_timeout, previous).await
+    {
         Ok(p) => p,
         Err(e) => return (unhealthy(e, attributes), elides),
     };
     attributes.insert("driver.elide.version".to_owned(), probed.version.clone());
-    if let Ok(info) = run_probe(&probed.path, &["info"], cfg.version_timeout).await {
-        for (k, v) in parse_info(&info) {
-            attributes.insert(format!("driver.elide.{k}"), v);
+    if probed.info.is_none() {
+        if let Ok(info) = run_probe(&probed.path, &["info"], cfg.version_timeout).await {
+            probed.info = Some(parse_info(&info));
         }
+    }
+    for (k, v) in probed.info.iter().flatten() {
+        attributes.insert(format!("driver.elide.{k}"), v.clone());
     }
     elides.default = Some(probed);
     for (name, path) in &cfg.elide_versions {
@@ -763,6 +780,53 @@ mod tests {
             .unwrap_err()
             .message
             .starts_with("cannot resolve"));
+    }
+
+    /// `elide --version` and `elide info` run once per binary while it stays the same file:
+    /// a later fingerprint (every period, or a restarted agent's new stream) answers from
+    /// what the last one probed, attributes included; a changed binary is probed again.
+    #[tokio::test]
+    async fn elide_is_run_once_per_unchanged_binary() {
+        let dir = trusted_dir();
+        let runs = dir.path().join("runs");
+        let install = dir.path().join("elide");
+        std::fs::create_dir(&install).unwrap();
+        let body = |version: &str| {
+            format!(
+                "echo \"$1\" >> {}\nif [ \"$1\" = info ]; then printf 'Platform: Native\\nLanguages: python\\n'; else echo {version}; fi",
+                runs.display()
+            )
+        };
+        let bin = script(&install, "elide", &body("1.0.0-beta10"));
+        let shim = script(
+            dir.path(),
+            "elide-executor",
+            &format!(
+                "echo '{}'",
+                common::shim_api::version_line("elide-executor", crate::VERSION, "x")
+            ),
+        );
+        let cfg = PluginConfig {
+            elide_binary: Some(bin.clone()),
+            executor_binary: Some(shim),
+            ..Default::default()
+        };
+        let runs_so_far = || std::fs::read_to_string(&runs).unwrap_or_default();
+        let (fp, first) = detect_elides(&cfg, &Elides::default()).await;
+        assert_eq!(fp.health, HealthState::Healthy, "{}", fp.description);
+        assert_eq!(runs_so_far(), "--version\ninfo\n");
+        let (fp, again) = detect_elides(&cfg, &first).await;
+        assert_eq!(runs_so_far(), "--version\ninfo\n", "Elide was run again");
+        assert_eq!(fp.attributes["driver.elide.languages"], "python");
+        assert_eq!(fp.attributes["driver.elide.version"], "1.0.0-beta10");
+        assert_eq!(again, first);
+
+        // An upgrade in place (another size and mtime): probed again.
+        std::fs::remove_file(&bin).unwrap();
+        script(&install, "elide", &body("1.1.0"));
+        let (fp, _) = detect_elides(&cfg, &again).await;
+        assert_eq!(runs_so_far(), "--version\ninfo\n--version\ninfo\n");
+        assert_eq!(fp.attributes["driver.elide.version"], "1.1.0");
     }
 
     /// The fingerprint never runs an Elide in a directory others can write: the node is
