@@ -705,6 +705,18 @@ mod tests {
 
     /// A dir under the workspace's target dir: root's, no group/other write bit above it
     /// (unlike /tmp).
+    /// A shim of this release, as far as its `--version` line tells.
+    fn current_shim(dir: &Path) -> PathBuf {
+        script(
+            dir,
+            "elide-executor",
+            &format!(
+                "echo '{}'",
+                common::shim_api::version_line("elide-executor", crate::VERSION, "x")
+            ),
+        )
+    }
+
     fn trusted_dir() -> tempfile::TempDir {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let base = manifest
@@ -798,14 +810,7 @@ mod tests {
             )
         };
         let bin = script(&install, "elide", &body("1.0.0-beta10"));
-        let shim = script(
-            dir.path(),
-            "elide-executor",
-            &format!(
-                "echo '{}'",
-                common::shim_api::version_line("elide-executor", crate::VERSION, "x")
-            ),
-        );
+        let shim = current_shim(dir.path());
         let cfg = PluginConfig {
             elide_binary: Some(bin.clone()),
             executor_binary: Some(shim),
@@ -846,14 +851,7 @@ mod tests {
         let v11 = dir.path().join("v11");
         std::fs::create_dir(&v11).unwrap();
         let bin11 = script(&v11, "elide", "echo 1.1.0");
-        let shim = script(
-            dir.path(),
-            "elide-executor",
-            &format!(
-                "echo '{}'",
-                common::shim_api::version_line("elide-executor", crate::VERSION, "x")
-            ),
-        );
+        let shim = current_shim(dir.path());
         let cfg = PluginConfig {
             elide_binary: Some(bin.clone()),
             executor_binary: Some(shim),
