@@ -251,8 +251,9 @@ async fn a_full_disk_never_kills_the_task_and_the_loss_is_counted_and_told() {
     let dir = short_dir();
     let s = log_spec(
         dir.path(),
-        "awk 'BEGIN { for (i = 0; i < 100000; i++) print \"line \" i }'; echo done; \
-         trap 'echo again' USR1; while :; do sleep 1 & wait $!; done",
+        "trap 'echo again' USR1; \
+         awk 'BEGIN { for (i = 0; i < 100000; i++) print \"line \" i }'; echo done; \
+         while :; do sleep 1 & wait $!; done",
         10,
         10,
     );

@@ -482,10 +482,14 @@ async fn pid_1_forwards_signals_reports_the_runtime_and_dies_with_the_shim() {
         "not escalated to SIGKILL: {exit:?}"
     );
 
-    let l = layout("trap 'exit 7' USR1; while :; do sleep 0.1; done");
+    // The runtime says when its trap is set: a USR1 before that would kill it (exit 138).
+    let mut l = layout("trap 'exit 7' USR1; echo ready; while :; do sleep 0.1; done");
+    let mut out = LogFifo::new(l.out.parent().unwrap(), "ready.fifo");
+    l.spec.stdout_path = out.path.clone();
     let shim = l.launch();
     let mut c = shim.client().await;
     c.start(api::StartRequest {}).await.unwrap();
+    out.until(|line| line == "ready").await;
     c.signal(api::SignalRequest {
         signal: "SIGUSR1".into(),
     })
