@@ -36,6 +36,8 @@ machine. Figures:
             much); a second kill: every stats endpoint answers (HTTP, 16 at a time); the plugin log's
             reattach lines if the plugin restarted too; whether any shim was restarted (same
             pids before and after)
+  profile   (--profile-restart S) `perf record -g` of the restarted agent over its first S s,
+            the functions it spent them in printed: where Nomad's own restore spends its CPU
   stop      `job stop` (DELETE /v1/job) -> every task process gone, every allocation terminal
   clean     after the stop: cgroups, mounts and runtime dir entries left behind (none expected)
   exec      (--exec-tasks N) Nomad's exec driver side by side with N Elide tasks, one job
@@ -488,6 +490,39 @@ def log_time(line: str) -> float | None:
         return None
 
 
+# --profile-restart: (seconds, where) of a CPU profile of the restarted agent, or None.
+PROFILE_RESTART = None
+
+
+def profile_agent(agent, seconds_and_path: tuple[float, str]):
+    """`perf record -g` of the just started agent process over its first `seconds` (from its
+    exec: the plugin managers, the first fingerprint and the restore loop run before its
+    HTTP API answers, so its pprof endpoint would miss them), into `path`; prints where its
+    CPU went, by function with callees (`perf report --children`). Returns the thread."""
+    import threading
+    seconds, path = seconds_and_path
+    rec = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(agent.proc.pid),
+                            "-o", path, "--", "sleep", f"{seconds:g}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def report() -> None:
+        rec.wait()
+        top = subprocess.run(["perf", "report", "-i", path, "--children", "--stdio", "-g",
+                              "none", "--sort", "symbol", "--percent-limit", "1.5"],
+                             capture_output=True, text=True)
+        rows = []
+        for ln in top.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[.\]\s+(\S+)", ln)
+            if m:
+                rows.append(f"  {m[1]:>6}%  {m[2]:>6}%  {m[3]}")
+        print(f"\n== the restarted agent's first {seconds:g} s, perf ({path}) ==\n"
+              "  with callees / own: % of its samples\n" + "\n".join(rows[:70]), flush=True)
+
+    th = threading.Thread(target=report, daemon=True)
+    th.start()
+    return th
+
+
 def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     """SIGKILL of the agent (the plugin and shims survive, as in a crash) and a new agent:
     time until every task is recovered (its stats answer), and whether any shim changed."""
@@ -498,8 +533,11 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     t0, wall0 = time.monotonic(), time.time()
     watch = watch_stats_streams(agent, plugin, n, t0)
     agent.kill()
-    agent.start()
+    agent.start(wait=not PROFILE_RESTART)
+    profile = profile_agent(agent, PROFILE_RESTART) if PROFILE_RESTART else None
     watch["thread"].join(600)
+    if profile:
+        profile.join(600)
     out = {"restart_s": watch.get("s", float("nan"))}
     # Where the recovery's time goes: the CPU the new agent and the plugin spent in it (of
     # restart_s x 2 cores).
@@ -965,8 +1003,16 @@ def main() -> int:
     ap.add_argument("--restart-peer-tasks", type=int, default=0,
                     help="N tasks of Elide, then N of Nomad's raw_exec (same stand-in, same "
                     "agent): agent kill -9 -> every stats endpoint answers, side by side")
+    ap.add_argument("--profile-restart", type=float, default=0, metavar="SECONDS",
+                    help="`perf record -g` of the agent over SECONDS from its restart (the "
+                    "first kill), written to --profile-out")
+    ap.add_argument("--profile-out", default="restart.perf.data",
+                    help="where --profile-restart writes")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    global PROFILE_RESTART
+    if a.profile_restart:
+        PROFILE_RESTART = (a.profile_restart, os.path.abspath(a.profile_out))
     a.skip = set(filter(None, a.skip.split(",")))
     bins = nm.build_workspace()
     base = tempfile.mkdtemp(prefix="nde-scale-")

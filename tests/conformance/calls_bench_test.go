@@ -66,6 +66,20 @@ func BenchmarkRestoreCalls(b *testing.B) {
 	})
 }
 
+// BenchmarkSchemaConvert: Nomad's hclspecutils.Convert of the plugin's task config schema
+// alone (once per task in a restore). It grows with the attributes (each type expression is
+// parsed): docs/performance.md compares it with the exec driver's.
+func BenchmarkSchemaConvert(b *testing.B) {
+	_, d := launchClient(b, nil)
+	schema, err := d.TaskConfigSchema()
+	require.NoError(b, err)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_, diag := hclspecutils.Convert(schema)
+		require.False(b, diag.HasErrors(), "%v", diag)
+	}
+}
+
 func healthRoundTrips(b *testing.B, socket string) {
 	conn, err := grpc.Dial("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(b, err)
