@@ -12,7 +12,9 @@ sleep) instead of the stand-in, whose Python interpreter per task (it runs the a
 own process; ~8.5 MiB Pss idle) bounds how many tasks fit in this node's memory: the
 driver's own limits at 2,000 and beyond.
 
-One persistent agent (server + client), the client's cpu_total_compute / memory_total_mb
+One persistent agent (server + client; --topology split: a server agent and a client agent,
+the restart then kills only the client, as an operator's restart of a client node does), the
+client's cpu_total_compute / memory_total_mb
 raised so the scheduler places N tasks of cpu = 10, memory = 40, ephemeral_disk = 10 on this
 machine. Figures:
 
@@ -492,6 +494,14 @@ def log_time(line: str) -> float | None:
 
 # --profile-restart: (seconds, where) of a CPU profile of the restarted agent, or None.
 PROFILE_RESTART = None
+# --topology split: the server agent (the restart kills only the client agent), or None.
+SERVER = None
+
+
+def nomad_cpu_ns(agent) -> int:
+    """CPU time of Nomad's agents: the client agent's, and with --topology split the server
+    agent's too."""
+    return process_cpu_ns(agent.proc.pid) + (process_cpu_ns(SERVER.proc.pid) if SERVER else 0)
 
 
 def profile_agent(agent, seconds_and_path: tuple[float, str]):
@@ -530,6 +540,7 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     log_from = len(agent.log())
     plugin = bench.plugin_pid(agent)
     plugin_cpu0 = process_cpu_ns(plugin)
+    server_cpu0 = process_cpu_ns(SERVER.proc.pid) if SERVER else 0
     t0, wall0 = time.monotonic(), time.time()
     watch = watch_stats_streams(agent, plugin, n, t0)
     agent.kill()
@@ -544,6 +555,8 @@ def restart_run(agent, job_id: str, n: int, shims_before: set[int]) -> dict:
     out["restart_cpu_nomad_s"] = process_cpu_ns(agent.proc.pid) / 1e9
     if bench.plugin_pid(agent) == plugin:
         out["restart_cpu_plugin_s"] = (process_cpu_ns(plugin) - plugin_cpu0) / 1e9
+    if SERVER:  # --topology split: the server agent, not restarted, serving the client
+        out["restart_cpu_server_s"] = (process_cpu_ns(SERVER.proc.pid) - server_cpu0) / 1e9
     # A second kill, timed as an operator's script would: polling every stats endpoint
     # from the start (16 at a time, which competes with the recovery for the 2 cores).
     all_running(agent, job_id, n, timeout=600)
@@ -635,8 +648,7 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
     count, limit = 0, None
     # Where the start's CPU goes: Nomad's own, the plugin's, and the node's in all.
     plugin = bench.plugin_pid(agent)
-    cpu0 = (process_cpu_ns(agent.proc.pid), process_cpu_ns(plugin), node_busy_ns(),
-            node_steal_ns())
+    cpu0 = (nomad_cpu_ns(agent), process_cpu_ns(plugin), node_busy_ns(), node_steal_ns())
     t0 = time.monotonic()
     while count < n and limit is None:
         nxt = min(n, count + step)
@@ -669,7 +681,7 @@ def start_tasks(agent, job_id: str, n: int, a) -> dict:
         res["steps"].append({"count": count, "start_s": time.monotonic() - t1,
                              "mem_available_kb": mem_available_kb()})
     res["start_all_s"] = time.monotonic() - t0
-    res["start_cpu_nomad_s"] = (process_cpu_ns(agent.proc.pid) - cpu0[0]) / 1e9
+    res["start_cpu_nomad_s"] = (nomad_cpu_ns(agent) - cpu0[0]) / 1e9
     res["start_cpu_plugin_s"] = (process_cpu_ns(plugin) - cpu0[1]) / 1e9
     res["start_cpu_node_s"] = (node_busy_ns() - cpu0[2]) / 1e9
     res["start_steal_s"] = (node_steal_ns() - cpu0[3]) / 1e9
@@ -938,7 +950,9 @@ def print_table(r: dict) -> None:
                      f"(Nomad has every task's stats stream open again; "
                      f"{r['restart_shims_replaced']} shims replaced; CPU spent: Nomad "
                      f"{r.get('restart_cpu_nomad_s', 0):.1f} s, plugin "
-                     f"{r.get('restart_cpu_plugin_s', float('nan')):.2f} s)"))
+                     f"{r.get('restart_cpu_plugin_s', float('nan')):.2f} s"
+                     + (f", the server agent {r['restart_cpu_server_s']:.1f} s"
+                        if "restart_cpu_server_s" in r else "") + ")"))
         if "restart_api_s" in r:
             rows.append(("  again: -> every stats endpoint answers", f"{r['restart_api_s']:.1f} s "
                          "(a second kill; GET /v1/client/allocation/:id/stats of each, 16 at "
@@ -1008,16 +1022,29 @@ def main() -> int:
                     "first kill), written to --profile-out")
     ap.add_argument("--profile-out", default="restart.perf.data",
                     help="where --profile-restart writes")
+    ap.add_argument("--topology", choices=("one-agent", "split"), default="one-agent",
+                    help="one-agent: one agent is server and client (the default); split: "
+                    "the server in an agent of its own, as in production, so the restart "
+                    "(kill -9 of the client agent) is the client's work alone")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    global PROFILE_RESTART
+    global PROFILE_RESTART, SERVER
     if a.profile_restart:
         PROFILE_RESTART = (a.profile_restart, os.path.abspath(a.profile_out))
     a.skip = set(filter(None, a.skip.split(",")))
     bins = nm.build_workspace()
     base = tempfile.mkdtemp(prefix="nde-scale-")
+    # --topology split: the server in an agent of its own (as in production), so a restart
+    # of the client agent is the client's work alone (the node's 2 cores still share them).
+    server = server_base = None
+    if a.topology == "split":
+        server_base = tempfile.mkdtemp(prefix="nde-scale-server-")
+        server = nm.NomadAgent(nm.find_nomad(), server_base, plugin_bin=None, executor_bin=None,
+                               name="scale-server", mode="server", log_level="INFO")
     agent = nm.NomadAgent(nm.find_nomad(), os.path.join(base, "a"), plugin_bin=bins["plugin"],
-                          executor_bin=bins["executor"], name="scale", mode="persistent",
+                          executor_bin=bins["executor"], name="scale",
+                          mode="client" if server else "persistent",
+                          servers=[f"127.0.0.1:{server.rpc_port}"] if server else None,
                           client_hcl=CLIENT_HCL, log_level="INFO",
                           extra_hcl=bench.RAW_EXEC_HCL if a.restart_peer_tasks else "")
     agent.plugin_config = agent.default_plugin_config()
@@ -1033,13 +1060,17 @@ def main() -> int:
     app_dir = None
     if a.app_via == "artifact":
         APP_URL, app_dir = serve_app()
-    out: dict = {"payload": a.payload, "app_via": a.app_via, "elide": [], "peers": [],
+    out: dict = {"payload": a.payload, "app_via": a.app_via, "topology": a.topology,
+                 "elide": [], "peers": [],
                  "core_speed_ms_before": core_speed_ms()}
     print(f"core speed: {out['core_speed_ms_before']:.0f} ms of CPU for the fixed loop "
           "(lower is faster; compare runs by it)", flush=True)
     # SIGTERM (`timeout`, a CI runner) ends the run through the clean-up below, not around it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    SERVER = server
     try:
+        if server:
+            server.start()
         agent.start()
         agent.wait_driver_healthy()
         if a.restart_peer_tasks:
@@ -1068,6 +1099,9 @@ def main() -> int:
             sys.stdout.flush()
     finally:
         bench.leave_nothing(agent, base)
+        if server:
+            server.stop()
+            shutil.rmtree(server_base, ignore_errors=True)
         if app_dir:
             shutil.rmtree(app_dir, ignore_errors=True)
         out["core_speed_ms_after"] = core_speed_ms()
