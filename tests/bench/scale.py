@@ -124,7 +124,6 @@ def serve_app() -> tuple[str, str]:
     """Serves the idle app over HTTP on 127.0.0.1 from a thread (for --app-via artifact);
     returns its URL and the dir it is served from (for the caller to remove)."""
     import http.server
-    import threading
     d = tempfile.mkdtemp(prefix="nde-scale-app-")
     with open(os.path.join(d, "app.py"), "w") as f:
         f.write(bench.IDLE_APP.encode().decode("unicode_escape"))
@@ -406,7 +405,6 @@ def watch_stats_streams(agent, plugin: int, n: int, since: float) -> dict:
     join the returned thread. A poll every 20 ms costs the node a few ms each (a readlink
     per fd), where polling Nomad's 1,000 stats endpoints competes with the recovery it
     measures (`restart_api_s`)."""
-    import threading
     out: dict = {}
 
     def fd_count(pid: int) -> int:
@@ -509,7 +507,6 @@ def profile_agent(agent, seconds_and_path: tuple[float, str]):
     exec: the plugin managers, the first fingerprint and the restore loop run before its
     HTTP API answers, so its pprof endpoint would miss them), into `path`; prints where its
     CPU went, by function with callees (`perf report --children`). Returns the thread."""
-    import threading
     seconds, path = seconds_and_path
     rec = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", str(agent.proc.pid),
                             "-o", path, "--", "sleep", f"{seconds:g}"],
