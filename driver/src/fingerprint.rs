@@ -703,8 +703,6 @@ mod tests {
             .all(|p| p.parent() != Some(Path::new("/opt/nomad/plugins"))));
     }
 
-    /// A dir under the workspace's target dir: root's, no group/other write bit above it
-    /// (unlike /tmp).
     /// A shim of this release, as far as its `--version` line tells.
     fn current_shim(dir: &Path) -> PathBuf {
         script(
@@ -717,6 +715,8 @@ mod tests {
         )
     }
 
+    /// A dir under the workspace's target dir: root's, no group/other write bit above it
+    /// (unlike /tmp).
     fn trusted_dir() -> tempfile::TempDir {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let base = manifest
